@@ -1,0 +1,28 @@
+"""User-facing errors: the CLI prints them as one line on stderr and exits with code 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class BenchmarkError(Exception):
+    """An error caused by the user's input or environment, with the fix in its message."""
+
+
+class UnknownNameError(BenchmarkError, KeyError):
+    """A name that is not in a registry."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DatasetMissingError(BenchmarkError):
+    """A dataset that is not on disk and cannot be downloaded."""
+
+    def __init__(self, dataset: str, path: str, how: str):
+        self.dataset, self.path, self.how = dataset, path, how
+        super().__init__(f"dataset '{dataset}' not found at {path}: {how}")
