@@ -1,0 +1,20 @@
+"""Continual-learning strategies for Avalanche: HAT and the registry of baselines.
+
+This package never imports ``benchmark`` or ``reports``: it works in anyone's Avalanche script.
+"""
+
+from .config import ConfigError
+from .data import FastDataPlugin, TensorLoader, materialize
+from .hat import HAT, HATConfig, HATPlugin, anneal_s, attention_regulariser, compensation_factor
+from .hat_layers import HATConv2d, HATError, HATLinear, HATNet, find_hat_model
+from .models import MultiHeadNet, TaskNotTrainedError
+from .recipe import RecipeConfig, TrainingRecipePlugin
+from .registry import STRATEGIES, TrainConfig, get_strategy, make_optimizer
+
+__all__ = [
+    "HAT", "HATConfig", "HATPlugin", "HATLinear", "HATConv2d", "HATNet", "HATError",
+    "MultiHeadNet", "TaskNotTrainedError", "FastDataPlugin", "TensorLoader", "materialize",
+    "RecipeConfig", "TrainingRecipePlugin", "STRATEGIES", "TrainConfig", "get_strategy",
+    "make_optimizer", "ConfigError", "find_hat_model", "anneal_s", "attention_regulariser",
+    "compensation_factor",
+]

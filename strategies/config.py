@@ -1,0 +1,86 @@
+"""Typed, validated configuration objects shared by the strategies.
+
+Configs are frozen dataclasses. ``from_overrides`` turns user-facing keys (``lambda`` for
+``lambda_``) and string values (from the CLI) into typed fields, with one clear error per
+bad key or value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A bad hyperparameter: the message names the parameter and the fix."""
+
+
+def public_key(field_name: str) -> str:
+    """``lambda_`` -> ``lambda``: Python keywords get a trailing underscore in fields."""
+    return field_name[:-1] if field_name.endswith("_") else field_name
+
+
+def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ConfigError(
+                f"{section}.{key}={value!r} is not allowed; choose one of "
+                f"{', '.join(map(str, choices))}"
+            )
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(section, key, value, args[0])
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value else int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{section}.{key}={value!r} is not a valid {typ.__name__}; "
+            f"give e.g. {section}.{key}=<{typ.__name__}>"
+        ) from None
+    return value
+
+
+def from_overrides(cls: type[C], overrides: Mapping[str, Any], section: str) -> C:
+    """Build config ``cls`` from defaults plus ``overrides`` (public keys, any value types)."""
+    hints = typing.get_type_hints(cls)
+    by_public = {public_key(f.name): f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in overrides.items():
+        if key not in by_public:
+            raise ConfigError(
+                f"unknown parameter '{section}.{key}'; valid {section} parameters: "
+                f"{', '.join(sorted(by_public))}"
+            )
+        name = by_public[key]
+        kwargs[name] = _coerce(section, key, value, hints[name])
+    return cls(**kwargs)
+
+
+def to_public_dict(config: Any) -> dict[str, Any]:
+    """Config as a plain dict with public keys (for run records and W&B)."""
+    return {public_key(f.name): getattr(config, f.name) for f in dataclasses.fields(config)}

@@ -1,0 +1,362 @@
+"""HAT-gated layers and the HAT network (Serrà et al., ICML 2018, §2.1–2.2).
+
+Every hidden ``Linear``/``Conv2d`` unit gets one learnable embedding per task; the layer's
+output is multiplied by the gate ``a = sigmoid(s·e)`` (Eq. 1), broadcast over space for
+convolutions. ``HATNet.wrap`` upgrades an ordinary ``nn.Sequential`` trunk (as Avalanche's
+PackNet does) and records, for each gated layer, which gate feeds its input, including the
+conv → flatten → linear case, from a probe forward pass (no per-architecture code).
+
+Deviation, documented: the paper gates a block's output *after* activation, dropout and
+pooling; here a layer gates its own output. The two are identical because ReLU, dropout,
+max/average pooling and flatten commute with a non-negative per-unit scale. ``wrap`` checks
+that only such modules sit between gated layers and refuses anything else (e.g. ``Tanh``),
+and refuses BatchNorm (its statistics would be shared across tasks).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .models import MultiHeadNet, TaskNotTrainedError
+
+EmbeddingInit = Literal["normal", "uniform"]
+
+#: Modules that commute with a non-negative per-unit gate (may sit between gated layers).
+GATE_COMMUTING = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ReLU6,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Identity,
+)
+
+
+class HATError(ValueError):
+    """An illegal HAT model or state; the message says how to fix it."""
+
+
+class _HATMixin:
+    """Per-task embeddings, the gate and the cumulative mask of one gated layer."""
+
+    units: int
+    embeddings: nn.ParameterDict
+    cumulative: torch.Tensor
+    current_gate: torch.Tensor | None
+
+    def _init_hat(self, units: int) -> None:
+        self.units = units
+        self.embeddings = nn.ParameterDict()
+        self.register_buffer("cumulative", torch.zeros(units))
+        self.current_gate = None
+        #: how many input columns share one gate of the feeding layer (H·W after a flatten)
+        self.input_repeat = 1
+
+    def add_task(self, task: int, init: EmbeddingInit = "normal") -> None:
+        key = str(int(task))
+        if key in self.embeddings:
+            return
+        e = torch.empty(self.units, device=self.cumulative.device)
+        if init == "normal":
+            nn.init.normal_(e, 0.0, 1.0)
+        else:
+            nn.init.uniform_(e, 0.0, 2.0)
+        self.embeddings[key] = nn.Parameter(e)
+
+    def embedding(self, task: int) -> nn.Parameter:
+        key = str(int(task))
+        if key not in self.embeddings:
+            raise TaskNotTrainedError(task, [int(k) for k in self.embeddings])
+        return self.embeddings[key]
+
+    def gate(self, task: int, s: float) -> torch.Tensor:
+        """Training gate a = sigmoid(s·e) (Eq. 1)."""
+        return torch.sigmoid(s * self.embedding(task))
+
+    def mask(self, task: int, smax: float, binary: bool) -> torch.Tensor:
+        """Evaluation mask at s = smax: binary (gate > 0.5, i.e. e > 0) or sigmoid(smax·e)."""
+        e = self.embedding(task).detach()
+        return (e > 0).to(e.dtype) if binary else torch.sigmoid(smax * e)
+
+    def _apply_gate(self, out: torch.Tensor) -> torch.Tensor:
+        if self.current_gate is None:
+            raise HATError(
+                f"{type(self).__name__} was called without a task; call it through HATNet "
+                "(model(x, task_labels)) so that the task's gate is known"
+            )
+        shape = (1, -1) + (1,) * (out.dim() - 2)
+        return out * self.current_gate.view(shape)
+
+    def conditioning_factors(
+        self, input_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradient factors of Eq. 2: 1 − min(a_out_i, a_in_j) for weights, 1 − a_out_i for bias.
+
+        ``input_mask`` is the cumulative mask of the gate feeding this layer (None for the
+        first gated layer, whose input is ungated: factor 1 − a_out_i).
+        """
+        out = self.cumulative
+        if input_mask is None:
+            pair = out.view(-1, 1).expand(-1, self.in_width)
+        else:
+            inp = input_mask.repeat_interleave(self.input_repeat)
+            pair = torch.minimum(out.view(-1, 1), inp.view(1, -1))
+        w = (1 - pair).view(pair.shape + (1,) * (self.weight.dim() - 2)).expand_as(self.weight)
+        b = None if self.bias is None else 1 - out
+        return w.contiguous(), b
+
+
+class HATLinear(_HATMixin, nn.Linear):
+    """``nn.Linear`` whose output units are gated by per-task attention."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):
+        super().__init__(in_features, out_features, bias=bias, **kw)
+        self._init_hat(out_features)
+
+    @property
+    def in_width(self) -> int:
+        return self.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply_gate(super().forward(x))
+
+
+class HATConv2d(_HATMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose output channels are gated by per-task attention."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, **kw):
+        super().__init__(in_channels, out_channels, kernel_size, **kw)
+        if self.groups != 1:
+            raise HATError("HATConv2d supports groups=1 only")
+        self._init_hat(out_channels)
+
+    @property
+    def in_width(self) -> int:
+        return self.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply_gate(super().forward(x))
+
+
+HAT_LAYERS = (HATLinear, HATConv2d)
+
+
+def _upgrade(module: nn.Module) -> nn.Module:
+    """Linear/Conv2d → HAT layer with the same weights."""
+    if isinstance(module, nn.Linear):
+        new = HATLinear(module.in_features, module.out_features, bias=module.bias is not None)
+    else:
+        new = HATConv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
+    new = new.to(module.weight.device, module.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(module.weight)
+        if module.bias is not None:
+            new.bias.copy_(module.bias)
+    return new
+
+
+def _convert(seq: nn.Sequential) -> nn.Sequential:
+    layers = []
+    for name, child in seq.named_children():
+        if isinstance(child, nn.Sequential):
+            layers.append((name, _convert(child)))
+        elif isinstance(child, HAT_LAYERS):
+            layers.append((name, child))
+        elif type(child) in (nn.Linear, nn.Conv2d):
+            layers.append((name, _upgrade(child)))
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            raise HATError(
+                f"trunk contains {type(child).__name__} ('{name}'): its running statistics "
+                "would be shared by all tasks and break HAT's protection; remove it (the "
+                "paper's networks use no batch norm)"
+            )
+        elif isinstance(child, GATE_COMMUTING):
+            layers.append((name, child))
+        else:
+            raise HATError(
+                f"trunk module '{name}' ({type(child).__name__}) does not commute with HAT's "
+                "per-unit gate; use ReLU/LeakyReLU, dropout, pooling or flatten between "
+                "Linear/Conv2d layers"
+            )
+    return nn.Sequential(OrderedDict(layers))
+
+
+class HATNet(MultiHeadNet):
+    """A HAT network: gated trunk + one head per task (an Avalanche ``MultiTaskModule``).
+
+    In training mode the gates use ``self.s`` (set per mini-batch by ``HATPlugin``); in eval
+    mode they use s = smax and, by default, binary masks (``binary_masks``), so that earlier
+    tasks' outputs are bit-identical after later training.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        input_shape: Sequence[int],
+        head_sizes: Sequence[int] = (),
+        *,
+        smax: float = 400.0,
+        binary_masks: bool = True,
+        embedding_init: EmbeddingInit = "normal",
+    ):
+        gated = [m for m in trunk.modules() if isinstance(m, HAT_LAYERS)]
+        if not gated:
+            raise HATError(
+                "the model has no HAT layers: build it with HATLinear/HATConv2d or use "
+                "HATNet.wrap(nn.Sequential(...), input_shape)"
+            )
+        input_shape = tuple(int(d) for d in input_shape)
+        feature_dim = self._probe(trunk, gated, input_shape)
+        super().__init__(trunk, feature_dim)
+        self.input_shape = input_shape
+        self.gated_layers: list[_HATMixin] = gated  # plain list: modules are in self.trunk
+        self.smax = float(smax)
+        self.binary_masks = bool(binary_masks)
+        self.embedding_init: EmbeddingInit = embedding_init
+        self.s = self.smax
+        #: cumulative-mask input of gated layer i is the output of gated layer i-1
+        for prev, layer in zip([None] + gated[:-1], gated, strict=True):
+            layer.input_repeat = 1 if prev is None else layer.in_width // prev.units
+        self._check_chain(gated)
+        self.last_gates: list[torch.Tensor] = []
+        for task, n_classes in enumerate(head_sizes):
+            self.add_task(task, n_classes)
+
+    @classmethod
+    def wrap(
+        cls, trunk: nn.Sequential, input_shape: Sequence[int], head_sizes: Sequence[int] = (),
+        **kwargs,
+    ) -> HATNet:
+        """Upgrade the Linear/Conv2d layers of a Sequential trunk to HAT layers."""
+        if not isinstance(trunk, nn.Sequential):
+            raise HATError(
+                f"HATNet.wrap needs an nn.Sequential trunk, got {type(trunk).__name__}; "
+                "build the trunk with HATLinear/HATConv2d and pass it to HATNet(...) instead"
+            )
+        return cls(_convert(trunk), input_shape, head_sizes, **kwargs)
+
+    @staticmethod
+    def _probe(trunk, gated, input_shape):
+        """Forward a dummy batch through the trunk: the feature size the heads receive."""
+        for m in gated:
+            m.current_gate = torch.ones(m.units, device=m.weight.device)
+        was_training = trunk.training
+        trunk.eval()
+        try:
+            with torch.no_grad():
+                dev = gated[0].weight.device
+                out = trunk(torch.zeros((1, *input_shape), device=dev))
+        except RuntimeError as err:
+            raise HATError(f"trunk does not accept inputs of shape {input_shape}: {err}") from None
+        finally:
+            for m in gated:
+                m.current_gate = None
+            trunk.train(was_training)
+        if out.dim() != 2:
+            raise HATError(
+                f"trunk output has shape {tuple(out.shape)}; end the trunk with nn.Flatten() "
+                "so that heads receive (batch, features)"
+            )
+        return out.shape[1]
+
+    @staticmethod
+    def _check_chain(gated) -> None:
+        """Each gated layer must read the previous one's units (a flatten repeats channels)."""
+        for prev, layer in zip(gated[:-1], gated[1:], strict=True):
+            flattened = layer.input_repeat > 1
+            ok = layer.in_width % prev.units == 0 and (
+                not flattened or (isinstance(prev, HATConv2d) and isinstance(layer, HATLinear))
+            )
+            if not ok:
+                raise HATError(
+                    f"cannot tell which gate feeds {type(layer).__name__}"
+                    f"(in={layer.in_width}) after a layer of {prev.units} units: HAT needs a "
+                    "feed-forward chain where each gated layer reads the previous one's units "
+                    "(a conv output flattened channel-major into a linear layer is fine)"
+                )
+
+    # ------------------------------------------------------------------ tasks
+    def add_task(self, task: int, n_classes: int) -> None:
+        super().add_task(task, n_classes)
+        for layer in self.gated_layers:
+            layer.add_task(task, self.embedding_init)
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        """The parameters owned by ``task``: its embeddings and its head."""
+        return [layer.embedding(task) for layer in self.gated_layers] + list(
+            self.heads[str(task)].parameters()
+        )
+
+    def masks(self, task: int) -> list[torch.Tensor]:
+        """Evaluation masks of ``task`` per gated layer (at smax; binary by default)."""
+        self.check_task(task)
+        return [layer.mask(task, self.smax, self.binary_masks) for layer in self.gated_layers]
+
+    def cumulative_masks(self) -> list[torch.Tensor]:
+        return [layer.cumulative for layer in self.gated_layers]
+
+    @torch.no_grad()
+    def update_cumulative(self, task: int) -> None:
+        """a^{≤t} = max(a^{<t}, mask^t) (§2.3), after training task t."""
+        for layer, m in zip(self.gated_layers, self.masks(task), strict=True):
+            torch.maximum(layer.cumulative, m, out=layer.cumulative)
+
+    def conditioning_factors(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, gradient factor) pairs for every gated weight and bias (Eq. 2)."""
+        pairs = []
+        prev_mask = None
+        for layer in self.gated_layers:
+            w, b = layer.conditioning_factors(prev_mask)
+            pairs.append((layer.weight, w))
+            if b is not None:
+                pairs.append((layer.bias, b))
+            prev_mask = layer.cumulative
+        return pairs
+
+    # ---------------------------------------------------------------- forward
+    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        if self.training:
+            gates = [layer.gate(task, self.s) for layer in self.gated_layers]
+            self.last_gates = gates
+        else:
+            gates = self.masks(task)
+        for layer, g in zip(self.gated_layers, gates, strict=True):
+            layer.current_gate = g
+        try:
+            return self.trunk(x)
+        finally:
+            for layer in self.gated_layers:
+                layer.current_gate = None
+
+
+
+def find_hat_model(model: nn.Module) -> HATNet:
+    """Return the HATNet inside ``model`` or raise a clear error."""
+    if isinstance(model, HATNet):
+        return model
+    for m in model.modules():
+        if isinstance(m, HATNet):
+            return m
+    raise HATError(
+        f"model {type(model).__name__} has no HAT layers: wrap it with "
+        "strategies.HATNet.wrap(nn.Sequential(...), input_shape, head_sizes)"
+    )

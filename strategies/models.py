@@ -1,0 +1,109 @@
+"""Multi-head task-incremental networks: a shared trunk and one linear head per task.
+
+``MultiHeadNet`` is an Avalanche ``MultiTaskModule``: ``avalanche_forward(model, x, t)`` and
+``forward_all_tasks`` work. Heads are added explicitly (``add_task``) or by Avalanche's model
+adaptation when a training experience brings a new task label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from avalanche.models import MultiTaskModule
+from torch import nn
+
+
+class TaskNotTrainedError(KeyError):
+    """A task id the model has never seen (no head, no HAT embedding)."""
+
+    def __init__(self, task: int, known: Sequence[int]):
+        known_txt = ", ".join(map(str, sorted(known))) or "none"
+        super().__init__(
+            f"task {task} was never trained by this model (known tasks: {known_txt}); "
+            "train on it first, or add it with model.add_task(task, n_classes)"
+        )
+        self.task = task
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MultiHeadNet(MultiTaskModule):
+    """Trunk ``nn.Module`` producing ``feature_dim`` features, plus one head per task."""
+
+    def __init__(self, trunk: nn.Module, feature_dim: int, head_sizes: Sequence[int] = ()):
+        super().__init__()
+        self.trunk = trunk
+        self.feature_dim = int(feature_dim)
+        self.heads = nn.ModuleDict()
+        for task, n_classes in enumerate(head_sizes):
+            self.add_task(task, n_classes)
+
+    # ------------------------------------------------------------------ tasks
+    @property
+    def tasks(self) -> list[int]:
+        return sorted(int(k) for k in self.heads)
+
+    def add_task(self, task: int, n_classes: int) -> None:
+        """Create the head (and, in subclasses, the task's state) for ``task``."""
+        key = str(int(task))
+        if key in self.heads:
+            return
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1 for task {task}, got {n_classes}")
+        device = next(self.trunk.parameters()).device
+        self.heads[key] = nn.Linear(self.feature_dim, int(n_classes)).to(device)
+        self.max_class_label = max(self.max_class_label, int(n_classes))
+
+    def adaptation(self, experience) -> None:  # Avalanche hook
+        super().adaptation(experience)
+        if self.training:
+            n_classes = max(experience.classes_in_this_experience) + 1
+            for task in experience.task_labels:
+                self.add_task(task, n_classes)
+
+    def check_task(self, task: int) -> None:
+        if str(task) not in self.heads:
+            raise TaskNotTrainedError(task, self.tasks)
+
+    # ---------------------------------------------------------------- forward
+    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
+        task = int(task_label)
+        self.check_task(task)
+        return self.heads[str(task)](self.features(x, task))
+
+    def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
+        """Per-sample heads; in a mixed batch, logits outside a sample's head are -inf."""
+        if task_labels is None:
+            return self.forward_all_tasks(x)
+        if isinstance(task_labels, int):
+            return self.forward_single_task(x, task_labels)
+        unique = torch.unique(task_labels)
+        if len(unique) == 1:
+            return self.forward_single_task(x, int(unique.item()))
+        width = max(self.heads[str(int(t))].out_features for t in unique if str(int(t)) in self.heads)
+        out = x.new_full((x.shape[0], width), float("-inf"))
+        for task in unique.tolist():
+            sel = task_labels == task
+            logits = self.forward_single_task(x[sel], task)
+            out[sel, : logits.shape[1]] = logits
+        return out
+
+    def forward_all_tasks(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Outputs of every known task's head (LwF-style code calls this)."""
+        return {task: self.forward_single_task(x, task) for task in self.tasks}
+
+    # ------------------------------------------------------------ checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Recreate heads present in a checkpoint so that a fresh model can resume.
+        head_prefix = prefix + "heads."
+        for key, value in state_dict.items():
+            if key.startswith(head_prefix) and key.endswith(".weight"):
+                task = key[len(head_prefix) :].split(".")[0]
+                if task not in self.heads:
+                    self.add_task(int(task), value.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

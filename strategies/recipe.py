@@ -1,0 +1,168 @@
+"""The paper's training recipe as a plugin usable by every strategy (hat-reference §2).
+
+Per experience: hold out ``valid_fraction`` of the training data (seeded), start from the
+initial learning rate with a freshly built optimizer, and after every epoch compute the
+validation loss (cross-entropy plus any ``validation_penalty(strategy)`` other plugins
+offer, e.g. HAT's c·R). When it has not improved for ``patience`` epochs, divide the
+learning rate by ``lr_factor`` and rebuild the optimizer; stop when the learning rate falls
+below ``lr_min`` or after the strategy's ``train_epochs`` (the maximum). At the end of the
+experience the weights of the best validation loss are restored (before any plugin's
+``after_training_exp``, so e.g. HAT's cumulative mask is taken from them).
+
+``mode="fixed"`` switches all of this off: train exactly ``train_epochs`` epochs on all the
+training data, with the optimizer handled by Avalanche as usual.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.models import avalanche_forward
+
+from .config import ConfigError
+from .data import TensorLoader, materialize
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Early stopping and learning-rate schedule of the paper (defaults as published)."""
+
+    mode: Literal["paper", "fixed"] = "paper"
+    valid_fraction: float = 0.1
+    patience: int = 5
+    lr_factor: float = 3.0
+    lr_min: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("paper", "fixed"):
+            raise ConfigError(f"train.recipe must be 'paper' or 'fixed', got {self.mode!r}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError(
+                f"train.valid_fraction must be in [0, 1), got {self.valid_fraction}"
+            )
+        if self.mode == "paper" and self.valid_fraction == 0:
+            raise ConfigError(
+                "train.valid_fraction=0 leaves no validation data for the paper's recipe; "
+                "use train.recipe=fixed to train without validation"
+            )
+        if self.patience < 1:
+            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
+        if self.lr_factor <= 1:
+            raise ConfigError(f"train.lr_factor must be > 1, got {self.lr_factor}")
+        if self.lr_min <= 0:
+            raise ConfigError(f"train.lr_min must be > 0, got {self.lr_min}")
+
+
+def split_indices(n: int, fraction: float, seed: int, experience: int) -> tuple[np.ndarray, ...]:
+    """Seeded random (train, valid) index split of ``n`` samples."""
+    rng = np.random.default_rng([seed, experience])
+    order = rng.permutation(n)
+    n_valid = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+def rebuild_optimizer(strategy, lr: float) -> None:
+    """A fresh optimizer of the same type and settings over all model parameters."""
+    old = strategy.optimizer
+    strategy.optimizer = type(old)(strategy.model.parameters(), **{**old.defaults, "lr": lr})
+
+
+class TrainingRecipePlugin(SupervisedPlugin):
+    """Validation split, lr/3 on plateau with the optimizer rebuilt, best-weights restore."""
+
+    def __init__(self, config: RecipeConfig | None = None, *, lr: float | None = None, **kw):
+        super().__init__()
+        self.config = config if config is not None else RecipeConfig(**kw)
+        self.initial_lr = lr
+        self.valid_data = None
+        self.lr: float | None = None
+        self.last_valid_loss: float | None = None
+        self.epochs_trained = 0
+        self._best_loss = math.inf
+        self._best_state = None
+        self._patience = self.config.patience
+        self._done = False
+
+    @property
+    def active(self) -> bool:
+        return self.config.mode == "paper"
+
+    def after_train_dataset_adaptation(self, strategy, **kwargs):
+        self.valid_data = None
+        if not self.active:
+            return
+        data = strategy.adapted_dataset
+        exp = int(getattr(strategy.experience, "current_experience", 0))
+        train_idx, valid_idx = split_indices(len(data), self.config.valid_fraction,
+                                             self.config.seed, exp)
+        self.valid_data = data.subset(valid_idx.tolist())
+        strategy.adapted_dataset = data.subset(train_idx.tolist())
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.epochs_trained = 0
+        self.last_valid_loss = None
+        if self.initial_lr is None:
+            self.initial_lr = strategy.optimizer.param_groups[0]["lr"]
+        self.lr = self.initial_lr
+        if not self.active:
+            return
+        rebuild_optimizer(strategy, self.lr)  # the reference starts every task afresh
+        self._best_loss = math.inf
+        self._best_state = copy.deepcopy(strategy.model.state_dict())
+        self._patience = self.config.patience
+        self._done = False
+
+    @torch.no_grad()
+    def validation_loss(self, strategy) -> float:
+        """Mean cross-entropy on the held-out data plus other plugins' penalties."""
+        model = strategy.model
+        was_training = model.training
+        model.eval()
+        x, y, t = materialize(self.valid_data, strategy.device)
+        total, n = 0.0, 0
+        for xb, yb, tb in TensorLoader((x, y, t), strategy.eval_mb_size or 256, shuffle=False):
+            out = avalanche_forward(model, xb, tb)
+            total += float(strategy._criterion(out, yb)) * len(yb)
+            n += len(yb)
+        loss = total / max(n, 1)
+        for plugin in strategy.plugins:
+            penalty = getattr(plugin, "validation_penalty", None)
+            if penalty is not None and plugin is not self:
+                loss += float(penalty(strategy))
+        model.train(was_training)
+        return loss
+
+    def after_training_epoch(self, strategy, **kwargs):
+        self.epochs_trained += 1
+        if not self.active:
+            return
+        cfg = self.config
+        loss = self.validation_loss(strategy)
+        self.last_valid_loss = loss
+        if loss < self._best_loss:
+            self._best_loss = loss
+            self._best_state = copy.deepcopy(strategy.model.state_dict())
+            self._patience = cfg.patience
+        else:
+            self._patience -= 1
+            if self._patience <= 0:
+                self.lr /= cfg.lr_factor
+                self._patience = cfg.patience
+                if self.lr < cfg.lr_min:
+                    self._done = True
+                else:
+                    rebuild_optimizer(strategy, self.lr)
+        if self._done or self.epochs_trained >= strategy.train_epochs:
+            strategy.model.load_state_dict(self._best_state)
+            if self._done:  # (on the last epoch the loop ends by itself)
+                strategy.stop_training()
+
+    def current_lr(self, strategy) -> float:
+        return float(strategy.optimizer.param_groups[0]["lr"])

@@ -1,0 +1,176 @@
+"""Strategy registry: one place mapping names to constructors with the paper's defaults.
+
+Each entry has a typed parameter dataclass (defaults = the paper's values, hat-reference
+§2), a one-line description and a ``build`` function returning an Avalanche strategy.
+``joint`` is the forgetting-ratio reference: the runner trains it from scratch on tasks
+1..t for every t (Avalanche's ``JointTraining``, with per-sample heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from avalanche.training import EWC, LwF, Naive, SynapticIntelligence
+from avalanche.training.supervised.joint_training import JointTraining
+from torch import nn
+
+from .config import ConfigError, from_overrides, to_public_dict
+from .hat import HAT, HATConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters shared by all strategies (the paper's recipe by default)."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    #: maximum epochs per experience (exactly this many with recipe=fixed)
+    epochs: int = 200
+    recipe: Literal["paper", "fixed"] = "paper"
+    #: None: the scenario's default (10% for most, 15% for mixture)
+    valid_fraction: float | None = None
+    patience: int = 5
+    lr_factor: float = 3.0
+    lr_min: float = 1e-4
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("train.momentum and train.weight_decay must be >= 0")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.optimizer``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A strategy without hyperparameters of its own."""
+
+
+@dataclass(frozen=True)
+class EWCConfig:
+    lambda_: float = 5000.0
+    mode: Literal["separate", "online"] = "separate"
+    decay_factor: float | None = None
+
+
+@dataclass(frozen=True)
+class LwFConfig:
+    alpha: float = 2.0
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class SIConfig:
+    lambda_: float = 1.0
+    eps: float = 1e-7
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every strategy constructor receives."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train: TrainConfig
+    plugins: list
+    device: torch.device | str
+    evaluator: Any
+
+    def common(self) -> dict[str, Any]:
+        return dict(
+            model=self.model,
+            optimizer=self.optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            train_mb_size=self.train.batch_size,
+            train_epochs=self.train.epochs,
+            eval_mb_size=self.train.eval_batch_size,
+            device=self.device,
+            plugins=list(self.plugins),  # Avalanche wrappers append to this list
+            evaluator=self.evaluator,
+        )
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    description: str
+    params: type
+    build: Callable[[BuildContext, Any], Any]
+    #: the model must be a HAT network
+    gated: bool = False
+    #: trained from scratch on tasks 1..t for every t (the reference A_J)
+    joint: bool = False
+
+    def config(self, overrides: Mapping[str, Any] | None = None):
+        return from_overrides(self.params, overrides or {}, self.name)
+
+    def defaults(self) -> dict[str, Any]:
+        return to_public_dict(self.params())
+
+
+def _ewc(ctx: BuildContext, p: EWCConfig):
+    decay = None
+    if p.mode == "online":
+        decay = p.decay_factor if p.decay_factor is not None else 1.0
+    elif p.decay_factor is not None:
+        raise ConfigError("ewc.decay_factor needs ewc.mode=online")
+    return EWC(ewc_lambda=p.lambda_, mode=p.mode, decay_factor=decay, **ctx.common())
+
+
+def _hat(ctx: BuildContext, p: HATConfig):
+    kw = ctx.common()
+    return HAT(**{k: getattr(p, k) for k in p.__dataclass_fields__}, **kw)
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    s.name: s
+    for s in [
+        StrategySpec("naive", "SGD fine-tuning, no protection (the paper's SGD)", NoParams,
+                     lambda ctx, p: Naive(**ctx.common())),
+        StrategySpec("ewc", "Elastic Weight Consolidation (Kirkpatrick et al. 2017), Avalanche",
+                     EWCConfig, _ewc),
+        StrategySpec("lwf", "Learning without Forgetting (Li & Hoiem 2016), Avalanche",
+                     LwFConfig,
+                     lambda ctx, p: LwF(alpha=p.alpha, temperature=p.temperature,
+                                        **ctx.common())),
+        StrategySpec("si", "Synaptic Intelligence (Zenke et al. 2017), Avalanche; not in the "
+                     "HAT paper", SIConfig,
+                     lambda ctx, p: SynapticIntelligence(si_lambda=p.lambda_, eps=p.eps,
+                                                         **ctx.common())),
+        StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
+                     gated=True),
+        StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "
+                     "each t: the forgetting-ratio reference A_J", NoParams,
+                     lambda ctx, p: JointTraining(**ctx.common()), joint=True),
+    ]
+}
+
+
+def get_strategy(name: str) -> StrategySpec:
+    """Registry lookup with a clear error listing the valid names."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown strategy '{name}'; valid strategies: {', '.join(sorted(STRATEGIES))}"
+        ) from None
