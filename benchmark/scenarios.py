@@ -1,16 +1,58 @@
 """Scenario registry: task-incremental streams (task labels given), seed-controlled.
 
-INTERFACE STUB — to be completed (see docs/record-schema.md and the issue #3 text).
-The runner relies on exactly these names.
+Every scenario is a sequence of tasks; each task has its own label space, remapped to
+``0..n_classes-1`` (in increasing order of the source labels), and its own test set. Tensors
+are float32, normalised per source dataset (scaled to [0, 1], then standardised per channel
+with the mean/std of that dataset's training split; details in :mod:`benchmark.datasets`).
+
+==================  =====  ==================  =========  =======================================
+name                tasks  input_shape         network    the seed drives
+==================  =====  ==================  =========  =======================================
+split-digits        5 x 2  (1, 8, 8)           mlp        train/test split (pairs fixed 0/1..8/9)
+permuted-digits     5 x10  (1, 8, 8)           mlp        train/test split, pixel permutations
+mnist2              2 x 5  (1, 28, 28)         mlp        nothing in the data (0-4 then 5-9)
+pmnist              10x10  (1, 28, 28)         mlp        pixel permutations (task 1 permuted too)
+cifar               10     (3, 32, 32)         alexnet    task order (5 x 2 CIFAR-10, 5 x 20 C-100)
+mixture             8      (3, 32, 32)         alexnet    task order (one task per dataset)
+split-mnist         5 x 2  (1, 28, 28)         mlp        nothing in the data (pairs fixed)
+permuted-mnist      10x10  (1, 28, 28)         mlp        pixel permutations (same data as pmnist)
+split-fmnist        5 x 2  (1, 28, 28)         mlp        nothing in the data (pairs fixed)
+split-cifar10       5 x 2  (3, 32, 32)         alexnet    nothing in the data (pairs fixed)
+split-cifar100      10x10  (3, 32, 32)         alexnet    nothing in the data (blocks 0-9, ...)
+==================  =====  ==================  =========  =======================================
+
+The seed also drives initialisation, validation split and batch order, but those belong to the
+runner. ``valid_fraction`` (share of each task's training data the runner holds out) is 0.1,
+except 0.15 for ``mixture``.
+
+Data
+----
+The two digits scenarios are *embedded*: scikit-learn's bundled ``load_digits`` (1797 real 8x8
+images), with a seeded stratified 70/30 train/test split; they never download anything. All
+others read torchvision datasets from ``data_root`` (torchvision's layout: ``MNIST/raw/``,
+``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``, ``svhn/``, ``gtsrb/``).
+The mixture's notMNIST and FaceScrub have no maintained download and are read from::
+
+    <data_root>/notmnist/{train,test}/<letter>/*.png    letters A..J
+    <data_root>/facescrub/{train,test}/<person>/*       e.g. *.png or *.jpg, 100 people
+
+(class folders sorted by name, same folders in train/ and test/). In the mixture, grayscale
+images are copied to 3 channels, 28x28 images zero-padded to 32x32, other sizes resized to 32x32.
+:meth:`ScenarioSpec.check_available` checks every dataset a scenario needs and raises
+:class:`~benchmark.errors.DatasetMissingError` (dataset, expected path, how to obtain it) before
+any training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from benchmark import datasets as ds
+from benchmark.errors import DatasetMissingError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -23,6 +65,7 @@ class TaskData:
     train_y: torch.Tensor  # int64, values in [0, n_classes)
     test_x: torch.Tensor
     test_y: torch.Tensor
+    classes: tuple[int, ...] = ()  # source-dataset label of each task label 0..n_classes-1
 
 
 @dataclass(frozen=True)
@@ -54,23 +97,261 @@ class ScenarioSpec:
     embedded: bool  # True when the data ship with the suite's dependencies (no download)
     network: str  # default network family: "mlp" or "alexnet"
     builder: Callable[[int, Path], Scenario] = field(repr=False)
+    sources: tuple[str, ...] = ()  # keys of benchmark.datasets.SOURCES read from data_root
 
     def check_available(self, data_root: Path, download: bool = False) -> None:
-        """Raise DatasetMissingError (before any training) when data are missing."""
-        raise NotImplementedError
+        """Raise DatasetMissingError (before any training) when data are missing.
+
+        Checks every source dataset the scenario needs (cheap: file presence only). With
+        ``download=True`` missing torchvision datasets are fetched first; a failed download is
+        reported as DatasetMissingError as well. The error names the first missing dataset and
+        lists any other missing ones in its message.
+        """
+        errors = []
+        for name in self.sources:
+            try:
+                ds.SOURCES[name].ensure(Path(data_root), download=download)
+            except DatasetMissingError as exc:
+                errors.append(exc)
+        if errors:
+            first = errors[0]
+            if len(errors) > 1:
+                others = "; ".join(f"{e.dataset} ({e.path})" for e in errors[1:])
+                raise DatasetMissingError(
+                    first.dataset, first.path, f"{first.how} (also missing: {others})"
+                )
+            raise first
 
     def build(self, seed: int, data_root: Path = Path("data")) -> Scenario:
         return self.builder(seed, Path(data_root))
 
 
-SCENARIOS: dict[str, ScenarioSpec] = {}
+# ---------------------------------------------------------------------------------------------
+# Task construction
+
+
+def _label_text(classes: Sequence[int]) -> str:
+    c = list(classes)
+    if len(c) > 1 and c == list(range(c[0], c[-1] + 1)):
+        return f"{c[0]}-{c[-1]}"
+    return ",".join(map(str, c))
+
+
+def _class_tasks(raw: ds.RawDataset, groups: Sequence[Sequence[int]]) -> list[TaskData]:
+    """One task per group of source classes; labels remapped to positions within the group.
+
+    Pixels are normalised with the statistics of the whole source training split.
+    """
+    mean, std = ds.channel_stats(raw.train_x, raw.max_value)
+    tasks = []
+    for group in groups:
+        group = tuple(int(c) for c in group)
+        lut = torch.full((raw.n_classes,), -1, dtype=torch.int64)
+        lut[list(group)] = torch.arange(len(group))
+        members = torch.tensor(group)
+        tr = torch.isin(raw.train_y, members)
+        te = torch.isin(raw.test_y, members)
+        name = raw.name if len(group) == raw.n_classes else f"{raw.name}:{_label_text(group)}"
+        tasks.append(
+            TaskData(
+                name=name,
+                n_classes=len(group),
+                train_x=ds.normalise(raw.train_x[tr], mean, std, raw.max_value),
+                train_y=lut[raw.train_y[tr]],
+                test_x=ds.normalise(raw.test_x[te], mean, std, raw.max_value),
+                test_y=lut[raw.test_y[te]],
+                classes=group,
+            )
+        )
+    return tasks
+
+
+def _permuted_tasks(raw: ds.RawDataset, n_tasks: int, seed: int) -> list[TaskData]:
+    """``n_tasks`` tasks over all classes, each a seeded permutation of the pixels (all of
+    C*H*W; every task permuted, the first one too). Labels are shared by all tasks."""
+    mean, std = ds.channel_stats(raw.train_x, raw.max_value)
+    train = ds.normalise(raw.train_x, mean, std, raw.max_value)
+    test = ds.normalise(raw.test_x, mean, std, raw.max_value)
+    rng = ds.rng_for(seed, "permutation")
+    n_pixels = train[0].numel()
+    tasks = []
+    for k in range(n_tasks):
+        perm = torch.from_numpy(rng.permutation(n_pixels))
+        tasks.append(
+            TaskData(
+                name=f"{raw.name}:perm{k}",
+                n_classes=raw.n_classes,
+                train_x=train.flatten(1)[:, perm].reshape(train.shape),
+                train_y=raw.train_y,
+                test_x=test.flatten(1)[:, perm].reshape(test.shape),
+                test_y=raw.test_y,
+                classes=tuple(range(raw.n_classes)),
+            )
+        )
+    return tasks
+
+
+def _shuffled(tasks: list[TaskData], seed: int) -> list[TaskData]:
+    order = ds.rng_for(seed, "order").permutation(len(tasks))
+    return [tasks[i] for i in order]
+
+
+def _blocks(n_classes: int, size: int) -> list[tuple[int, ...]]:
+    return [tuple(range(s, s + size)) for s in range(0, n_classes, size)]
+
+
+def _scenario(name: str, seed: int, tasks: list[TaskData], valid_fraction: float) -> Scenario:
+    shape = tuple(tasks[0].train_x.shape[1:])
+    return Scenario(name, seed, shape, tasks, valid_fraction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+
+def _split_digits(seed: int, data_root: Path) -> Scenario:
+    raw = ds.load_digits_split(seed)
+    return _scenario("split-digits", seed, _class_tasks(raw, _blocks(10, 2)), 0.1)
+
+
+def _permuted_digits(seed: int, data_root: Path) -> Scenario:
+    raw = ds.load_digits_split(seed)
+    return _scenario("permuted-digits", seed, _permuted_tasks(raw, 5, seed), 0.1)
+
+
+def _mnist2(seed: int, data_root: Path) -> Scenario:
+    raw = ds.load_source("mnist", data_root)
+    return _scenario("mnist2", seed, _class_tasks(raw, _blocks(10, 5)), 0.1)
+
+
+def _permuted_builder(name: str, n_tasks: int) -> Callable[[int, Path], Scenario]:
+    def build(seed: int, data_root: Path) -> Scenario:
+        raw = ds.load_source("mnist", data_root)
+        return _scenario(name, seed, _permuted_tasks(raw, n_tasks, seed), 0.1)
+
+    return build
+
+
+def _split_builder(name: str, source: str, size: int) -> Callable[[int, Path], Scenario]:
+    def build(seed: int, data_root: Path) -> Scenario:
+        raw = ds.load_source(source, data_root)
+        return _scenario(name, seed, _class_tasks(raw, _blocks(raw.n_classes, size)), 0.1)
+
+    return build
+
+
+def _cifar(seed: int, data_root: Path) -> Scenario:
+    tasks = _class_tasks(ds.load_source("cifar10", data_root), _blocks(10, 2))
+    tasks += _class_tasks(ds.load_source("cifar100", data_root), _blocks(100, 20))
+    return _scenario("cifar", seed, _shuffled(tasks, seed), 0.1)
+
+
+MIXTURE_SOURCES = (
+    "cifar10", "cifar100", "mnist", "svhn", "fmnist", "gtsrb", "facescrub", "notmnist",
+)
+
+
+def _mixture(seed: int, data_root: Path) -> Scenario:
+    tasks = []
+    for name in MIXTURE_SOURCES:
+        raw = ds.load_source(name, data_root).replace_images(ds.to_rgb32)
+        tasks += _class_tasks(raw, [range(raw.n_classes)])
+    return _scenario("mixture", seed, _shuffled(tasks, seed), 0.15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+def _specs() -> list[ScenarioSpec]:
+    S = ScenarioSpec
+    return [
+        S("split-digits",
+          "sklearn digits 8x8 (embedded), 5 tasks of class pairs 0/1..8/9 in fixed order; "
+          "seed: stratified 70/30 split",
+          5, True, "mlp", _split_digits),
+        S("permuted-digits",
+          "sklearn digits 8x8 (embedded), 5 tasks of 10 classes, each a seeded pixel "
+          "permutation (first task too); seed: split and permutations",
+          5, True, "mlp", _permuted_digits),
+        S("mnist2", "paper: MNIST digits 0-4 then 5-9 (2 tasks of 5 classes)",
+          2, False, "mlp", _mnist2, ("mnist",)),
+        S("pmnist", "paper: 10 tasks, each a seeded pixel permutation of MNIST",
+          10, False, "mlp", _permuted_builder("pmnist", 10), ("mnist",)),
+        S("cifar",
+          "paper: CIFAR-10 in 5 tasks of 2 classes + CIFAR-100 in 5 tasks of 20, "
+          "task order shuffled by the seed",
+          10, False, "alexnet", _cifar, ("cifar10", "cifar100")),
+        S("mixture",
+          "paper: 8 datasets at 3x32x32 (CIFAR-10/100, MNIST, SVHN, Fashion-MNIST, GTSRB, "
+          "FaceScrub, notMNIST), one task each, order shuffled by the seed, 15% validation",
+          8, False, "alexnet", _mixture, MIXTURE_SOURCES),
+        S("split-mnist", "standard: MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
+          5, False, "mlp", _split_builder("split-mnist", "mnist", 2), ("mnist",)),
+        S("permuted-mnist",
+          "standard: 10 seeded pixel permutations of MNIST (same data as pmnist)",
+          10, False, "mlp", _permuted_builder("permuted-mnist", 10), ("mnist",)),
+        S("split-fmnist",
+          "standard: Fashion-MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
+          5, False, "mlp", _split_builder("split-fmnist", "fmnist", 2), ("fmnist",)),
+        S("split-cifar10", "standard: CIFAR-10 in 5 tasks of class pairs 0/1..8/9 (fixed order)",
+          5, False, "alexnet", _split_builder("split-cifar10", "cifar10", 2), ("cifar10",)),
+        S("split-cifar100",
+          "standard: CIFAR-100 in 10 tasks of 10 classes 0-9..90-99 (fixed order)",
+          10, False, "alexnet", _split_builder("split-cifar100", "cifar100", 10), ("cifar100",)),
+    ]
+
+
+SCENARIOS: dict[str, ScenarioSpec] = {s.name: s for s in _specs()}
 
 
 def get_scenario(name: str) -> ScenarioSpec:
     """Registry lookup; raises UnknownNameError listing the valid names."""
-    raise NotImplementedError
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise UnknownNameError("scenario", name, SCENARIOS) from None
+
+
+def describe_scenarios() -> list[dict]:
+    """One row per registered scenario, for the CLI's ``list`` command."""
+    return [
+        {
+            "name": s.name,
+            "description": s.description,
+            "n_tasks": s.n_tasks,
+            "embedded": s.embedded,
+            "network": s.network,
+        }
+        for s in SCENARIOS.values()
+    ]
+
+
+def random_accuracy(task: TaskData) -> float:
+    """Expected test accuracy of a stratified random classifier (hat-reference §5).
+
+    It predicts label c with the training frequency p_train(c), so its expected accuracy is
+    sum_c p_train(c) * p_test(c).
+    """
+    if task.train_y.numel() == 0 or task.test_y.numel() == 0:
+        raise ValueError(f"task {task.name!r} has an empty train or test split")
+    k = task.n_classes
+    p_train = torch.bincount(task.train_y, minlength=k).to(torch.float64)
+    p_test = torch.bincount(task.test_y, minlength=k).to(torch.float64)
+    return float((p_train / p_train.sum() * p_test / p_test.sum()).sum())
 
 
 def to_benchmark(scenario: Scenario):
-    """Avalanche benchmark with train_stream/test_stream; experience i has task label i."""
-    raise NotImplementedError
+    """Avalanche benchmark with train_stream/test_stream; experience i has task label i.
+
+    Built with Avalanche's ``tensors_benchmark`` and explicit task labels, so dataset items are
+    ``(x, y, t)`` triplets and ``exp.task_labels == [i]``. (Avalanche 0.6's
+    ``task_incremental_benchmark`` is avoided: it breaks multi-head models.)
+    """
+    from avalanche.benchmarks import tensors_benchmark  # slow import: only when needed
+
+    return tensors_benchmark(
+        train_tensors=[[t.train_x, t.train_y] for t in scenario.tasks],
+        test_tensors=[[t.test_x, t.test_y] for t in scenario.tasks],
+        task_labels=list(range(scenario.n_tasks)),
+    )

@@ -85,9 +85,12 @@ class MultiHeadNet(MultiTaskModule):
         unique = torch.unique(task_labels)
         if len(unique) == 1:
             return self.forward_single_task(x, int(unique.item()))
-        width = max(self.heads[str(int(t))].out_features for t in unique if str(int(t)) in self.heads)
+        tasks = unique.tolist()
+        for task in tasks:
+            self.check_task(task)
+        width = max(self.heads[str(t)].out_features for t in tasks)
         out = x.new_full((x.shape[0], width), float("-inf"))
-        for task in unique.tolist():
+        for task in tasks:
             sel = task_labels == task
             logits = self.forward_single_task(x[sel], task)
             out[sel, : logits.shape[1]] = logits
