@@ -98,6 +98,7 @@ class ScenarioSpec:
     network: str  # default network family: "mlp" or "alexnet"
     builder: Callable[[int, Path], Scenario] = field(repr=False)
     sources: tuple[str, ...] = ()  # keys of benchmark.datasets.SOURCES read from data_root
+    valid_fraction: float = 0.1  # the valid_fraction of the scenarios it builds
 
     def check_available(self, data_root: Path, download: bool = False) -> None:
         """Raise DatasetMissingError (before any training) when data are missing.
@@ -246,6 +247,7 @@ def _cifar(seed: int, data_root: Path) -> Scenario:
     return _scenario("cifar", seed, _shuffled(tasks, seed), 0.1)
 
 
+MIXTURE_VALID_FRACTION = 0.15
 MIXTURE_SOURCES = (
     "cifar10", "cifar100", "mnist", "svhn", "fmnist", "gtsrb", "facescrub", "notmnist",
 )
@@ -256,7 +258,7 @@ def _mixture(seed: int, data_root: Path) -> Scenario:
     for name in MIXTURE_SOURCES:
         raw = ds.load_source(name, data_root).replace_images(ds.to_rgb32)
         tasks += _class_tasks(raw, [range(raw.n_classes)])
-    return _scenario("mixture", seed, _shuffled(tasks, seed), 0.15)
+    return _scenario("mixture", seed, _shuffled(tasks, seed), MIXTURE_VALID_FRACTION)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ def _specs() -> list[ScenarioSpec]:
         S("mixture",
           "paper: 8 datasets at 3x32x32 (CIFAR-10/100, MNIST, SVHN, Fashion-MNIST, GTSRB, "
           "FaceScrub, notMNIST), one task each, order shuffled by the seed, 15% validation",
-          8, False, "alexnet", _mixture, MIXTURE_SOURCES),
+          8, False, "alexnet", _mixture, MIXTURE_SOURCES, MIXTURE_VALID_FRACTION),
         S("split-mnist", "standard: MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
           5, False, "mlp", _split_builder("split-mnist", "mnist", 2), ("mnist",)),
         S("permuted-mnist",

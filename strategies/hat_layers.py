@@ -332,6 +332,53 @@ class HATNet(MultiHeadNet):
             prev_mask = layer.cumulative
         return pairs
 
+    @torch.no_grad()
+    def mask_statistics(self, tasks: Sequence[int] | None = None) -> dict:
+        """Per layer and task: capacity used and reuse of earlier tasks' units (§4 monitoring).
+
+        ``used[l][k]``: fraction of layer l's units task ``tasks[k]`` uses (mask > 0.5);
+        ``overlap[l][k]``: fraction of those units already used by ``tasks[:k]``;
+        ``cumulative[l][k]``: fraction used by ``tasks[:k+1]``;
+        ``weights_kept[k]``: fraction of gated weights joining two active units of task k
+        (compression, §4); ``units_kept[k]``: fraction of all gated units it keeps.
+        """
+        tasks = list(self.tasks if tasks is None else tasks)
+        names = {m: n for n, m in self.trunk.named_modules()}
+        used, overlap, cumul = ([[] for _ in self.gated_layers] for _ in range(3))
+        weights_kept, units_kept = [], []
+        seen = [torch.zeros(layer.units, dtype=torch.bool, device=layer.cumulative.device)
+                for layer in self.gated_layers]
+        for task in tasks:
+            masks = [m > 0.5 for m in self.masks(task)]
+            kept_w = total_w = kept_u = total_u = 0
+            prev = None
+            for i, (layer, m) in enumerate(zip(self.gated_layers, masks, strict=True)):
+                n_on = int(m.sum())
+                used[i].append(n_on / layer.units)
+                overlap[i].append(float((m & seen[i]).sum()) / n_on if n_on else 0.0)
+                seen[i] |= m
+                cumul[i].append(float(seen[i].float().mean()))
+                per_unit = layer.weight[0].numel()  # weights per output unit
+                total_w += layer.units * per_unit
+                kernel = per_unit // layer.in_width
+                n_in = layer.in_width if prev is None else int(prev.sum()) * layer.input_repeat
+                kept_w += n_on * n_in * kernel
+                kept_u += n_on
+                total_u += layer.units
+                prev = m
+            weights_kept.append(kept_w / total_w)
+            units_kept.append(kept_u / total_u)
+        return {
+            "layers": [names.get(layer, type(layer).__name__) for layer in self.gated_layers],
+            "units": [layer.units for layer in self.gated_layers],
+            "tasks": tasks,
+            "used": used,
+            "overlap": overlap,
+            "cumulative": cumul,
+            "weights_kept": weights_kept,
+            "units_kept": units_kept,
+        }
+
     # ---------------------------------------------------------------- forward
     def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
         if self.training:

@@ -1,0 +1,127 @@
+"""Run records: the JSON contract between runner, tracker and report (README "Run record").
+
+A record is written atomically (temporary file in the same folder, fsync, ``os.replace``), so
+an interrupted run leaves either a complete record or none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+REQUIRED = {
+    "schema": int,
+    "scenario": str,
+    "strategy": str,
+    "seed": int,
+    "tag": str,
+    "params": dict,
+    "task_names": list,
+    "accuracy": list,
+    "random_accuracy": list,
+    "epochs": list,
+    "seconds": list,
+    "versions": dict,
+    "created": str,
+}
+
+
+class RecordError(ValueError):
+    """A file that is not a valid run record."""
+
+
+def record_name(scenario: str, strategy: str, seed: int, tag: str = "") -> str:
+    """File name of a run record: ``<scenario>__<strategy>__s<seed>[__<tag>].json``."""
+    name = f"{scenario}__{strategy}__s{seed}"
+    if tag:
+        safe = "".join(c if c.isalnum() or c in "._=-," else "-" for c in tag)
+        name += f"__{safe}"
+    return name + ".json"
+
+
+def record_path(out: Path, scenario: str, strategy: str, seed: int, tag: str = "") -> Path:
+    return Path(out) / "runs" / record_name(scenario, strategy, seed, tag)
+
+
+def versions() -> dict[str, str]:
+    import avalanche
+    import torch
+
+    from . import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "avalanche": getattr(avalanche, "__version__", "unknown"),
+        "suite": __version__,
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def validate_record(rec: Any) -> dict:
+    """Check the schema (types, T×T accuracy with every entry filled); return ``rec``."""
+    if not isinstance(rec, dict):
+        raise RecordError("a run record is a JSON object")
+    for key, typ in REQUIRED.items():
+        if key not in rec:
+            raise RecordError(f"missing field '{key}'")
+        if not isinstance(rec[key], typ) or (typ is int and isinstance(rec[key], bool)):
+            raise RecordError(f"field '{key}' must be {typ.__name__}")
+    n = len(rec["task_names"])
+    acc = rec["accuracy"]
+    if n == 0 or len(acc) != n or any(not isinstance(r, list) or len(r) != n for r in acc):
+        raise RecordError(f"'accuracy' must be a {n}×{n} matrix")
+    for row in acc:
+        for v in row:
+            if not isinstance(v, int | float) or not (0.0 <= v <= 1.0) or math.isnan(v):
+                raise RecordError("'accuracy' entries must be numbers in [0, 1]")
+    for key in ("random_accuracy", "epochs", "seconds"):
+        if len(rec[key]) != n:
+            raise RecordError(f"'{key}' must have one entry per task ({n})")
+    return rec
+
+
+def write_record(path: Path, rec: dict) -> Path:
+    """Validate and write ``rec`` atomically to ``path``."""
+    validate_record(rec)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(rec, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: Path) -> dict:
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: {err}") from None
+    return validate_record(rec)
+
+
+def is_complete(path: Path) -> bool:
+    """True when ``path`` holds a valid record (so the run can be skipped)."""
+    try:
+        read_record(path)
+    except RecordError:
+        return False
+    return True

@@ -1,0 +1,366 @@
+"""The experiment runner: (scenario, strategy, seed, overrides) → run record.
+
+An experiment is a function of its overrides: ``run_experiment`` trains each experience in
+order, evaluates every test experience after each, and returns the record (a dict, see
+``docs/record-schema.md``). ``run_all`` runs a list of experiments, skips those whose
+complete record exists, and writes each record atomically once its run has finished.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from tqdm.auto import tqdm
+
+from strategies import (
+    FastDataPlugin,
+    RecipeConfig,
+    TrainConfig,
+    TrainingRecipePlugin,
+    get_strategy,
+    make_optimizer,
+)
+from strategies.config import from_overrides, to_public_dict
+from strategies.registry import BuildContext
+
+from .networks import ModelConfig, build_model
+from .records import SCHEMA_VERSION, is_complete, now_iso, record_path, versions, write_record
+from .scenarios import Scenario, get_scenario, random_accuracy, to_benchmark
+
+Overrides = Mapping[str, Mapping[str, Any]]
+
+#: network defaults per scenario network family and data origin
+EMBEDDED_MODEL = {"hidden": 100}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run: what ``run_experiment`` needs, all typed."""
+
+    scenario: str
+    strategy: str
+    seed: int
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    train: TrainConfig
+    model: ModelConfig
+    strategy: Any
+
+
+def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
+            network: str) -> ResolvedConfig:
+    """Validate every override and fill scenario defaults (raises ConfigError)."""
+    spec = get_strategy(exp.strategy)
+    unknown = set(exp.overrides) - {"train", "model", exp.strategy}
+    if unknown:
+        # parameters of other strategies are ignored: they belong to their own runs
+        from strategies.registry import STRATEGIES
+
+        bad = sorted(unknown - set(STRATEGIES))
+        if bad:
+            from strategies import ConfigError
+
+            raise ConfigError(
+                f"unknown parameter section '{bad[0]}'; use train.*, model.* or "
+                f"<strategy>.* with a strategy among {', '.join(sorted(STRATEGIES))}"
+            )
+    train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
+    if train.valid_fraction is None:
+        train = replace(train, valid_fraction=scenario_valid_fraction)
+    model_over = dict(exp.overrides.get("model", {}))
+    model = from_overrides(ModelConfig, model_over, "model")
+    if model.family is None:
+        model = replace(model, family=network)
+    if model.hidden is None:
+        default_hidden = EMBEDDED_MODEL["hidden"] if embedded else (
+            2048 if model.family == "alexnet" else 2000)
+        model = replace(model, hidden=default_hidden)
+    strat = spec.config(exp.overrides.get(exp.strategy, {}))
+    return ResolvedConfig(train, model, strat)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Accuracy(SupervisedPlugin):
+    """Collects test accuracy per evaluated experience."""
+
+    def __init__(self):
+        super().__init__()
+        self.correct = 0
+        self.total = 0
+        self.results: list[float] = []
+
+    def before_eval(self, strategy, **kwargs):
+        self.results = []
+
+    def before_eval_exp(self, strategy, **kwargs):
+        self.correct = self.total = 0
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        self.correct += int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
+        self.total += len(strategy.mb_y)
+
+    def after_eval_exp(self, strategy, **kwargs):
+        self.results.append(self.correct / max(self.total, 1))
+
+
+class _History(SupervisedPlugin):
+    """Per-epoch training statistics, forwarded to ``on_epoch`` (progress bar, tracker)."""
+
+    def __init__(self, recipe: TrainingRecipePlugin, on_epoch: Callable[[dict], None]):
+        super().__init__()
+        self.recipe = recipe
+        self.on_epoch = on_epoch
+        self.entries: list[dict] = []
+        self._loss = self._correct = self._n = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.entries = []
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self._loss, self._correct, self._n = 0.0, 0, 0
+
+    def after_training_iteration(self, strategy, **kwargs):
+        n = len(strategy.mb_y)
+        self._loss += float(strategy.loss.detach()) * n
+        with torch.no_grad():
+            self._correct += int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
+        self._n += n
+
+    def after_training_epoch(self, strategy, **kwargs):
+        # the recipe plugin runs before this one: its validation loss is for this epoch
+        entry = {
+            "epoch": len(self.entries) + 1,
+            "train_loss": self._loss / max(self._n, 1),
+            "train_acc": self._correct / max(self._n, 1),
+            "valid_loss": self.recipe.last_valid_loss,
+            "lr": self.recipe.lr if self.recipe.active else
+            float(strategy.optimizer.param_groups[0]["lr"]),
+        }
+        for plugin in strategy.plugins:
+            metrics = getattr(plugin, "epoch_metrics", None)
+            if metrics is not None:
+                entry.update(metrics())
+        self.entries.append(entry)
+        self.on_epoch(entry)
+
+
+def _evaluate(strategy, stream, collector: _Accuracy) -> list[float]:
+    strategy.eval(stream)
+    return list(collector.results)
+
+
+@dataclass
+class RunHooks:
+    """Observers of a run (progress bars, trackers); every hook is optional."""
+
+    on_epoch: Callable[[int, dict], None] = lambda task, entry: None
+    on_experience: Callable[[int, list[float]], None] = lambda task, row: None
+    avalanche_loggers: list = field(default_factory=list)
+
+
+def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugins, loggers):
+    gated = spec.gated
+    hat_kw = {}
+    if gated:
+        hat_kw = dict(smax=cfg.strategy.smax, binary_masks=not cfg.strategy.soft_masks,
+                      embedding_init=cfg.strategy.embedding_init)
+    model = build_model(cfg.model, scenario.input_shape, scenario.classes_per_task,
+                        gated=gated, **hat_kw).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(loggers=list(loggers))
+    ctx = BuildContext(model=model, optimizer=optimizer, train=cfg.train, plugins=plugins,
+                       device=device, evaluator=evaluator)
+    return spec.build(ctx, cfg.strategy)
+
+
+def run_experiment(
+    exp: Experiment,
+    scenario: Scenario | None = None,
+    *,
+    data_root: Path = Path("data"),
+    device: str | torch.device = "cpu",
+    hooks: RunHooks | None = None,
+) -> dict:
+    """Train ``exp`` and return its run record (not written)."""
+    hooks = hooks or RunHooks()
+    sspec = get_scenario(exp.scenario)
+    if scenario is None:
+        scenario = sspec.build(exp.seed, Path(data_root))
+    cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
+    spec = get_strategy(exp.strategy)
+    device = torch.device(device)
+    bench = to_benchmark(scenario)
+    n_tasks = scenario.n_tasks
+    accuracy: list[list[float]] = []
+    epochs: list[int] = []
+    seconds: list[float] = []
+    history: list[list[dict]] = []
+
+    def plugins_for(task_index: int):
+        recipe = TrainingRecipePlugin(
+            RecipeConfig(mode=cfg.train.recipe, valid_fraction=cfg.train.valid_fraction,
+                         patience=cfg.train.patience, lr_factor=cfg.train.lr_factor,
+                         lr_min=cfg.train.lr_min, seed=exp.seed),
+            lr=cfg.train.lr,
+        )
+        hist = _History(recipe, lambda entry: hooks.on_epoch(task_index, entry))
+        acc = _Accuracy()
+        return recipe, hist, acc, [FastDataPlugin(), recipe, hist, acc]
+
+    seed_everything(exp.seed)
+    strategy = None
+    if not spec.joint:
+        recipe, hist, acc, plugins = plugins_for(0)
+        strategy = _make_strategy(spec, cfg, scenario, device, plugins, hooks.avalanche_loggers)
+    for t in range(n_tasks):
+        start = time.perf_counter()
+        if spec.joint:
+            seed_everything(exp.seed)  # from scratch, same initialisation for every t
+            recipe, hist, acc, plugins = plugins_for(t)
+            strategy = _make_strategy(spec, cfg, scenario, device, plugins,
+                                      hooks.avalanche_loggers)
+            strategy.train(bench.train_stream[: t + 1], eval_streams=[])
+        else:
+            hist.on_epoch = (lambda task: lambda entry: hooks.on_epoch(task, entry))(t)
+            strategy.train(bench.train_stream[t], eval_streams=[])
+        seconds.append(time.perf_counter() - start)
+        epochs.append(recipe.epochs_trained)
+        history.append(list(hist.entries))
+        row = _evaluate(strategy, bench.test_stream, acc)
+        accuracy.append(row)
+        hooks.on_experience(t, row)
+
+    hat_stats = None
+    model = strategy.model
+    if hasattr(model, "mask_statistics"):
+        hat_stats = model.mask_statistics(list(range(n_tasks)))
+    params = {
+        "train": to_public_dict(cfg.train),
+        "model": to_public_dict(cfg.model),
+        exp.strategy: to_public_dict(cfg.strategy),
+    }
+    return {
+        "schema": SCHEMA_VERSION,
+        "scenario": exp.scenario,
+        "strategy": exp.strategy,
+        "seed": exp.seed,
+        "tag": exp.tag,
+        "params": params,
+        "task_names": [task.name for task in scenario.tasks],
+        "accuracy": accuracy,
+        "random_accuracy": [random_accuracy(task) for task in scenario.tasks],
+        "epochs": epochs,
+        "seconds": seconds,
+        "history": history,
+        "hat": hat_stats,
+        "versions": versions(),
+        "device": str(device),
+        "created": now_iso(),
+    }
+
+
+def summarize(rec: Mapping[str, Any]) -> str:
+    """One line per finished run: final average accuracy, forgetting, time."""
+    acc = np.asarray(rec["accuracy"])
+    n = len(acc)
+    final = acc[-1].mean()
+    forgetting = (
+        float(np.mean([acc[u:-1, u].max() - acc[-1, u] for u in range(n - 1)])) if n > 1 else 0.0
+    )
+    tag = f" [{rec['tag']}]" if rec.get("tag") else ""
+    return (f"{rec['strategy']:>8} {rec['scenario']} seed {rec['seed']}{tag}: final acc "
+            f"{final:.3f}, forgetting {forgetting:.3f}, {sum(rec['seconds']):.1f} s")
+
+
+def run_all(
+    experiments: Sequence[Experiment],
+    out: Path,
+    *,
+    data_root: Path = Path("data"),
+    device: str = "cpu",
+    progress: bool = True,
+    tracker_factory: Callable[[Experiment], Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Run every experiment whose complete record is missing; return all record paths."""
+    log = log or (lambda msg: tqdm.write(msg))
+    paths = []
+    todo = []
+    for exp in experiments:
+        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
+        paths.append(path)
+        if is_complete(path):
+            log(f"skip {path.name}: complete record exists")
+        else:
+            todo.append((exp, path))
+    if todo:
+        (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
+    cache: dict[tuple[str, int], Scenario] = {}
+    # disable=None: bars only on a terminal (no log spam in CI or files)
+    show = None if progress else True
+    bar = tqdm(todo, desc="runs", unit="run", disable=show, position=0)
+    for exp, path in bar:
+        bar.set_postfix_str(f"{exp.strategy} s{exp.seed}")
+        key = (exp.scenario, exp.seed)
+        if key not in cache:
+            cache.clear()  # one scenario in memory at a time
+            cache[key] = get_scenario(exp.scenario).build(exp.seed, Path(data_root))
+        scenario = cache[key]
+        ebar = tqdm(desc=f"  {exp.strategy} task 1/{scenario.n_tasks}", unit="ep",
+                    disable=show, position=1, leave=False)
+        tracker = tracker_factory(exp) if tracker_factory else None
+
+        def on_epoch(task, entry, ebar=ebar, tracker=tracker, n=scenario.n_tasks):
+            ebar.set_description(f"  {exp.strategy} task {task + 1}/{n}")
+            ebar.update(1)
+            if tracker is not None:
+                tracker.log_epoch(task, entry)
+
+        def on_experience(task, row, tracker=tracker):
+            if tracker is not None:
+                tracker.log_experience(task, row)
+
+        hooks = RunHooks(on_epoch=on_epoch, on_experience=on_experience,
+                         avalanche_loggers=tracker.avalanche_loggers() if tracker else [])
+        try:
+            rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
+            write_record(path, rec)
+            if tracker is not None:
+                tracker.finish(rec, out)
+        except BaseException:
+            if tracker is not None:
+                tracker.abort()
+            raise
+        finally:
+            ebar.close()
+        log(summarize(rec))
+    return paths
+
+
+def experiments_for(
+    scenario: str, strategies: Iterable[str], seeds: Iterable[int], overrides: Overrides,
+    tag: str = "",
+) -> list[Experiment]:
+    """The product strategies × seeds, seeds outermost (one scenario build per seed)."""
+    return [Experiment(scenario, s, seed, overrides, tag) for seed in seeds for s in strategies]

@@ -1,0 +1,214 @@
+"""Continual-learning metrics computed from accuracy matrices (pure numpy/scipy).
+
+This is the single home of every formula the suite reports. The report (``reports``) and the
+W&B tracker both call these functions, so a number means the same thing everywhere.
+
+Conventions shared by every function:
+
+* ``acc`` is a T×T matrix. Row ``t`` holds the test accuracies measured right after training
+  task ``t`` (for the joint reference: after training jointly on tasks ``0..t``); column ``tau``
+  is the task evaluated. Indices are 0-based in code; docstrings use the paper's 1-based
+  ``t = 1..T`` where they quote the paper.
+* Accuracies are fractions in ``[0, 1]``.
+* No function emits numpy runtime warnings: undefined values are returned as NaN by an explicit
+  rule that each docstring states.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEGENERATE_ATOL",
+    "best_baseline",
+    "bwt",
+    "final_average_accuracy",
+    "forgetting",
+    "forgetting_ratio",
+    "forgetting_reduction",
+    "mean_ci",
+    "mean_forgetting_ratio",
+    "random_stratified_accuracy",
+]
+
+#: |A_J - A_R| at or below this value counts as "joint training is no better than chance":
+#: the forgetting ratio is undefined there (NaN), see :func:`forgetting_ratio`.
+DEGENERATE_ATOL = 1e-12
+
+
+def _square(acc: object, name: str) -> np.ndarray:
+    a = np.asarray(acc, dtype=float)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty T×T matrix, got shape {a.shape}")
+    return a
+
+
+def forgetting_ratio(
+    acc: object, joint_acc: object, random_acc: object, *, atol: float = DEGENERATE_ATOL
+) -> np.ndarray:
+    """Per-task forgetting ratio ρ^{τ≤t} of the paper (Serrà et al. 2018, §4.1).
+
+    ``rho[t, tau] = (acc[t, tau] - random_acc[tau]) / (joint_acc[t, tau] - random_acc[tau]) - 1``
+    for ``tau <= t``.
+
+    * ``rho = 0``: as good as joint (multitask) training on tasks ``0..t``;
+      ``rho = -1``: as bad as the stratified random classifier; ``rho > 0`` is possible.
+    * Entries above the diagonal (``tau > t``, tasks not learned yet) are NaN.
+    * Degenerate reference rule: where ``|joint_acc[t, tau] - random_acc[tau]| <= atol`` the
+      joint model is no better than chance, the ratio has no meaning, and the entry is NaN
+      (computed without a division, so no runtime warning is raised).
+
+    Args:
+        acc: T×T accuracies of the evaluated strategy.
+        joint_acc: T×T accuracies of joint training, same scenario and seed.
+        random_acc: length-T accuracies of the stratified random classifier per task.
+        atol: tolerance of the degenerate reference rule.
+
+    Returns:
+        T×T float array, NaN above the diagonal and at degenerate entries.
+    """
+    a = _square(acc, "acc")
+    j = _square(joint_acc, "joint_acc")
+    r = np.asarray(random_acc, dtype=float)
+    if j.shape != a.shape:
+        raise ValueError(f"joint_acc shape {j.shape} differs from acc shape {a.shape}")
+    if r.shape != (a.shape[0],):
+        raise ValueError(f"random_acc must have length {a.shape[0]}, got shape {r.shape}")
+    n = a.shape[0]
+    denom = j - r[None, :]
+    defined = np.tril(np.ones((n, n), dtype=bool)) & (np.abs(denom) > atol)
+    rho = np.full((n, n), np.nan)
+    rho[defined] = (a - r[None, :])[defined] / denom[defined] - 1.0
+    return rho
+
+
+def mean_forgetting_ratio(
+    acc: object, joint_acc: object, random_acc: object, *, atol: float = DEGENERATE_ATOL
+) -> np.ndarray:
+    """Forgetting ratio per number of tasks learned: ρ^{≤t} = mean over τ ≤ t of ρ^{τ≤t}.
+
+    Returns a length-T vector whose entry ``t`` (0-based; the paper's t+1) averages row ``t``
+    of :func:`forgetting_ratio` over ``tau = 0..t``. Entries that the degenerate reference rule
+    made NaN are left out of the mean (the mean runs over the defined entries only); if no
+    entry of the row is defined the result is NaN.
+    """
+    rho = forgetting_ratio(acc, joint_acc, random_acc, atol=atol)
+    out = np.full(rho.shape[0], np.nan)
+    for t in range(rho.shape[0]):
+        row = rho[t, : t + 1]
+        row = row[~np.isnan(row)]
+        if row.size:
+            out[t] = float(row.mean())
+    return out
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its Student-t confidence interval.
+
+    ``half_width = t_{(1 + confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard
+    deviation (``ddof=1``) and ``n`` the number of values. NaN values are dropped first (a
+    seed whose metric is undefined does not count). ``n = 0`` gives ``(nan, nan)``; ``n = 1``
+    gives ``(value, nan)``: a confidence interval needs at least 2 values (seeds).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    v = np.asarray(list(values), dtype=float).ravel()
+    v = v[~np.isnan(v)]
+    n = v.size
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(v.mean())
+    if n == 1:
+        return mean, math.nan
+    sd = float(v.std(ddof=1))
+    return mean, _t_quantile((1.0 + confidence) / 2.0, n - 1) * sd / math.sqrt(n)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(p: float, dof: int) -> float:
+    """Quantile ``p`` of Student's t distribution with ``dof`` degrees of freedom."""
+    from scipy.special import stdtrit  # imported on first use: scipy is slow to import
+
+    return float(stdtrit(dof, p))
+
+
+def final_average_accuracy(acc: object) -> float:
+    """Average accuracy after the last task: ``mean_tau acc[T-1, tau]`` (mean of the last row)."""
+    a = _square(acc, "acc")
+    return float(a[-1].mean())
+
+
+def bwt(acc: object) -> float:
+    """Backward transfer (Lopez-Paz & Ranzato 2017).
+
+    ``BWT = 1/(T-1) * sum_{tau=0}^{T-2} (acc[T-1, tau] - acc[tau, tau])``: how the final
+    accuracy on each earlier task differs from its accuracy right after it was learned
+    (negative = forgetting). NaN when T = 1 (no earlier task).
+    """
+    a = _square(acc, "acc")
+    n = a.shape[0]
+    if n < 2:
+        return math.nan
+    idx = np.arange(n - 1)
+    return float((a[-1, idx] - a[idx, idx]).mean())
+
+
+def forgetting(acc: object) -> float:
+    """Average forgetting, max-based (Chaudhry et al. 2018).
+
+    ``F = 1/(T-1) * sum_{tau=0}^{T-2} ( max_{t = tau..T-2} acc[t, tau] - acc[T-1, tau] )``:
+    for each earlier task, the drop from its best accuracy at any point from when it was
+    learned until before the last task, to its final accuracy (positive = forgetting; it can be
+    negative when the final accuracy exceeds every earlier one). NaN when T = 1.
+    """
+    a = _square(acc, "acc")
+    n = a.shape[0]
+    if n < 2:
+        return math.nan
+    drops = [float(a[tau : n - 1, tau].max() - a[n - 1, tau]) for tau in range(n - 1)]
+    return float(np.mean(drops))
+
+
+def best_baseline(
+    rho_by_strategy: Mapping[str, float], exclude: Sequence[str] = ("hat", "joint")
+) -> str | None:
+    """The baseline with the least forgetting: the strategy, not in ``exclude``, with mean ρ
+    closest to 0, i.e. the smallest |ρ| (this is the highest ρ whenever all ρ ≤ 0, the usual
+    case). NaN entries are ignored; ties go to the alphabetically first name. Returns None when
+    no baseline has a defined ρ.
+    """
+    cands = [
+        (abs(v), name)
+        for name, v in rho_by_strategy.items()
+        if name not in exclude and v is not None and not math.isnan(v)
+    ]
+    return min(cands)[1] if cands else None
+
+
+def forgetting_reduction(rho_hat: float, rho_baseline: float) -> float:
+    """Reduction of forgetting of HAT against a baseline, in percent.
+
+    ``100 * (1 - |rho_hat| / |rho_baseline|)``: 100 % = no forgetting left; 0 % = as much as
+    the baseline; negative = more. NaN when either value is NaN or ``rho_baseline == 0``.
+    """
+    if math.isnan(rho_hat) or math.isnan(rho_baseline) or rho_baseline == 0.0:
+        return math.nan
+    return 100.0 * (1.0 - abs(rho_hat) / abs(rho_baseline))
+
+
+def random_stratified_accuracy(train_counts: object, test_counts: object) -> float:
+    """Expected accuracy A_R of a classifier that guesses labels with the training class
+    frequencies: ``sum_c p_train(c) * p_test(c)``, from per-class sample counts (same class
+    order in both). NaN when either count vector sums to 0.
+    """
+    tr = np.asarray(train_counts, dtype=float)
+    te = np.asarray(test_counts, dtype=float)
+    if tr.shape != te.shape or tr.ndim != 1:
+        raise ValueError(f"class count vectors must have equal 1-D shapes: {tr.shape}, {te.shape}")
+    if tr.sum() <= 0 or te.sum() <= 0:
+        return math.nan
+    return float((tr / tr.sum()) @ (te / te.sum()))

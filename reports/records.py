@@ -1,0 +1,143 @@
+"""Reading run records (docs/record-schema.md) for the report, with shape validation.
+
+Only the fields the report needs are checked; anything else in a record is passed through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RecordWarning", "ReportError", "load_records", "record_problem"]
+
+#: Fields without which a JSON object is not a run record the report can use.
+REQUIRED = ("scenario", "strategy", "seed", "task_names", "accuracy", "random_accuracy")
+
+
+class ReportError(Exception):
+    """A user-facing error: the CLI prints its message as one line and exits with code 2."""
+
+
+class RecordWarning(UserWarning):
+    """A run record file that was skipped (one warning per file, naming it)."""
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_frac(x: object) -> bool:
+    return _is_num(x) and -1e-9 <= x <= 1 + 1e-9
+
+
+def _matrix_problem(m: object, rows: int, cols: int, name: str) -> str | None:
+    if not isinstance(m, list) or len(m) != rows:
+        return f"'{name}' must be a list of {rows} rows"
+    for i, row in enumerate(m):
+        if not isinstance(row, list) or len(row) != cols:
+            return f"'{name}' row {i} must have {cols} entries"
+        if not all(_is_frac(v) for v in row):
+            return f"'{name}' row {i} must hold numbers in [0, 1]"
+    return None
+
+
+def _hat_problem(hat: object) -> str | None:
+    if not isinstance(hat, dict):
+        return "'hat' must be an object or null"
+    layers, tasks = hat.get("layers"), hat.get("tasks")
+    if not isinstance(layers, list) or not layers or not isinstance(tasks, list) or not tasks:
+        return "'hat' needs non-empty 'layers' and 'tasks' lists"
+    for key in ("used", "overlap"):
+        if key in hat and hat[key] is not None:
+            p = _matrix_problem(hat[key], len(layers), len(tasks), f"hat.{key}")
+            if p:
+                return p
+    wk = hat.get("weights_kept")
+    if wk is not None and (
+        not isinstance(wk, list) or len(wk) != len(tasks) or not all(_is_frac(v) for v in wk)
+    ):
+        return f"'hat.weights_kept' must hold {len(tasks)} numbers in [0, 1]"
+    return None
+
+
+def record_problem(rec: object) -> str | None:
+    """Why ``rec`` is not a usable run record, or None when it is.
+
+    Checks: a JSON object with the fields in :data:`REQUIRED`; ``schema`` (when present) 1;
+    non-empty string ``scenario``/``strategy``; integer ``seed``; ``task_names`` a non-empty
+    list of T strings; ``accuracy`` T×T and ``random_accuracy`` length T, numbers in [0, 1];
+    ``tag`` a string when present; ``params`` an object when present; ``hat`` null or mask
+    statistics whose ``used``/``overlap`` are layers×tasks and ``weights_kept`` per task.
+    """
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return "missing field(s) " + ", ".join(missing)
+    if rec.get("schema", 1) != 1:
+        return f"unsupported schema {rec.get('schema')!r} (expected 1)"
+    for key in ("scenario", "strategy"):
+        if not isinstance(rec[key], str) or not rec[key]:
+            return f"'{key}' must be a non-empty string"
+    if not isinstance(rec["seed"], int) or isinstance(rec["seed"], bool):
+        return "'seed' must be an integer"
+    names = rec["task_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "'task_names' must be a non-empty list of strings"
+    n = len(names)
+    p = _matrix_problem(rec["accuracy"], n, n, "accuracy")
+    if p:
+        return p + f" (T = {n} from task_names)"
+    ra = rec["random_accuracy"]
+    if not isinstance(ra, list) or len(ra) != n or not all(_is_frac(v) for v in ra):
+        return f"'random_accuracy' must hold {n} numbers in [0, 1]"
+    if not isinstance(rec.get("tag", ""), str):
+        return "'tag' must be a string"
+    if not isinstance(rec.get("params", {}), dict):
+        return "'params' must be an object"
+    if rec.get("hat") is not None:
+        return _hat_problem(rec["hat"])
+    return None
+
+
+def normalise(rec: dict[str, Any], source: str) -> dict[str, Any]:
+    """A validated record with optional fields filled (``tag`` "", ``params`` {}, ``hat``
+    None) and ``_source`` naming where it came from."""
+    out = dict(rec)
+    out.setdefault("tag", "")
+    out.setdefault("params", {})
+    out.setdefault("hat", None)
+    out["_source"] = source
+    return out
+
+
+def load_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Read every run record under ``<folder>/runs/*.json`` (or ``<folder>/*.json`` when there
+    is no ``runs`` sub-folder), sorted by file name.
+
+    A file that is not valid JSON, or is JSON but not a usable run record (see
+    :func:`record_problem`), is skipped with one :class:`RecordWarning` naming the file and
+    the reason. Each returned record has ``tag``/``params``/``hat`` filled and a ``_source``
+    key holding its path.
+    """
+    folder = Path(folder)
+    runs = folder / "runs" if (folder / "runs").is_dir() else folder
+    out: list[dict[str, Any]] = []
+    for path in sorted(runs.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            warnings.warn(f"skipping {path}: invalid JSON ({msg})", RecordWarning, stacklevel=2)
+            continue
+        problem = record_problem(rec)
+        if problem:
+            warnings.warn(
+                f"skipping {path}: not a run record ({problem})", RecordWarning, stacklevel=2
+            )
+            continue
+        out.append(normalise(rec, str(path)))
+    return out

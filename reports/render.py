@@ -1,0 +1,303 @@
+"""Text renderings (Markdown, LaTeX, CSV) of the data computed in :mod:`reports.tables`.
+
+Every function returns a string; :func:`write_text` writes it atomically. CSV files hold plain
+numbers (full precision, ``nan`` where undefined); Markdown/LaTeX hold rounded, human text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .tables import Capacity, Grid, Missing, ScenarioReport
+
+SINGLE = "†"
+SINGLE_NOTE = f"{SINGLE} a single seed: no confidence interval (a CI needs >= 2 seeds)."
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then
+    ``os.replace``); creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- number formatting ----------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    """Full-precision CSV number; ``nan`` when undefined."""
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
+
+
+def pm(mean: float, half: float, digits: int = 3, scale: float = 1.0, latex: bool = False) -> str:
+    """``mean ± half`` rounded; ``mean†`` when the half-width is undefined; ``n/a`` for NaN."""
+    if math.isnan(mean):
+        return "n/a"
+    m = f"{mean * scale:.{digits}f}"
+    if math.isnan(half):
+        return f"${m}$\\textsuperscript{{{SINGLE}}}" if latex else m + SINGLE
+    h = f"{half * scale:.{digits}f}"
+    return f"${m} \\pm {h}$" if latex else f"{m} ± {h}"
+
+
+def _csv(header: list[str], rows: Iterable[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(
+            [_num(r[k]) if isinstance(r[k], float) else ("" if r[k] is None else r[k])
+             for k in header]
+        )
+    return buf.getvalue()
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
+                 ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        s = s.replace(a, b)
+    return s
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.1f} %"
+
+
+# --- Table 1: forgetting ratio --------------------------------------------------------------
+
+RHO_HEADER = ["strategy", "t", "mean", "ci_half", "ci_low", "ci_high", "n_seeds"]
+REDUCTION_HEADER = ["t", "best_baseline", "rho_baseline", "rho_hat", "reduction_pct"]
+
+
+def _has_single(rep: ScenarioReport) -> bool:
+    return any(math.isnan(st[t - 1].half) and st[t - 1].n > 0
+               for st in rep.rho.values() for t in rep.table_ts)
+
+
+def rho_table_md(rep: ScenarioReport) -> str:
+    """Table 1 as Markdown: ρ^{≤t} (mean ± CI over seeds) per strategy, best in bold, and a
+    row with HAT's reduction of forgetting against the best baseline."""
+    header = ["strategy"] + [f"ρ≤{t}" for t in rep.table_ts] + ["seeds"]
+    rows = []
+    for s, stats in rep.rho.items():
+        cells = []
+        for t in rep.table_ts:
+            txt = pm(stats[t - 1].mean, stats[t - 1].half)
+            cells.append(f"**{txt}**" if s in rep.best.get(t, []) else txt)
+        rows.append([s] + cells + [str(max(st.n for st in stats))])
+    if rep.reduction:
+        cells = [
+            f"{_pct(r['reduction_pct'])} (vs {r['best_baseline'] or 'n/a'})" for r in rep.reduction
+        ]
+        rows.append(["HAT reduction of forgetting"] + cells + [""])
+    conf = f"{rep.confidence:.0%}"
+    text = (
+        f"# {rep.scenario}: forgetting ratio ρ≤t (mean ± {conf} CI over seeds)\n\n"
+        + _md_table(header, rows)
+        + "\nρ = 0: as good as joint training; ρ = -1: as bad as a random stratified classifier."
+        " Bold: closest to 0. HAT reduction = 100·(1 − |ρ_hat| / |ρ_best baseline|), best"
+        " baseline = the strategy other than hat and joint with the smallest |ρ|.\n"
+    )
+    if _has_single(rep):
+        text += "\n" + SINGLE_NOTE + "\n"
+    return text
+
+
+def rho_table_tex(rep: ScenarioReport) -> str:
+    """Table 1 as a LaTeX ``tabular`` (needs ``booktabs``), best in ``\\textbf``."""
+    cols = "l" + "c" * len(rep.table_ts)
+    head = " & ".join(["Strategy"] + [f"$\\rho^{{\\leq {t}}}$" for t in rep.table_ts])
+    lines = [
+        f"% {rep.scenario}: forgetting ratio, mean $\\pm$ {rep.confidence:.0%} CI over seeds;"
+        " needs \\usepackage{booktabs}",
+        f"\\begin{{tabular}}{{{cols}}}",
+        "\\toprule",
+        head + " \\\\",
+        "\\midrule",
+    ]
+    for s, stats in rep.rho.items():
+        cells = []
+        for t in rep.table_ts:
+            txt = pm(stats[t - 1].mean, stats[t - 1].half, latex=True)
+            cells.append(f"\\textbf{{\\boldmath{txt}}}" if s in rep.best.get(t, []) else txt)
+        lines.append(" & ".join([_tex_escape(s)] + cells) + " \\\\")
+    if rep.reduction:
+        lines.append("\\midrule")
+        cells = []
+        for r in rep.reduction:
+            pct = r["reduction_pct"]
+            val = "n/a" if math.isnan(pct) else f"{pct:.1f}\\,\\%"
+            cells.append(f"{val} ({_tex_escape(r['best_baseline'] or 'n/a')})")
+        lines.append(" & ".join(["HAT reduction of forgetting"] + cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    if _has_single(rep):
+        lines.append(f"% {SINGLE_NOTE}")
+    return "\n".join(lines) + "\n"
+
+
+def rho_table_csv(rep: ScenarioReport, all_t: bool = False) -> str:
+    """Table 1 (or, with ``all_t``, every t) as CSV rows
+    ``strategy,t,mean,ci_half,ci_low,ci_high,n_seeds``."""
+    return _csv(RHO_HEADER, rep.rho_rows(all_t))
+
+
+def reduction_csv(rep: ScenarioReport) -> str:
+    """HAT's reduction of forgetting per table t: ``t,best_baseline,rho_baseline,rho_hat,
+    reduction_pct``."""
+    return _csv(REDUCTION_HEADER, rep.reduction)
+
+
+# --- accuracy / BWT / forgetting --------------------------------------------------------------
+
+SUMMARY_HEADER = ["strategy", "metric", "mean", "ci_half", "ci_low", "ci_high", "n_seeds"]
+SUMMARY_LABELS = {
+    "final_acc": "final accuracy (%)",
+    "bwt": "BWT (pp)",
+    "forgetting": "forgetting (pp)",
+}
+
+
+def summary_md(rep: ScenarioReport) -> str:
+    """Final average accuracy, BWT and forgetting per strategy (mean ± CI), in percent."""
+    header = ["strategy", "seeds"] + list(SUMMARY_LABELS.values())
+    rows = []
+    single = False
+    for s, by_metric in rep.summary.items():
+        cells = []
+        for m in SUMMARY_LABELS:
+            st = by_metric[m]
+            single |= st.n == 1
+            cells.append(pm(st.mean, st.half, digits=1, scale=100.0))
+        rows.append([s, str(len(rep.seeds[s]))] + cells)
+    text = (
+        f"# {rep.scenario}: final accuracy, backward transfer, forgetting "
+        f"(mean ± {rep.confidence:.0%} CI over seeds)\n\n"
+        + _md_table(header, rows)
+        + "\nfinal accuracy: mean of the last row of the accuracy matrix; BWT: mean over earlier"
+        " tasks of final minus just-learned accuracy; forgetting: mean over earlier tasks of the"
+        " best accuracy before the last task minus the final accuracy. pp = percentage points.\n"
+    )
+    if single:
+        text += "\n" + SINGLE_NOTE + "\n"
+    return text
+
+
+def summary_csv(rep: ScenarioReport) -> str:
+    """``strategy,metric,mean,ci_half,ci_low,ci_high,n_seeds`` with metrics ``final_acc``,
+    ``bwt``, ``forgetting`` as fractions (not percent)."""
+    return _csv(SUMMARY_HEADER, rep.summary_rows())
+
+
+# --- robustness grid ---------------------------------------------------------------------------
+
+GRID_HEADER = ["smax", "c", "metric", "mean", "ci_half", "n_seeds"]
+
+
+def grid_csv(grid: Grid) -> str:
+    rows = [
+        {"smax": s, "c": c, "metric": grid.metric, "mean": st.mean, "ci_half": st.half,
+         "n_seeds": st.n}
+        for (s, c), st in sorted(grid.cells.items())
+    ]
+    return _csv(GRID_HEADER, rows)
+
+
+def grid_md(grid: Grid, scenario: str) -> str:
+    label = "ρ≤T" if grid.metric == "rho" else "final accuracy"
+    rows = []
+    for s in grid.smax:
+        cells = []
+        for c in grid.c:
+            st = grid.cells.get((s, c))
+            cells.append("" if st is None else pm(st.mean, st.half))
+        rows.append([f"{s:g}"] + cells)
+    return (
+        f"# {scenario}: HAT robustness, {label} over smax (rows) × c (columns)\n\n"
+        + _md_table(["smax \\ c"] + [f"{c:g}" for c in grid.c], rows)
+    )
+
+
+# --- HAT capacity / compression -----------------------------------------------------------------
+
+
+def compression_rows(cap: Capacity) -> list[dict[str, Any]]:
+    """Per task: fraction of units kept per layer, their mean over layers, weights kept."""
+    rows = []
+    for j, task in enumerate(cap.tasks):
+        row: dict[str, Any] = {"task": task}
+        for i, layer in enumerate(cap.layers):
+            row[f"units_{layer}"] = float(cap.used[i, j])
+        row["units_mean"] = float(cap.used[:, j].mean())
+        row["weights_kept"] = (
+            float(cap.weights_kept[j]) if cap.weights_kept is not None else math.nan
+        )
+        rows.append(row)
+    return rows
+
+
+def compression_csv(cap: Capacity) -> str:
+    header = ["task"] + [f"units_{la}" for la in cap.layers] + ["units_mean", "weights_kept"]
+    return _csv(header, compression_rows(cap))
+
+
+def compression_md(cap: Capacity, scenario: str) -> str:
+    header = ["task"] + [f"units {la} (%)" for la in cap.layers] + [
+        "units, mean (%)", "weights kept (%)"]
+    rows = []
+    for r in compression_rows(cap):
+        vals = [r[f"units_{la}"] for la in cap.layers] + [r["units_mean"], r["weights_kept"]]
+        rows.append([r["task"]] + ["n/a" if math.isnan(v) else f"{100 * v:.1f}" for v in vals])
+    return (
+        f"# {scenario}: HAT compression (fraction of the network each task keeps, mean over "
+        f"{cap.n} seed(s))\n\n" + _md_table(header, rows)
+    )
+
+
+# --- index ---------------------------------------------------------------------------------------
+
+
+def index_md(
+    sections: list[tuple[str, list[tuple[str, str]]]],
+    missing: list[tuple[str, Missing]],
+    notes: list[str],
+) -> str:
+    """``sections``: (scenario, [(relative path, caption)]); ``missing``: (scenario, what is
+    missing with the command that produces it)."""
+    lines = ["# Report", "", "Generated by `python -m reports` from run records.", ""]
+    if missing:
+        lines += ["## Missing", ""]
+        for sc, m in missing:
+            lines.append(f"- **{sc}**: {m.what}" + (f"; run `{m.command}`" if m.command else ""))
+        lines.append("")
+    for scenario, items in sections:
+        lines += [f"## {scenario}", ""]
+        lines += [f"- [{Path(p).name}]({p}): {cap}" for p, cap in items]
+        lines.append("")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)

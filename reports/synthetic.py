@@ -1,0 +1,152 @@
+"""Synthetic, schema-valid run records with known accuracy matrices (for tests, benchmarks and
+trying the report without training anything). Deterministic: the same arguments give the same
+records.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORGET_RATE",
+    "make_accuracy",
+    "make_hat_stats",
+    "make_record",
+    "record_filename",
+    "synthetic_records",
+    "write_records",
+]
+
+#: accuracy lost per later task, per strategy (others: 0.05)
+FORGET_RATE = {"joint": 0.0, "hat": 0.004, "ewc": 0.03, "sgd": 0.1}
+
+
+def _rng(*key: object) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def make_accuracy(strategy: str, n_tasks: int, seed: int, scenario: str = "") -> list[list[float]]:
+    """T×T accuracies: task ``tau`` is learned to about 0.9-0.97 and loses
+    ``FORGET_RATE[strategy]`` per later task (plus small seed noise); entries above the diagonal
+    (tasks not trained yet) sit near chance (0.5)."""
+    rng = _rng(scenario, strategy, n_tasks, seed)
+    rate = FORGET_RATE.get(strategy, 0.05)
+    base = 0.97 - 0.01 * np.arange(n_tasks) - (0.0 if strategy == "joint" else 0.01)
+    a = np.empty((n_tasks, n_tasks))
+    for t in range(n_tasks):
+        for tau in range(n_tasks):
+            if tau <= t:
+                v = base[tau] - rate * (t - tau) + rng.normal(0.0, 0.005)
+            else:
+                v = 0.5 + rng.normal(0.0, 0.02)
+            a[t, tau] = round(float(np.clip(v, 0.0, 1.0)), 6)
+    return a.tolist()
+
+
+def make_hat_stats(n_tasks: int, seed: int, layers: Sequence[str] = ("c1", "c2", "fc1")) -> dict:
+    """HAT mask statistics in the record's ``hat`` format."""
+    rng = _rng("hat-stats", n_tasks, seed)
+    used = np.clip(0.3 + 0.05 * rng.standard_normal((len(layers), n_tasks)), 0, 1)
+    overlap = np.clip(np.linspace(0.0, 0.8, n_tasks)[None, :] + 0.02 *
+                      rng.standard_normal((len(layers), n_tasks)), 0, 1)
+    overlap[:, 0] = 0.0
+    return {
+        "layers": list(layers),
+        "tasks": list(range(n_tasks)),
+        "used": np.round(used, 6).tolist(),
+        "overlap": np.round(overlap, 6).tolist(),
+        "weights_kept": np.round(np.clip(used.mean(0) ** 2, 0, 1), 6).tolist(),
+    }
+
+
+def make_record(
+    scenario: str,
+    strategy: str,
+    seed: int,
+    n_tasks: int,
+    *,
+    accuracy: Sequence[Sequence[float]] | None = None,
+    random_accuracy: Sequence[float] | None = None,
+    tag: str = "",
+    params: Mapping[str, Any] | None = None,
+    hat: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A complete schema-1 run record (docs/record-schema.md)."""
+    acc = [list(map(float, r)) for r in accuracy] if accuracy is not None else make_accuracy(
+        strategy, n_tasks, seed, scenario)
+    ra = list(random_accuracy) if random_accuracy is not None else [0.5] * n_tasks
+    return {
+        "schema": 1,
+        "scenario": scenario,
+        "strategy": strategy,
+        "seed": seed,
+        "tag": tag,
+        "params": dict(params) if params is not None else {"train": {"lr": 0.05}, strategy: {}},
+        "task_names": [f"task{i}" for i in range(n_tasks)],
+        "accuracy": acc,
+        "random_accuracy": ra,
+        "epochs": [1] * n_tasks,
+        "seconds": [0.1] * n_tasks,
+        "history": [[{"epoch": 1, "train_loss": 0.1, "train_acc": 0.9, "valid_loss": None,
+                      "lr": 0.05}] for _ in range(n_tasks)],
+        "hat": dict(hat) if hat is not None else None,
+        "versions": {"python": "3.11", "torch": "n/a", "avalanche": "n/a", "suite": "0.1.0"},
+        "device": "cpu",
+        "created": "2024-01-01T00:00:00Z",
+    }
+
+
+def synthetic_records(
+    scenarios: Mapping[str, int] | None = None,
+    strategies: Iterable[str] = ("hat", "ewc", "sgd", "joint"),
+    seeds: Iterable[int] = (0, 1, 2),
+    *,
+    grid: tuple[Sequence[float], Sequence[float]] | None = None,
+    hat_stats: bool = False,
+) -> list[dict[str, Any]]:
+    """Records for every scenario (name -> T), strategy and seed; with ``grid = (smaxs, cs)``
+    also tagged HAT grid points; with ``hat_stats`` HAT records carry mask statistics."""
+    scenarios = scenarios if scenarios is not None else {"syn-3": 3, "syn-5": 5}
+    seeds, strategies = list(seeds), list(strategies)
+    out = []
+    for sc, n in scenarios.items():
+        for st in strategies:
+            for sd in seeds:
+                params = {"train": {"lr": 0.05}, st: {}}
+                if st == "hat":
+                    params["hat"] = {"smax": 400.0, "c": 0.75}
+                hat = make_hat_stats(n, sd) if st == "hat" and hat_stats else None
+                out.append(make_record(sc, st, sd, n, params=params, hat=hat))
+        if grid is not None:
+            for smax in grid[0]:
+                for c in grid[1]:
+                    tag = f"hat.c={c:g},hat.smax={smax:g}"
+                    for sd in seeds:
+                        acc = make_accuracy("hat", n, sd, f"{sc}/{tag}")
+                        out.append(make_record(sc, "hat", sd, n, accuracy=acc, tag=tag,
+                                               params={"hat": {"smax": smax, "c": c}}))
+    return out
+
+
+def record_filename(rec: Mapping[str, Any]) -> str:
+    """``<scenario>__<strategy>__s<seed>[__<tag>].json`` as the runner names records."""
+    tag = f"__{rec['tag']}" if rec.get("tag") else ""
+    return f"{rec['scenario']}__{rec['strategy']}__s{rec['seed']}{tag}.json"
+
+
+def write_records(results: str | Path, records: Iterable[Mapping[str, Any]]) -> list[Path]:
+    """Write records to ``<results>/runs/`` (created); returns the paths."""
+    runs = Path(results) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rec in records:
+        p = runs / record_filename(rec)
+        p.write_text(json.dumps(rec), encoding="utf-8")
+        paths.append(p)
+    return paths

@@ -1,0 +1,141 @@
+"""Shared helpers for the strategy tests: tiny task-incremental streams, trunks, strategies.
+
+Everything is small (tens of samples, a few epochs) so that the whole suite runs in seconds.
+The synthetic tasks are easy (one Gaussian cluster per class, different per task), so that a working learner beats chance clearly within a few steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from avalanche.benchmarks import tensors_benchmark
+from avalanche.training.plugins import EvaluationPlugin
+from torch import nn
+
+from strategies import FastDataPlugin, HATNet, MultiHeadNet
+
+MLP_SHAPE = (64,)
+CONV_SHAPE = (1, 8, 8)
+
+
+def quiet_evaluator() -> EvaluationPlugin:
+    """An evaluator without loggers (and without its 'No loggers specified' warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin()
+
+
+def task_data(
+    n: int, shape: Sequence[int], task: int, seed: int, n_classes: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples of an easy task fixed by (seed, task): Gaussian clusters, one per class.
+
+    The class means are far enough apart for a trained network to be nearly perfect, and
+    close enough that an untrained (random) network stays near chance.
+    """
+    g = torch.Generator().manual_seed(1000 * seed + task)
+    dim = 1
+    for d in shape:
+        dim *= d
+    means = 0.5 * torch.randn(n_classes, dim, generator=g)
+    y = torch.arange(n) % n_classes
+    y = y[torch.randperm(n, generator=g)]
+    x = torch.randn(n, dim, generator=g) + means[y]
+    return x.view(n, *shape), y
+
+
+def make_stream(
+    n_tasks: int = 3,
+    shape: Sequence[int] = MLP_SHAPE,
+    n_train: int = 64,
+    n_test: int = 32,
+    seed: int = 0,
+    n_classes: int | Sequence[int] = 2,
+):
+    """A task-incremental benchmark: experience i has task label i.
+
+    Returns ``(benchmark, train_tensors, test_tensors)``; test inputs of task t are
+    ``test_tensors[t][0]``.
+    """
+    sizes = [n_classes] * n_tasks if isinstance(n_classes, int) else list(n_classes)
+    train, test = [], []
+    for t in range(n_tasks):
+        x, y = task_data(n_train + n_test, shape, t, seed, sizes[t])
+        train.append((x[:n_train], y[:n_train]))
+        test.append((x[n_train:], y[n_train:]))
+    bm = tensors_benchmark(
+        train_tensors=train,
+        test_tensors=test,
+        task_labels=list(range(n_tasks)),
+        complete_test_set_only=False,
+    )
+    return bm, train, test
+
+
+def mlp_trunk() -> nn.Sequential:
+    """Linear 64-32, ReLU, Dropout, Linear 32-32, ReLU."""
+    return nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 32), nn.ReLU()
+    )
+
+
+def conv_trunk() -> nn.Sequential:
+    """Conv2d(1→4, 3) → ReLU → MaxPool(2) → Flatten → Linear(36→16) → ReLU, on 1×8×8."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
+        nn.ReLU(),
+    )
+
+
+TRUNKS = {"mlp": (mlp_trunk, MLP_SHAPE), "conv": (conv_trunk, CONV_SHAPE)}
+
+
+def feature_dim(trunk: nn.Module, shape: Sequence[int]) -> int:
+    with torch.no_grad():
+        was = trunk.training
+        trunk.eval()
+        out = trunk(torch.zeros(1, *shape))
+        trunk.train(was)
+    return out.shape[1]
+
+
+def hat_net(trunk: nn.Sequential, shape: Sequence[int], **kw) -> HATNet:
+    return HATNet.wrap(trunk, shape, **kw)
+
+
+def multihead_net(trunk: nn.Sequential, shape: Sequence[int]) -> MultiHeadNet:
+    return MultiHeadNet(trunk, feature_dim(trunk, shape))
+
+
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.1),
+    "sgd_momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.01),
+}
+
+
+def fast_plugins(*more) -> list:
+    """FastDataPlugin first (other plugins must see its loader), then ``more``."""
+    return [FastDataPlugin(), *more]
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, task: int) -> torch.Tensor:
+    """Evaluation-mode outputs of head ``task``; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        return model(x, task).clone()
+    finally:
+        model.train(was)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: int) -> float:
+    return float((logits(model, x, task).argmax(dim=1) == y).float().mean())
+
+
+def clone_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
