@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--download", action="store_true",
                    help="let torchvision download missing datasets (needs internet)")
     r.add_argument("--device", help="cpu or cuda (default cpu)")
+    r.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: fastest for the small networks on "
+                   "few cores and for parallel jobs; 0 keeps torch's default)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("list", help="list scenarios and strategies with their defaults")
     return p
@@ -211,6 +214,8 @@ def prepare_run(args: argparse.Namespace):
             f"unknown --set section '{bad}'; use train.*, model.* or a strategy name "
             f"({', '.join(sorted(STRATEGIES))})"
         )
+    if args.threads < 0:
+        raise BenchmarkError(f"invalid --threads {args.threads}: give 0 (torch default) or more")
     check_writable(out)
     spec.check_available(data_root, download=args.download)
     return experiments, out, data_root, device
@@ -227,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from .runner import run_all
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         run_all(experiments, out, data_root=data_root, device=device,
                 progress=not args.no_progress)

@@ -30,8 +30,16 @@ from .tables import Missing, ScenarioReport, compute_report
 
 __all__ = ["BuildResult", "build_report", "default_workers", "safe_name"]
 
-_OWNED = ("rho_table.*", "rho_reduction.csv", "rho_vs_t.*", "acc_matrix_*.png", "summary.*",
-          "robustness.*", "capacity.png", "compression.*")
+_OWNED = (
+    "rho_table.*",
+    "rho_reduction.csv",
+    "rho_vs_t.*",
+    "acc_matrix_*.png",
+    "summary.*",
+    "robustness.*",
+    "capacity.png",
+    "compression.*",
+)
 
 
 def safe_name(name: str) -> str:
@@ -68,48 +76,85 @@ def _scenario_files(
 
     if rep.rho:
         cols = " and ".join(f"t = {t}" for t in rep.table_ts)
-        text("rho_table.md", render.rho_table_md(rep),
-             f"Table 1: forgetting ratio ρ≤t at {cols} per strategy (mean ± {conf} CI over "
-             "seeds), best in bold, with HAT's reduction of forgetting vs the best baseline")
+        text(
+            "rho_table.md",
+            render.rho_table_md(rep),
+            f"Table 1: forgetting ratio ρ≤t at {cols} per strategy (mean ± {conf} CI over "
+            "seeds), best in bold, with HAT's reduction of forgetting vs the best baseline",
+        )
         text("rho_table.tex", render.rho_table_tex(rep), "Table 1 as LaTeX (booktabs)")
         text("rho_table.csv", render.rho_table_csv(rep), "Table 1 as CSV (plain numbers)")
-        text("rho_reduction.csv", render.reduction_csv(rep),
-             "HAT's reduction of forgetting (%) against the best baseline, per t of Table 1")
-        figure(figures.plot_rho_vs_t, (rep.rho, rep.n_tasks,
-                                       [d / "rho_vs_t.png", d / "rho_vs_t.pdf"]),
-               {"rho_vs_t.png": f"forgetting ratio ρ≤t against t with {conf} CI bands; "
-                                "dashed: joint training (ρ = 0)",
-                "rho_vs_t.pdf": "the same figure as PDF"})
-        text("rho_vs_t.csv", render.rho_table_csv(rep, all_t=True),
-             "data of the figure: ρ≤t for every t")
+        text(
+            "rho_reduction.csv",
+            render.reduction_csv(rep),
+            "HAT's reduction of forgetting (%) against the best baseline, per t of Table 1",
+        )
+        figure(
+            figures.plot_rho_vs_t,
+            (rep.rho, rep.n_tasks, [d / "rho_vs_t.png", d / "rho_vs_t.pdf"]),
+            {
+                "rho_vs_t.png": f"forgetting ratio ρ≤t against t with {conf} CI bands; "
+                "dashed: joint training (ρ = 0)",
+                "rho_vs_t.pdf": "the same figure as PDF",
+            },
+        )
+        text(
+            "rho_vs_t.csv",
+            render.rho_table_csv(rep, all_t=True),
+            "data of the figure: ρ≤t for every t",
+        )
     if rep.summary:
-        text("summary.md", render.summary_md(rep),
-             f"final average accuracy, BWT and forgetting per strategy (mean ± {conf} CI)")
+        text(
+            "summary.md",
+            render.summary_md(rep),
+            f"final average accuracy, BWT and forgetting per strategy (mean ± {conf} CI)",
+        )
         text("summary.csv", render.summary_csv(rep), "the same as CSV (fractions)")
     for s, m in rep.acc_mean.items():
         n = len(rep.seeds[s])
         name = f"acc_matrix_{safe_name(s)}.png"
         title = f"{rep.scenario}: {s} (mean over {n} seed{'s' if n != 1 else ''})"
-        figure(figures.plot_acc_matrix, (m, title, d / name),
-               {name: f"accuracy matrix of {s}: row t after training task t, column τ the "
-                      f"evaluated task, mean over {n} seed(s)"})
+        figure(
+            figures.plot_acc_matrix,
+            (m, title, d / name),
+            {
+                name: f"accuracy matrix of {s}: row t after training task t, column τ the "
+                f"evaluated task, mean over {n} seed(s)"
+            },
+        )
     if rep.grid is not None:
         what = "ρ≤T" if rep.grid.metric == "rho" else "final accuracy (no joint records for ρ)"
-        figure(figures.plot_grid, (rep.grid, rep.scenario, d / "robustness.png"),
-               {"robustness.png": f"HAT robustness: {what} over the smax × c grid"})
-        text("robustness.md", render.grid_md(rep.grid, rep.scenario),
-             "the robustness grid as a table (mean ± CI)")
+        figure(
+            figures.plot_grid,
+            (rep.grid, rep.scenario, d / "robustness.png"),
+            {"robustness.png": f"HAT robustness: {what} over the smax × c grid"},
+        )
+        text(
+            "robustness.md",
+            render.grid_md(rep.grid, rep.scenario),
+            "the robustness grid as a table (mean ± CI)",
+        )
         text("robustness.csv", render.grid_csv(rep.grid), "the robustness grid as CSV")
     if rep.capacity is not None:
         cap = rep.capacity
-        figure(figures.plot_capacity, (cap, rep.scenario, d / "capacity.png"),
-               {"capacity.png": "HAT capacity: fraction of each layer's units used per task, "
-                                "and how much of it earlier tasks already used"})
-        figure(figures.plot_compression, (cap, rep.scenario, d / "compression.png"),
-               {"compression.png": "HAT compression: fraction of units and weights kept per "
-                                   "task"})
-        text("compression.md", render.compression_md(cap, rep.scenario),
-             "HAT compression per task and layer as a table")
+        figure(
+            figures.plot_capacity,
+            (cap, rep.scenario, d / "capacity.png"),
+            {
+                "capacity.png": "HAT capacity: fraction of each layer's units used per task, "
+                "and how much of it earlier tasks already used"
+            },
+        )
+        figure(
+            figures.plot_compression,
+            (cap, rep.scenario, d / "compression.png"),
+            {"compression.png": "HAT compression: fraction of units and weights kept per task"},
+        )
+        text(
+            "compression.md",
+            render.compression_md(cap, rep.scenario),
+            "HAT compression per task and layer as a table",
+        )
         text("compression.csv", render.compression_csv(cap), "the compression table as CSV")
     return items
 
@@ -169,9 +214,7 @@ def build_report(
         written = _scenario_files(rep, d, jobs)
         dirs.append((d, written))
         result.files += [p for p, _ in written]
-        sections.append(
-            (scenario, [(f"{rel}/{p.name}", cap) for p, cap in written])
-        )
+        sections.append((scenario, [(f"{rel}/{p.name}", cap) for p, cap in written]))
         result.missing += [(scenario, m) for m in rep.missing]
         notes += [f"{scenario}: {n}" for n in rep.notes]
     _render_all(jobs, default_workers() if workers is None else workers)

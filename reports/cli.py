@@ -1,4 +1,5 @@
-"""Command line of the report (``python -m reports``): regenerate the paper's tables and figures from run records.
+"""Command line of the report (``python -m reports``): the paper's tables and figures,
+regenerated from run records.
 
     python -m reports [--results results] [--out results/report] [--from-wandb ENTITY/PROJECT]
 
@@ -23,16 +24,33 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m reports",
         description="Forgetting-ratio tables and figures of the HAT paper from run records.",
     )
-    p.add_argument("--results", type=Path, default=Path("results"),
-                   help="results folder holding runs/*.json (default: results)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: <results>/report)")
-    p.add_argument("--from-wandb", metavar="ENTITY/PROJECT", default=None,
-                   help="read the run records from a W&B project instead of --results")
-    p.add_argument("--confidence", type=float, default=0.95,
-                   help="confidence level of the intervals (default: 0.95)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="processes drawing the figures (default: the CPUs available)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        help="results folder holding runs/*.json (default: results)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <results>/report)"
+    )
+    p.add_argument(
+        "--from-wandb",
+        metavar="ENTITY/PROJECT",
+        default=None,
+        help="read the run records from a W&B project instead of --results",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="confidence level of the intervals (default: 0.95)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes drawing the figures (default: the CPUs available)",
+    )
     return p
 
 
@@ -76,19 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .build import build_report  # matplotlib is imported only when there is work
 
     result = build_report(records, out, confidence=args.confidence, workers=args.jobs)
-    print(f"report of {len(records)} run records from {where} "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(f"report of {len(records)} run records from {where} ({time.perf_counter() - t0:.1f} s)")
     for scenario, rep in result.reports.items():
         line = f"  {scenario}: T={rep.n_tasks}, " + ", ".join(
-            f"{s}×{len(rep.seeds[s])}" for s in rep.strategies)
+            f"{s}×{len(rep.seeds[s])}" for s in rep.strategies
+        )
         if rep.reduction:
             r = rep.reduction[-1]
-            line += (f"; ρ≤{r['t']} hat {_fmt(r['rho_hat'], '.3f')} vs "
-                     f"{r['best_baseline'] or 'n/a'} {_fmt(r['rho_baseline'], '.3f')}"
-                     f" (reduction {_fmt(r['reduction_pct'], '.1f')} %)")
+            line += (
+                f"; ρ≤{r['t']} hat {_fmt(r['rho_hat'], '.3f')} vs "
+                f"{r['best_baseline'] or 'n/a'} {_fmt(r['rho_baseline'], '.3f')}"
+                f" (reduction {_fmt(r['reduction_pct'], '.1f')} %)"
+            )
         print(line)
     for scenario, m in result.missing:
         print(f"missing: {scenario}: {m.line()}")
+    for scenario, rep in result.reports.items():
+        for note in rep.notes:
+            print(f"note: {scenario}: {note}")
     by_dir: dict[Path, list[str]] = {}
     for p in result.files:
         by_dir.setdefault(p.parent, []).append(p.name)
@@ -96,4 +119,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {d}/: {' '.join(names)}")
     print(f"index: {result.index}")
     return 0
-

@@ -41,7 +41,6 @@ def _figure(width: float, height: float, margins: tuple[float, float, float, flo
     bottom, right, top) in inches. A fixed layout: constrained/tight layout would cost about
     as much as drawing the figure."""
     import matplotlib
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,8 +48,9 @@ def _figure(width: float, height: float, margins: tuple[float, float, float, flo
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(width, height))
         FigureCanvasAgg(fig)
-        fig.subplots_adjust(left=left / width, right=1 - right / width,
-                            bottom=bottom / height, top=1 - top / height)
+        fig.subplots_adjust(
+            left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
+        )
         yield fig
 
 
@@ -63,8 +63,12 @@ def _save(fig, paths: Sequence[Path]) -> list[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
         os.close(fd)
         try:
-            fig.savefig(tmp, format=fmt, dpi=PNG_DPI if fmt == "png" else None,
-                        metadata={"Date": None} if fmt == "pdf" else None)
+            fig.savefig(
+                tmp,
+                format=fmt,
+                dpi=PNG_DPI if fmt == "png" else None,
+                metadata={"Date": None} if fmt == "pdf" else None,
+            )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -81,13 +85,21 @@ def _annotated_heatmap(ax, m: np.ndarray, fmt, vmin: float, vmax: float, cmap: s
     for (i, j), v in np.ndenumerate(m):
         if math.isfinite(v):
             dark = (v - vmin) / span < 0.6
-            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=FONT_PT,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                fmt(v),
+                ha="center",
+                va="center",
+                fontsize=FONT_PT,
+                color="white" if dark else "black",
+            )
     return im
 
 
-def plot_rho_vs_t(rho: Mapping[str, Sequence[Stat]], n_tasks: int,
-                  paths: Sequence[Path]) -> list[Path]:
+def plot_rho_vs_t(
+    rho: Mapping[str, Sequence[Stat]], n_tasks: int, paths: Sequence[Path]
+) -> list[Path]:
     """ρ^{≤t} against t, one line per strategy with its CI band, dashed zero line."""
     t = np.arange(1, n_tasks + 1)
     with _figure(COLUMN_IN, 2.4, (0.62, 0.45, 0.1, 0.1)) as fig:
@@ -101,13 +113,14 @@ def plot_rho_vs_t(rho: Mapping[str, Sequence[Stat]], n_tasks: int,
             ax.plot(t, mean, marker="o", markersize=3, linewidth=lw, color=color, label=s)
             ok = np.isfinite(half) & np.isfinite(mean)
             if ok.any():
-                ax.fill_between(t, mean - half, mean + half, where=ok, color=color, alpha=0.2,
-                                linewidth=0)
+                ax.fill_between(
+                    t, mean - half, mean + half, where=ok, color=color, alpha=0.2, linewidth=0
+                )
         ax.set_xlabel("number of tasks learned $t$")
         ax.set_ylabel(r"forgetting ratio $\rho^{\leq t}$")
         ax.set_xticks(t if n_tasks <= 10 else t[:: math.ceil(n_tasks / 10)])
         ax.set_xlim(0.8, n_tasks + 0.2)
-        ax.legend(loc="lower left", frameon=False, ncol=2 if len(rho) > 3 else 1)
+        ax.legend(loc="best", frameon=False, ncol=2 if len(rho) > 3 else 1)
         return _save(fig, paths)
 
 
@@ -165,8 +178,9 @@ def plot_capacity(cap: Capacity, scenario: str, path: Path) -> list[Path]:
     width = min(DOUBLE_IN, max(COLUMN_IN, len(panels) * max(1.7, 0.3 * n_t + 0.2) + left + 0.5))
     height = max(1.6, 0.3 * len(cap.layers) + 1.0)
     with _figure(width, height, (left, 0.45, 0.5, 0.45)) as fig:
-        axes = fig.subplots(1, len(panels), squeeze=False, sharey=True,
-                            gridspec_kw={"wspace": 0.08})[0]
+        axes = fig.subplots(
+            1, len(panels), squeeze=False, sharey=True, gridspec_kw={"wspace": 0.08}
+        )[0]
         for ax, (title, m) in zip(axes, panels, strict=True):
             im = _annotated_heatmap(ax, 100 * m, lambda v: f"{v:.0f}", 0.0, 100.0)
             ax.set_xticks(np.arange(n_t), [str(i + 1) for i in range(n_t)])

@@ -65,8 +65,10 @@ def _csv(header: list[str], rows: Iterable[dict[str, Any]]) -> str:
     w.writerow(header)
     for r in rows:
         w.writerow(
-            [_num(r[k]) if isinstance(r[k], float) else ("" if r[k] is None else r[k])
-             for k in header]
+            [
+                _num(r[k]) if isinstance(r[k], float) else ("" if r[k] is None else r[k])
+                for k in header
+            ]
         )
     return buf.getvalue()
 
@@ -78,8 +80,16 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
-                 ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("#", r"\#"),
+        ("$", r"\$"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -95,8 +105,11 @@ REDUCTION_HEADER = ["t", "best_baseline", "rho_baseline", "rho_hat", "reduction_
 
 
 def _has_single(rep: ScenarioReport) -> bool:
-    return any(math.isnan(st[t - 1].half) and st[t - 1].n > 0
-               for st in rep.rho.values() for t in rep.table_ts)
+    return any(
+        math.isnan(st[t - 1].half) and st[t - 1].n > 0
+        for st in rep.rho.values()
+        for t in rep.table_ts
+    )
 
 
 def rho_table_md(rep: ScenarioReport) -> str:
@@ -220,8 +233,14 @@ GRID_HEADER = ["smax", "c", "metric", "mean", "ci_half", "n_seeds"]
 
 def grid_csv(grid: Grid) -> str:
     rows = [
-        {"smax": s, "c": c, "metric": grid.metric, "mean": st.mean, "ci_half": st.half,
-         "n_seeds": st.n}
+        {
+            "smax": s,
+            "c": c,
+            "metric": grid.metric,
+            "mean": st.mean,
+            "ci_half": st.half,
+            "n_seeds": st.n,
+        }
         for (s, c), st in sorted(grid.cells.items())
     ]
     return _csv(GRID_HEADER, rows)
@@ -236,9 +255,8 @@ def grid_md(grid: Grid, scenario: str) -> str:
             st = grid.cells.get((s, c))
             cells.append("" if st is None else pm(st.mean, st.half))
         rows.append([f"{s:g}"] + cells)
-    return (
-        f"# {scenario}: HAT robustness, {label} over smax (rows) × c (columns)\n\n"
-        + _md_table(["smax \\ c"] + [f"{c:g}" for c in grid.c], rows)
+    return f"# {scenario}: HAT robustness, {label} over smax (rows) × c (columns)\n\n" + _md_table(
+        ["smax \\ c"] + [f"{c:g}" for c in grid.c], rows
     )
 
 
@@ -266,8 +284,11 @@ def compression_csv(cap: Capacity) -> str:
 
 
 def compression_md(cap: Capacity, scenario: str) -> str:
-    header = ["task"] + [f"units {la} (%)" for la in cap.layers] + [
-        "units, mean (%)", "weights kept (%)"]
+    header = (
+        ["task"]
+        + [f"units {la} (%)" for la in cap.layers]
+        + ["units, mean (%)", "weights kept (%)"]
+    )
     rows = []
     for r in compression_rows(cap):
         vals = [r[f"units_{la}"] for la in cap.layers] + [r["units_mean"], r["weights_kept"]]

@@ -53,8 +53,12 @@ def make_hat_stats(n_tasks: int, seed: int, layers: Sequence[str] = ("c1", "c2",
     """HAT mask statistics in the record's ``hat`` format."""
     rng = _rng("hat-stats", n_tasks, seed)
     used = np.clip(0.3 + 0.05 * rng.standard_normal((len(layers), n_tasks)), 0, 1)
-    overlap = np.clip(np.linspace(0.0, 0.8, n_tasks)[None, :] + 0.02 *
-                      rng.standard_normal((len(layers), n_tasks)), 0, 1)
+    overlap = np.clip(
+        np.linspace(0.0, 0.8, n_tasks)[None, :]
+        + 0.02 * rng.standard_normal((len(layers), n_tasks)),
+        0,
+        1,
+    )
     overlap[:, 0] = 0.0
     return {
         "layers": list(layers),
@@ -78,8 +82,11 @@ def make_record(
     hat: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A complete schema-1 run record (docs/record-schema.md)."""
-    acc = [list(map(float, r)) for r in accuracy] if accuracy is not None else make_accuracy(
-        strategy, n_tasks, seed, scenario)
+    acc = (
+        [list(map(float, r)) for r in accuracy]
+        if accuracy is not None
+        else make_accuracy(strategy, n_tasks, seed, scenario)
+    )
     ra = list(random_accuracy) if random_accuracy is not None else [0.5] * n_tasks
     return {
         "schema": 1,
@@ -93,8 +100,10 @@ def make_record(
         "random_accuracy": ra,
         "epochs": [1] * n_tasks,
         "seconds": [0.1] * n_tasks,
-        "history": [[{"epoch": 1, "train_loss": 0.1, "train_acc": 0.9, "valid_loss": None,
-                      "lr": 0.05}] for _ in range(n_tasks)],
+        "history": [
+            [{"epoch": 1, "train_loss": 0.1, "train_acc": 0.9, "valid_loss": None, "lr": 0.05}]
+            for _ in range(n_tasks)
+        ],
         "hat": dict(hat) if hat is not None else None,
         "versions": {"python": "3.11", "torch": "n/a", "avalanche": "n/a", "suite": "0.1.0"},
         "device": "cpu",
@@ -129,8 +138,17 @@ def synthetic_records(
                     tag = f"hat.c={c:g},hat.smax={smax:g}"
                     for sd in seeds:
                         acc = make_accuracy("hat", n, sd, f"{sc}/{tag}")
-                        out.append(make_record(sc, "hat", sd, n, accuracy=acc, tag=tag,
-                                               params={"hat": {"smax": smax, "c": c}}))
+                        out.append(
+                            make_record(
+                                sc,
+                                "hat",
+                                sd,
+                                n,
+                                accuracy=acc,
+                                tag=tag,
+                                params={"hat": {"smax": smax, "c": c}},
+                            )
+                        )
     return out
 
 

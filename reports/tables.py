@@ -128,8 +128,15 @@ class ScenarioReport:
             for t in range(1, self.n_tasks + 1) if all_t else self.table_ts:
                 st = stats[t - 1]
                 rows.append(
-                    {"strategy": s, "t": t, "mean": st.mean, "ci_half": st.half,
-                     "ci_low": st.low, "ci_high": st.high, "n_seeds": st.n}
+                    {
+                        "strategy": s,
+                        "t": t,
+                        "mean": st.mean,
+                        "ci_half": st.half,
+                        "ci_low": st.low,
+                        "ci_high": st.high,
+                        "n_seeds": st.n,
+                    }
                 )
         return rows
 
@@ -138,8 +145,15 @@ class ScenarioReport:
         for s, by_metric in self.summary.items():
             for m, st in by_metric.items():
                 rows.append(
-                    {"strategy": s, "metric": m, "mean": st.mean, "ci_half": st.half,
-                     "ci_low": st.low, "ci_high": st.high, "n_seeds": st.n}
+                    {
+                        "strategy": s,
+                        "metric": m,
+                        "mean": st.mean,
+                        "ci_half": st.half,
+                        "ci_low": st.low,
+                        "ci_high": st.high,
+                        "n_seeds": st.n,
+                    }
                 )
         return rows
 
@@ -262,8 +276,13 @@ def compute_scenario(
             rho_hat = means.get(HAT, math.nan)
             rho_base = means[base] if base is not None else math.nan
             reduction.append(
-                {"t": t, "best_baseline": base, "rho_baseline": rho_base, "rho_hat": rho_hat,
-                 "reduction_pct": metrics.forgetting_reduction(rho_hat, rho_base)}
+                {
+                    "t": t,
+                    "best_baseline": base,
+                    "rho_baseline": rho_base,
+                    "rho_hat": rho_hat,
+                    "reduction_pct": metrics.forgetting_reduction(rho_hat, rho_base),
+                }
             )
     if HAT not in by_strategy:
         missing.append(
@@ -277,8 +296,11 @@ def compute_scenario(
             Missing(
                 "no baseline records (a strategy other than hat and joint): HAT's "
                 "reduction of forgetting cannot be computed",
-                RUN_CMD.format(scenario=scenario, strategies="<baseline, e.g. ewc>",
-                               seeds=_seeds_arg(all_seeds)),
+                RUN_CMD.format(
+                    scenario=scenario,
+                    strategies="<baseline, e.g. ewc>",
+                    seeds=_seeds_arg(all_seeds),
+                ),
             )
         )
 

@@ -116,18 +116,23 @@ def load_wandb_records(project: str, api: Any = None) -> list[dict[str, Any]]:
             found = _records_of_run(run)
         except Exception as e:  # noqa: BLE001 - one broken run must not stop the report
             found = []
-            warnings.warn(f"skipping {name}: cannot read it ({_first_line(e)})", RecordWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"skipping {name}: cannot read it ({_first_line(e)})", RecordWarning, stacklevel=2
+            )
             continue
         if not found:
-            warnings.warn(f"skipping {name}: no run record in its artifacts, summary or config",
-                          RecordWarning, stacklevel=2)
+            warnings.warn(
+                f"skipping {name}: no run record in its artifacts, summary or config",
+                RecordWarning,
+                stacklevel=2,
+            )
         for i, rec in enumerate(found):
             src = name if len(found) == 1 else f"{name}#{i}"
             problem = record_problem(rec) if rec is not None else "invalid JSON"
             if problem:
-                warnings.warn(f"skipping {src}: not a run record ({problem})", RecordWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"skipping {src}: not a run record ({problem})", RecordWarning, stacklevel=2
+                )
             else:
                 out.append(normalise(rec, src))
     return out

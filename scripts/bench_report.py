@@ -77,9 +77,11 @@ def main() -> int:
                 print(f"report failed with exit code {rc}", file=sys.stderr)
                 return rc
         n_files = sum(1 for p in (Path(tmp) / "report").rglob("*") if p.is_file())
-    print(f"report over {len(records)} records: {min(times):.2f} s wall (best of {len(times)}; "
-          f"first {times[0]:.2f} s incl. imports), {min(cpus):.2f} s CPU incl. workers, "
-          f"{n_files} files; load average before/after: {load0:.2f}/{os.getloadavg()[0]:.2f}")
+    print(
+        f"report over {len(records)} records: {min(times):.2f} s wall (best of {len(times)}; "
+        f"first {times[0]:.2f} s incl. imports), {min(cpus):.2f} s CPU incl. workers, "
+        f"{n_files} files; load average before/after: {load0:.2f}/{os.getloadavg()[0]:.2f}"
+    )
     return 0
 
 

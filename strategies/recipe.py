@@ -161,7 +161,9 @@ class TrainingRecipePlugin(SupervisedPlugin):
                     rebuild_optimizer(strategy, self.lr)
         if self._done or self.epochs_trained >= strategy.train_epochs:
             strategy.model.load_state_dict(self._best_state)
-            if self._done:  # (on the last epoch the loop ends by itself)
+            # on the last epoch the loop ends by itself: a stop request there would stay
+            # pending and skip the next experience trained in the same train() call
+            if self._done and self.epochs_trained < strategy.train_epochs:
                 strategy.stop_training()
 
     def current_lr(self, strategy) -> float:

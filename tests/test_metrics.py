@@ -94,9 +94,7 @@ def test_mean_ci_small_samples():
         metrics.mean_ci([1.0, 2.0], confidence=95)
 
 
-A3 = [[0.90, 0.10, 0.10],
-      [0.95, 0.80, 0.10],
-      [0.70, 0.50, 0.95]]
+A3 = [[0.90, 0.10, 0.10], [0.95, 0.80, 0.10], [0.70, 0.50, 0.95]]
 
 
 def test_final_average_accuracy_by_hand():
@@ -124,7 +122,8 @@ def test_forgetting_excludes_the_last_row_from_the_max():
 def test_best_baseline():
     rho = {"hat": -0.01, "ewc": -0.08, "sgd": -0.30, "joint": 0.0}
     assert metrics.best_baseline(rho) == "ewc"
-    # closest to 0 in absolute value, also above 0
+    # closest to 0 in absolute value, also when a rho is above 0 (not simply the highest)
+    assert metrics.best_baseline({"a": 0.10, "b": -0.06}) == "b"
     assert metrics.best_baseline({"a": 0.05, "b": -0.06}) == "a"
     assert metrics.best_baseline({"a": float("nan"), "b": -0.06}) == "b"
     assert metrics.best_baseline({"hat": -0.1, "joint": 0.0}) is None

@@ -80,14 +80,26 @@ def full(tmp_path_factory):
     records = synthetic_records(SCENARIOS, STRATEGIES, SEEDS, grid=GRID, hat_stats=True)
     write_records(root, records)
     out = root / "report"
-    assert main(["--results", str(root), "--out", str(out), "--jobs", "1"]) == 0
+    assert main(["--results", str(root), "--out", str(out)]) == 0  # figures in 2 processes
     return out, by_key(records)
 
 
 SCENARIO_FILES = [
-    "rho_table.md", "rho_table.tex", "rho_table.csv", "rho_reduction.csv", "rho_vs_t.png",
-    "rho_vs_t.pdf", "rho_vs_t.csv", "summary.md", "summary.csv", "robustness.png",
-    "robustness.md", "robustness.csv", "capacity.png", "compression.png", "compression.md",
+    "rho_table.md",
+    "rho_table.tex",
+    "rho_table.csv",
+    "rho_reduction.csv",
+    "rho_vs_t.png",
+    "rho_vs_t.pdf",
+    "rho_vs_t.csv",
+    "summary.md",
+    "summary.csv",
+    "robustness.png",
+    "robustness.md",
+    "robustness.csv",
+    "capacity.png",
+    "compression.png",
+    "compression.md",
     "compression.csv",
 ] + [f"acc_matrix_{s}.png" for s in STRATEGIES]
 
@@ -110,9 +122,14 @@ def test_every_file_is_written_and_indexed(full):
 
 
 def _rho_seeds(recs, sc, strategy):
-    return [hand_rho_curve(recs[(sc, strategy, sd, "")]["accuracy"],
-                           recs[(sc, "joint", sd, "")]["accuracy"],
-                           recs[(sc, strategy, sd, "")]["random_accuracy"]) for sd in SEEDS]
+    return [
+        hand_rho_curve(
+            recs[(sc, strategy, sd, "")]["accuracy"],
+            recs[(sc, "joint", sd, "")]["accuracy"],
+            recs[(sc, strategy, sd, "")]["random_accuracy"],
+        )
+        for sd in SEEDS
+    ]
 
 
 def test_rho_csv_equals_hand_computation(full):
@@ -139,8 +156,10 @@ def test_reduction_csv_equals_hand_computation(full):
         assert [int(r["t"]) for r in rows] == [2, n_tasks]
         for row in rows:
             t = int(row["t"])
-            mean = {s: statistics.fmean(c[t - 1] for c in _rho_seeds(recs, sc, s))
-                    for s in ("hat", "ewc", "sgd")}
+            mean = {
+                s: statistics.fmean(c[t - 1] for c in _rho_seeds(recs, sc, s))
+                for s in ("hat", "ewc", "sgd")
+            }
             best = min(("ewc", "sgd"), key=lambda s: abs(mean[s]))
             assert row["best_baseline"] == best
             assert_close(row["rho_hat"], mean["hat"])
@@ -166,8 +185,10 @@ def test_summary_csv_equals_hand_computation(full):
     rows = read_csv(out / "syn-5" / "summary.csv")
     assert len(rows) == len(STRATEGIES) * 3
     for row in rows:
-        vals = [funcs[row["metric"]](recs[("syn-5", row["strategy"], sd, "")]["accuracy"])
-                for sd in SEEDS]
+        vals = [
+            funcs[row["metric"]](recs[("syn-5", row["strategy"], sd, "")]["accuracy"])
+            for sd in SEEDS
+        ]
         mean, half = hand_ci(vals)
         assert_close(row["mean"], mean)
         assert_close(row["ci_half"], half)
@@ -178,14 +199,23 @@ def test_robustness_csv_equals_hand_computation(full):
     rows = read_csv(out / "syn-3" / "robustness.csv")
     # the 2 × 2 tagged grid plus the untagged default hat (smax 400, c 0.75)
     assert {(float(r["smax"]), float(r["c"])) for r in rows} == {
-        (25.0, 0.1), (25.0, 2.5), (400.0, 0.1), (400.0, 2.5), (400.0, 0.75)}
+        (25.0, 0.1),
+        (25.0, 2.5),
+        (400.0, 0.1),
+        (400.0, 2.5),
+        (400.0, 0.75),
+    }
     for row in rows:
         smax, c = float(row["smax"]), float(row["c"])
         tag = "" if c == 0.75 else f"hat.c={c:g},hat.smax={smax:g}"
-        vals = [hand_rho_curve(recs[("syn-3", "hat", sd, tag)]["accuracy"],
-                               recs[("syn-3", "joint", sd, "")]["accuracy"],
-                               recs[("syn-3", "hat", sd, tag)]["random_accuracy"])[-1]
-                for sd in SEEDS]
+        vals = [
+            hand_rho_curve(
+                recs[("syn-3", "hat", sd, tag)]["accuracy"],
+                recs[("syn-3", "joint", sd, "")]["accuracy"],
+                recs[("syn-3", "hat", sd, tag)]["random_accuracy"],
+            )[-1]
+            for sd in SEEDS
+        ]
         assert row["metric"] == "rho"
         assert_close(row["mean"], hand_ci(vals)[0])
         assert_close(row["ci_half"], hand_ci(vals)[1])

@@ -53,9 +53,8 @@ def test_record_problem_accepts_a_complete_record_and_missing_optionals():
     for key in ("tag", "params", "hat", "history", "schema"):
         rec.pop(key)
     assert record_problem(rec) is None
-    assert "missing field(s) accuracy" in record_problem({**rec, "accuracy": 0} and
-                                                         {k: v for k, v in rec.items()
-                                                          if k != "accuracy"})
+    no_acc = {k: v for k, v in rec.items() if k != "accuracy"}
+    assert record_problem(no_acc) == "missing field(s) accuracy"
     assert record_problem([1, 2]) == "not a JSON object"
 
 
@@ -76,8 +75,11 @@ def test_corrupt_and_foreign_files_are_skipped_with_one_warning_each(tmp_path, c
     assert {r["_source"] for r in records} == {str(p) for p in good}
     msgs = [str(w.message) for w in caught if issubclass(w.category, RecordWarning)]
     assert len(msgs) == 3
-    for name, why in (("broken.json", "invalid JSON"), ("foreign.json", "not a run record"),
-                      ("shape.json", "accuracy")):
+    for name, why in (
+        ("broken.json", "invalid JSON"),
+        ("foreign.json", "not a run record"),
+        ("shape.json", "accuracy"),
+    ):
         hits = [m for m in msgs if name in m]
         assert len(hits) == 1 and why in hits[0] and "\n" not in hits[0]
 
@@ -136,12 +138,20 @@ class FakeApi:
 def test_wandb_records_from_artifact_summary_config(recwarn):
     r = [make_record("s", st, 0, 2) for st in ("hat", "ewc", "joint", "sgd")]
     runs = [
-        FakeRun("a", artifacts=[FakeArtifact("model", {"x.json": "{}"}),
-                                FakeArtifact("run-record", {"r.json": json.dumps(r[0])})]),
+        FakeRun(
+            "a",
+            artifacts=[
+                FakeArtifact("model", {"x.json": "{}"}),
+                FakeArtifact("run-record", {"r.json": json.dumps(r[0])}),
+            ],
+        ),
         FakeRun("b", summary={"run_record": r[1]}),
         FakeRun("c", config={"run_record": json.dumps(r[2])}),
-        FakeRun("d", config={k: v for k, v in r[3].items() if k != "accuracy"},
-                summary={"accuracy": r[3]["accuracy"]}),
+        FakeRun(
+            "d",
+            config={k: v for k, v in r[3].items() if k != "accuracy"},
+            summary={"accuracy": r[3]["accuracy"]},
+        ),
         FakeRun("e", summary={"loss": 0.1}),  # no record: skipped with a warning
         FakeRun("f", summary={"run_record": {"scenario": "s"}}),  # not a run record
     ]
@@ -181,8 +191,7 @@ def test_cli_from_wandb_not_logged_in_exits_2(monkeypatch, capsys, tmp_path):
 def test_cli_from_wandb_builds_a_report(monkeypatch, tmp_path):
     recs = synthetic_records({"w": 2}, ("hat", "joint"), (0,))
     runs = [FakeRun(str(i), summary={"run_record": r}) for i, r in enumerate(recs)]
-    monkeypatch.setitem(sys.modules, "wandb",
-                        types.SimpleNamespace(Api=lambda **kw: FakeApi(runs)))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda **kw: FakeApi(runs)))
     assert main(["--from-wandb", "ent/proj", "--out", str(tmp_path / "r"), "--jobs", "1"]) == 0
     assert (tmp_path / "r" / "w" / "rho_table.csv").is_file()
 
