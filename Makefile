@@ -1,5 +1,5 @@
 # One-command setup: `make run` and `make test` create .venv if needed and install first.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--download", action="store_true",
                    help="let torchvision download missing datasets (needs internet)")
     r.add_argument("--device", help="cpu or cuda (default cpu)")
+    r.add_argument("--wandb", choices=["online", "offline", "disabled"],
+                   help="Weights & Biases mode (default: online when logged in, else offline)")
+    r.add_argument("--wandb-project", default="hat-bench", help="W&B project (default hat-bench)")
+    r.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     r.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: fastest for the small networks on "
                    "few cores and for parallel jobs; 0 keeps torch's default)")
@@ -232,13 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from .runner import run_all
 
+    from .tracking import tracker_factory
+
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    factory = tracker_factory(args.wandb, project=args.wandb_project, entity=args.wandb_entity,
+                              out=out)
     try:
         run_all(experiments, out, data_root=data_root, device=device,
-                progress=not args.no_progress)
+                progress=not args.no_progress, tracker_factory=factory)
     except KeyboardInterrupt:
         print("interrupted: finished runs have records; rerun the command to resume",
               file=sys.stderr)
