@@ -54,7 +54,7 @@ def pm(mean: float, half: float, digits: int = 3, scale: float = 1.0, latex: boo
         return "n/a"
     m = f"{mean * scale:.{digits}f}"
     if math.isnan(half):
-        return f"${m}$\\textsuperscript{{{SINGLE}}}" if latex else m + SINGLE
+        return f"${m}^{{\\dagger}}$" if latex else m + SINGLE
     h = f"{half * scale:.{digits}f}"
     return f"${m} \\pm {h}$" if latex else f"{m} ± {h}"
 
@@ -169,7 +169,7 @@ def rho_table_tex(rep: ScenarioReport) -> str:
         lines.append(" & ".join(["HAT reduction of forgetting"] + cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     if _has_single(rep):
-        lines.append(f"% {SINGLE_NOTE}")
+        lines.append("% " + SINGLE_NOTE.replace(SINGLE, "\\dag"))
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ __all__ = ["ARTIFACT_TYPES", "RECORD_KEY", "load_wandb_records"]
 
 ARTIFACT_TYPES = ("run-record", "run_record")
 RECORD_KEY = "run_record"
-TIMEOUT_S = 30
+TIMEOUT_S = 15
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from avalanche.training import EWC, LwF, Naive, SynapticIntelligence
+from avalanche.training import EWC, LwF, Naive
 from avalanche.training.supervised.joint_training import JointTraining
 from torch import nn
 
 from .config import ConfigError, from_overrides, to_public_dict
 from .hat import HAT, HATConfig
+from .si import SynapticIntelligence
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,8 @@ STRATEGIES: dict[str, StrategySpec] = {
                      LwFConfig,
                      lambda ctx, p: LwF(alpha=p.alpha, temperature=p.temperature,
                                         **ctx.common())),
-        StrategySpec("si", "Synaptic Intelligence (Zenke et al. 2017), Avalanche; not in the "
-                     "HAT paper", SIConfig,
+        StrategySpec("si", "Synaptic Intelligence (Zenke et al. 2017), Avalanche's plugin with "
+                     "a CPU fix; not in the HAT paper", SIConfig,
                      lambda ctx, p: SynapticIntelligence(si_lambda=p.lambda_, eps=p.eps,
                                                          **ctx.common())),
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,

@@ -1,7 +1,8 @@
 """Shared helpers for the strategy tests: tiny task-incremental streams, trunks, strategies.
 
 Everything is small (tens of samples, a few epochs) so that the whole suite runs in seconds.
-The synthetic tasks are easy (one Gaussian cluster per class, different per task), so that a working learner beats chance clearly within a few steps.
+The synthetic tasks are easy (one Gaussian cluster per class, different per task), so that
+a working learner beats chance clearly within a few steps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from avalanche.benchmarks import tensors_benchmark
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
@@ -139,3 +141,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: int) -> f
 
 def clone_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class ChangeRecorder(SupervisedPlugin):
+    """Records, per training experience, the names of the parameters that changed in it.
+
+    The snapshot is taken in ``before_training_exp``, after Avalanche's model adaptation, so
+    that heads and embeddings created for the experience are included.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.changed: list[set[str]] = []
+        self._before: dict[str, torch.Tensor] = {}
+
+    def before_training_exp(self, strategy, **kwargs):
+        self._before = clone_params(strategy.model)
+
+    def after_training_exp(self, strategy, **kwargs):
+        after = clone_params(strategy.model)
+        before = self._before
+        self.changed.append(
+            {n for n, v in after.items() if n in before and not torch.equal(v, before[n])}
+        )

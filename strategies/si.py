@@ -1,0 +1,38 @@
+"""Synaptic Intelligence (Zenke et al., 2017) with a fix for Avalanche 0.6.0 on CPU.
+
+Avalanche's ``SynapticIntelligencePlugin`` stores parameter snapshots with
+``param.detach().cpu().flatten()``; on a CPU model ``.cpu()`` returns the parameter itself, so
+the "snapshots" alias the live weights: θ* always equals θ and the surrogate loss is exactly 0
+(SI silently becomes fine-tuning). ``SIPlugin`` clones the snapshots right after Avalanche
+takes them; on GPU it behaves exactly like the original.
+"""
+
+from __future__ import annotations
+
+from avalanche.training.plugins import SynapticIntelligencePlugin
+from avalanche.training.templates import SupervisedTemplate
+
+
+def _detach_copies(params: dict) -> None:
+    for data in params.values():
+        data.data = data.data.clone()
+
+
+class SIPlugin(SynapticIntelligencePlugin):
+    """``SynapticIntelligencePlugin`` whose weight snapshots are real copies."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        _detach_copies(self.ewc_data[0])  # θ* of the surrogate loss
+
+    def before_training_iteration(self, strategy, **kwargs):
+        super().before_training_iteration(strategy, **kwargs)
+        _detach_copies(self.syn_data["old_theta"])  # θ before the update
+
+
+class SynapticIntelligence(SupervisedTemplate):
+    """SI as a strategy (keyword-only, like Avalanche's wrappers) using ``SIPlugin``."""
+
+    def __init__(self, *, si_lambda: float, eps: float = 1e-7, plugins=None, **kwargs):
+        plugins = [*(plugins or []), SIPlugin(si_lambda=si_lambda, eps=eps)]
+        super().__init__(plugins=plugins, **kwargs)
