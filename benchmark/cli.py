@@ -118,7 +118,8 @@ def load_preset(path: Path) -> dict[str, Any]:
     extra = set(data) - allowed
     if extra:
         raise BenchmarkError(
-            f"--config {path}: unknown key '{sorted(extra)[0]}'; allowed: {', '.join(sorted(allowed))}"
+            f"--config {path}: unknown key '{sorted(extra)[0]}'; "
+            f"allowed: {', '.join(sorted(allowed))}"
         )
     return data
 
@@ -235,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     from .runner import run_all
-
     from .tracking import tracker_factory
 
     if args.threads:

@@ -331,8 +331,9 @@ def run_all(
                     disable=show, position=1, leave=False)
         tracker = tracker_factory(exp) if tracker_factory else None
 
-        def on_epoch(task, entry, ebar=ebar, tracker=tracker, n=scenario.n_tasks):
-            ebar.set_description(f"  {exp.strategy} task {task + 1}/{n}")
+        def on_epoch(task, entry, ebar=ebar, tracker=tracker, n=scenario.n_tasks,
+                     name=exp.strategy):
+            ebar.set_description(f"  {name} task {task + 1}/{n}")
             ebar.update(1)
             if tracker is not None:
                 tracker.log_epoch(task, entry)
