@@ -84,7 +84,8 @@ def validate_record(rec: Any) -> dict:
         raise RecordError(f"'accuracy' must be a {n}×{n} matrix")
     for row in acc:
         for v in row:
-            if not isinstance(v, int | float) or not (0.0 <= v <= 1.0) or math.isnan(v):
+            if (not isinstance(v, int | float) or isinstance(v, bool)
+                    or not (0.0 <= v <= 1.0) or math.isnan(v)):
                 raise RecordError("'accuracy' entries must be numbers in [0, 1]")
     for key in ("random_accuracy", "epochs", "seconds"):
         if len(rec[key]) != n:
@@ -112,8 +113,8 @@ def write_record(path: Path, rec: dict) -> Path:
 
 def read_record(path: Path) -> dict:
     try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise RecordError(f"{path}: {err}") from None
     return validate_record(rec)
 

@@ -1,8 +1,698 @@
-"""Experiment tracking (Weights & Biases). STUB: to be implemented (issue #4)."""
+"""Experiment tracking with Weights & Biases: one W&B run per (scenario, strategy, seed).
+
+``tracker_factory(mode, project=..., entity=..., out=...)`` returns the callable that
+``benchmark.runner.run_all`` calls once per experiment to get a :class:`RunTracker` (or None when
+tracking is disabled). The runner then calls ``log_epoch`` after every training epoch,
+``log_experience`` after every evaluation, ``finish`` once the record is written and ``abort``
+when the run fails.
+
+Tracking never gets in the way of training:
+
+* mode None (auto) is ``online`` when an API key is configured (``WANDB_API_KEY``, an identity
+  token file, or ``~/.netrc``; looked up locally, no network), otherwise ``offline``. A
+  ``WANDB_MODE`` of offline/dryrun/disabled in the environment is honoured in auto mode.
+* offline runs are written under ``<out>/wandb/`` (online runs keep their local copy there too);
+  upload them later with ``wandb sync <out>/wandb/offline-run-*``.
+* any W&B failure (no network, bad key, init timeout, an exception while logging) switches the
+  session from online to offline with one warning; if offline fails too, the session goes on
+  without tracking, with one more warning. The data logged so far in the failed run is replayed
+  into its replacement, so an offline fallback run is complete.
+* wandb is quiet: no console capture (``console="off"``), silent settings, bounded init and
+  finish times.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-def tracker_factory(mode, *, project="hat-bench", entity=None, out=None):
-    """Return a callable Experiment -> tracker, or None when tracking is disabled."""
+from avalanche.logging import BaseLogger
+
+from .records import RecordError, read_record, record_name, record_path
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "RECORD_KEY",
+    "RunTracker",
+    "TrackerFactory",
+    "TrackingWarning",
+    "WandbAvalancheLogger",
+    "api_key_configured",
+    "resolve_mode",
+    "run_config",
+    "tracker_factory",
+]
+
+#: W&B artifact type of the run record (``reports.wandb_source`` reads it back)
+ARTIFACT_TYPE = "run-record"
+#: summary key holding the run record as JSON (without its per-epoch ``history``)
+RECORD_KEY = "run_record"
+#: seconds ``wandb.init`` may take before it counts as a failure
+INIT_TIMEOUT_S = {"online": 60.0, "offline": 30.0}
+#: seconds ``run.finish`` may wait for uploads (the local copy can be synced later)
+FINISH_TIMEOUT_S = 120.0
+#: a summary string longer than this makes wandb print warnings: such records stay artifacts
+_MAX_SUMMARY_RECORD = 90_000
+
+_ONLINE, _OFFLINE, _DISABLED = "online", "offline", "disabled"
+
+
+class TrackingWarning(UserWarning):
+    """W&B tracking degraded (online → offline → none); training goes on."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, TrackingWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------ mode
+def api_key_configured() -> bool:
+    """True when W&B credentials are configured on this machine (no network access).
+
+    Looks where wandb itself looks: ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, then the
+    netrc file (``NETRC`` or ``~/.netrc``) entry for the configured W&B host.
+    """
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE", "").strip():
+        return True
+    base_url = _base_url()
+    try:
+        from wandb.sdk.lib import wbauth
+
+        if base_url is None:
+            import wandb
+
+            base_url = wandb.Settings().base_url
+        return bool(wbauth.read_netrc_auth(host=base_url))
+    except Exception:  # noqa: BLE001 - unreadable netrc, malformed key, moved wandb internals
+        return _plain_netrc_key(base_url)
+
+
+def _base_url() -> str | None:
+    """The W&B server: WANDB_BASE_URL, else ``base_url`` of the global settings file that
+    ``wandb login --host`` writes (``$WANDB_CONFIG_DIR/settings``), else None (wandb's
+    default)."""
+    if os.environ.get("WANDB_BASE_URL", "").strip():
+        return os.environ["WANDB_BASE_URL"].strip()
+    import configparser
+
+    folder = os.environ.get("WANDB_CONFIG_DIR") or os.path.join("~", ".config", "wandb")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(os.path.join(os.path.expanduser(folder), "settings"))
+        return parser.get("default", "base_url", fallback=None) or None
+    except configparser.Error:
+        return None
+
+
+def _plain_netrc_key(base_url: str | None) -> bool:
+    """Fallback netrc lookup (standard library only)."""
+    import netrc
+
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        auth = netrc.netrc(path)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    hosts = ["api.wandb.ai"]
+    if base_url:
+        hosts.insert(0, re.sub(r"^\w+://", "", base_url).split("/")[0])
+    return any((auth.authenticators(h) or (None, None, None))[2] for h in hosts)
+
+
+def resolve_mode(mode: str | None) -> str:
+    """The W&B mode to use: ``mode`` itself, or for None: WANDB_MODE when it says offline or
+    disabled, else ``online`` when :func:`api_key_configured`, else ``offline``."""
+    if mode is not None:
+        if mode not in (_ONLINE, _OFFLINE, _DISABLED):
+            raise ValueError(f"unknown W&B mode {mode!r}: use online, offline or disabled")
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("offline", "dryrun"):
+        return _OFFLINE
+    if env == "disabled":
+        return _DISABLED
+    return _ONLINE if api_key_configured() else _OFFLINE
+
+
+# ------------------------------------------------------------------------------ session
+class _Session:
+    """What the trackers of one factory share: the current mode and the warnings given.
+
+    The mode only ever degrades (online → offline → disabled), one warning per step, so a
+    failing W&B costs at most two warnings per command, however many runs follow.
+    """
+
+    def __init__(self, mode: str, project: str, entity: str | None, out: Path | None):
+        self.mode = mode
+        self.project = project
+        self.entity = entity
+        self.out = Path(out) if out is not None else None
+        self._wandb = None
+        if mode == _ONLINE and not api_key_configured():
+            self.mode = _OFFLINE
+            _warn("W&B online mode needs an API key (`wandb login` or WANDB_API_KEY); "
+                  f"tracking offline instead{self._sync_hint()}")
+
+    def _sync_hint(self) -> str:
+        where = (self.out / "wandb") if self.out is not None else Path("wandb")
+        return f" (upload later with `wandb sync {where}/offline-run-*`)"
+
+    def degrade(self, err: BaseException) -> None:
+        """One step down after a W&B failure, with its one warning."""
+        if self.mode == _ONLINE:
+            self.mode = _OFFLINE
+            _warn(f"W&B online tracking failed ({_first_line(err)}); "
+                  f"tracking offline instead{self._sync_hint()}")
+        elif self.mode == _OFFLINE:
+            self.mode = _DISABLED
+            _warn(f"W&B tracking failed ({_first_line(err)}); continuing without tracking "
+                  "(run records are still written)")
+
+    def wandb(self):
+        """The wandb module, set up quietly on first use."""
+        if self._wandb is None:
+            import wandb
+
+            wandb.setup(settings=wandb.Settings(silent=True, quiet=True, show_info=False,
+                                                show_warnings=False, show_errors=False))
+            self._wandb = wandb
+        return self._wandb
+
+    def init_run(self, kwargs: Mapping[str, Any]):
+        wandb = self.wandb()
+        settings = wandb.Settings(
+            console="off",  # the run's stdout/stderr stay the user's
+            silent=True,
+            quiet=True,
+            show_info=False,
+            show_warnings=False,
+            show_errors=False,
+            init_timeout=INIT_TIMEOUT_S[self.mode],
+            finish_timeout=FINISH_TIMEOUT_S,
+        )
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            mode=self.mode,
+            project=self.project,
+            entity=self.entity,
+            dir=str(self.out) if self.out is not None else None,
+            reinit="finish_previous",  # never two runs at once
+            settings=settings,
+            **kwargs,
+        )
+
+
+def _finish_quietly(run, exit_code: int) -> None:
+    try:
+        run.finish(exit_code=exit_code)
+    except Exception:  # noqa: BLE001 - the run is being discarded anyway
+        pass
+
+
+# ------------------------------------------------------------------------------ values
+def _num(value: Any) -> float | int | None:
+    """A plain JSON number (None for NaN/inf or non-numbers)."""
+    if isinstance(value, bool):
+        return int(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            value = value.item()  # numpy / torch scalars
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return None
+
+
+#: run record history keys → W&B history keys
+EPOCH_KEYS = {
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "valid_loss": "valid/loss",
+    "lr": "train/lr",
+    "hat_s": "hat/s",
+    "hat_reg": "hat/reg",
+}
+
+
+def run_name(exp) -> str:
+    """``<strategy>-<scenario>-s<seed>[-<tag>]``."""
+    name = f"{exp.strategy}-{exp.scenario}-s{exp.seed}"
+    return f"{name}-{exp.tag}" if exp.tag else name
+
+
+def run_config(params: Mapping[str, Any], scenario: str, strategy: str, seed: int) -> dict:
+    """The W&B run config: the record's ``params`` plus scenario, strategy and seed."""
+    return {**params, "scenario": scenario, "strategy": strategy, "seed": seed}
+
+
+def _early_params(exp) -> dict | None:
+    """The record's ``params`` before training (the same resolution as the runner's)."""
+    try:
+        from strategies.config import to_public_dict
+
+        from .runner import resolve
+        from .scenarios import get_scenario
+
+        spec = get_scenario(exp.scenario)
+        cfg = resolve(exp, spec.valid_fraction, spec.embedded, spec.network)
+        return {"train": to_public_dict(cfg.train), "model": to_public_dict(cfg.model),
+                exp.strategy: to_public_dict(cfg.strategy)}
+    except Exception:  # noqa: BLE001 - the config is completed at finish anyway
+        return None
+
+
+# ------------------------------------------------------------------------------ tracker
+class RunTracker:
+    """The W&B run of one experiment. No method raises; a W&B failure degrades the session.
+
+    Every W&B operation is kept (as a function of the run) until the run finishes, so a run
+    that fails midway is replayed into its offline replacement.
+    """
+
+    def __init__(self, exp, session: _Session):
+        self.exp = exp
+        self._session = session
+        self._ops: list[Callable[[Any], None]] = []
+        self._run = None
+        self._step = 0
+        self._finished = False
+        params = _early_params(exp) or {}
+        self._init_kwargs = dict(
+            name=run_name(exp),
+            group=exp.scenario,
+            job_type=exp.strategy,
+            tags=[exp.scenario, exp.strategy, f"seed{exp.seed}"],
+            config=run_config(params, exp.scenario, exp.strategy, exp.seed),
+        )
+        self._ops.append(_define_metrics)
+        self._open()
+
+    # -- plumbing
+    @property
+    def active(self) -> bool:
+        """True while a W&B run receives this experiment's data."""
+        return self._run is not None
+
+    @property
+    def run(self):
+        """The current ``wandb`` run (None when tracking is off)."""
+        return self._run
+
+    def _open(self) -> None:
+        """Start a run in the session's mode and replay the operations so far."""
+        while self._session.mode in (_ONLINE, _OFFLINE):
+            run = None
+            try:
+                run = self._session.init_run(self._init_kwargs)
+                for op in self._ops:
+                    op(run)
+            except Exception as err:  # noqa: BLE001 - any W&B failure: next mode down
+                if run is not None:
+                    _finish_quietly(run, 1)
+                self._session.degrade(err)
+                continue
+            self._run = run
+            return
+        self._run = None
+        self._ops.clear()
+
+    def _apply(self, op: Callable[[Any], None]) -> None:
+        if self._run is None:
+            return
+        self._ops.append(op)
+        try:
+            op(self._run)
+        except Exception as err:  # noqa: BLE001
+            broken, self._run = self._run, None
+            _finish_quietly(broken, 1)
+            self._session.degrade(err)
+            self._open()
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        """Log one history row (the current ``global_step`` is added)."""
+        data = {**row, "global_step": self._step}
+        self._apply(lambda run: run.log(data))
+
+    # -- the runner's hooks
+    def log_epoch(self, task: int, entry: Mapping[str, Any]) -> None:
+        """Per epoch: train loss/accuracy, validation loss, learning rate, HAT's s and
+        regulariser, with ``task`` (0-based), ``epoch`` (1-based) and ``global_step``."""
+        if self._run is None:
+            return
+        self._step += 1
+        row: dict[str, Any] = {"task": int(task), "epoch": _num(entry.get("epoch"))}
+        for key, value in entry.items():
+            if key == "epoch":
+                continue
+            v = _num(value)
+            if v is not None:
+                row[EPOCH_KEYS.get(key, f"train/{key}")] = v
+        self.log(row)
+
+    def log_experience(self, task: int, row: Sequence[float]) -> None:
+        """After training task ``task``: test accuracy on every task (``acc/task_<u>``, u
+        0-based) and the average over the tasks trained so far (``acc/avg``), at
+        ``trained_tasks = task + 1``."""
+        if self._run is None:
+            return
+        accs = [float(a) for a in row]
+        data: dict[str, Any] = {"trained_tasks": int(task) + 1, "task": int(task)}
+        data.update({f"acc/task_{u}": a for u, a in enumerate(accs)})
+        seen = accs[: int(task) + 1]
+        if seen:
+            data["acc/avg"] = sum(seen) / len(seen)
+        self.log(data)
+
+    def avalanche_loggers(self) -> list:
+        """Loggers for the strategy's EvaluationPlugin (forward Avalanche metrics)."""
+        return [WandbAvalancheLogger(self)]
+
+    def finish(self, record: Mapping[str, Any], out: Path) -> None:
+        """Log the results of the finished run (config, tables, summary, record artifact) and
+        finish the W&B run. Never raises."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._run is None:
+            return
+        out = Path(out)
+        cfg = self._compute("config", lambda: run_config(
+            record["params"], record["scenario"], record["strategy"], record["seed"]))
+        if cfg is not None:
+            self._apply(lambda run: run.config.update(cfg, allow_val_change=True))
+        tables = self._compute("tables", lambda: _tables(record)) or {}
+        heatmap = self._compute("heatmap", lambda: _heatmap(record))
+        if tables or heatmap is not None:
+            self._apply(lambda run: run.log(_media(tables, heatmap)))
+        summary = self._compute("summary", lambda: _summary(record, out))
+        if summary:
+            self._apply(lambda run: run.summary.update(summary))
+        rec = dict(record)
+        self._apply(lambda run: _log_record_artifact(run, rec))
+        self._close(0)
+
+    def _compute(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, or None with a warning: a bug in a summary must not cost the W&B run."""
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001
+            _warn(f"W&B: could not compute the {what} of {run_name(self.exp)} "
+                  f"({_first_line(err)}); left out")
+            return None
+
+    def abort(self) -> None:
+        """Finish the W&B run as failed (exit code 1). Never raises."""
+        self._finished = True
+        run, self._run = self._run, None
+        self._ops.clear()
+        if run is not None:
+            _finish_quietly(run, 1)
+
+    def _close(self, exit_code: int) -> None:
+        while self._run is not None:
+            run = self._run
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as err:  # noqa: BLE001
+                self._run = None
+                self._session.degrade(err)
+                self._open()  # replay into the next mode, then finish that
+                continue
+            self._run = None
+        self._ops.clear()
+
+
+def _define_metrics(run) -> None:
+    run.define_metric("global_step")
+    run.define_metric("trained_tasks")
+    for prefix in ("train/*", "valid/*", "hat/*", "avalanche/*"):
+        run.define_metric(prefix, step_metric="global_step")
+    run.define_metric("acc/*", step_metric="trained_tasks")
+
+
+# ------------------------------------------------------------------------------ finish
+def _summary(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """Summary values of a finished run, computed from its record (no W&B calls)."""
+    import numpy as np
+
+    from reports.metrics import bwt, final_average_accuracy, forgetting, mean_forgetting_ratio
+
+    acc = np.asarray(record["accuracy"], dtype=float)
+    summary: dict[str, Any] = {
+        "final_average_accuracy": _num(final_average_accuracy(acc)),
+        "bwt": _num(bwt(acc)),
+        "forgetting": _num(forgetting(acc)),
+        "tag": record.get("tag", ""),
+        "train_seconds": _num(float(sum(record.get("seconds", [])))),
+        "epochs_total": int(sum(record.get("epochs", []))),
+    }
+    joint = _joint_accuracy(record, out)
+    if joint is not None:
+        rho = mean_forgetting_ratio(acc, joint, record["random_accuracy"])
+        for t, value in enumerate(rho):
+            summary[f"forgetting_ratio/after_{t + 1}"] = _num(float(value))
+        summary["forgetting_ratio"] = _num(float(rho[-1]))
+    if record.get("hat"):
+        summary.update(_hat_summary(record["hat"]))
+    public = {k: v for k, v in record.items() if k != "history"}
+    try:
+        text = json.dumps(public, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN somewhere: the artifact still has the record
+        text = None
+    if text is not None and len(text) <= _MAX_SUMMARY_RECORD:
+        summary[RECORD_KEY] = text
+    return summary
+
+
+def _tables(record: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """Table name → (columns, rows): the accuracy matrix and, for HAT, the mask usage."""
+    names = [str(n) for n in record["task_names"]]
+    acc = record["accuracy"]
+    tables = {
+        "accuracy_matrix": (["after_task", *names],
+                            [[names[t], *(float(a) for a in acc[t])] for t in range(len(acc))]),
+    }
+    if record.get("hat"):
+        tables.update(_hat_tables(record["hat"], names))
+    return tables
+
+
+def _joint_accuracy(record: Mapping[str, Any], out: Path):
+    """The accuracy matrix of the joint run of the same scenario and seed, or None."""
+    if record["strategy"] == "joint":
+        return None
+    path = record_path(out, record["scenario"], "joint", record["seed"], "")
+    if not path.exists():
+        return None
+    try:
+        joint = read_record(path)
+    except RecordError:
+        return None
+    if joint["task_names"] != list(record["task_names"]):
+        return None
+    return joint["accuracy"]
+
+
+def _hat_tables(hat: Mapping[str, Any], names: list[str]) -> dict:
+    layers, tasks = list(hat["layers"]), list(hat["tasks"])
+    units = list(hat.get("units") or [None] * len(layers))
+
+    def task_name(k):
+        return names[k] if isinstance(k, int) and 0 <= k < len(names) else str(k)
+
+    usage = []
+    for li, layer in enumerate(layers):
+        for ki, k in enumerate(tasks):
+            usage.append([str(layer), units[li], k, task_name(k),
+                          *(_cell(hat, key, li, ki) for key in ("used", "overlap", "cumulative"))])
+    compression = [[k, task_name(k), _at(hat.get("weights_kept"), ki),
+                    _at(hat.get("units_kept"), ki)] for ki, k in enumerate(tasks)]
+    return {
+        "hat_mask_usage": (["layer", "units", "task", "task_name", "used", "overlap",
+                            "cumulative"], usage),
+        "hat_compression": (["task", "task_name", "weights_kept", "units_kept"], compression),
+    }
+
+
+def _at(values, i):
+    return _num(values[i]) if values is not None and i < len(values) else None
+
+
+def _cell(hat, key, li, ki):
+    rows = hat.get(key)
+    return _at(rows[li], ki) if rows is not None and li < len(rows) else None
+
+
+def _hat_summary(hat: Mapping[str, Any]) -> dict[str, Any]:
+    """Per layer: units used by all tasks together, mean units per task, mean reuse of earlier
+    tasks' units; overall: weights and units the last task keeps."""
+    out: dict[str, Any] = {}
+    for li, layer in enumerate(hat["layers"]):
+        used = [v for v in (hat.get("used") or [[]] * (li + 1))[li] if _num(v) is not None]
+        overlap = [v for v in (hat.get("overlap") or [[]] * (li + 1))[li][1:]
+                   if _num(v) is not None]
+        cumulative = (hat.get("cumulative") or [[]] * (li + 1))[li]
+        if cumulative:
+            out[f"hat/cumulative/{layer}"] = _num(cumulative[-1])
+        if used:
+            out[f"hat/used_mean/{layer}"] = _num(sum(used) / len(used))
+        if overlap:
+            out[f"hat/overlap_mean/{layer}"] = _num(sum(overlap) / len(overlap))
+    for key in ("weights_kept", "units_kept"):
+        values = hat.get(key)
+        if values:
+            out[f"hat/{key}"] = _num(values[-1])
+    return out
+
+
+def _heatmap(record: Mapping[str, Any]):
+    """The accuracy matrix as an RGB image array (matplotlib Agg canvas, no pyplot state)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    acc = np.asarray(record["accuracy"], dtype=float)
+    names = [str(n) for n in record["task_names"]]
+    n = len(names)
+    size = 2.5 + 0.6 * n
+    fig = Figure(figsize=(size + 1.0, size), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="test accuracy")
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("task evaluated")
+    ax.set_ylabel("after training task")
+    if n <= 12:
+        for t in range(n):
+            for u in range(n):
+                ax.text(u, t, f"{acc[t, u]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if acc[t, u] < 0.6 else "black")
+    ax.set_title(f"{record['strategy']} on {record['scenario']}, seed {record['seed']}",
+                 fontsize=10)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _media(tables: Mapping[str, tuple[list[str], list[list[Any]]]], heatmap) -> dict[str, Any]:
+    import wandb
+
+    row: dict[str, Any] = {
+        key: wandb.Table(columns=list(cols), data=[list(r) for r in data])
+        for key, (cols, data) in tables.items()
+    }
+    if heatmap is not None:
+        row["accuracy_heatmap"] = wandb.Image(heatmap, caption="test accuracy after each task")
+    return row
+
+
+def _log_record_artifact(run, record: Mapping[str, Any]) -> None:
+    """The run record JSON as an artifact of type ``run-record``; the file is kept in the
+    run's folder, so an offline run carries it until ``wandb sync``."""
+    import wandb
+
+    fname = record_name(record["scenario"], record["strategy"], record["seed"],
+                        record.get("tag", ""))
+
+    folder = Path(run.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / fname
+    path.write_text(json.dumps(record, indent=1))
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(fname).stem)
+    art = wandb.Artifact(
+        f"run-record-{stem}",
+        type=ARTIFACT_TYPE,
+        description="hat-bench run record (docs/record-schema.md)",
+        metadata={k: record.get(k) for k in ("scenario", "strategy", "seed", "tag")},
+    )
+    art.add_file(str(path), name=fname, policy="immutable")
+    run.log_artifact(art)
+
+
+# ------------------------------------------------------------------------------ avalanche
+class WandbAvalancheLogger(BaseLogger):
+    """An Avalanche logger that forwards numeric metric values to the tracker's W&B run as
+    ``avalanche/<metric name>`` (one history row per ``log_metrics`` call). Values that are
+    not numbers (images, tensors, ...) are skipped. It never raises."""
+
+    def __init__(self, tracker: RunTracker):
+        super().__init__()
+        self.tracker = tracker
+        self._pending: dict[str, Any] | None = None
+
+    def log_metrics(self, metric_values) -> None:
+        self._pending = {}
+        try:
+            super().log_metrics(metric_values)
+        except Exception:  # noqa: BLE001 - an odd metric value must not stop training
+            pass
+        finally:
+            pending, self._pending = self._pending, None
+        if pending:
+            self.tracker.log(pending)
+
+    def log_single_metric(self, name, value, x_plot) -> None:
+        v = _num(value)
+        if v is None:
+            return
+        row = {f"avalanche/{name}": v}
+        if self._pending is not None:
+            self._pending.update(row)
+        else:
+            self.tracker.log(row)
+
+
+# ------------------------------------------------------------------------------ factory
+class TrackerFactory:
+    """``Experiment -> RunTracker | None``; trackers of one factory share a session."""
+
+    def __init__(self, mode: str, project: str, entity: str | None, out: Path | None):
+        self.session = _Session(mode, project, entity, out)
+
+    @property
+    def mode(self) -> str:
+        """The current mode: online, offline, or disabled (after failures)."""
+        return self.session.mode
+
+    def __call__(self, exp) -> RunTracker | None:
+        if self.session.mode == _DISABLED:
+            return None
+        try:
+            tracker = RunTracker(exp, self.session)
+        except Exception as err:  # noqa: BLE001 - never in the way of the run
+            self.session.degrade(err)
+            return None
+        return tracker if tracker.active else None
+
+
+def tracker_factory(
+    mode: str | None,
+    *,
+    project: str = "hat-bench",
+    entity: str | None = None,
+    out: Path | str | None = None,
+) -> TrackerFactory | None:
+    """The runner's tracker factory for W&B ``mode`` (None: auto), or None when disabled."""
+    resolved = resolve_mode(mode)
+    if resolved == _DISABLED:
+        return None
+    return TrackerFactory(resolved, project, entity, Path(out) if out is not None else None)
