@@ -192,7 +192,7 @@ def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugin
     ctx = BuildContext(model=model, optimizer=optimizer, train=cfg.train, plugins=plugins,
                        device=device, evaluator=evaluator)
     strategy = spec.build(ctx, cfg.strategy)
-    if not evaluator.metrics and not evaluator.loggers:
+    if not evaluator.metrics:  # without metrics, loggers receive nothing either
         # An idle EvaluationPlugin still costs an AttributeError and an experience.logging()
         # copy on every callback (~20% of a small model's step): leave it out of the loop.
         strategy.plugins = [p for p in strategy.plugins if p is not evaluator]

@@ -54,9 +54,11 @@ ARTIFACT_TYPE = "run-record"
 #: summary key holding the run record as JSON (without its per-epoch ``history``)
 RECORD_KEY = "run_record"
 #: seconds ``wandb.init`` may take before it counts as a failure
-INIT_TIMEOUT_S = {"online": 60.0, "offline": 30.0}
+INIT_TIMEOUT_S = {"online": 30.0, "offline": 30.0}
 #: seconds ``run.finish`` may wait for uploads (the local copy can be synced later)
 FINISH_TIMEOUT_S = 120.0
+#: seconds wandb may wait at a login prompt
+LOGIN_TIMEOUT_S = 20.0
 #: a summary string longer than this makes wandb print warnings: such records stay artifacts
 _MAX_SUMMARY_RECORD = 90_000
 
@@ -186,8 +188,10 @@ class _Session:
         if self._wandb is None:
             import wandb
 
+            # login_timeout: a login prompt (credentials wandb does not accept) gives up
             wandb.setup(settings=wandb.Settings(silent=True, quiet=True, show_info=False,
-                                                show_warnings=False, show_errors=False))
+                                                show_warnings=False, show_errors=False,
+                                                login_timeout=LOGIN_TIMEOUT_S))
             self._wandb = wandb
         return self._wandb
 
@@ -205,7 +209,7 @@ class _Session:
         )
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-        return wandb.init(
+        run = wandb.init(
             mode=self.mode,
             project=self.project,
             entity=self.entity,
@@ -214,6 +218,10 @@ class _Session:
             settings=settings,
             **kwargs,
         )
+        if getattr(run, "disabled", False) or (self.mode == _ONLINE and run.offline):
+            _finish_quietly(run, 1)
+            raise RuntimeError(f"wandb did not start an {self.mode} run (login failed?)")
+        return run
 
 
 def _finish_quietly(run, exit_code: int) -> None:
