@@ -109,6 +109,8 @@ def load_preset(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as err:
         raise BenchmarkError(f"cannot read --config {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise BenchmarkError(f"cannot read --config {path}: not a UTF-8 text file") from None
     except yaml.YAMLError as err:
         raise BenchmarkError(f"--config {path} is not valid YAML: {err}".splitlines()[0]) from None
     if not isinstance(data, dict):
@@ -121,6 +123,9 @@ def load_preset(path: Path) -> dict[str, Any]:
             f"--config {path}: unknown key '{sorted(extra)[0]}'; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
+    for key in ("scenario", "out", "data_root", "device"):
+        if key in data and not isinstance(data[key], str):
+            raise BenchmarkError(f"--config {path}: '{key}' must be a string, got {data[key]!r}")
     return data
 
 
@@ -212,6 +217,9 @@ def prepare_run(args: argparse.Namespace):
     for s in strategies:
         resolve(Experiment(scenario, s, seeds[0], overrides), spec.valid_fraction, spec.embedded,
                 spec.network)
+    # --set sections of strategies not run are user input too: validate them as well
+    for section in sorted(set(overrides) & set(STRATEGIES) - set(strategies)):
+        STRATEGIES[section].config(overrides[section])
     unused = set(overrides) - {"train", "model"} - set(strategies)
     if unused - set(STRATEGIES):
         bad = sorted(unused - set(STRATEGIES))[0]

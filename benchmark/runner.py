@@ -94,6 +94,8 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every RNG; also flush denormals on CPU, for every strategy alike (see HATConfig)."""
+    torch.set_flush_denormal(True)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,0 +1,263 @@
+"""Speed benchmark, measured side by side in one run (``make bench``).
+
+1. Epoch time of HAT vs Naive on the same network and data, on the *second* task (where HAT's
+   gradient conditioning and update masking are active): the MLP 784-800-800-10 on 8,000
+   samples of 784 features and the AlexNet-like network on 2,000 samples of 3×32×32, batch 64.
+2. Epoch time of Naive through the suite (Avalanche strategy + the suite's plugins, exactly as
+   the runner builds it) vs a hand-written PyTorch loop over the same tensors (same model,
+   optimizer, batch size, shuffling).
+3. Evaluation throughput (samples/s) and peak memory (peak RSS of a fresh process per case
+   on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
+
+Each case runs ``--warmup`` epochs, then ``--reps`` timed epochs; the table shows median and
+spread (min–max). Cases alternate in rounds (A, B, A, B, …) so that background load hits both
+sides alike. Writes ``results/bench.json`` with ``hat_over_naive`` and ``suite_over_raw``
+(medians, MLP case) plus everything else measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CASES = {
+    "mlp": dict(input_shape=(1, 28, 28), n=8000, family="mlp", hidden=800),
+    "alexnet": dict(input_shape=(3, 32, 32), n=2000, family="alexnet", hidden=2048),
+}
+
+
+def _data(case: str, seed: int = 0):
+    c = CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(c["n"], *c["input_shape"], generator=g) for _ in range(2)]
+    ys = [torch.randint(0, 10, (c["n"],), generator=g) for _ in range(2)]
+    return xs, ys
+
+
+def _stream(case: str):
+    from avalanche.benchmarks import tensors_benchmark
+
+    xs, ys = _data(case)
+    return tensors_benchmark(
+        train_tensors=list(zip(xs, ys, strict=True)),
+        test_tensors=list(zip(xs, ys, strict=True)),
+        task_labels=[0, 1],
+        complete_test_set_only=False,
+    )
+
+
+def _model(case: str, gated: bool, device):
+    from benchmark.networks import ModelConfig, build_model
+
+    c = CASES[case]
+    cfg = ModelConfig(family=c["family"], hidden=c["hidden"])
+    return build_model(cfg, c["input_shape"], [10, 10], gated=gated).to(device)
+
+
+class _EpochTimer:
+    def __init__(self):
+        from avalanche.core import SupervisedPlugin
+
+        class P(SupervisedPlugin):
+            def __init__(self):
+                super().__init__()
+                self.times: list[float] = []
+
+            def before_training_epoch(self, strategy, **kw):
+                if strategy.device.type == "cuda":
+                    torch.cuda.synchronize()
+                self._t = time.perf_counter()
+
+            def after_training_epoch(self, strategy, **kw):
+                if strategy.device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.times.append(time.perf_counter() - self._t)
+
+        self.plugin = P()
+
+
+def suite_epochs(case: str, strategy: str, epochs: int, device) -> list[float]:
+    """Per-epoch seconds on task 2 through the suite's strategy and plugins."""
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from strategies import FastDataPlugin, RecipeConfig, TrainConfig, TrainingRecipePlugin
+    from strategies.registry import BuildContext, get_strategy, make_optimizer
+
+    torch.manual_seed(0)
+    spec = get_strategy(strategy)
+    model = _model(case, spec.gated, device)
+    train = TrainConfig(epochs=1, recipe="fixed")
+    timer = _EpochTimer()
+    plugins = [FastDataPlugin(), TrainingRecipePlugin(RecipeConfig(mode="fixed")), timer.plugin]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluator = EvaluationPlugin()
+    ctx = BuildContext(model, make_optimizer(model.parameters(), train), train, plugins,
+                       device, evaluator)
+    strat = spec.build(ctx, spec.config())
+    strat.plugins = [p for p in strat.plugins if p is not evaluator]  # as the runner does
+    bench = _stream(case)
+    strat.train(bench.train_stream[0], eval_streams=[])
+    strat.train_epochs = epochs
+    timer.plugin.times.clear()
+    strat.train(bench.train_stream[1], eval_streams=[])
+    return timer.plugin.times
+
+
+def raw_epochs(case: str, epochs: int, device) -> list[float]:
+    """Per-epoch seconds of a hand-written loop: same model, SGD, batch 64, randperm shuffle."""
+    torch.manual_seed(0)
+    model = _model(case, False, device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    xs, ys = _data(case)
+    x, y = xs[1].to(device), ys[1].to(device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        order = torch.randperm(len(x)).to(device)
+        for i in range(0, len(x), 64):
+            idx = order[i : i + 64]
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx], 1), y[idx])
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def eval_throughput(case: str, strategy: str, device, reps: int = 3) -> float:
+    from strategies.registry import get_strategy
+
+    model = _model(case, get_strategy(strategy).gated, device).eval()
+    xs, _ = _data(case)
+    x = xs[0].to(device)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(reps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for i in range(0, len(x), 256):
+                model(x[i : i + 256], 0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    return len(x) / best
+
+
+def _stats(times: list[float], warmup: int) -> dict:
+    t = times[warmup:]
+    return {"median": statistics.median(t), "min": min(t), "max": max(t), "n": len(t)}
+
+
+def run_case(case: str, side: str, epochs: int, device) -> list[float]:
+    if side == "raw":
+        return raw_epochs(case, epochs, device)
+    return suite_epochs(case, side, epochs, device)
+
+
+def child(args) -> None:
+    """One measurement in this process; prints JSON (used for per-case peak memory)."""
+    device = torch.device(args.device)
+    times = run_case(args.case, args.side, args.warmup + args.reps, device)
+    out = {"times": times}
+    if args.side != "raw":
+        out["eval_samples_per_s"] = eval_throughput(args.case, args.side, device)
+    if device.type == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per case")
+    p.add_argument("--cases", default="mlp,alexnet")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench.json")
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--side", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as the runner does, for every strategy alike
+    if args.case:
+        child(args)
+        return 0
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    results: dict = {"device": args.device, "machine": platform.processor() or platform.machine(),
+                     "cpus": os.cpu_count(), "threads": args.threads,
+                     "torch": torch.__version__, "cases": {}}
+    if args.device.startswith("cuda"):
+        results["gpu"] = torch.cuda.get_device_name(0)
+    for case in args.cases.split(","):
+        sides = ["naive", "hat"] + (["raw"] if case == "mlp" else [])
+        samples: dict[str, list[float]] = {s: [] for s in sides}
+        extra: dict[str, dict] = {s: {} for s in sides}
+        for _ in range(args.rounds):
+            for side in sides:
+                cmd = [sys.executable, __file__, "--case", case, "--side", side,
+                       "--device", args.device, "--warmup", str(args.warmup),
+                       "--reps", str(args.reps), "--threads", str(args.threads)]
+                res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                                env=env, cwd=ROOT).stdout.strip().splitlines()[-1])
+                samples[side] += res["times"][args.warmup:]
+                for k in ("eval_samples_per_s", "peak_mem_mb"):
+                    if k in res:
+                        extra[side][k] = max(extra[side].get(k, 0), res[k])
+        case_res = {s: {**_stats(samples[s], 0), **extra[s]} for s in sides}
+        case_res["hat_over_naive"] = case_res["hat"]["median"] / case_res["naive"]["median"]
+        if "raw" in sides:
+            case_res["suite_over_raw"] = case_res["naive"]["median"] / case_res["raw"]["median"]
+        results["cases"][case] = case_res
+    mlp = results["cases"].get("mlp", {})
+    results["hat_over_naive"] = mlp.get("hat_over_naive")
+    results["suite_over_raw"] = mlp.get("suite_over_raw")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(args.out)
+    print(f"device {results['device']}  threads {args.threads}  ({results.get('gpu', results['machine'])})")
+    print(f"{'case':<8} {'side':<6} {'epoch s (median)':>17} {'min–max':>17} {'eval samples/s':>15} "
+          f"{'peak MB':>8}")
+    for case, cr in results["cases"].items():
+        for side in ("naive", "hat", "raw"):
+            if side not in cr:
+                continue
+            r = cr[side]
+            ev = f"{r['eval_samples_per_s']:.0f}" if "eval_samples_per_s" in r else "-"
+            print(f"{case:<8} {side:<6} {r['median']:>17.4f} {r['min']:>8.4f}–{r['max']:<8.4f} "
+                  f"{ev:>15} {r['peak_mem_mb']:>8.0f}")
+        line = f"{case:<8} hat/naive = {cr['hat_over_naive']:.3f}"
+        if "suite_over_raw" in cr:
+            line += f"   suite/raw = {cr['suite_over_raw']:.3f}"
+        print(line)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Tests of the paper's networks (benchmark/networks.py, hat-reference §3): sizes computed by
+hand from the layer list, HAT and plain versions sharing the trunk, ModelConfig validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.networks import ModelConfig, alexnet_trunk, build_model, build_trunk, mlp_trunk
+from strategies import ConfigError, HATConv2d, HATLinear, HATNet, MultiHeadNet
+
+ALEXNET = ModelConfig(family="alexnet")
+#: head sizes of the mixture's 8 tasks: CIFAR-10, CIFAR-100, MNIST, SVHN, Fashion-MNIST,
+#: GTSRB, FaceScrub, notMNIST
+MIXTURE_HEADS = [10, 100, 10, 10, 10, 43, 100, 10]
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def conv(cin: int, cout: int, k: int) -> int:
+    return cout * cin * k * k + cout
+
+
+def fc(nin: int, nout: int) -> int:
+    return nin * nout + nout
+
+
+def alexnet_by_hand() -> tuple[int, list[tuple[int, ...]]]:
+    """hat-reference §3 at 3×32×32: conv 64 k4, conv 128 k3, conv 256 k2, each followed by a
+    2×2 max-pool; fc 2048, fc 2048. Spatial sizes: 32 → 29 → 14 → 12 → 6 → 5 → 2."""
+    size = 32
+    size = (size - 4 + 1) // 2
+    assert size == 14
+    size = (size - 3 + 1) // 2
+    assert size == 6
+    size = (size - 2 + 1) // 2
+    assert size == 2
+    flat = 256 * size * size
+    total = conv(3, 64, 4) + conv(64, 128, 3) + conv(128, 256, 2) + fc(flat, 2048) + fc(2048, 2048)
+    shapes = [(64, 3, 4, 4), (128, 64, 3, 3), (256, 128, 2, 2), (2048, flat), (2048, 2048)]
+    return total, shapes
+
+
+def weight_shapes(module: nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(m.weight.shape) for m in module.modules()
+            if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+# ----------------------------------------------------------------------------- AlexNet
+
+
+def test_alexnet_trunk_matches_the_paper():
+    expected, shapes = alexnet_by_hand()
+    trunk, features = build_trunk(ALEXNET, (3, 32, 32))
+    assert features == 2048
+    assert n_params(trunk) == expected
+    assert 6.4e6 < expected < 6.6e6  # "about 6.5 M trunk parameters"
+    assert weight_shapes(trunk) == shapes
+    out = trunk.eval()(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 2048)
+
+
+def test_alexnet_layer_order_and_dropout():
+    trunk = alexnet_trunk((3, 32, 32))
+    kinds = [type(m) for m in trunk]
+    block = [nn.Conv2d, nn.ReLU, nn.Dropout, nn.MaxPool2d]
+    assert kinds == block * 3 + [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear,
+                                 nn.ReLU, nn.Dropout]
+    drops = [m.p for m in trunk if isinstance(m, nn.Dropout)]
+    assert drops == [0.2, 0.2, 0.5, 0.5, 0.5]
+    assert [m.kernel_size for m in trunk if isinstance(m, nn.MaxPool2d)] == [2, 2, 2]
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in trunk.modules())
+
+
+def test_alexnet_with_mixture_heads_is_about_7_1_million():
+    trunk_count, _ = alexnet_by_hand()
+    model = build_model(ALEXNET, (3, 32, 32), MIXTURE_HEADS, gated=False)
+    expected = trunk_count + sum(fc(2048, k) for k in MIXTURE_HEADS)
+    assert n_params(model) == expected
+    assert round(expected / 1e6, 1) == 7.1
+
+
+@pytest.mark.parametrize("heads", [[2, 2, 2], MIXTURE_HEADS])
+def test_hat_alexnet_has_the_same_trunk_plus_embeddings(heads):
+    plain = build_model(ALEXNET, (3, 32, 32), heads, gated=False)
+    hat = build_model(ALEXNET, (3, 32, 32), heads, gated=True)
+    assert weight_shapes(plain.trunk) == weight_shapes(hat.trunk)
+    gated = [m for m in hat.trunk.modules() if isinstance(m, HATLinear | HATConv2d)]
+    assert [m.units for m in gated] == [64, 128, 256, 2048, 2048]
+    embeddings = len(heads) * (64 + 128 + 256 + 2048 + 2048)
+    assert n_params(hat) == n_params(plain) + embeddings
+    for task, k in enumerate(heads):
+        assert hat.heads[str(task)].weight.shape == plain.heads[str(task)].weight.shape == (
+            k, 2048)
+        assert all(layer.embedding(task).shape == (layer.units,) for layer in gated)
+    x = torch.randn(3, 3, 32, 32)
+    hat.eval()
+    plain.eval()
+    assert hat(x, 1).shape == plain(x, 1).shape == (3, heads[1])
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 28, 28), (3, 20, 20), (3, 40, 40)])
+def test_alexnet_accepts_other_square_sizes(shape):
+    trunk, features = build_trunk(ALEXNET, shape)
+    assert trunk.eval()(torch.zeros(1, *shape)).shape == (1, features)
+    hat = build_model(ALEXNET, shape, [3], gated=True).eval()
+    assert hat(torch.zeros(2, *shape), 0).shape == (2, 3)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (3, 32, 28), (3, 15, 15), (1, 64)])
+def test_alexnet_rejects_small_or_non_square_images(shape):
+    with pytest.raises(ConfigError):
+        build_model(ALEXNET, shape, [2], gated=False)
+
+
+def test_alexnet_hidden_override():
+    trunk, features = build_trunk(ModelConfig(family="alexnet", hidden=100), (3, 32, 32))
+    assert features == 100
+    assert weight_shapes(trunk)[-2:] == [(100, 1024), (100, 100)]
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+@pytest.mark.parametrize("hidden,layers", [(2000, 2), (800, 3), (100, 2), (5, 1)])
+def test_mlp_sizes(hidden, layers):
+    cfg = ModelConfig(family="mlp", hidden=hidden, layers=layers)
+    trunk, features = build_trunk(cfg, (1, 28, 28))
+    assert features == hidden
+    widths = [784] + [hidden] * layers
+    assert weight_shapes(trunk) == [(widths[i + 1], widths[i]) for i in range(layers)]
+    assert n_params(trunk) == sum(fc(widths[i], widths[i + 1]) for i in range(layers))
+    model = build_model(cfg, (1, 28, 28), [10, 10], gated=False)
+    assert n_params(model) == n_params(trunk) + 2 * fc(hidden, 10)
+
+
+def test_paper_mlp_parameter_count():
+    trunk, _ = build_trunk(ModelConfig(family="mlp", hidden=2000, layers=2), (1, 28, 28))
+    assert n_params(trunk) == 784 * 2000 + 2000 + 2000 * 2000 + 2000
+
+
+def test_mlp_dropouts():
+    trunk = mlp_trunk((1, 8, 8), hidden=100, layers=2, dropout=0.4, input_dropout=0.1)
+    kinds = [type(m) for m in trunk]
+    assert kinds == [nn.Flatten, nn.Dropout] + [nn.Linear, nn.ReLU, nn.Dropout] * 2
+    assert [m.p for m in trunk if isinstance(m, nn.Dropout)] == [0.1, 0.4, 0.4]
+
+
+def test_default_config_builds_the_paper_mlp():
+    trunk, features = build_trunk(ModelConfig(), (1, 28, 28))
+    assert features == 2000
+    assert weight_shapes(trunk) == [(2000, 784), (2000, 2000)]
+
+
+def test_hat_mlp_gates_every_hidden_layer():
+    cfg = ModelConfig(family="mlp", hidden=50, layers=3)
+    plain = build_model(cfg, (1, 8, 8), [2] * 5, gated=False)
+    hat = build_model(cfg, (1, 8, 8), [2] * 5, gated=True)
+    assert weight_shapes(plain.trunk) == weight_shapes(hat.trunk)
+    assert len(hat.gated_layers) == 3
+    assert n_params(hat) == n_params(plain) + 5 * 3 * 50
+
+
+# ----------------------------------------------------------------------------- build_model
+
+
+@pytest.mark.parametrize("cfg,shape", [(ModelConfig(family="mlp", hidden=20), (1, 8, 8)),
+                                       (ALEXNET, (3, 32, 32))])
+def test_build_model_types(cfg, shape):
+    plain = build_model(cfg, shape, [2, 3], gated=False)
+    hat = build_model(cfg, shape, [2, 3], gated=True)
+    assert isinstance(plain, MultiHeadNet) and not isinstance(plain, HATNet)
+    assert isinstance(hat, HATNet)
+    assert plain.tasks == hat.tasks == [0, 1]
+    x = torch.zeros(4, *shape)
+    plain.eval()
+    hat.eval()
+    assert plain(x, 1).shape == hat(x, 1).shape == (4, 3)
+
+
+def test_build_model_passes_hat_options():
+    cfg = ModelConfig(family="mlp", hidden=30)
+    hat = build_model(cfg, (1, 8, 8), [2, 2], gated=True, smax=25.0, binary_masks=False,
+                      embedding_init="uniform")
+    assert hat.smax == 25.0 and hat.binary_masks is False
+    for layer in hat.gated_layers:
+        for task in (0, 1):
+            e = layer.embedding(task)
+            assert (e >= 0).all() and (e <= 2).all()
+    default = build_model(cfg, (1, 8, 8), [2], gated=True)
+    assert default.smax == 400.0 and default.binary_masks is True
+
+
+def test_build_model_is_seeded_by_torch():
+    cfg = ModelConfig(family="mlp", hidden=30)
+    torch.manual_seed(0)
+    a = build_model(cfg, (1, 8, 8), [2], gated=True)
+    torch.manual_seed(0)
+    b = build_model(cfg, (1, 8, 8), [2], gated=True)
+    torch.manual_seed(1)
+    c = build_model(cfg, (1, 8, 8), [2], gated=True)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- ModelConfig
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"family": "resnet"}, "model.family"),
+    ({"hidden": 0}, "model.hidden"),
+    ({"hidden": -5}, "model.hidden"),
+    ({"layers": 0}, "model.layers"),
+    ({"dropout": 1.0}, "model.dropout"),
+    ({"dropout": -0.1}, "model.dropout"),
+    ({"input_dropout": 1.5}, "model.input_dropout"),
+    ({"input_dropout": -1}, "model.input_dropout"),
+])
+def test_model_config_validation(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"family": "mlp"}, {"family": "alexnet", "hidden": 1},
+                                    {"dropout": 0.0, "input_dropout": 0.0}, {"layers": 1}])
+def test_model_config_accepts_valid_values(kwargs):
+    cfg = ModelConfig(**kwargs)
+    for key, value in kwargs.items():
+        assert getattr(cfg, key) == value
+
+
+def test_model_config_from_strings():
+    from strategies.config import from_overrides
+
+    cfg = from_overrides(ModelConfig, {"family": "alexnet", "hidden": "64", "layers": "3",
+                                       "dropout": "0.25"}, "model")
+    assert cfg == ModelConfig(family="alexnet", hidden=64, layers=3, dropout=0.25)
+    for bad in ({"family": "resnet"}, {"hidden": "many"}, {"hidden": "0"}, {"width": "3"}):
+        with pytest.raises(ConfigError):
+            from_overrides(ModelConfig, bad, "model")

@@ -1,0 +1,446 @@
+"""Tests of the experiment runner (benchmark/runner.py) on the embedded digits scenarios:
+determinism, the accuracy matrix, HAT's protection, joint training, recorded parameters, and
+``run_all``'s skip / resume / interruption behaviour. Few epochs, one CPU thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from avalanche.training.supervised.joint_training import JointTraining
+
+from benchmark import runner
+from benchmark.records import is_complete, read_record, record_path, validate_record
+from benchmark.runner import Experiment, RunHooks, resolve, run_all, run_experiment
+from benchmark.scenarios import get_scenario, random_accuracy
+from strategies import ConfigError, TrainConfig, get_strategy
+
+FAST = {"train": {"epochs": 2}}
+TIMINGS = ("seconds", "created")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # much faster for these tiny networks on shared cores
+    yield
+    torch.set_num_threads(before)
+
+
+_cache: dict = {}
+
+
+def run_cached(scenario: str, strategy: str, seed: int = 0, overrides=None) -> dict:
+    """run_experiment, memoised for tests that only read the record."""
+    overrides = overrides or FAST
+    key = (scenario, strategy, seed, json.dumps(overrides, sort_keys=True))
+    if key not in _cache:
+        _cache[key] = run_experiment(Experiment(scenario, strategy, seed, overrides))
+    return _cache[key]
+
+
+def without_timings(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in TIMINGS}
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("strategy", ["naive", "hat"])
+def test_same_seed_gives_identical_record(strategy):
+    a = run_experiment(Experiment("split-digits", strategy, 3, FAST))
+    b = run_experiment(Experiment("split-digits", strategy, 3, FAST))
+    assert set(a) == set(b)
+    assert without_timings(a) == without_timings(b)
+    # history entries are compared fully: they hold no timing fields
+    assert a["history"] == b["history"]
+    assert all(len(h) == e for h, e in zip(a["history"], a["epochs"], strict=True))
+
+
+def test_different_seed_gives_different_accuracy():
+    a = run_cached("split-digits", "naive", 0)
+    b = run_cached("split-digits", "naive", 1)
+    assert a["accuracy"] != b["accuracy"]
+    assert a["seed"] == 0 and b["seed"] == 1
+
+
+def test_prebuilt_scenario_gives_the_same_record():
+    scen = get_scenario("split-digits").build(0)
+    rec = run_experiment(Experiment("split-digits", "naive", 0, FAST), scen)
+    assert without_timings(rec) == without_timings(run_cached("split-digits", "naive", 0))
+
+
+# ----------------------------------------------------------------------------- the record
+
+
+@pytest.mark.parametrize("strategy", ["naive", "hat", "joint"])
+def test_record_shape_and_ranges(strategy):
+    rec = run_cached("split-digits", strategy)
+    validate_record(rec)
+    scen = get_scenario("split-digits").build(0)
+    n = scen.n_tasks
+    assert n == 5
+    assert rec["scenario"] == "split-digits" and rec["strategy"] == strategy
+    assert rec["task_names"] == [t.name for t in scen.tasks]
+    acc = np.asarray(rec["accuracy"], dtype=float)
+    assert acc.shape == (n, n)
+    assert np.isfinite(acc).all() and (acc >= 0).all() and (acc <= 1).all()
+    assert len(rec["epochs"]) == len(rec["seconds"]) == len(rec["history"]) == n
+    assert all(1 <= e <= 2 for e in rec["epochs"])
+    assert all(s >= 0 for s in rec["seconds"])
+    assert rec["device"] == "cpu"
+    assert rec["tag"] == ""
+    assert json.loads(json.dumps(rec)) == rec  # plain JSON types only
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_random_accuracy_matches_scenario(seed):
+    rec = run_cached("split-digits", "naive", seed)
+    scen = get_scenario("split-digits").build(seed)
+    assert rec["random_accuracy"] == [random_accuracy(t) for t in scen.tasks]
+    # independent check: stratified random classifier, sum_c p_train(c) p_test(c)
+    for task, r in zip(scen.tasks, rec["random_accuracy"], strict=True):
+        ptr = np.bincount(task.train_y.numpy(), minlength=task.n_classes) / len(task.train_y)
+        pte = np.bincount(task.test_y.numpy(), minlength=task.n_classes) / len(task.test_y)
+        assert r == pytest.approx(float((ptr * pte).sum()), abs=1e-12)
+
+
+def test_history_entries():
+    rec = run_cached("split-digits", "hat")
+    for task_hist, epochs in zip(rec["history"], rec["epochs"], strict=True):
+        assert [e["epoch"] for e in task_hist] == list(range(1, epochs + 1))
+        for entry in task_hist:
+            assert {"epoch", "train_loss", "train_acc", "valid_loss", "lr", "hat_s",
+                    "hat_reg"} <= set(entry)
+            assert 0 <= entry["train_acc"] <= 1 and entry["train_loss"] >= 0
+            assert entry["valid_loss"] is not None  # paper recipe holds out validation data
+            assert 0 < entry["hat_s"] <= 400.0
+    naive = run_cached("split-digits", "naive")
+    assert all("hat_s" not in e for h in naive["history"] for e in h)
+
+
+# ----------------------------------------------------------------------------- forgetting
+
+
+def test_hat_never_changes_earlier_task_accuracy():
+    over = {"train": {"epochs": 10, "recipe": "fixed"}}
+    rec = run_cached("split-digits", "hat", 0, over)
+    acc = rec["accuracy"]
+    n = len(acc)
+    for u in range(n):
+        for t in range(u, n):
+            assert acc[t][u] == acc[u][u], (t, u)
+    # not vacuous: HAT learned its tasks (well above the random classifier)
+    diag = np.diag(np.asarray(acc))
+    assert diag.mean() > np.mean(rec["random_accuracy"]) + 0.2
+
+
+def test_naive_forgets_on_permuted_digits():
+    over = {"train": {"epochs": 3, "recipe": "fixed"}}
+    rec = run_cached("permuted-digits", "naive", 0, over)
+    acc = np.asarray(rec["accuracy"])
+    assert acc.shape == (5, 5)
+    assert rec["epochs"] == [3] * 5
+    changed = [(t, u) for u in range(5) for t in range(u + 1, 5) if acc[t, u] != acc[u, u]]
+    assert changed
+    # and it learned each task when trained on it (10 classes: random is about 0.1)
+    assert (np.diag(acc) > 0.3).all()
+
+
+# ----------------------------------------------------------------------------- joint
+
+
+def test_joint_trains_from_scratch_on_tasks_up_to_t(monkeypatch):
+    calls = []
+    original = JointTraining.train
+
+    def spy(self, experiences, *args, **kwargs):
+        exps = list(experiences)
+        init = {k: v.clone() for k, v in self.model.trunk.state_dict().items()}
+        calls.append(([e.task_label for e in exps], sum(len(e.dataset) for e in exps),
+                      self.model, init))
+        return original(self, exps, *args, **kwargs)
+
+    monkeypatch.setattr(JointTraining, "train", spy)
+    rec = run_experiment(Experiment("split-digits", "joint", 0, FAST))
+    n = len(rec["task_names"])
+    assert [labels for labels, *_ in calls] == [list(range(t + 1)) for t in range(n)]
+    sizes = [size for _, size, *_ in calls]
+    assert all(b > a for a, b in zip(sizes, sizes[1:], strict=False))
+    models = [m for _, _, m, _ in calls]
+    assert len({id(m) for m in models}) == n  # a fresh model for every t
+    # ... with the same initialisation for every t
+    inits = [init for *_, init in calls]
+    for init in inits[1:]:
+        assert init.keys() == inits[0].keys()
+        assert all(torch.equal(init[k], inits[0][k]) for k in init)
+    acc = np.asarray(rec["accuracy"])
+    assert acc.shape == (n, n)
+    # row t: the tasks trained so far beat the tasks not trained yet
+    for t in range(n - 1):
+        assert acc[t, : t + 1].mean() > acc[t, t + 1 :].mean() + 0.1, t
+
+
+def test_joint_first_row_is_training_on_task_one_alone():
+    joint = run_cached("split-digits", "joint")
+    naive = run_cached("split-digits", "naive")
+    # same seed, same initialisation, both trained on task 1 only
+    assert joint["accuracy"][0] == naive["accuracy"][0]
+    assert joint["history"][0] == naive["history"][0]
+    assert joint["hat"] is None
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_params_hold_every_key_with_overrides():
+    over = {"train": {"epochs": "1", "lr": "0.02", "momentum": "0.5"},
+            "hat": {"smax": "50", "c": 1}}
+    rec = run_experiment(Experiment("split-digits", "hat", 0, over))
+    params = rec["params"]
+    assert set(params) == {"train", "model", "hat"}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(params["train"]) == train_keys
+    assert set(params["hat"]) == set(get_strategy("hat").defaults())
+    assert params["hat"]["smax"] == 50.0 and isinstance(params["hat"]["smax"], float)
+    assert params["hat"]["c"] == 1.0
+    assert params["train"]["lr"] == 0.02 and params["train"]["momentum"] == 0.5
+    assert params["train"]["epochs"] == 1 and rec["epochs"] == [1] * 5
+    assert params["train"]["valid_fraction"] == get_scenario("split-digits").valid_fraction
+    assert params["train"]["valid_fraction"] is not None
+    # untouched keys keep their defaults
+    defaults = get_strategy("hat").defaults()
+    assert params["hat"]["thres_emb"] == defaults["thres_emb"]
+    assert params["train"]["optimizer"] == TrainConfig().optimizer
+    assert params["model"]["family"] == "mlp" and params["model"]["hidden"] is not None
+    # and the overrides were used in training, not only recorded
+    entries = [e for h in rec["history"] for e in h]
+    assert all(e["hat_s"] <= 50.0 for e in entries)
+    assert all(e["lr"] == 0.02 for e in entries)
+    assert json.loads(json.dumps(params)) == params
+
+
+@pytest.mark.parametrize("strategy", ["naive", "joint"])
+def test_params_of_strategies_without_own_keys(strategy):
+    rec = run_cached("split-digits", strategy)
+    assert rec["params"][strategy] == {}
+    assert set(rec["params"]) == {"train", "model", strategy}
+    assert rec["params"]["train"]["epochs"] == 2
+
+
+def test_explicit_valid_fraction_is_kept():
+    spec = get_scenario("split-digits")
+    cfg = resolve(Experiment("split-digits", "hat", 0, {"train": {"valid_fraction": "0.25"}}),
+                  spec.valid_fraction, spec.embedded, spec.network)
+    assert cfg.train.valid_fraction == 0.25
+    cfg = resolve(Experiment("mixture", "hat", 0, {}), 0.15, False, "alexnet")
+    assert cfg.train.valid_fraction == 0.15
+
+
+@pytest.mark.parametrize("scenario,family,hidden", [
+    ("split-digits", "mlp", 100), ("pmnist", "mlp", 2000), ("cifar", "alexnet", 2048),
+])
+def test_model_defaults_follow_the_scenario(scenario, family, hidden):
+    spec = get_scenario(scenario)
+    cfg = resolve(Experiment(scenario, "naive", 0, {}), spec.valid_fraction, spec.embedded,
+                  spec.network)
+    assert (cfg.model.family, cfg.model.hidden) == (family, hidden)
+    cfg = resolve(Experiment(scenario, "naive", 0, {"model": {"hidden": "7"}}),
+                  spec.valid_fraction, spec.embedded, spec.network)
+    assert cfg.model.hidden == 7
+
+
+@pytest.mark.parametrize("overrides", [
+    {"hat": {"foo": 1}}, {"hat": {"smax": -1}}, {"train": {"lr": "abc"}},
+    {"train": {"optimizer": "rmsprop"}}, {"model": {"family": "resnet"}},
+    {"bogus": {"x": 1}}, {"train": {"epochs": 0}},
+])
+def test_resolve_rejects_bad_overrides(overrides):
+    with pytest.raises(ConfigError):
+        resolve(Experiment("split-digits", "hat", 0, overrides), 0.1, True, "mlp")
+
+
+def test_resolve_ignores_other_strategies_sections():
+    cfg = resolve(Experiment("split-digits", "naive", 0, {"hat": {"smax": "25"}}), 0.1, True,
+                  "mlp")
+    assert dataclasses.fields(cfg.strategy) == ()
+
+
+# ----------------------------------------------------------------------------- HAT stats
+
+
+def test_hat_statistics_block():
+    over = {"train": {"epochs": 1}, "model": {"layers": 3}}
+    rec = run_experiment(Experiment("split-digits", "hat", 0, over))
+    stats = rec["hat"]
+    n = len(rec["task_names"])
+    n_layers = 3  # model.layers=3: three gated hidden layers
+    assert len(stats["layers"]) == n_layers
+    assert stats["tasks"] == list(range(n))
+    for key in ("used", "overlap"):
+        assert len(stats[key]) == n_layers, key
+        assert all(len(row) == n for row in stats[key]), key
+        assert all(0 <= v <= 1 for row in stats[key] for v in row), key
+    assert len(stats["weights_kept"]) == n
+    assert all(0 <= v <= 1 for v in stats["weights_kept"])
+    assert stats["units"] == [100] * n_layers
+    # the first task cannot reuse units of earlier tasks
+    assert all(row[0] == 0 for row in stats["overlap"])
+    assert json.loads(json.dumps(stats)) == stats
+
+
+def test_non_hat_record_has_no_hat_block():
+    assert run_cached("split-digits", "naive")["hat"] is None
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def test_hooks_see_every_epoch_and_row():
+    epochs, rows = [], []
+    hooks = RunHooks(on_epoch=lambda t, e: epochs.append((t, e)),
+                     on_experience=lambda t, r: rows.append((t, r)))
+    rec = run_experiment(Experiment("split-digits", "naive", 0, FAST), hooks=hooks)
+    assert [t for t, _ in rows] == list(range(5))
+    assert [r for _, r in rows] == rec["accuracy"]
+    assert [e for _, e in epochs] == [e for h in rec["history"] for e in h]
+    assert [t for t, _ in epochs] == [t for t, h in enumerate(rec["history"]) for _ in h]
+
+
+# ----------------------------------------------------------------------------- run_all
+
+
+class FakeTracker:
+    def __init__(self, fail_at_task: int | None = None):
+        self.fail_at_task = fail_at_task
+        self.epochs, self.rows, self.finished, self.aborted = [], [], [], 0
+
+    def avalanche_loggers(self):
+        return []
+
+    def log_epoch(self, task, entry):
+        self.epochs.append((task, entry))
+
+    def log_experience(self, task, row):
+        if task == self.fail_at_task:
+            raise KeyboardInterrupt("stopped by the user")
+        self.rows.append((task, row))
+
+    def finish(self, rec, out):
+        self.finished.append(rec)
+
+    def abort(self):
+        self.aborted += 1
+
+
+def _exps():
+    return [Experiment("split-digits", s, 0, FAST) for s in ("naive", "hat")]
+
+
+def test_run_all_writes_records_and_skips_complete_ones(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    log: list[str] = []
+    trackers = {}
+
+    def factory(exp):
+        trackers[exp.strategy] = FakeTracker()
+        return trackers[exp.strategy]
+
+    paths = run_all(_exps(), out, progress=False, log=log.append, tracker_factory=factory)
+    assert paths == [record_path(out, "split-digits", s, 0) for s in ("naive", "hat")]
+    for path, strategy in zip(paths, ("naive", "hat"), strict=True):
+        rec = read_record(path)
+        assert rec["strategy"] == strategy
+        tr = trackers[strategy]
+        assert tr.finished == [rec] and tr.aborted == 0
+        assert [r for _, r in tr.rows] == rec["accuracy"]
+        assert len(tr.epochs) == sum(rec["epochs"])
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(p.name for p in paths)
+    assert len(log) == 2 and not any("skip" in m for m in log)
+    stamps = [p.stat().st_mtime_ns for p in paths]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("run_experiment called for a complete record")
+
+    monkeypatch.setattr(runner, "run_experiment", must_not_run)
+    monkeypatch.setattr(runner, "get_scenario", must_not_run)  # not even the data are built
+    log.clear()
+    again = run_all(_exps(), out, progress=False, log=log.append)
+    assert again == paths
+    assert len(log) == 2 and all(m.startswith("skip") for m in log)
+    assert [p.stat().st_mtime_ns for p in paths] == stamps
+
+
+def test_run_all_reruns_a_corrupt_record(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    paths = run_all(_exps(), out, progress=False, log=lambda m: None)
+    naive_path, hat_path = paths
+    hat_before = hat_path.read_bytes()
+    naive_path.write_text(naive_path.read_text()[:100])  # truncated
+    assert not is_complete(naive_path)
+
+    ran = []
+    original = runner.run_experiment
+
+    def counting(exp, *args, **kwargs):
+        ran.append(exp.strategy)
+        return original(exp, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_experiment", counting)
+    log: list[str] = []
+    run_all(_exps(), out, progress=False, log=log.append)
+    assert ran == ["naive"]
+    assert is_complete(naive_path)
+    assert hat_path.read_bytes() == hat_before
+    assert sum(m.startswith("skip") for m in log) == 1
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_run_leaves_no_record(tmp_path, exc):
+    out = tmp_path / "out"
+    trackers = []
+
+    class Failing(FakeTracker):
+        def log_epoch(self, task, entry):
+            super().log_epoch(task, entry)
+            if task == 2:
+                raise exc("interrupted in the middle")
+
+    def factory(e):
+        trackers.append(Failing())
+        return trackers[-1]
+
+    exps = [Experiment("split-digits", "hat", 0, FAST)]
+    with pytest.raises(exc):
+        run_all(exps, out, progress=False, log=lambda m: None, tracker_factory=factory)
+    path = record_path(out, "split-digits", "hat", 0)
+    assert not path.exists()
+    assert [p.name for p in (out / "runs").iterdir()] == []  # no temporary files either
+    assert trackers[0].aborted == 1 and trackers[0].finished == []
+    assert {t for t, _ in trackers[0].epochs} == {0, 1, 2}
+    # the next call runs it (nothing marks it complete)
+    run_all(exps, out, progress=False, log=lambda m: None)
+    assert is_complete(path)
+
+
+def test_interruption_keeps_earlier_finished_records(tmp_path):
+    out = tmp_path / "out"
+
+    def factory(exp):
+        return FakeTracker(fail_at_task=1 if exp.strategy == "hat" else None)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_all(_exps(), out, progress=False, log=lambda m: None, tracker_factory=factory)
+    assert is_complete(record_path(out, "split-digits", "naive", 0))
+    assert not record_path(out, "split-digits", "hat", 0).exists()
+    assert len(list((out / "runs").iterdir())) == 1
+
+
+def test_experiments_for_orders_seeds_outermost():
+    exps = runner.experiments_for("split-digits", ["naive", "hat"], [0, 1], FAST, tag="x")
+    assert [(e.seed, e.strategy) for e in exps] == [(0, "naive"), (0, "hat"), (1, "naive"),
+                                                    (1, "hat")]
+    assert all(e.tag == "x" and e.overrides == FAST for e in exps)
