@@ -141,18 +141,19 @@ class _History(SupervisedPlugin):
         self._loss, self._correct, self._n = 0.0, 0, 0
 
     def after_training_iteration(self, strategy, **kwargs):
+        # accumulate on the device: no host sync per step (matters on GPU)
         n = len(strategy.mb_y)
-        self._loss += float(strategy.loss.detach()) * n
         with torch.no_grad():
-            self._correct += int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
+            self._loss = self._loss + strategy.loss.detach() * n
+            self._correct = self._correct + (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
         self._n += n
 
     def after_training_epoch(self, strategy, **kwargs):
         # the recipe plugin runs before this one: its validation loss is for this epoch
         entry = {
             "epoch": len(self.entries) + 1,
-            "train_loss": self._loss / max(self._n, 1),
-            "train_acc": self._correct / max(self._n, 1),
+            "train_loss": float(self._loss) / max(self._n, 1),
+            "train_acc": int(self._correct) / max(self._n, 1),
             "valid_loss": self.recipe.last_valid_loss,
             "lr": self.recipe.lr if self.recipe.active else
             float(strategy.optimizer.param_groups[0]["lr"]),

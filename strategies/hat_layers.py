@@ -224,6 +224,17 @@ class HATNet(MultiHeadNet):
                 "the model has no HAT layers: build it with HATLinear/HATConv2d or use "
                 "HATNet.wrap(nn.Sequential(...), input_shape)"
             )
+        unprotected = [
+            name or type(trunk).__name__
+            for name, m in trunk.named_modules()
+            if not isinstance(m, HAT_LAYERS) and any(True for _ in m.parameters(recurse=False))
+        ]
+        if unprotected:
+            raise HATError(
+                f"trunk modules {unprotected} have parameters that HAT neither gates nor "
+                "protects (earlier tasks' outputs would change); use HATLinear/HATConv2d for "
+                "every trainable trunk layer, or HATNet.wrap(nn.Sequential(...), input_shape)"
+            )
         input_shape = tuple(int(d) for d in input_shape)
         feature_dim = self._probe(trunk, gated, input_shape)
         super().__init__(trunk, feature_dim)
