@@ -9,10 +9,11 @@
 3. Evaluation throughput (samples/s) and peak memory (peak RSS of a fresh process per case
    on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
 
-Each case runs ``--warmup`` epochs, then ``--reps`` timed epochs; the table shows median and
-spread (min–max). Cases alternate in rounds (A, B, A, B, …) so that background load hits both
-sides alike. Writes ``results/bench.json`` with ``hat_over_naive`` and ``suite_over_raw``
-(medians, MLP case) plus everything else measured.
+Timing runs in one process in interleaved rounds (naive, hat, raw, naive, hat, raw, …), so
+that background load hits every side alike; each round trains ``--warmup`` untimed epochs,
+then ``--reps`` timed ones; the table shows median and spread (min–max) over all rounds.
+Writes ``results/bench.json`` with ``hat_over_naive`` and ``suite_over_raw`` (medians, MLP
+case) plus everything else measured.
 """
 
 from __future__ import annotations
@@ -177,10 +178,10 @@ def run_case(case: str, side: str, epochs: int, device) -> list[float]:
 
 
 def child(args) -> None:
-    """One measurement in this process; prints JSON (used for per-case peak memory)."""
+    """Peak memory and evaluation throughput of one side, in a fresh process; prints JSON."""
     device = torch.device(args.device)
-    times = run_case(args.case, args.side, args.warmup + args.reps, device)
-    out = {"times": times}
+    run_case(args.case, args.side, 2, device)
+    out = {}
     if args.side != "raw":
         out["eval_samples_per_s"] = eval_throughput(args.case, args.side, device)
     if device.type == "cuda":
@@ -193,9 +194,9 @@ def child(args) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per case")
+    p.add_argument("--warmup", type=int, default=1, help="untimed epochs per round")
+    p.add_argument("--reps", type=int, default=2, help="timed epochs per round")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per case")
     p.add_argument("--cases", default="mlp,alexnet")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench.json")
@@ -207,28 +208,30 @@ def main() -> int:
     if args.case:
         child(args)
         return 0
+    device = torch.device(args.device)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results: dict = {"device": args.device, "machine": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "threads": args.threads,
-                     "torch": torch.__version__, "cases": {}}
-    if args.device.startswith("cuda"):
+                     "torch": torch.__version__, "rounds": args.rounds, "reps": args.reps,
+                     "cases": {}}
+    if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
     for case in args.cases.split(","):
         sides = ["naive", "hat"] + (["raw"] if case == "mlp" else [])
         samples: dict[str, list[float]] = {s: [] for s in sides}
-        extra: dict[str, dict] = {s: {} for s in sides}
+        # timing: interleaved rounds in this process (A, B, C, A, B, C, …)
         for _ in range(args.rounds):
             for side in sides:
-                cmd = [sys.executable, __file__, "--case", case, "--side", side,
-                       "--device", args.device, "--warmup", str(args.warmup),
-                       "--reps", str(args.reps), "--threads", str(args.threads)]
-                res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                                env=env, cwd=ROOT).stdout.strip().splitlines()[-1])
-                samples[side] += res["times"][args.warmup:]
-                for k in ("eval_samples_per_s", "peak_mem_mb"):
-                    if k in res:
-                        extra[side][k] = max(extra[side].get(k, 0), res[k])
-        case_res = {s: {**_stats(samples[s], 0), **extra[s]} for s in sides}
+                samples[side] += run_case(case, side, args.warmup + args.reps, device)[
+                    args.warmup:]
+        case_res = {s: _stats(samples[s], 0) for s in sides}
+        # memory and evaluation throughput: one fresh process per side
+        for side in sides:
+            cmd = [sys.executable, __file__, "--case", case, "--side", side,
+                   "--device", args.device, "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
+                                  cwd=ROOT)
+            case_res[side].update(json.loads(proc.stdout.strip().splitlines()[-1]))
         case_res["hat_over_naive"] = case_res["hat"]["median"] / case_res["naive"]["median"]
         if "raw" in sides:
             case_res["suite_over_raw"] = case_res["naive"]["median"] / case_res["raw"]["median"]
@@ -240,16 +243,18 @@ def main() -> int:
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(args.out)
-    print(f"device {results['device']}  threads {args.threads}  ({results.get('gpu', results['machine'])})")
-    print(f"{'case':<8} {'side':<6} {'epoch s (median)':>17} {'min–max':>17} {'eval samples/s':>15} "
-          f"{'peak MB':>8}")
+    where = results.get("gpu", results["machine"])
+    print(f"device {results['device']} ({where}), torch threads {args.threads}, "
+          f"{args.rounds} rounds x {args.reps} timed epochs")
+    print(f"{'case':<8} {'side':<6} {'epoch s (median)':>17} {'min-max':>17} "
+          f"{'eval samples/s':>15} {'peak MB':>8}")
     for case, cr in results["cases"].items():
         for side in ("naive", "hat", "raw"):
             if side not in cr:
                 continue
             r = cr[side]
             ev = f"{r['eval_samples_per_s']:.0f}" if "eval_samples_per_s" in r else "-"
-            print(f"{case:<8} {side:<6} {r['median']:>17.4f} {r['min']:>8.4f}–{r['max']:<8.4f} "
+            print(f"{case:<8} {side:<6} {r['median']:>17.4f} {r['min']:>8.4f}-{r['max']:<8.4f} "
                   f"{ev:>15} {r['peak_mem_mb']:>8.0f}")
         line = f"{case:<8} hat/naive = {cr['hat_over_naive']:.3f}"
         if "suite_over_raw" in cr:

@@ -96,20 +96,44 @@ def attention_regulariser(
 
     With a^{<t} = 0 (first task) this is the mean gate. Returns 0 when no unit is free.
     """
-    num = sum((g * (1 - m)).sum() for g, m in zip(gates, cumulative, strict=True))
-    den = sum((1 - m).sum() for m in cumulative)
-    if float(den) == 0.0:
+    free = [1 - m for m in cumulative]
+    return _regulariser(gates, free, float(sum(f.sum() for f in free)))
+
+
+def _regulariser(gates: list[torch.Tensor], free: list[torch.Tensor], n_free: float):
+    """Eq. 5 with the free capacity 1 − a^{<t} and its total precomputed (per experience)."""
+    if n_free == 0.0:
         return gates[0].sum() * 0.0
-    return num / den
+    num = torch.dot(gates[0], free[0])
+    for g, f in zip(gates[1:], free[1:], strict=True):
+        num = num + torch.dot(g, f)
+    return num / n_free
 
 
 def compensation_factor(
     e: torch.Tensor, s: float, smax: float, thres_cosh: float = 50.0
 ) -> torch.Tensor:
     """Eq. 6 factor for embedding gradients: smax/s · (cosh(clamp(s·e)) + 1) / (cosh(e) + 1)."""
-    num = torch.cosh(torch.clamp(s * e, -thres_cosh, thres_cosh)) + 1
-    den = torch.cosh(e) + 1
-    return smax / s * num / den
+    num = (s * e).clamp_(-thres_cosh, thres_cosh).cosh_().add_(1)
+    return num.div_(torch.cosh(e).add_(1)).mul_(smax / s)
+
+
+def clip_grad_norm(parameters, max_norm: float) -> None:
+    """Scale gradients so that their global L2 norm is at most ``max_norm``.
+
+    Same result as ``torch.nn.utils.clip_grad_norm_``; on CPU the scaling pass is skipped
+    when the norm is already below ``max_norm`` (always, with the reference's 10000).
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return
+    if params[0].grad.device.type != "cpu":  # no host sync on accelerators
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    grads = [p.grad for p in params]
+    norm = math.sqrt(sum(float(n) ** 2 for n in torch._foreach_norm(grads)))
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
 
 
 def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
@@ -135,7 +159,10 @@ class HATPlugin(SupervisedPlugin):
         self.task: int | None = None
         self.trained_tasks: list[int] = []
         self.last_s: float = self.config.smax
-        self.last_reg: float = 0.0
+        self._reg: torch.Tensor | None = None
+        self._n_samples = 0
+        self._free: list[torch.Tensor] = []
+        self._n_free = 0.0
         self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._keep: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._frozen: list[nn.Parameter] = []
@@ -190,6 +217,8 @@ class HATPlugin(SupervisedPlugin):
         self._frozen = [
             p for t in hat.tasks if t != task for p in hat.task_parameters(t) if id(p) not in own
         ]
+        self._free = [1 - m for m in hat.cumulative_masks()]
+        self._n_free = float(sum(f.sum() for f in self._free))
         self._clear_optimizer_state(strategy.optimizer)
 
     def _clear_optimizer_state(self, optimizer) -> None:
@@ -203,9 +232,12 @@ class HATPlugin(SupervisedPlugin):
                 if torch.is_tensor(v) and v.shape == p.shape:
                     v.zero_()
 
+    def before_training_epoch(self, strategy, **kwargs):
+        self._n_samples = len(strategy.adapted_dataset)
+
     def before_forward(self, strategy, **kwargs):
         hat = find_hat_model(strategy.model)
-        n = len(strategy.adapted_dataset)
+        n = self._n_samples
         bs = strategy.train_mb_size
         cfg = self.config
         s = anneal_s(
@@ -216,22 +248,27 @@ class HATPlugin(SupervisedPlugin):
 
     def before_backward(self, strategy, **kwargs):
         hat = find_hat_model(strategy.model)
-        reg = attention_regulariser(hat.last_gates, hat.cumulative_masks())
-        self.last_reg = float(reg.detach())
+        reg = _regulariser(hat.last_gates, self._free, self._n_free)
+        self._reg = reg.detach()  # kept on the device: no host sync per step
         strategy.loss = strategy.loss + self.config.c * reg
+
+    @property
+    def last_reg(self) -> float:
+        """The regulariser R of the last training step (without the factor c)."""
+        return float(self._reg) if self._reg is not None else 0.0
 
     @torch.no_grad()
     def after_backward(self, strategy, **kwargs):
         hat = find_hat_model(strategy.model)
         cfg = self.config
-        for p, factor in self._pairs:  # Eq. 2 / 4
-            if p.grad is not None:
-                p.grad.mul_(factor)
+        pairs = [(p.grad, f) for p, f in self._pairs if p.grad is not None]
+        if pairs:  # Eq. 2 / 4
+            torch._foreach_mul_([g for g, _ in pairs], [f for _, f in pairs])
         for layer in hat.gated_layers:  # Eq. 6
             e = layer.embedding(self.task)
             if e.grad is not None:
                 e.grad.mul_(compensation_factor(e, hat.s, cfg.smax, cfg.thres_cosh))
-        torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), cfg.clipgrad)
+        clip_grad_norm(strategy.model.parameters(), cfg.clipgrad)
 
     @torch.no_grad()
     def before_update(self, strategy, **kwargs):

@@ -16,6 +16,7 @@ training data, with the optimizer handled by Avalanche as usual.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -69,9 +70,16 @@ def split_indices(n: int, fraction: float, seed: int, experience: int) -> tuple[
 
 
 def rebuild_optimizer(strategy, lr: float) -> None:
-    """A fresh optimizer of the same type and settings over all model parameters."""
+    """A fresh optimizer of the same type and settings over all model parameters.
+
+    Only the settings the constructor accepts are passed on (``AdamW.defaults`` holds
+    ``decoupled_weight_decay``, which ``AdamW(...)`` refuses).
+    """
     old = strategy.optimizer
-    strategy.optimizer = type(old)(strategy.model.parameters(), **{**old.defaults, "lr": lr})
+    cls = type(old)
+    accepted = inspect.signature(cls.__init__).parameters
+    settings = {k: v for k, v in old.defaults.items() if k in accepted}
+    strategy.optimizer = cls(strategy.model.parameters(), **{**settings, "lr": lr})
 
 
 class TrainingRecipePlugin(SupervisedPlugin):
