@@ -3,7 +3,10 @@
 Each entry has a typed parameter dataclass (defaults = the paper's values, hat-reference
 §2), a one-line description and a ``build`` function returning an Avalanche strategy.
 ``joint`` is the forgetting-ratio reference: the runner trains it from scratch on tasks
-1..t for every t (Avalanche's ``JointTraining``, with per-sample heads).
+1..t for every t (Avalanche's ``JointTraining``, with per-sample heads). ``pnn`` and
+``pathnet`` replace the shared network they are given by their own one, built from its trunk's
+description (same layers, narrower columns or modules) with one head per head of the shared
+network, and use an optimizer of the same type and settings over it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from torch import nn
 
 from .config import ConfigError, from_overrides, to_public_dict
 from .hat import HAT, HATConfig
+from .imm import IMM, IMMMeanConfig, IMMModeConfig
+from .lfl import LessForgetfulLearning, LFLConfig
+from .pathnet import PathNet, PathNetConfig, PathNetNet
+from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork, same_optimizer
+from .sgd_f import SGDFrozen
 from .si import SynapticIntelligence
 
 
@@ -143,6 +151,34 @@ def _hat(ctx: BuildContext, p: HATConfig):
     return HAT(**{k: getattr(p, k) for k in p.__dataclass_fields__}, **kw)
 
 
+def _own_model(ctx: BuildContext, model: nn.Module) -> dict[str, Any]:
+    """``ctx.common()`` for a strategy that replaces the shared network by its own one
+    (built from the shared trunk's description): same optimizer type and settings."""
+    model = model.to(ctx.device)
+    return {**ctx.common(), "model": model, "optimizer": same_optimizer(ctx.optimizer, model)}
+
+
+def _pnn(ctx: BuildContext, p: PNNConfig):
+    model = ctx.model
+    if not isinstance(model, ProgressiveNet):
+        model = ProgressiveNet.from_multihead(model, width=p.width)
+    return ProgressiveNeuralNetwork(**_own_model(ctx, model))
+
+
+def _pathnet(ctx: BuildContext, p: PathNetConfig):
+    model = ctx.model
+    if not isinstance(model, PathNetNet):
+        model = PathNetNet.from_multihead(model, width=p.width, n_modules=p.modules,
+                                          n_active=p.active)
+    elif (model.n_modules, model.n_active) != (p.modules, p.active):
+        raise ConfigError(
+            f"the PathNetNet given has M={model.n_modules}, N={model.n_active}, but "
+            f"pathnet.modules={p.modules}, pathnet.active={p.active}"
+        )
+    return PathNet(generations=p.generations, population=p.population,
+                   path_epochs=p.path_epochs, **_own_model(ctx, model))
+
+
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
     for s in [
@@ -160,6 +196,24 @@ STRATEGIES: dict[str, StrategySpec] = {
                                                          **ctx.common())),
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
                      gated=True),
+        StrategySpec("sgd-f", "SGD fine-tuning of the first task, then only new heads train "
+                     "(the trunk is frozen)", NoParams,
+                     lambda ctx, p: SGDFrozen(**ctx.common())),
+        StrategySpec("imm-mean", "Incremental Moment Matching, mean (Lee et al. 2017): "
+                     "L2-transfer, then the trunks of all tasks averaged", IMMMeanConfig,
+                     lambda ctx, p: IMM(mode="mean", lambda_=p.lambda_, **ctx.common())),
+        StrategySpec("imm-mode", "Incremental Moment Matching, mode (Lee et al. 2017): "
+                     "L2-transfer, then a Fisher-weighted merge of the trunks", IMMModeConfig,
+                     lambda ctx, p: IMM(mode="mode", lambda_=p.lambda_, eps=p.eps,
+                                        fisher_batch=p.fisher_batch, **ctx.common())),
+        StrategySpec("lfl", "Less-Forgetful Learning (Jung et al. 2016): features kept close "
+                     "to the previous model's", LFLConfig,
+                     lambda ctx, p: LessForgetfulLearning(lambda_=p.lambda_, features=p.features,
+                                                           **ctx.common())),
+        StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
+                     "earlier tasks' paths frozen", PathNetConfig, _pathnet),
+        StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
+                     "column per task with lateral adapters", PNNConfig, _pnn),
         StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "
                      "each t: the forgetting-ratio reference A_J", NoParams,
                      lambda ctx, p: JointTraining(**ctx.common()), joint=True),
