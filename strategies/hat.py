@@ -50,7 +50,8 @@ class HATConfig:
     thres_cosh: float = 50.0
     thres_emb: float = 6.0
     embedding_init: EmbeddingInit = "normal"
-    #: on CPU, flush denormal floats to zero (process-wide, ``torch.set_flush_denormal``):
+    #: on CPU, flush denormal floats to zero while training an experience
+    #: (``torch.set_flush_denormal``; the previous mode is restored after it):
     #: gates σ(s·e) of unused units reach ~1e-40, and denormal activations and gradients
     #: make CPU matrix products 2–3× slower. No effect on GPU.
     flush_denormal: bool = True
@@ -136,6 +137,11 @@ def clip_grad_norm(parameters, max_norm: float) -> None:
         torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
 
 
+def flushing_denormals() -> bool:
+    """Whether denormal floats are flushed to zero now (``torch.set_flush_denormal``)."""
+    return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0 == 0).item())
+
+
 def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     """Plain SGD leaves an entry with zero gradient exactly unchanged."""
     return type(optimizer) is torch.optim.SGD and all(
@@ -178,8 +184,11 @@ class HATPlugin(SupervisedPlugin):
     def before_training(self, strategy, **kwargs):
         hat = self._hat(strategy)
         hat.embedding_init = self.config.embedding_init
-        if self.config.flush_denormal and torch.device(strategy.device).type == "cpu":
-            torch.set_flush_denormal(True)
+
+    def before_eval(self, strategy, **kwargs):
+        # evaluate with this strategy's smax and mask mode even before it trains (a model
+        # loaded from a checkpoint has HATNet's defaults)
+        self._hat(strategy)
 
     def _experience_task(self, strategy) -> int:
         """The experience's single, new task label, or a clear error."""
@@ -220,6 +229,10 @@ class HATPlugin(SupervisedPlugin):
         self._free = [1 - m for m in hat.cumulative_masks()]
         self._n_free = float(sum(f.sum() for f in self._free))
         self._clear_optimizer_state(strategy.optimizer)
+        self._unflush = False
+        if self.config.flush_denormal and torch.device(strategy.device).type == "cpu":
+            self._unflush = not flushing_denormals()
+            torch.set_flush_denormal(True)
 
     def _clear_optimizer_state(self, optimizer) -> None:
         """Zero the optimizer state (momentum, moments) of protected entries."""
@@ -294,6 +307,11 @@ class HATPlugin(SupervisedPlugin):
             layer.embedding(self.task).clamp_(-t, t)
 
     def after_training_exp(self, strategy, **kwargs):
+        # restore the caller's floating-point mode: a library must not leave it changed
+        # (later code that needs subnormal floats, e.g. hypothesis, would break)
+        if getattr(self, "_unflush", False):
+            torch.set_flush_denormal(False)
+            self._unflush = False
         hat = find_hat_model(strategy.model)
         hat.update_cumulative(self.task)
         hat.s = self.config.smax

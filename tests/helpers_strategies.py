@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import pytest
 import torch
 from avalanche.benchmarks import tensors_benchmark
 from avalanche.core import SupervisedPlugin
@@ -107,8 +108,10 @@ def hat_net(trunk: nn.Sequential, shape: Sequence[int], **kw) -> HATNet:
     return HATNet.wrap(trunk, shape, **kw)
 
 
-def multihead_net(trunk: nn.Sequential, shape: Sequence[int]) -> MultiHeadNet:
-    return MultiHeadNet(trunk, feature_dim(trunk, shape))
+def multihead_net(
+    trunk: nn.Sequential, shape: Sequence[int], head_sizes: Sequence[int] = ()
+) -> MultiHeadNet:
+    return MultiHeadNet(trunk, feature_dim(trunk, shape), head_sizes)
 
 
 OPTIMIZERS = {
@@ -164,3 +167,19 @@ class ChangeRecorder(SupervisedPlugin):
         self.changed.append(
             {n for n, v in after.items() if n in before and not torch.equal(v, before[n])}
         )
+
+
+def flushing_denormals() -> bool:
+    """Whether denormal floats are flushed to zero now (``torch.set_flush_denormal``)."""
+    return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0 == 0).item())
+
+
+@pytest.fixture(autouse=True)
+def keep_subnormals():
+    """Subnormal floats on for the test (hypothesis refuses to draw floats without them),
+    whatever earlier code in this process set (the runner flushes them process-wide); the
+    previous mode is restored afterwards. Import it into a test module to use it."""
+    was = flushing_denormals()
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(was)

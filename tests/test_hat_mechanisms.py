@@ -18,7 +18,9 @@ from helpers_strategies import (
     MLP_SHAPE,
     conv_trunk,
     fast_plugins,
+    flushing_denormals,
     hat_net,
+    keep_subnormals,  # noqa: F401  (autouse fixture)
     make_stream,
     mlp_trunk,
     quiet_evaluator,
@@ -31,6 +33,7 @@ from strategies import (
     HAT,
     ConfigError,
     HATConfig,
+    HATError,
     HATLinear,
     HATNet,
     anneal_s,
@@ -243,6 +246,42 @@ def test_attention_regulariser_matches_hand_formula(data, widths):
     assert -1e-12 <= got <= 1 + 1e-12
 
 
+class LossRecorder(SupervisedPlugin):
+    """The loss before HAT adds c·R (own before_backward, which runs first) and after it,
+    with R recomputed by hand from the gates of this forward and the cumulative masks."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[tuple[float, float, float]] = []
+        self._ce = 0.0
+
+    def before_backward(self, strategy, **kwargs):
+        self._ce = float(strategy.loss.detach())
+
+    def after_backward(self, strategy, **kwargs):
+        hat = strategy.model
+        r = attention_regulariser([g.detach() for g in hat.last_gates], hat.cumulative_masks())
+        self.rows.append((self._ce, float(strategy.loss.detach()), float(r)))
+
+
+@pytest.mark.parametrize("c", [0.0, 0.75, 2.5])
+def test_training_loss_is_cross_entropy_plus_c_times_regulariser(c):
+    torch.manual_seed(0)
+    bm, _, _ = make_stream(2, MLP_SHAPE, n_train=32)
+    model = hat_net(mlp_trunk(), MLP_SHAPE)
+    rec = LossRecorder()
+    strategy = HAT(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), c=c, smax=20.0,
+        train_mb_size=16, train_epochs=2, plugins=fast_plugins(rec), evaluator=quiet_evaluator(),
+    )
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    assert len(rec.rows) == 8
+    for ce, total, r in rec.rows:
+        assert math.isclose(total, ce + c * r, rel_tol=1e-5, abs_tol=1e-7)
+    assert all(r > 0 for _, _, r in rec.rows)
+
+
 # ------------------------------------------------------------- conditioning
 def _factors_by_param(model: HATNet) -> dict[int, torch.Tensor]:
     return {id(p): f for p, f in model.conditioning_factors()}
@@ -365,7 +404,9 @@ def test_training_step_conditions_and_compensates_gradients():
 )
 def test_compensation_factor_matches_hand_formula(e, smax, frac):
     s = _hand_s(smax, frac)
-    got = compensation_factor(torch.tensor(e, dtype=torch.float64), s, smax)
+    et = torch.tensor(e, dtype=torch.float64)
+    got = compensation_factor(et, s, smax)
+    assert et.tolist() == e  # the embedding itself is left alone
     for value, x in zip(got.tolist(), e, strict=True):
         z = max(-50.0, min(50.0, s * x))
         want = smax / s * (math.cosh(z) + 1) / (math.cosh(x) + 1)
@@ -497,3 +538,37 @@ def test_config_errors_reach_the_strategy_and_plugin():
         with pytest.raises(ConfigError, match=name):
             HATConfig(**{name: 0.0})
     HATConfig(smax=1e-3, c=0.0)  # the boundaries themselves are legal
+
+
+# -------------------------------------------------------- floating-point mode
+@pytest.mark.parametrize("caller_flushes", [False, True])
+def test_denormal_flushing_is_limited_to_training(caller_flushes):
+    """HAT flushes denormals on CPU while it trains (speed), and leaves the caller's mode as
+    it found it (later code, e.g. hypothesis, needs subnormal floats)."""
+    torch.set_flush_denormal(caller_flushes)
+    try:
+        assert flushing_denormals() == caller_flushes
+
+        class Probe(SupervisedPlugin):
+            def __init__(self):
+                super().__init__()
+                self.seen: list[bool] = []
+
+            def after_forward(self, strategy, **kwargs):
+                self.seen.append(flushing_denormals())
+
+        probe = Probe()
+        bm, _, _ = make_stream(2, MLP_SHAPE, n_train=16)
+        model = hat_net(mlp_trunk(), MLP_SHAPE)
+        strategy = HAT(
+            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8,
+            plugins=fast_plugins(probe), evaluator=quiet_evaluator(),
+        )
+        strategy.train(bm.train_stream[0])
+        assert flushing_denormals() == caller_flushes
+        with pytest.raises(HATError):  # a refused experience does not leak the mode either
+            strategy.train(bm.train_stream[0])
+        assert flushing_denormals() == caller_flushes
+        assert probe.seen and all(probe.seen)
+    finally:
+        torch.set_flush_denormal(False)

@@ -1,0 +1,199 @@
+"""Bad input gets a clear error of the right type, never a crash deep inside Avalanche."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from avalanche.benchmarks import tensors_benchmark
+from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+from avalanche.training import Naive
+from helpers_strategies import (
+    CONV_SHAPE,
+    MLP_SHAPE,
+    conv_trunk,
+    fast_plugins,
+    hat_net,
+    make_stream,
+    mlp_trunk,
+    multihead_net,
+    quiet_evaluator,
+    task_data,
+)
+from torch import nn
+
+from strategies import (
+    HAT,
+    HATConv2d,
+    HATError,
+    HATLinear,
+    HATNet,
+    HATPlugin,
+    TaskNotTrainedError,
+)
+
+
+def _hat(model, **kw):
+    return HAT(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+        train_epochs=1, plugins=fast_plugins(), evaluator=quiet_evaluator(), **kw,
+    )
+
+
+# -------------------------------------------------------------- models
+def test_hat_strategy_refuses_a_model_without_hat_layers():
+    model = multihead_net(mlp_trunk(), MLP_SHAPE)
+    with pytest.raises(HATError, match=r"HATNet\.wrap"):
+        _hat(model)
+
+
+def test_hat_plugin_on_a_plain_model_fails_clearly_when_training():
+    bm, _, _ = make_stream(1)
+    model = multihead_net(mlp_trunk(), MLP_SHAPE)
+    strategy = Naive(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+        eval_mb_size=16, plugins=fast_plugins(HATPlugin()), evaluator=quiet_evaluator(),
+    )
+    with pytest.raises(HATError, match="no HAT layers"):
+        strategy.train(bm.train_stream[0])
+
+
+def test_hatnet_needs_hat_layers():
+    with pytest.raises(HATError, match="no HAT layers"):
+        HATNet(nn.Sequential(nn.Linear(64, 8), nn.ReLU()), MLP_SHAPE)
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d(32), nn.BatchNorm2d(4)])
+def test_wrap_refuses_batchnorm(norm):
+    if isinstance(norm, nn.BatchNorm1d):
+        trunk = nn.Sequential(nn.Linear(64, 32), norm, nn.ReLU(), nn.Linear(32, 8), nn.ReLU())
+        shape = MLP_SHAPE
+    else:
+        trunk = nn.Sequential(nn.Conv2d(1, 4, 3), norm, nn.ReLU(), nn.Flatten(),
+                              nn.Linear(144, 8))
+        shape = CONV_SHAPE
+    with pytest.raises(HATError, match=type(norm).__name__):
+        HATNet.wrap(trunk, shape)
+
+
+@pytest.mark.parametrize("bad", [nn.Tanh(), nn.Sigmoid(), nn.LayerNorm(32)])
+def test_wrap_refuses_modules_that_do_not_commute_with_the_gate(bad):
+    trunk = nn.Sequential(nn.Linear(64, 32), bad, nn.Linear(32, 8), nn.ReLU())
+    with pytest.raises(HATError, match=type(bad).__name__):
+        HATNet.wrap(trunk, MLP_SHAPE)
+
+
+def test_wrap_refuses_nested_bad_modules_too():
+    trunk = nn.Sequential(nn.Sequential(nn.Linear(64, 32), nn.Tanh()), nn.Linear(32, 8))
+    with pytest.raises(HATError, match="Tanh"):
+        HATNet.wrap(trunk, MLP_SHAPE)
+
+
+def test_wrap_needs_a_sequential_and_a_flat_output():
+    with pytest.raises(HATError, match="Sequential"):
+        HATNet.wrap(nn.Linear(64, 8), MLP_SHAPE)
+    with pytest.raises(HATError, match="Flatten"):
+        HATNet.wrap(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), CONV_SHAPE)
+    with pytest.raises(HATError, match="shape"):
+        HATNet.wrap(mlp_trunk(), (63,))
+
+
+def test_hatnet_refuses_unprotected_trainable_trunk_layers():
+    """A plain Linear between gated layers would be trained freely by every task: HAT's
+    protection would silently fail, so HATNet refuses it."""
+    trunk = nn.Sequential(HATLinear(64, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          HATLinear(16, 8), nn.ReLU())
+    with pytest.raises(HATError, match=r"\['2'\].*neither gates nor protects"):
+        HATNet(trunk, MLP_SHAPE)
+
+
+def test_hatnet_refuses_a_chain_it_cannot_map():
+    # a linear layer reading twice the previous linear layer's units (through an ungated
+    # reshaping module): the conditioning could not know which gate feeds which column
+    class Repeat(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x], dim=1)
+
+    trunk = nn.Sequential(HATLinear(64, 8), nn.ReLU(), Repeat(), HATLinear(16, 4), nn.ReLU())
+    with pytest.raises(HATError, match="cannot tell which gate feeds"):
+        HATNet(trunk, MLP_SHAPE)
+    with pytest.raises(HATError, match="groups"):
+        HATConv2d(4, 4, 3, groups=2)
+
+
+# ------------------------------------------------------------- tasks
+def test_unknown_task_at_evaluation_raises_task_not_trained():
+    torch.manual_seed(0)
+    bm, _, test = make_stream(3)
+    model = hat_net(mlp_trunk(), MLP_SHAPE)
+    strategy = _hat(model)
+    strategy.train(bm.train_stream[0])
+    strategy.train(bm.train_stream[1])
+    with pytest.raises(TaskNotTrainedError, match=r"task 2 .*known tasks: 0, 1"):
+        strategy.eval(bm.test_stream[2])
+    model.eval()
+    with pytest.raises(TaskNotTrainedError):
+        model(test[0][0], 7)
+    with pytest.raises(TaskNotTrainedError):
+        model.masks(7)
+    mixed = torch.tensor([0, 1, 5, 0])
+    with pytest.raises(TaskNotTrainedError, match="task 5"):
+        model(test[0][0][:4], mixed)
+    # the error is a KeyError (a missing task), with a readable message
+    assert issubclass(TaskNotTrainedError, KeyError)
+    assert "add_task" in str(TaskNotTrainedError(3, [0]))
+
+
+def test_conv_trunk_unknown_task_too():
+    model = hat_net(conv_trunk(), CONV_SHAPE, head_sizes=[2])
+    model.eval()
+    with pytest.raises(TaskNotTrainedError, match="known tasks: 0"):
+        model(torch.zeros(2, *CONV_SHAPE), 1)
+
+
+def _repeated_task_zero_stream():
+    data = [task_data(48, MLP_SHAPE, t, seed=0) for t in range(2)]
+    return tensors_benchmark(
+        train_tensors=data, test_tensors=data, task_labels=[0, 0], complete_test_set_only=False
+    )
+
+
+def test_repeated_task_label_is_refused():
+    """A class-incremental stream where every experience has task label 0."""
+    torch.manual_seed(0)
+    bm = _repeated_task_zero_stream()
+    model = hat_net(mlp_trunk(), MLP_SHAPE)
+    strategy = _hat(model)
+    strategy.train(bm.train_stream[0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(HATError, match="task label 0.*already trained"):
+        strategy.train(bm.train_stream[1])
+    # refused before any training step: nothing changed
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def _dataset_only_stream(task_labels: bool, classes: bool):
+    bm, _, _ = make_stream(2)
+    data = bm.train_stream[0].dataset.concat(bm.train_stream[1].dataset)
+    scenario = benchmark_from_datasets(train=[data], test=[data])
+    if classes:
+        scenario = with_classes_timeline(scenario)
+    if task_labels:
+        scenario = with_task_labels(scenario)
+    return scenario
+
+
+@pytest.mark.parametrize("classes", [False, True])
+def test_stream_without_task_labels_is_refused(classes):
+    scenario = _dataset_only_stream(task_labels=False, classes=classes)
+    model = hat_net(mlp_trunk(), MLP_SHAPE)
+    with pytest.raises(HATError, match="task-incremental.*task labels None"):
+        _hat(model).train(scenario.train_stream[0])
+
+
+def test_experience_with_several_task_labels_is_refused():
+    scenario = _dataset_only_stream(task_labels=True, classes=True)
+    model = hat_net(mlp_trunk(), MLP_SHAPE)
+    with pytest.raises(HATError, match=r"one task label per experience.*\[0, 1\]"):
+        _hat(model).train(scenario.train_stream[0])
