@@ -8,7 +8,7 @@ EPOCHS ?= 20
 STRATEGIES ?= naive,ewc,lwf,si,hat,joint
 RESULTS ?= results
 
-.PHONY: install run report test lint bench clean
+.PHONY: install run report test lint bench clean paper
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,25 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The paper's experiments (configs/paper/*.yaml) at GPU scale: prints the commands; RUN=1 runs
+# them one after the other into results/paper and writes its report.
+PAPER_PRESETS ?= pmnist cifar mixture robustness compression
+PAPER_FLAGS ?= --device cuda --jobs 4
+
+paper: $(if $(filter 1,$(RUN)),$(STAMP))
+ifeq ($(RUN),1)
+	set -e; for p in $(PAPER_PRESETS); do \
+		$(PY) -m benchmark run --config configs/paper/$$p.yaml $(PAPER_FLAGS); \
+	done
+	$(PY) -m reports --results results/paper --out results/paper/report
+else
+	@for p in $(PAPER_PRESETS); do \
+		echo "python -m benchmark run --config configs/paper/$$p.yaml $(PAPER_FLAGS)"; \
+	done
+	@echo "python -m reports --results results/paper --out results/paper/report"
+	@echo "# make paper RUN=1 runs them (datasets under data/, or add --download to PAPER_FLAGS)"
+endif
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

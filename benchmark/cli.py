@@ -7,11 +7,13 @@ line on stderr and exits with code 2, writing nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ import yaml
 
 from strategies import STRATEGIES, ConfigError
 
+from . import grid as gridlib
 from .errors import BenchmarkError
 from .scenarios import SCENARIOS, describe_scenarios, get_scenario
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,10 +79,11 @@ def parse_names(text: str, registry: dict, kind: str) -> list[str]:
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
         raise BenchmarkError(f"no {kind} given")
+    plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
     for n in names:
         if n not in registry:
             raise BenchmarkError(
-                f"unknown {kind} '{n}'; valid {kind}s: {', '.join(sorted(registry))}"
+                f"unknown {kind} '{n}'; valid {plural}: {', '.join(sorted(registry))}"
             )
     return list(dict.fromkeys(names))
 
@@ -115,8 +120,8 @@ def load_preset(path: Path) -> dict[str, Any]:
         raise BenchmarkError(f"--config {path} is not valid YAML: {err}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise BenchmarkError(f"--config {path} must be a YAML mapping of run options")
-    allowed = {"scenario", "strategies", "seeds", "epochs", "set", "out", "data_root", "device",
-               "description"}
+    allowed = {"scenario", "strategies", "seeds", "epochs", "set", "grid", "jobs", "out",
+               "data_root", "device", "description"}
     extra = set(data) - allowed
     if extra:
         raise BenchmarkError(
@@ -126,6 +131,12 @@ def load_preset(path: Path) -> dict[str, Any]:
     for key in ("scenario", "out", "data_root", "device"):
         if key in data and not isinstance(data[key], str):
             raise BenchmarkError(f"--config {path}: '{key}' must be a string, got {data[key]!r}")
+    if "jobs" in data and (isinstance(data["jobs"], bool) or not isinstance(data["jobs"], int)
+                           or data["jobs"] < 1):
+        raise BenchmarkError(f"--config {path}: 'jobs' must be an integer >= 1, "
+                             f"got {data['jobs']!r}")
+    if "grid" in data:
+        data["grid"] = gridlib.grid_from_mapping(data["grid"], f"--config {path}")
     return data
 
 
@@ -139,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=str, help="maximum epochs per experience (train.epochs)")
     r.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="train.optimizer=adamw, train.lr=0.01, hat.smax=400, ewc.lambda=5000 …")
+    r.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
+                   help="run every combination: hat.smax=25,50,100 hat.c=0.1,0.75 (a "
+                   "strategy's keys vary that strategy only; each point gets its own record)")
     r.add_argument("--config", type=Path, help="YAML preset (keys as the options)")
+    r.add_argument("--jobs", type=str, default=None,
+                   help="runs in parallel worker processes on this machine (default 1)")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run as Ray tasks: a local Ray cluster, or the cluster at ADDRESS "
+                   "(e.g. auto); needs pip install -e '.[ray]'")
     r.add_argument("--out", type=Path, help="results folder (default results)")
     r.add_argument("--data-root", type=Path, help="dataset folder (default data)")
     r.add_argument("--download", action="store_true",
@@ -177,11 +196,97 @@ def cmd_list() -> int:
     return 0
 
 
-def prepare_run(args: argparse.Namespace):
-    """Validate everything; return (experiments, out, data_root, device)."""
+@dataclass
+class RunPlan:
+    """A validated ``run`` command."""
+
+    experiments: list
+    out: Path
+    data_root: Path
+    device: str
+    jobs: int = 1
+    #: None: no Ray; "": a local Ray cluster; otherwise the cluster's address
+    ray: str | None = None
+    grid: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _merge_layers(preset: dict, args: argparse.Namespace):
+    """Overrides and grid from the preset, then the command line: a command-line entry for a
+    key (``--set``, ``--epochs`` or ``--grid``) replaces the preset's entry for that key."""
+    preset_set = preset.get("set") or {}
+    if not isinstance(preset_set, dict):
+        raise BenchmarkError("--config: 'set' must be a mapping of section.key: value")
+    p_over = parse_set([f"{k}={v}" for k, v in preset_set.items()])
+    if preset.get("epochs") is not None:
+        p_over.setdefault("train", {})["epochs"] = preset["epochs"]
+    p_grid = dict(preset.get("grid") or {})
+    c_over = parse_set(list(args.set))
+    if args.epochs is not None:
+        c_over.setdefault("train", {})["epochs"] = args.epochs
+    c_grid = gridlib.parse_grid(args.grid)
+
+    def keys(over):
+        return {f"{sec}.{k}" for sec, values in over.items() for k in values}
+
+    for where, over, grid in (("--config", p_over, p_grid), ("the command line", c_over, c_grid)):
+        both = sorted(keys(over) & set(grid))
+        if both:
+            raise BenchmarkError(
+                f"{where} gives '{both[0]}' both as a fixed value (set/--set/epochs) and as "
+                "a grid; give one"
+            )
+    c_keys = keys(c_over) | set(c_grid)
+    overrides: dict[str, dict] = {}
+    for sec, values in p_over.items():
+        for k, v in values.items():
+            if f"{sec}.{k}" not in c_keys:
+                overrides.setdefault(sec, {})[k] = v
+    for sec, values in c_over.items():
+        overrides.setdefault(sec, {}).update(values)
+    grid_raw = {k: v for k, v in p_grid.items() if k not in c_keys}
+    grid_raw.update(c_grid)
+    # a fixed task to train alone is a one-point grid: its record is tagged, so it never takes
+    # the file name of the whole sequence's record
+    if "task" in overrides.get("scenario", {}):
+        grid_raw["scenario.task"] = [overrides["scenario"].pop("task")]
+        if not overrides["scenario"]:
+            del overrides["scenario"]
+    return overrides, grid_raw
+
+
+def _check_tasks(scenario: str, grid: dict) -> None:
+    """``scenario.task`` values must name tasks of the scenario (when names are known without
+    reading data: embedded scenarios and the mixture; others are checked at run start)."""
+    from .runner import known_task_names
+
+    wanted = [w for w in grid.get("scenario.task", []) if w != "none"]
+    if not wanted:
+        return
+    names = known_task_names(scenario)
+    if names is None:
+        return
+    for w in wanted:
+        if w not in names:
+            raise BenchmarkError(
+                f"scenario.task={w!r} is not a task of {scenario}; its tasks: {', '.join(names)}"
+            )
+
+
+def _parse_jobs(value) -> int:
+    try:
+        jobs = int(str(value))
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise BenchmarkError(f"invalid --jobs '{value}': give a number of worker processes >= 1")
+    return jobs
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Validate everything; return the plan (experiments, folders, device, parallelism)."""
     import torch
 
-    from .runner import Experiment, resolve
+    from .runner import resolve
 
     preset = load_preset(args.config) if args.config else {}
     scenario = args.scenario or preset.get("scenario") or "split-digits"
@@ -197,13 +302,8 @@ def prepare_run(args: argparse.Namespace):
     if isinstance(seeds_txt, list):
         seeds_txt = ",".join(map(str, seeds_txt))
     seeds = parse_seeds(seeds_txt)
-    preset_set = preset.get("set") or {}
-    if not isinstance(preset_set, dict):
-        raise BenchmarkError("--config: 'set' must be a mapping of section.key: value")
-    overrides = parse_set([f"{k}={v}" for k, v in preset_set.items()] + list(args.set))
-    epochs = args.epochs if args.epochs is not None else preset.get("epochs")
-    if epochs is not None:
-        overrides.setdefault("train", {})["epochs"] = epochs
+    overrides, grid_raw = _merge_layers(preset, args)
+    grid = gridlib.validate_grid(grid_raw)
     device = args.device or preset.get("device") or "cpu"
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise BenchmarkError(f"invalid --device '{device}': use cpu or cuda")
@@ -212,26 +312,39 @@ def prepare_run(args: argparse.Namespace):
     out = Path(args.out or preset.get("out") or "results")
     data_root = Path(args.data_root or preset.get("data_root") or "data")
     spec = get_scenario(scenario)
-    experiments = [Experiment(scenario, s, seed, overrides) for seed in seeds for s in strategies]
-    # validate every override for every strategy (ConfigError → exit 2)
-    for s in strategies:
-        resolve(Experiment(scenario, s, seeds[0], overrides), spec.valid_fraction, spec.embedded,
-                spec.network)
+    experiments = gridlib.expand(scenario, strategies, seeds, overrides, grid)
+    # validate every override and grid point for every strategy (ConfigError → exit 2)
+    for exp in experiments:
+        if exp.seed == seeds[0]:
+            resolve(exp, spec.valid_fraction, spec.embedded, spec.network)
+    _check_tasks(scenario, grid)
     # --set sections of strategies not run are user input too: validate them as well
     for section in sorted(set(overrides) & set(STRATEGIES) - set(strategies)):
         STRATEGIES[section].config(overrides[section])
-    unused = set(overrides) - {"train", "model"} - set(strategies)
+    unused = set(overrides) - {"train", "model", "scenario"} - set(strategies)
     if unused - set(STRATEGIES):
         bad = sorted(unused - set(STRATEGIES))[0]
         raise BenchmarkError(
-            f"unknown --set section '{bad}'; use train.*, model.* or a strategy name "
-            f"({', '.join(sorted(STRATEGIES))})"
+            f"unknown --set section '{bad}'; use train.*, model.*, scenario.* or a strategy "
+            f"name ({', '.join(sorted(STRATEGIES))})"
         )
     if args.threads < 0:
         raise BenchmarkError(f"invalid --threads {args.threads}: give 0 (torch default) or more")
+    jobs_value = args.jobs if args.jobs is not None else preset.get("jobs", 1)
+    jobs = _parse_jobs(jobs_value)
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise BenchmarkError("--ray needs Ray, which is not installed: install with "
+                             "pip install -e '.[ray]'")
     check_writable(out)
+    # datasets are checked (and fetched with --download) here, once, before any worker starts
     spec.check_available(data_root, download=args.download)
-    return experiments, out, data_root, device
+    return RunPlan(experiments, out, data_root, device, jobs, args.ray, grid)
+
+
+def prepare_run(args: argparse.Namespace):
+    """Validate everything; return (experiments, out, data_root, device)."""
+    plan = plan_run(args)
+    return plan.experiments, plan.out, plan.data_root, plan.device
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,24 +352,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "list":
             return cmd_list()
-        experiments, out, data_root, device = prepare_run(args)
+        plan = plan_run(args)
     except (BenchmarkError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    from .parallel import RunsFailed, WorkerSettings, run_pool, run_ray
     from .runner import run_all
-    from .tracking import tracker_factory
+    from .tracking import resolve_mode, tracker_factory
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    factory = tracker_factory(args.wandb, project=args.wandb_project, entity=args.wandb_entity,
-                              out=out)
+    progress = not args.no_progress
     try:
-        run_all(experiments, out, data_root=data_root, device=device,
-                progress=not args.no_progress, tracker_factory=factory)
+        if plan.ray is None and plan.jobs == 1:
+            factory = tracker_factory(args.wandb, project=args.wandb_project,
+                                      entity=args.wandb_entity, out=plan.out)
+            run_all(plan.experiments, plan.out, data_root=plan.data_root, device=plan.device,
+                    progress=progress, tracker_factory=factory)
+        else:
+            mode = resolve_mode(args.wandb)
+            settings = WorkerSettings(
+                out=plan.out.resolve(), data_root=plan.data_root.resolve(), device=plan.device,
+                threads=args.threads, wandb=None if mode == "disabled" else mode,
+                wandb_project=args.wandb_project, wandb_entity=args.wandb_entity,
+            )
+            if plan.ray is not None:
+                run_ray(plan.experiments, settings, address=plan.ray or None,
+                        num_cpus=plan.jobs if plan.jobs > 1 else None, progress=progress)
+            else:
+                run_pool(plan.experiments, settings, jobs=plan.jobs, progress=progress)
     except KeyboardInterrupt:
         print("interrupted: finished runs have records; rerun the command to resume",
               file=sys.stderr)
         return 130
+    except RunsFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except BenchmarkError as err:  # e.g. Ray missing at run time
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     return 0

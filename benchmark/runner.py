@@ -23,7 +23,9 @@ from avalanche.training.plugins import EvaluationPlugin
 from tqdm.auto import tqdm
 
 from strategies import (
+    ConfigError,
     FastDataPlugin,
+    HATNet,
     RecipeConfig,
     TrainConfig,
     TrainingRecipePlugin,
@@ -31,6 +33,7 @@ from strategies import (
     make_optimizer,
 )
 from strategies.config import from_overrides, to_public_dict
+from strategies.hat import flushing_denormals
 from strategies.registry import BuildContext
 
 from .networks import ModelConfig, build_model
@@ -55,17 +58,27 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class ScenarioConfig:
+    """``scenario.*`` overrides: what to take from the built scenario."""
+
+    #: train only this task (a task name of the scenario, e.g. ``mnist`` in ``mixture`` or
+    #: ``digits:0-1`` in ``split-digits``), alone: the paper's compression experiment
+    task: str | None = None
+
+
+@dataclass(frozen=True)
 class ResolvedConfig:
     train: TrainConfig
     model: ModelConfig
     strategy: Any
+    scenario: ScenarioConfig = ScenarioConfig()
 
 
 def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
             network: str) -> ResolvedConfig:
     """Validate every override and fill scenario defaults (raises ConfigError)."""
     spec = get_strategy(exp.strategy)
-    unknown = set(exp.overrides) - {"train", "model", exp.strategy}
+    unknown = set(exp.overrides) - {"train", "model", "scenario", exp.strategy}
     if unknown:
         # parameters of other strategies are ignored: they belong to their own runs
         from strategies.registry import STRATEGIES
@@ -75,7 +88,7 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
             from strategies import ConfigError
 
             raise ConfigError(
-                f"unknown parameter section '{bad[0]}'; use train.*, model.* or "
+                f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.* or "
                 f"<strategy>.* with a strategy among {', '.join(sorted(STRATEGIES))}"
             )
     train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
@@ -90,12 +103,38 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
             2048 if model.family == "alexnet" else 2000)
         model = replace(model, hidden=default_hidden)
     strat = spec.config(exp.overrides.get(exp.strategy, {}))
-    return ResolvedConfig(train, model, strat)
+    scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
+    return ResolvedConfig(train, model, strat, scen)
+
+
+def select_task(scenario: Scenario, name: str | None) -> Scenario:
+    """``scenario`` reduced to its task ``name`` (``scenario.task``); unchanged for None."""
+    if name is None:
+        return scenario
+    tasks = [t for t in scenario.tasks if t.name == name]
+    if not tasks:
+        raise ConfigError(
+            f"scenario.task={name!r} is not a task of {scenario.name}; its tasks: "
+            f"{', '.join(t.name for t in scenario.tasks)}"
+        )
+    return replace(scenario, tasks=tasks)
+
+
+def known_task_names(scenario: str) -> list[str] | None:
+    """Task names of ``scenario`` when they are known without reading a dataset (embedded
+    scenarios, and the mixture's datasets); None otherwise (checked when the run starts)."""
+    spec = get_scenario(scenario)
+    if spec.embedded:
+        return [t.name for t in spec.build(0, Path("data")).tasks]
+    if scenario == "mixture":
+        from .scenarios import MIXTURE_SOURCES
+
+        return list(MIXTURE_SOURCES)
+    return None
 
 
 def seed_everything(seed: int) -> None:
-    """Seed every RNG; also flush denormals on CPU, for every strategy alike (see HATConfig)."""
-    torch.set_flush_denormal(True)
+    """Seed every RNG."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -162,8 +201,28 @@ class _History(SupervisedPlugin):
             metrics = getattr(plugin, "epoch_metrics", None)
             if metrics is not None:
                 entry.update(metrics())
+        entry.update(capacity_metrics(strategy))
         self.entries.append(entry)
         self.on_epoch(entry)
+
+
+@torch.no_grad()
+def capacity_metrics(strategy) -> dict[str, list[float]]:
+    """HAT monitoring (hat-reference §4), for the task being trained, at s = smax, per gated
+    layer: ``hat_used``, the fraction of the layer's units the task's mask keeps (mask > 0.5),
+    and ``hat_reuse``, the fraction of those units that earlier tasks already use (their
+    cumulative mask > 0.5; 0 for the first task). Empty for models without HAT layers."""
+    hat = next((m for m in strategy.model.modules() if isinstance(m, HATNet)), None)
+    labels = getattr(strategy.experience, "task_labels", None)
+    if hat is None or not labels or len(labels) != 1:
+        return {}
+    used, reuse = [], []
+    for layer, mask in zip(hat.gated_layers, hat.masks(int(labels[0])), strict=True):
+        on = mask > 0.5
+        n_on = int(on.sum())
+        used.append(n_on / layer.units)
+        reuse.append(int((on & (layer.cumulative > 0.5)).sum()) / n_on if n_on else 0.0)
+    return {"hat_used": used, "hat_reuse": reuse}
 
 
 def _evaluate(strategy, stream, collector: _Accuracy) -> list[float]:
@@ -210,12 +269,36 @@ def run_experiment(
     device: str | torch.device = "cpu",
     hooks: RunHooks | None = None,
 ) -> dict:
+    """Train ``exp`` and return its run record (not written).
+
+    Denormal floats are flushed to zero for the duration of the run, for every strategy
+    alike (HAT's near-zero gates make CPU matrix products 2–3× slower otherwise, see
+    ``HATConfig.flush_denormal``); the caller's mode is restored afterwards.
+    """
+    restore = not flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        return _run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
+    finally:
+        if restore:
+            torch.set_flush_denormal(False)
+
+
+def _run_experiment(
+    exp: Experiment,
+    scenario: Scenario | None = None,
+    *,
+    data_root: Path = Path("data"),
+    device: str | torch.device = "cpu",
+    hooks: RunHooks | None = None,
+) -> dict:
     """Train ``exp`` and return its run record (not written)."""
     hooks = hooks or RunHooks()
     sspec = get_scenario(exp.scenario)
     if scenario is None:
         scenario = sspec.build(exp.seed, Path(data_root))
     cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
+    scenario = select_task(scenario, cfg.scenario.task)
     spec = get_strategy(exp.strategy)
     device = torch.device(device)
     bench = to_benchmark(scenario)
@@ -268,6 +351,8 @@ def run_experiment(
         "model": to_public_dict(cfg.model),
         exp.strategy: to_public_dict(cfg.strategy),
     }
+    if cfg.scenario != ScenarioConfig():
+        params["scenario"] = to_public_dict(cfg.scenario)
     return {
         "schema": SCHEMA_VERSION,
         "scenario": exp.scenario,
@@ -301,6 +386,60 @@ def summarize(rec: Mapping[str, Any]) -> str:
             f"{final:.3f}, forgetting {forgetting:.3f}, {sum(rec['seconds']):.1f} s")
 
 
+def pending(
+    experiments: Sequence[Experiment], out: Path, log: Callable[[str], None]
+) -> tuple[list[Path], list[tuple[Experiment, Path]]]:
+    """Record paths of every experiment, and the (experiment, path) pairs still to run: those
+    without a complete record (a killed grid resumes where it stopped)."""
+    paths, todo = [], []
+    for exp in experiments:
+        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
+        paths.append(path)
+        if is_complete(path):
+            log(f"skip {path.name}: complete record exists")
+        else:
+            todo.append((exp, path))
+    return paths, todo
+
+
+def run_and_write(
+    exp: Experiment,
+    path: Path,
+    scenario: Scenario,
+    *,
+    out: Path,
+    data_root: Path,
+    device: str,
+    tracker: Any = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Run ``exp``, write its record atomically to ``path`` and return it; the tracker (if
+    any) follows the run and is finished or aborted."""
+
+    def epoch_hook(task, entry):
+        if on_epoch is not None:
+            on_epoch(task, entry)
+        if tracker is not None:
+            tracker.log_epoch(task, entry)
+
+    def on_experience(task, row):
+        if tracker is not None:
+            tracker.log_experience(task, row)
+
+    hooks = RunHooks(on_epoch=epoch_hook, on_experience=on_experience,
+                     avalanche_loggers=tracker.avalanche_loggers() if tracker else [])
+    try:
+        rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
+        write_record(path, rec)
+        if tracker is not None:
+            tracker.finish(rec, out)
+    except BaseException:
+        if tracker is not None:
+            tracker.abort()
+        raise
+    return rec
+
+
 def run_all(
     experiments: Sequence[Experiment],
     out: Path,
@@ -313,15 +452,7 @@ def run_all(
 ) -> list[Path]:
     """Run every experiment whose complete record is missing; return all record paths."""
     log = log or (lambda msg: tqdm.write(msg))
-    paths = []
-    todo = []
-    for exp in experiments:
-        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
-        paths.append(path)
-        if is_complete(path):
-            log(f"skip {path.name}: complete record exists")
-        else:
-            todo.append((exp, path))
+    paths, todo = pending(experiments, out, log)
     if todo:
         (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[str, int], Scenario] = {}
@@ -339,28 +470,13 @@ def run_all(
                     disable=show, position=1, leave=False)
         tracker = tracker_factory(exp) if tracker_factory else None
 
-        def on_epoch(task, entry, ebar=ebar, tracker=tracker, n=scenario.n_tasks,
-                     name=exp.strategy):
+        def on_epoch(task, entry, ebar=ebar, n=scenario.n_tasks, name=exp.strategy):
             ebar.set_description(f"  {name} task {task + 1}/{n}")
             ebar.update(1)
-            if tracker is not None:
-                tracker.log_epoch(task, entry)
 
-        def on_experience(task, row, tracker=tracker):
-            if tracker is not None:
-                tracker.log_experience(task, row)
-
-        hooks = RunHooks(on_epoch=on_epoch, on_experience=on_experience,
-                         avalanche_loggers=tracker.avalanche_loggers() if tracker else [])
         try:
-            rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
-            write_record(path, rec)
-            if tracker is not None:
-                tracker.finish(rec, out)
-        except BaseException:
-            if tracker is not None:
-                tracker.abort()
-            raise
+            rec = run_and_write(exp, path, scenario, out=out, data_root=data_root,
+                                device=device, tracker=tracker, on_epoch=on_epoch)
         finally:
             ebar.close()
         log(summarize(rec))

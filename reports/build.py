@@ -10,6 +10,8 @@ Layout under ``out``::
     <scenario>/summary.{md,csv}       final accuracy, BWT, forgetting
     <scenario>/robustness.{png,md,csv}   when a HAT smax × c grid exists
     <scenario>/capacity.png, compression.{png,md,csv}   when HAT mask statistics exist
+    <scenario>/compression_alone.{png,md,csv}   when tasks were trained alone (scenario.task)
+    <scenario>/monitoring.{png,csv}   when HAT records have per-epoch hat_used/hat_reuse
 
 Files of these names left over from an earlier report that this run does not produce are
 removed, so ``index.md`` and the folder agree.
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import figures, render
-from .tables import Missing, ScenarioReport, compute_report
+from .tables import Capacity, Missing, Monitoring, ScenarioReport, compute_report
 
 __all__ = ["BuildResult", "build_report", "default_workers", "safe_name"]
 
@@ -39,6 +41,8 @@ _OWNED = (
     "robustness.*",
     "capacity.png",
     "compression.*",
+    "compression_alone.*",
+    "monitoring.*",
 )
 
 
@@ -156,7 +160,92 @@ def _scenario_files(
             "HAT compression per task and layer as a table",
         )
         text("compression.csv", render.compression_csv(cap), "the compression table as CSV")
+    if rep.compression is not None:
+        comp = rep.compression
+        figure(
+            figures.plot_compression_alone,
+            (comp, rep.scenario, d / "compression_alone.png"),
+            {
+                "compression_alone.png": "HAT compression, each task trained alone (the "
+                "paper's compression experiment): fraction of the network's units and weights "
+                "its binary mask keeps"
+            },
+        )
+        text(
+            "compression_alone.md",
+            _compression_alone_md(comp, rep.scenario),
+            "compression per task trained alone, per layer and overall, as a table",
+        )
+        text("compression_alone.csv", _compression_alone_csv(comp),
+             "compression per task trained alone as CSV (fractions)")
+    if rep.monitoring is not None:
+        mon = rep.monitoring
+        figure(
+            figures.plot_monitoring,
+            (mon, rep.scenario, d / "monitoring.png"),
+            {
+                "monitoring.png": "HAT monitoring: per layer, the fraction of units the task "
+                "being trained uses (capacity) and the fraction of those reused from earlier "
+                "tasks, epoch by epoch over the task sequence"
+            },
+        )
+        text("monitoring.csv", _monitoring_csv(mon),
+             "data of the monitoring figure: task, epoch, layer, used, reuse, seeds")
     return items
+
+
+def _compression_alone_rows(cap: Capacity) -> list[dict]:
+    rows = []
+    for j, task in enumerate(cap.tasks):
+        row: dict = {"task": task}
+        for i, layer in enumerate(cap.layers):
+            row[f"units_{layer}"] = float(cap.used[i, j])
+        for i, layer in enumerate(cap.layers):
+            lw = cap.layer_weights_kept
+            row[f"weights_{layer}"] = float(lw[i, j]) if lw is not None else float("nan")
+        for key in ("units_kept", "weights_kept"):
+            values = getattr(cap, key)
+            row[key] = float(values[j]) if values is not None else float("nan")
+        rows.append(row)
+    return rows
+
+
+def _compression_alone_header(cap: Capacity) -> list[str]:
+    return (["task"] + [f"units_{la}" for la in cap.layers]
+            + [f"weights_{la}" for la in cap.layers] + ["units_kept", "weights_kept"])
+
+
+def _compression_alone_csv(cap: Capacity) -> str:
+    return render._csv(_compression_alone_header(cap), _compression_alone_rows(cap))
+
+
+def _compression_alone_md(cap: Capacity, scenario: str) -> str:
+    header = _compression_alone_header(cap)
+    labels = (["task"] + [f"units {la} (%)" for la in cap.layers]
+              + [f"weights {la} (%)" for la in cap.layers]
+              + ["units, all (%)", "weights, all (%)"])
+    rows = []
+    for r in _compression_alone_rows(cap):
+        rows.append([r["task"]] + [
+            "n/a" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in header[1:]
+        ])
+    return (
+        f"# {scenario}: HAT compression, each task trained alone (mean over {cap.n} seed(s))"
+        "\n\n" + render._md_table(labels, rows)
+        + "\nunits: fraction of the layer's (or all gated) units the binary mask keeps; "
+        "weights: fraction of the layer's (or all gated) weights joining two kept units.\n"
+    )
+
+
+def _monitoring_csv(mon: Monitoring) -> str:
+    rows = []
+    for t, (used, reuse, seeds) in enumerate(zip(mon.used, mon.reuse, mon.seeds, strict=True)):
+        for e in range(len(used)):
+            for li, layer in enumerate(mon.layers):
+                rows.append({"task": t + 1, "task_name": mon.tasks[t], "epoch": e + 1,
+                             "layer": layer, "used": float(used[e, li]),
+                             "reuse": float(reuse[e, li]), "seeds": int(seeds[e])})
+    return render._csv(["task", "task_name", "epoch", "layer", "used", "reuse", "seeds"], rows)
 
 
 def _call(job: tuple[Callable, tuple]) -> list[Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tables import Capacity, Grid, Stat
+from .tables import Capacity, Grid, Monitoring, Stat
 
 COLUMN_IN = 3.3
 DOUBLE_IN = 6.9
@@ -212,4 +212,70 @@ def plot_compression(cap: Capacity, scenario: str, path: Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.set_title(f"{scenario}: HAT compression")
         ax.legend(frameon=False, loc="upper right")
+        return _save(fig, [path])
+
+
+def plot_compression_alone(cap: Capacity, scenario: str, path: Path) -> list[Path]:
+    """Each task trained alone (the paper's compression experiment): fraction of the
+    network's units and of its weights that the task's binary mask keeps, per task."""
+    n_t = len(cap.tasks)
+    x = np.arange(n_t)
+    units = cap.units_kept if cap.units_kept is not None else cap.used.mean(axis=0)
+    bars = [("units", 100 * units)]
+    if cap.weights_kept is not None:
+        bars.append(("weights", 100 * cap.weights_kept))
+    w = 0.8 / len(bars)
+    longest = max(len(t) for t in cap.tasks)
+    width = min(DOUBLE_IN, max(COLUMN_IN, 0.45 * n_t + 1.2))
+    # rotate the task names when they would not fit side by side (~0.055 in per character)
+    rotate = 30 if n_t * (0.055 * longest + 0.1) > width - 0.65 else 0
+    bottom = 0.4 + (0.5 * 0.055 * longest if rotate else 0.0)
+    with _figure(width, 1.9 + bottom, (0.55, bottom, 0.1, 0.4)) as fig:
+        ax = fig.add_subplot()
+        for k, (label, values) in enumerate(bars):
+            pos = x + (k - (len(bars) - 1) / 2) * w
+            ax.bar(pos, values, w, label=label, color=f"C{k}")
+            for xi, v in zip(pos, values, strict=True):
+                if math.isfinite(v):
+                    ax.text(xi, v + 1.5, f"{v:.0f}", ha="center", va="bottom",
+                            fontsize=FONT_PT - 2)
+        ax.set_xticks(x, cap.tasks, rotation=rotate, ha="right" if rotate else "center")
+        ax.set_ylabel("kept by the binary mask (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{scenario}: HAT compression, each task trained alone\n"
+                     f"(mean over {cap.n} seed(s))")
+        ax.legend(frameon=False, loc="upper right")
+        return _save(fig, [path])
+
+
+def plot_monitoring(mon: Monitoring, scenario: str, path: Path) -> list[Path]:
+    """Monitoring over training: per layer, the fraction of units the task being trained
+    uses (top) and the fraction of those that earlier tasks already use (bottom), against
+    the epoch counted over the whole sequence; dotted lines separate the tasks."""
+    lengths = [len(u) for u in mon.used]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(starts[-1])
+    width = min(DOUBLE_IN, max(COLUMN_IN, 0.02 * total + 2.5))
+    with _figure(width, 3.4, (0.55, 0.45, 0.1, 0.45)) as fig:
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"hspace": 0.12})
+        for ax, data, label in ((top, mon.used, "units used (%)"),
+                                (bottom, mon.reuse, "reused (%)")):
+            for li, layer in enumerate(mon.layers):
+                for t, m in enumerate(data):
+                    ep = starts[t] + np.arange(1, len(m) + 1)
+                    ax.plot(ep, 100 * m[:, li], color=f"C{li % 10}", linewidth=1.0,
+                            marker="o" if len(m) <= 3 else None, markersize=2,
+                            label=layer if t == 0 else None)
+            for b in starts[1:-1]:
+                ax.axvline(b + 0.5, color="grey", linestyle=":", linewidth=0.8)
+            ax.set_ylim(-3, 103)
+            ax.set_ylabel(label)
+        for t in range(len(mon.used)):
+            top.text((starts[t] + starts[t + 1] + 1) / 2, 104, str(t + 1), ha="center",
+                     va="bottom", fontsize=FONT_PT - 1)
+        bottom.set_xlabel("epoch over the task sequence (top: task)")
+        bottom.set_xlim(0.5, total + 0.5)
+        bottom.legend(frameon=False, loc="upper left", ncol=min(4, len(mon.layers)),
+                      title="layer", title_fontsize=FONT_PT - 1)
+        fig.suptitle(f"{scenario}: HAT monitoring (mean over {mon.n} seed(s))", fontsize=FONT_PT)
         return _save(fig, [path])

@@ -12,6 +12,10 @@ Which records count where:
   record's own ``random_accuracy``. A seed without a joint record gets no ρ.
 * Records of one scenario must agree on T; a record with another T is left out (noted).
 * Two records with the same scenario, strategy, seed and tag: the one created last is kept.
+* Records of a task trained alone (``params.scenario.task`` set: the compression experiment)
+  only feed the compression-per-task data (:class:`Capacity` in ``compression``); HAT
+  records with per-epoch ``hat_used``/``hat_reuse`` history feed the monitoring data
+  (:class:`Monitoring`, untagged records only).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "Capacity",
     "Grid",
     "Missing",
+    "Monitoring",
     "ScenarioReport",
     "Stat",
     "compute_report",
@@ -100,6 +105,24 @@ class Capacity:
     overlap: np.ndarray | None  # layers × tasks, fraction of those already used earlier
     weights_kept: np.ndarray | None  # per task, fraction of weights kept
     n: int
+    #: per task, fraction of all gated units kept (layers weighted by their size)
+    units_kept: np.ndarray | None = None
+    #: layers × tasks, fraction of the layer's weights kept: used[l] · used[l-1] (the weights
+    #: joining two kept units; the first layer's inputs are all kept)
+    layer_weights_kept: np.ndarray | None = None
+
+
+@dataclass
+class Monitoring:
+    """HAT capacity over training (per-epoch ``hat_used``/``hat_reuse`` of the history),
+    mean over the seeds that reached each epoch (epochs vary with early stopping)."""
+
+    layers: list[str]
+    tasks: list[str]
+    used: list[np.ndarray]  # per task: epochs × layers, fraction of units the task uses
+    reuse: list[np.ndarray]  # per task: epochs × layers, fraction of those used earlier
+    seeds: list[np.ndarray]  # per task: number of seeds per epoch
+    n: int  # records
 
 
 @dataclass
@@ -119,6 +142,9 @@ class ScenarioReport:
     capacity: Capacity | None
     missing: list[Missing]
     notes: list[str]
+    #: each task trained alone (compression experiment): tasks are task names
+    compression: Capacity | None = None
+    monitoring: Monitoring | None = None
 
     def rho_rows(self, all_t: bool = False) -> list[dict[str, Any]]:
         """Rows ``strategy, t, mean, ci_half, ci_low, ci_high, n_seeds`` of Table 1 (or of
@@ -208,6 +234,15 @@ def compute_scenario(
     """All numbers of one scenario's report from its (validated) run records."""
     notes: list[str] = []
     missing: list[Missing] = []
+    alone = [r for r in records if trained_alone(r)]
+    records = [r for r in records if not trained_alone(r)]
+    compression = _compression(alone, notes)
+    if not records:
+        return ScenarioReport(
+            scenario=scenario, n_tasks=1, strategies=[], seeds={}, confidence=confidence,
+            rho={}, table_ts=[], best={}, reduction=[], summary={}, acc_mean={}, grid=None,
+            capacity=None, missing=missing, notes=notes, compression=compression,
+        )
     t_count = Counter(len(r["task_names"]) for r in records)
     n_tasks = t_count.most_common(1)[0][0]
     for r in records:
@@ -346,7 +381,96 @@ def compute_scenario(
         capacity=_capacity(list(by_strategy.get(HAT, {}).values()), n_tasks, notes),
         missing=missing,
         notes=notes,
+        compression=compression,
+        monitoring=_monitoring(list(by_strategy.get(HAT, {}).values()), n_tasks),
     )
+
+
+def trained_alone(rec: dict) -> bool:
+    """A record of one task trained alone (``scenario.task``): the compression experiment."""
+    sc = rec.get("params", {}).get("scenario") if isinstance(rec.get("params"), dict) else None
+    return isinstance(sc, dict) and sc.get("task") is not None
+
+
+def _layer_weights(used: np.ndarray) -> np.ndarray:
+    """layers × tasks fraction of each layer's weights that join two kept units."""
+    prev = np.vstack([np.ones((1, used.shape[1])), used[:-1]])
+    return used * prev
+
+
+def _compression(alone: list[dict], notes: list[str]) -> Capacity | None:
+    """Per task trained alone (HAT records with mask statistics): fraction of units per layer
+    and overall, and of weights per layer and overall, mean over seeds."""
+    hat = [r for r in alone if r["strategy"] == HAT and r.get("hat")
+           and r["hat"].get("used") is not None and len(r["task_names"]) == 1]
+    if not hat:
+        return None
+    layers = [str(x) for x in hat[0]["hat"]["layers"]]
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in _dedupe(hat, notes):
+        if [str(x) for x in r["hat"]["layers"]] != layers:
+            notes.append(f"{r.get('_source', '?')}: HAT statistics of other layers; left out")
+            continue
+        by_task[str(r["task_names"][0])].append(r["hat"])
+    tasks = sorted(by_task)
+    used = np.array([[np.mean([h["used"][i][0] for h in by_task[t]]) for t in tasks]
+                     for i in range(len(layers))])
+    layer_w = np.array([
+        np.mean([_layer_weights(np.asarray(h["used"], dtype=float))[:, 0] for h in by_task[t]],
+                axis=0)
+        for t in tasks
+    ]).T
+
+    def per_task(key: str) -> np.ndarray | None:
+        if any(h.get(key) is None for t in tasks for h in by_task[t]):
+            return None
+        return np.array([np.mean([h[key][0] for h in by_task[t]]) for t in tasks])
+
+    return Capacity(
+        layers=layers, tasks=tasks, used=used, overlap=None,
+        weights_kept=per_task("weights_kept"), n=min(len(v) for v in by_task.values()),
+        units_kept=per_task("units_kept"), layer_weights_kept=layer_w,
+    )
+
+
+def _monitoring(hat_records: list[dict], n_tasks: int) -> Monitoring | None:
+    """Per task and epoch, mean ``hat_used``/``hat_reuse`` per layer over the untagged hat
+    records whose history has them (records with another layer count are left out)."""
+    recs = []
+    for r in hat_records:
+        hist = r.get("history")
+        if not isinstance(hist, list) or len(hist) != n_tasks:
+            continue
+        if not all(isinstance(e, dict) and isinstance(e.get("hat_used"), list)
+                   and isinstance(e.get("hat_reuse"), list) for task in hist for e in task):
+            continue
+        if not all(hist):
+            continue
+        recs.append(r)
+    if not recs:
+        return None
+    n_layers = len(recs[0]["history"][0][0]["hat_used"])
+    recs = [r for r in recs
+            if all(len(e["hat_used"]) == n_layers for task in r["history"] for e in task)]
+    hat0 = recs[0].get("hat") or {}
+    layers = [str(x) for x in hat0.get("layers", [])]
+    if len(layers) != n_layers:
+        layers = [f"layer {i + 1}" for i in range(n_layers)]
+    used, reuse, seeds = [], [], []
+    for t in range(n_tasks):
+        n_ep = max(len(r["history"][t]) for r in recs)
+        u = np.full((len(recs), n_ep, n_layers), np.nan)
+        v = np.full_like(u, np.nan)
+        for k, r in enumerate(recs):
+            for e, entry in enumerate(r["history"][t]):
+                u[k, e] = entry["hat_used"]
+                v[k, e] = entry["hat_reuse"]
+        used.append(np.nanmean(u, axis=0))
+        reuse.append(np.nanmean(v, axis=0))
+        seeds.append(np.sum(~np.isnan(u[:, :, 0]), axis=0))
+    names = [str(x) for x in recs[0]["task_names"]]
+    return Monitoring(layers=layers, tasks=names, used=used, reuse=reuse, seeds=seeds,
+                      n=len(recs))
 
 
 def _grid(
