@@ -48,6 +48,10 @@ else
 	@echo "# make paper RUN=1 runs them (datasets under data/, or add --download to PAPER_FLAGS)"
 endif
 
+# Speed benchmark (issue 6): HAT vs Naive and suite vs a raw loop, side by side, in one run.
+bench: $(STAMP)
+	$(PY) scripts/bench.py --out $(RESULTS)/bench.json
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
