@@ -43,7 +43,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
@@ -53,6 +52,7 @@ from .models import MultiHeadNet
 from .pnn import TrunkPlan, fit_fraction, meta_param_count, same_optimizer
 from .sgd_f import (
     BaselineError,
+    FreezingPlugin,
     drop_optimizer_state,
     experience_task,
     freeze_all_but,
@@ -234,7 +234,7 @@ class PathNetNet(MultiHeadNet):
         self.frozen = [set(f) for f in state["frozen"]]
 
 
-class PathNetPlugin(SupervisedPlugin):
+class PathNetPlugin(FreezingPlugin):
     """Path evolution before each experience, training of the winner, then freezing."""
 
     def __init__(self, generations: int = 20, population: int = 2, path_epochs: float = 1.0):
@@ -242,10 +242,8 @@ class PathNetPlugin(SupervisedPlugin):
         self.generations = int(generations)
         self.population = int(population)
         self.path_epochs = float(path_epochs)
-        self.trained_tasks: list[int] = []
         #: per trained task, the fitness (mean training loss) of each path in each generation
         self.fitness: list[list[list[float]]] = []
-        self._frozen: list[nn.Parameter] = []
 
     def before_training_exp(self, strategy, **kwargs):
         model = strategy.model
@@ -309,21 +307,9 @@ class PathNetPlugin(SupervisedPlugin):
             n += len(y)
         return float(total) / max(n, 1)
 
-    def before_update(self, strategy, **kwargs):
-        for p in self._frozen:  # no optimizer touches a tensor without gradient
-            p.grad = None
-
     def after_training_exp(self, strategy, **kwargs):
-        task = experience_task(strategy)
-        strategy.model.freeze_path(task)
-        self.trained_tasks.append(task)
-        self._frozen = []
-
-    def state_dict(self) -> dict:
-        return {"trained_tasks": list(self.trained_tasks)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trained_tasks = [int(t) for t in state["trained_tasks"]]
+        strategy.model.freeze_path(experience_task(strategy))
+        super().after_training_exp(strategy, **kwargs)
 
 
 class PathNet(SupervisedTemplate):

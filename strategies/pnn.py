@@ -39,13 +39,18 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from .config import ConfigError
 from .models import MultiHeadNet
-from .sgd_f import BaselineError, experience_task, freeze_all_but, multihead_parts
+from .sgd_f import (
+    BaselineError,
+    FreezingPlugin,
+    experience_task,
+    freeze_all_but,
+    multihead_parts,
+)
 
 
 # ------------------------------------------------------------------ trunk description
@@ -335,13 +340,8 @@ class PNNConfig:
             raise ConfigError(f"pnn.width must be in (0, 1], got {self.width}")
 
 
-class PNNPlugin(SupervisedPlugin):
+class PNNPlugin(FreezingPlugin):
     """Train the experience's column only; every other column and head is frozen."""
-
-    def __init__(self):
-        super().__init__()
-        self.trained_tasks: list[int] = []
-        self._frozen: list[nn.Parameter] = []
 
     def before_training_exp(self, strategy, **kwargs):
         model = strategy.model
@@ -361,20 +361,6 @@ class PNNPlugin(SupervisedPlugin):
                 "not trained yet: train the tasks in the order their heads were created"
             )
         self._frozen = freeze_all_but(model, model.task_parameters(task), strategy.optimizer)
-
-    def before_update(self, strategy, **kwargs):
-        for p in self._frozen:  # no optimizer touches a tensor without gradient
-            p.grad = None
-
-    def after_training_exp(self, strategy, **kwargs):
-        self.trained_tasks.append(experience_task(strategy))
-        self._frozen = []
-
-    def state_dict(self) -> dict:
-        return {"trained_tasks": list(self.trained_tasks)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trained_tasks = [int(t) for t in state["trained_tasks"]]
 
 
 class ProgressiveNeuralNetwork(SupervisedTemplate):

@@ -82,23 +82,17 @@ def freeze_all_but(
     return frozen
 
 
-class FreezeTrunkPlugin(SupervisedPlugin):
-    """SGD-F as a plugin: the whole network learns the first experience, then heads only."""
+class FreezingPlugin(SupervisedPlugin):
+    """Base of the parameter-isolation baselines: frozen tensors never reach the optimizer.
+
+    Subclasses set ``self._frozen`` in ``before_training_exp`` (see ``freeze_all_but``);
+    the trained task labels are checkpointed with ``state_dict``.
+    """
 
     def __init__(self):
         super().__init__()
         self.trained_tasks: list[int] = []
         self._frozen: list[nn.Parameter] = []
-
-    def before_training_exp(self, strategy, **kwargs):
-        task = experience_task(strategy)
-        trunk, heads = multihead_parts(strategy.model)
-        if str(task) not in heads:
-            raise BaselineError(f"the model has no head for task {task}")
-        trainable = list(heads[str(task)].parameters())
-        if not self.trained_tasks:
-            trainable += list(trunk.parameters())
-        self._frozen = freeze_all_but(strategy.model, trainable, strategy.optimizer)
 
     def before_update(self, strategy, **kwargs):
         # another plugin may have produced gradients for frozen tensors: drop them so that no
@@ -115,6 +109,20 @@ class FreezeTrunkPlugin(SupervisedPlugin):
 
     def load_state_dict(self, state: dict) -> None:
         self.trained_tasks = [int(t) for t in state["trained_tasks"]]
+
+
+class FreezeTrunkPlugin(FreezingPlugin):
+    """SGD-F as a plugin: the whole network learns the first experience, then heads only."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        task = experience_task(strategy)
+        trunk, heads = multihead_parts(strategy.model)
+        if str(task) not in heads:
+            raise BaselineError(f"the model has no head for task {task}")
+        trainable = list(heads[str(task)].parameters())
+        if not self.trained_tasks:
+            trainable += list(trunk.parameters())
+        self._frozen = freeze_all_but(strategy.model, trainable, strategy.optimizer)
 
 
 class SGDFrozen(SupervisedTemplate):
