@@ -29,6 +29,17 @@ class TaskNotTrainedError(KeyError):
         return str(self.args[0])
 
 
+def add_head(heads: nn.ModuleDict, task: int, in_features: int, n_classes: int, device) -> bool:
+    """Add a linear head for ``task`` unless it exists; True when one was added."""
+    key = str(int(task))
+    if key in heads:
+        return False
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1 for task {task}, got {n_classes}")
+    heads[key] = nn.Linear(in_features, int(n_classes)).to(device)
+    return True
+
+
 class MultiHeadNet(MultiTaskModule):
     """Trunk ``nn.Module`` producing ``feature_dim`` features, plus one head per task."""
 
@@ -47,14 +58,9 @@ class MultiHeadNet(MultiTaskModule):
 
     def add_task(self, task: int, n_classes: int) -> None:
         """Create the head (and, in subclasses, the task's state) for ``task``."""
-        key = str(int(task))
-        if key in self.heads:
-            return
-        if n_classes < 1:
-            raise ValueError(f"n_classes must be >= 1 for task {task}, got {n_classes}")
-        device = next(self.trunk.parameters()).device
-        self.heads[key] = nn.Linear(self.feature_dim, int(n_classes)).to(device)
-        self.max_class_label = max(self.max_class_label, int(n_classes))
+        if add_head(self.heads, task, self.feature_dim, n_classes,
+                    next(self.trunk.parameters()).device):
+            self.max_class_label = max(self.max_class_label, int(n_classes))
 
     def adaptation(self, experience) -> None:  # Avalanche hook
         super().adaptation(experience)

@@ -48,7 +48,7 @@ from torch import nn
 
 from .config import ConfigError
 from .data import TensorLoader, materialize
-from .models import MultiHeadNet
+from .models import MultiHeadNet, add_head
 from .pnn import TrunkPlan, fit_fraction, meta_param_count, same_optimizer
 from .sgd_f import (
     BaselineError,
@@ -149,14 +149,9 @@ class PathNetNet(MultiHeadNet):
         return net
 
     def add_task(self, task: int, n_classes: int) -> None:
-        key = str(int(task))
-        if key in self.heads:
+        if not add_head(self.heads, task, self.feature_dim, n_classes, self._device_probe.device):
             return
-        if n_classes < 1:
-            raise ValueError(f"n_classes must be >= 1 for task {task}, got {n_classes}")
-        device = self._device_probe.device
-        self.heads[key] = nn.Linear(self.feature_dim, int(n_classes)).to(device)
-        self.paths[key] = self.random_path()
+        self.paths[str(int(task))] = self.random_path()
         self.max_class_label = max(self.max_class_label, int(n_classes))
 
     # -------------------------------------------------------------------- paths
