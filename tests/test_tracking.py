@@ -73,6 +73,7 @@ class OfflineRun:
         (log,) = self.folder.glob("run-*.wandb")
         self.records = read_transaction_log(log)
         kinds = [r.WhichOneof("record_type") for r in self.records]
+        assert kinds.count("run") == 1 and "exit" in kinds, f"incomplete log {log}: {kinds}"
         (self.run,) = [r.run for r, k in zip(self.records, kinds, strict=True) if k == "run"]
         self.config = {_key(u): json.loads(u.value_json) for u in self.run.config.update}
         self.history, self.summary, self.artifacts, self.exit_codes = [], {}, [], []
@@ -450,3 +451,134 @@ def test_avalanche_logger_forwards_numbers_only(isolated):
     assert run.history[0]["avalanche/Loss/a"] == 1.5
     assert not any(k.startswith(("avalanche/Loss/b", "avalanche/Image")) for k in run.history[0])
     assert run.history[1]["avalanche/Alone"] == 2
+
+
+# ------------------------------------------------------------------ complete on disk
+def _wait_until_complete(path: Path, timeout: float = 30.0) -> bytes:
+    """The bytes of the transaction log at ``path`` once it holds an exit record (wandb's
+    service writes it after ``run.finish()`` returns); fails after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kinds = [r.WhichOneof("record_type") for r in read_transaction_log(path)]
+        except Exception:  # noqa: BLE001 - caught mid-write: a chunk cut short
+            kinds = []
+        if "exit" in kinds:  # the exit record is the last one written: the log is final
+            return path.read_bytes()
+        assert time.monotonic() < deadline, f"{path} still incomplete after {timeout} s"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def late_log(monkeypatch):
+    """wandb's service writing the transaction log late, deterministically: every
+    ``Run.finish`` returns with the run's log cut back to its header, and the complete log
+    appears only at the tracker's first pause after that. Yields the pauses seen."""
+    real_finish = wandb.sdk.wandb_run.Run.finish
+    pending: list[tuple[Path, bytes]] = []
+    pauses: list[float] = []
+
+    def finish(self, *args, **kwargs):
+        path = Path(self.settings.sync_file)
+        real_finish(self, *args, **kwargs)
+        data = _wait_until_complete(path)
+        path.write_bytes(data[:7])  # the header only: nothing written yet
+        pending.append((path, data))
+
+    def pause(seconds):
+        pauses.append(seconds)
+        while pending:
+            path, data = pending.pop()
+            path.write_bytes(data)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", finish)
+    monkeypatch.setattr(tracking, "_pause", pause)
+    yield pauses
+    assert [path for path, _ in pending] == []  # every late log was waited for
+
+
+def test_abort_returns_once_the_log_is_on_disk(isolated, late_log):
+    from benchmark.runner import Experiment
+
+    factory = tracking.tracker_factory("offline", out=isolated / "out")
+    tracker = factory(Experiment(SCENARIO, "naive", 0))
+    tracker.log_epoch(0, {"epoch": 1, "train_loss": 0.25, "train_acc": 0.5, "lr": 0.05})
+    tracker.abort()
+    assert len(late_log) >= 1
+    (run,) = offline_runs(isolated / "out")
+    assert run.exit_codes == [1]
+    assert [h["train/loss"] for h in run.history] == [0.25]
+
+
+def test_finished_runs_are_complete_on_disk(isolated, late_log):
+    out = isolated / "out"
+    rc, warned = _run_cli(out, "naive")
+    assert rc == 0 and warned == []
+    assert len(late_log) >= 1
+    (run,) = offline_runs(out)
+    assert run.exit_codes == [0]
+    rec = read_record(record_path(out, SCENARIO, "naive", 0))
+    assert [h["trained_tasks"] for h in run.history if "trained_tasks" in h] == list(
+        range(1, len(rec["task_names"]) + 1))
+    assert json.loads(run.summary[tracking.RECORD_KEY])["accuracy"] == rec["accuracy"]
+
+
+def test_log_wait_is_bounded_and_warns(isolated, monkeypatch):
+    from benchmark.runner import Experiment
+
+    monkeypatch.setattr(tracking, "LOG_TIMEOUT_S", 0.2)
+    real_finish = wandb.sdk.wandb_run.Run.finish
+
+    def finish(self, *args, **kwargs):  # the log never reaches the disk
+        path = Path(self.settings.sync_file)
+        real_finish(self, *args, **kwargs)
+        path.write_bytes(_wait_until_complete(path)[:7])
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", finish)
+    factory = tracking.tracker_factory("offline", out=isolated / "out")
+    tracker = factory(Experiment(SCENARIO, "naive", 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.abort()
+    (w,) = [w for w in caught if issubclass(w.category, tracking.TrackingWarning)]
+    assert "not complete" in str(w.message)
+    assert factory.mode == "offline"  # a late log is no W&B failure
+
+
+def test_log_completeness_check():
+    data = _log_bytes_with_exit()
+    assert tracking._log_has_exit(data)
+    for cut in range(len(data)):  # a log cut anywhere is incomplete
+        assert not tracking._log_has_exit(data[:cut]), cut
+    corrupt = bytearray(data)
+    corrupt[-1] ^= 0xFF  # the exit record fails its checksum
+    assert not tracking._log_has_exit(bytes(corrupt))
+
+
+def _log_bytes_with_exit() -> bytes:
+    """A transaction log (header, a 70 kB summary record spanning three blocks, an exit record)
+    written by the LevelDB-log rules independently of benchmark.tracking."""
+    import zlib
+
+    big = wandb_internal_pb2.Record()
+    big.summary.update.add(key="text", value_json=json.dumps("x" * 70_000))
+    end = wandb_internal_pb2.Record()
+    end.exit.exit_code = 0
+    out = bytearray(b":W&B\xe1\xbe\x00")
+    for payload in (big.SerializeToString(), end.SerializeToString()):
+        first = True
+        while True:
+            room = 32768 - len(out) % 32768
+            if room < 7:
+                out += bytes(room)
+                continue
+            chunk, payload = payload[: room - 7], payload[room - 7 :]
+            kind = (1 if not payload else 2) if first else (4 if not payload else 3)
+            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + chunk), len(chunk), kind)
+            out += chunk
+            first = False
+            if not payload:
+                break
+    return bytes(out)
