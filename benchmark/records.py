@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from reports.render import write_text
 
 SCHEMA_VERSION = 1
 
@@ -96,19 +96,7 @@ def validate_record(rec: Any) -> dict:
 def write_record(path: Path, rec: dict) -> Path:
     """Validate and write ``rec`` atomically to ``path``."""
     validate_record(rec)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(rec, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, json.dumps(rec, indent=1))
 
 
 def read_record(path: Path) -> dict:

@@ -65,6 +65,11 @@ class Stat:
     def high(self) -> float:
         return self.mean + self.half
 
+    def columns(self) -> dict[str, Any]:
+        """The CSV columns of a statistic."""
+        return {"mean": self.mean, "ci_half": self.half, "ci_low": self.low,
+                "ci_high": self.high, "n_seeds": self.n}
+
 
 @dataclass
 class Missing:
@@ -152,35 +157,14 @@ class ScenarioReport:
         rows = []
         for s, stats in self.rho.items():
             for t in range(1, self.n_tasks + 1) if all_t else self.table_ts:
-                st = stats[t - 1]
-                rows.append(
-                    {
-                        "strategy": s,
-                        "t": t,
-                        "mean": st.mean,
-                        "ci_half": st.half,
-                        "ci_low": st.low,
-                        "ci_high": st.high,
-                        "n_seeds": st.n,
-                    }
-                )
+                rows.append({"strategy": s, "t": t, **stats[t - 1].columns()})
         return rows
 
     def summary_rows(self) -> list[dict[str, Any]]:
         rows = []
         for s, by_metric in self.summary.items():
             for m, st in by_metric.items():
-                rows.append(
-                    {
-                        "strategy": s,
-                        "metric": m,
-                        "mean": st.mean,
-                        "ci_half": st.half,
-                        "ci_low": st.low,
-                        "ci_high": st.high,
-                        "n_seeds": st.n,
-                    }
-                )
+                rows.append({"strategy": s, "metric": m, **st.columns()})
         return rows
 
 

@@ -20,6 +20,7 @@ from benchmark.records import (
     validate_record,
     write_record,
 )
+from reports import render
 
 T = 3
 
@@ -205,15 +206,15 @@ def test_write_of_invalid_record_writes_nothing(tmp_path):
     assert _files(tmp_path / "runs") == []
 
 
-def _exploding_dump(obj, fh, **kwargs):
-    fh.write('{"schema": 1, "scenario": ')  # a partial file, then a failure
-    fh.flush()
+def _exploding_fsync(fd):
+    # the temporary file holds the whole text by now: the failure comes mid-write, before
+    # the rename
     raise OSError("disk full")
 
 
 def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch):
     path = tmp_path / "runs" / "a.json"
-    monkeypatch.setattr(records.json, "dump", _exploding_dump)
+    monkeypatch.setattr(render.os, "fsync", _exploding_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_record(path, good_record())
     assert not path.exists()
@@ -227,7 +228,7 @@ def test_failure_mid_write_keeps_the_existing_record(tmp_path, monkeypatch):
     before = path.read_bytes()
     new = good_record()
     new["seed"] = 7
-    monkeypatch.setattr(records.json, "dump", _exploding_dump)
+    monkeypatch.setattr(render.os, "fsync", _exploding_fsync)
     with pytest.raises(OSError):
         write_record(path, new)
     assert path.read_bytes() == before
@@ -236,12 +237,11 @@ def test_failure_mid_write_keeps_the_existing_record(tmp_path, monkeypatch):
 
 
 def test_interrupt_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    def interrupted(obj, fh, **kwargs):
-        fh.write("{")
+    def interrupted(fd):
         raise KeyboardInterrupt
 
     path = tmp_path / "a.json"
-    monkeypatch.setattr(records.json, "dump", interrupted)
+    monkeypatch.setattr(render.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_record(path, good_record())
     assert _files(tmp_path) == []
@@ -255,7 +255,7 @@ def test_failed_replace_leaves_no_temporary_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("replace failed")
 
-    monkeypatch.setattr(records.os, "replace", failing_replace)
+    monkeypatch.setattr(render.os, "replace", failing_replace)
     with pytest.raises(OSError, match="replace failed"):
         write_record(path, good_record(4))
     assert path.read_bytes() == before
