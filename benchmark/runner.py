@@ -12,6 +12,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,17 @@ def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugin
     return strategy
 
 
+@contextmanager
+def _flushed_denormals():
+    restore = not flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if restore:
+            torch.set_flush_denormal(False)
+
+
 def run_experiment(
     exp: Experiment,
     scenario: Scenario | None = None,
@@ -275,102 +287,85 @@ def run_experiment(
     alike (HAT's near-zero gates make CPU matrix products 2–3× slower otherwise, see
     ``HATConfig.flush_denormal``); the caller's mode is restored afterwards.
     """
-    restore = not flushing_denormals()
-    torch.set_flush_denormal(True)
-    try:
-        return _run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
-    finally:
-        if restore:
-            torch.set_flush_denormal(False)
+    with _flushed_denormals():
+        hooks = hooks or RunHooks()
+        sspec = get_scenario(exp.scenario)
+        if scenario is None:
+            scenario = sspec.build(exp.seed, Path(data_root))
+        cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
+        scenario = select_task(scenario, cfg.scenario.task)
+        spec = get_strategy(exp.strategy)
+        device = torch.device(device)
+        bench = to_benchmark(scenario)
+        n_tasks = scenario.n_tasks
+        accuracy: list[list[float]] = []
+        epochs: list[int] = []
+        seconds: list[float] = []
+        history: list[list[dict]] = []
 
+        def plugins_for(task_index: int):
+            recipe = TrainingRecipePlugin(
+                RecipeConfig(mode=cfg.train.recipe, valid_fraction=cfg.train.valid_fraction,
+                             patience=cfg.train.patience, lr_factor=cfg.train.lr_factor,
+                             lr_min=cfg.train.lr_min, seed=exp.seed),
+                lr=cfg.train.lr,
+            )
+            hist = _History(recipe, lambda entry: hooks.on_epoch(task_index, entry))
+            acc = _Accuracy()
+            return recipe, hist, acc, [FastDataPlugin(), recipe, hist, acc]
 
-def _run_experiment(
-    exp: Experiment,
-    scenario: Scenario | None = None,
-    *,
-    data_root: Path = Path("data"),
-    device: str | torch.device = "cpu",
-    hooks: RunHooks | None = None,
-) -> dict:
-    """Train ``exp`` and return its run record (not written)."""
-    hooks = hooks or RunHooks()
-    sspec = get_scenario(exp.scenario)
-    if scenario is None:
-        scenario = sspec.build(exp.seed, Path(data_root))
-    cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
-    scenario = select_task(scenario, cfg.scenario.task)
-    spec = get_strategy(exp.strategy)
-    device = torch.device(device)
-    bench = to_benchmark(scenario)
-    n_tasks = scenario.n_tasks
-    accuracy: list[list[float]] = []
-    epochs: list[int] = []
-    seconds: list[float] = []
-    history: list[list[dict]] = []
+        seed_everything(exp.seed)
+        strategy = None
+        if not spec.joint:
+            recipe, hist, acc, plugins = plugins_for(0)
+            strategy = _make_strategy(spec, cfg, scenario, device, plugins, hooks.avalanche_loggers)
+        for t in range(n_tasks):
+            start = time.perf_counter()
+            if spec.joint:
+                seed_everything(exp.seed)  # from scratch, same initialisation for every t
+                recipe, hist, acc, plugins = plugins_for(t)
+                strategy = _make_strategy(spec, cfg, scenario, device, plugins,
+                                          hooks.avalanche_loggers)
+                strategy.train(bench.train_stream[: t + 1], eval_streams=[])
+            else:
+                hist.on_epoch = (lambda task: lambda entry: hooks.on_epoch(task, entry))(t)
+                strategy.train(bench.train_stream[t], eval_streams=[])
+            seconds.append(time.perf_counter() - start)
+            epochs.append(recipe.epochs_trained)
+            history.append(list(hist.entries))
+            row = _evaluate(strategy, bench.test_stream, acc)
+            accuracy.append(row)
+            hooks.on_experience(t, row)
 
-    def plugins_for(task_index: int):
-        recipe = TrainingRecipePlugin(
-            RecipeConfig(mode=cfg.train.recipe, valid_fraction=cfg.train.valid_fraction,
-                         patience=cfg.train.patience, lr_factor=cfg.train.lr_factor,
-                         lr_min=cfg.train.lr_min, seed=exp.seed),
-            lr=cfg.train.lr,
-        )
-        hist = _History(recipe, lambda entry: hooks.on_epoch(task_index, entry))
-        acc = _Accuracy()
-        return recipe, hist, acc, [FastDataPlugin(), recipe, hist, acc]
-
-    seed_everything(exp.seed)
-    strategy = None
-    if not spec.joint:
-        recipe, hist, acc, plugins = plugins_for(0)
-        strategy = _make_strategy(spec, cfg, scenario, device, plugins, hooks.avalanche_loggers)
-    for t in range(n_tasks):
-        start = time.perf_counter()
-        if spec.joint:
-            seed_everything(exp.seed)  # from scratch, same initialisation for every t
-            recipe, hist, acc, plugins = plugins_for(t)
-            strategy = _make_strategy(spec, cfg, scenario, device, plugins,
-                                      hooks.avalanche_loggers)
-            strategy.train(bench.train_stream[: t + 1], eval_streams=[])
-        else:
-            hist.on_epoch = (lambda task: lambda entry: hooks.on_epoch(task, entry))(t)
-            strategy.train(bench.train_stream[t], eval_streams=[])
-        seconds.append(time.perf_counter() - start)
-        epochs.append(recipe.epochs_trained)
-        history.append(list(hist.entries))
-        row = _evaluate(strategy, bench.test_stream, acc)
-        accuracy.append(row)
-        hooks.on_experience(t, row)
-
-    hat_stats = None
-    model = strategy.model
-    if hasattr(model, "mask_statistics"):
-        hat_stats = model.mask_statistics(list(range(n_tasks)))
-    params = {
-        "train": to_public_dict(cfg.train),
-        "model": to_public_dict(cfg.model),
-        exp.strategy: to_public_dict(cfg.strategy),
-    }
-    if cfg.scenario != ScenarioConfig():
-        params["scenario"] = to_public_dict(cfg.scenario)
-    return {
-        "schema": SCHEMA_VERSION,
-        "scenario": exp.scenario,
-        "strategy": exp.strategy,
-        "seed": exp.seed,
-        "tag": exp.tag,
-        "params": params,
-        "task_names": [task.name for task in scenario.tasks],
-        "accuracy": accuracy,
-        "random_accuracy": [random_accuracy(task) for task in scenario.tasks],
-        "epochs": epochs,
-        "seconds": seconds,
-        "history": history,
-        "hat": hat_stats,
-        "versions": versions(),
-        "device": str(device),
-        "created": now_iso(),
-    }
+        hat_stats = None
+        model = strategy.model
+        if hasattr(model, "mask_statistics"):
+            hat_stats = model.mask_statistics(list(range(n_tasks)))
+        params = {
+            "train": to_public_dict(cfg.train),
+            "model": to_public_dict(cfg.model),
+            exp.strategy: to_public_dict(cfg.strategy),
+        }
+        if cfg.scenario != ScenarioConfig():
+            params["scenario"] = to_public_dict(cfg.scenario)
+        return {
+            "schema": SCHEMA_VERSION,
+            "scenario": exp.scenario,
+            "strategy": exp.strategy,
+            "seed": exp.seed,
+            "tag": exp.tag,
+            "params": params,
+            "task_names": [task.name for task in scenario.tasks],
+            "accuracy": accuracy,
+            "random_accuracy": [random_accuracy(task) for task in scenario.tasks],
+            "epochs": epochs,
+            "seconds": seconds,
+            "history": history,
+            "hat": hat_stats,
+            "versions": versions(),
+            "device": str(device),
+            "created": now_iso(),
+        }
 
 
 def summarize(rec: Mapping[str, Any]) -> str:
