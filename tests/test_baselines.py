@@ -42,12 +42,7 @@ BASELINES = ["sgd-f", "imm-mean", "imm-mode", "lfl", "pathnet", "pnn"]
 SMALL_PATHNET = {"modules": 4, "active": 2, "generations": 2, "path_epochs": 0.5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, *, trunk: str = "mlp", opt: str = "sgd", recipe: bool = False,

@@ -19,15 +19,7 @@ from strategies import STRATEGIES
 BASE = ["--no-progress", "--wandb", "disabled"]
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    """Run from an empty folder (so the defaults results/ and data/ would land here)."""
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    threads = torch.get_num_threads()
-    yield work
-    torch.set_num_threads(threads)  # the CLI sets --threads (default 1) process-wide
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def run_cli(*args) -> int:

@@ -23,12 +23,7 @@ from strategies import ConfigError
 BASE = ["--no-progress", "--wandb", "disabled"]
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 # ----------------------------------------------------------------------------- expansion

@@ -21,12 +21,7 @@ BASE = ["--no-progress", "--wandb", "disabled", "--threads", "1"]
 TIMINGS = ("seconds", "created")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers (--threads 1): same numerics in every process
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as the workers: --threads 1
 
 
 def comparable(path: Path) -> dict:

@@ -9,7 +9,6 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from benchmark import cli
@@ -32,14 +31,7 @@ ALL = ("hat", "naive", "sgd-f", "ewc", "imm-mean", "imm-mode", "lwf", "lfl", "pa
 BASE = ["--no-progress", "--wandb", "disabled"]
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    threads = torch.get_num_threads()
-    yield work
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def _plan(path: Path, *extra, out: Path):

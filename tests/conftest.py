@@ -1,0 +1,28 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (much faster for the tiny networks on shared cores; the workers of
+    ``--jobs`` use ``--threads 1`` too); the caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run from an empty folder (the defaults results/ and data/ would land there); the CLI
+    sets ``--threads`` process-wide, so the thread count is restored afterwards."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    threads = torch.get_num_threads()
+    yield work
+    torch.set_num_threads(threads)
