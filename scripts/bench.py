@@ -8,6 +8,9 @@
    optimizer, batch size, shuffling).
 3. Evaluation throughput (samples/s) and peak memory (peak RSS of a fresh process per case
    on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
+4. Where the time of a step goes (MLP, ``--breakdown``, on by default): ms per step of each
+   phase of Avalanche's training iteration (forward, loss, backward, optimizer step and the
+   plugin callbacks around them), timed in place for Naive and HAT.
 
 Timing runs in one process in interleaved rounds (naive, hat, raw, naive, hat, raw, …), so
 that background load hits every side alike; each round trains ``--warmup`` untimed epochs,
@@ -91,8 +94,34 @@ class _EpochTimer:
         self.plugin = P()
 
 
-def suite_epochs(case: str, strategy: str, epochs: int, device) -> list[float]:
-    """Per-epoch seconds on task 2 through the suite's strategy and plugins."""
+#: phases of Avalanche's training iteration that the breakdown times (template methods)
+PHASES = ("_before_forward", "forward", "criterion", "_before_backward", "backward",
+          "_after_backward", "_before_update", "optimizer_step", "_after_update")
+
+
+def _time_phases(strat, device, totals: dict[str, float]) -> None:
+    """Wrap the strategy's phase methods (on the instance) to add their seconds to totals."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for name in PHASES:
+        method = getattr(strat, name)
+
+        def timed(*args, _m=method, _n=name, **kwargs):
+            sync()
+            t = time.perf_counter()
+            out = _m(*args, **kwargs)
+            sync()
+            totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t
+            return out
+
+        setattr(strat, name, timed)
+
+
+def suite_epochs(case: str, strategy: str, epochs: int, device,
+                 phases: dict[str, float] | None = None) -> list[float]:
+    """Per-epoch seconds on task 2 through the suite's strategy and plugins.
+
+    With ``phases``, task 2's phase times are added to it (seconds, see ``PHASES``).
+    """
     from avalanche.training.plugins import EvaluationPlugin
 
     from strategies import FastDataPlugin, RecipeConfig, TrainConfig, TrainingRecipePlugin
@@ -115,8 +144,24 @@ def suite_epochs(case: str, strategy: str, epochs: int, device) -> list[float]:
     strat.train(bench.train_stream[0], eval_streams=[])
     strat.train_epochs = epochs
     timer.plugin.times.clear()
+    if phases is not None:
+        _time_phases(strat, device, phases)
     strat.train(bench.train_stream[1], eval_streams=[])
     return timer.plugin.times
+
+
+def breakdown(case: str, epochs: int, device) -> dict:
+    """ms per training step of each phase, Naive and HAT, timed in place (task 2)."""
+    n_steps = epochs * -(-CASES[case]["n"] // 64)
+    out = {}
+    for side in ("naive", "hat"):
+        totals: dict[str, float] = {}
+        times = suite_epochs(case, side, epochs, device, totals)
+        step = {name.strip("_"): totals.get(name, 0.0) * 1e3 / n_steps for name in PHASES}
+        step["rest"] = sum(times) * 1e3 / n_steps - sum(step.values())
+        step["step"] = sum(times) * 1e3 / n_steps
+        out[side] = step
+    return out
 
 
 def raw_epochs(case: str, epochs: int, device) -> list[float]:
@@ -199,6 +244,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per case")
     p.add_argument("--cases", default="mlp,alexnet")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the phases of a training step (MLP; default: on)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench.json")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--side", help=argparse.SUPPRESS)
@@ -237,6 +284,8 @@ def main() -> int:
             case_res["suite_over_raw"] = case_res["naive"]["median"] / case_res["raw"]["median"]
         results["cases"][case] = case_res
     mlp = results["cases"].get("mlp", {})
+    if args.breakdown and "mlp" in results["cases"]:
+        results["breakdown_ms_per_step"] = breakdown("mlp", args.warmup + args.reps, device)
     results["hat_over_naive"] = mlp.get("hat_over_naive")
     results["suite_over_raw"] = mlp.get("suite_over_raw")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +309,13 @@ def main() -> int:
         if "suite_over_raw" in cr:
             line += f"   suite/raw = {cr['suite_over_raw']:.3f}"
         print(line)
+    if "breakdown_ms_per_step" in results:
+        bd = results["breakdown_ms_per_step"]
+        print("\nMLP step breakdown, ms per step (task 2, timed in place):")
+        print(f"{'phase':<16} {'naive':>8} {'hat':>8} {'hat-naive':>10}")
+        for name in bd["naive"]:
+            a, b = bd["naive"][name], bd["hat"][name]
+            print(f"{name:<16} {a:>8.3f} {b:>8.3f} {b - a:>+10.3f}")
     print(f"wrote {args.out}")
     return 0
 

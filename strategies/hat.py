@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 
 from .config import ConfigError
-from .hat_layers import EmbeddingInit, HATError, HATNet, find_hat_model
+from .hat_layers import EmbeddingInit, HATError, HATNet, _HATMixin, find_hat_model
 
 Anneal = Literal["reference", "paper"]
 
@@ -115,8 +115,25 @@ def compensation_factor(
     e: torch.Tensor, s: float, smax: float, thres_cosh: float = 50.0
 ) -> torch.Tensor:
     """Eq. 6 factor for embedding gradients: smax/s · (cosh(clamp(s·e)) + 1) / (cosh(e) + 1)."""
-    num = (s * e).clamp_(-thres_cosh, thres_cosh).cosh_().add_(1)
-    return num.div_(torch.cosh(e).add_(1)).mul_(smax / s)
+    return compensation_factors([e], s, smax, thres_cosh)[0]
+
+
+@torch.no_grad()
+def compensation_factors(
+    embeddings: list[torch.Tensor], s: float, smax: float, thres_cosh: float = 50.0
+) -> list[torch.Tensor]:
+    """``compensation_factor`` of several embeddings, one multi-tensor operation per step
+    of the formula (one kernel each on accelerators; the same numbers as one at a time)."""
+    num = torch._foreach_mul(embeddings, s)
+    torch._foreach_clamp_min_(num, -thres_cosh)
+    torch._foreach_clamp_max_(num, thres_cosh)
+    torch._foreach_cosh_(num)
+    torch._foreach_add_(num, 1)
+    den = torch._foreach_cosh(embeddings)
+    torch._foreach_add_(den, 1)
+    torch._foreach_div_(num, den)
+    torch._foreach_mul_(num, smax / s)
+    return num
 
 
 def clip_grad_norm(parameters, max_norm: float) -> None:
@@ -137,9 +154,48 @@ def clip_grad_norm(parameters, max_norm: float) -> None:
         torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
 
 
+def weights_used_once(loss: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+    """Whether each of ``weights`` reaches ``loss`` through exactly one graph edge.
+
+    Then a gated layer's weight gradient is (∂L/∂z)ᵀx from its own forward alone, which
+    HATPlugin's shortcuts rely on.
+    """
+    if loss.grad_fn is None:
+        return False
+    want = {id(w): 0 for w in weights}
+    seen, stack = {loss.grad_fn}, [loss.grad_fn]
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is None:
+                continue
+            var = getattr(child, "variable", None)
+            if var is not None and id(var) in want:
+                want[id(var)] += 1
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return all(n == 1 for n in want.values())
+
+
 def flushing_denormals() -> bool:
     """Whether denormal floats are flushed to zero now (``torch.set_flush_denormal``)."""
     return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0 == 0).item())
+
+
+def _row_factor(layer: _HATMixin, factors: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """The per-unit factor when a layer's conditioning is per row and binary, else None.
+
+    Per row: every input column of the weight factor is the same, and the bias factor (if
+    any) equals it (the first layer: 1 − a_out_i). Binary (0/1): multiplying ∂L/∂z instead
+    of ∂L/∂W then gives bit-identical gradients.
+    """
+    w = factors[id(layer.weight)].reshape(layer.units, -1)
+    row = w[:, 0]
+    if not bool((w == row.view(-1, 1)).all()) or not bool(((row == 0) | (row == 1)).all()):
+        return None
+    if layer.bias is not None and not torch.equal(factors[id(layer.bias)], row):
+        return None
+    return row.contiguous()
 
 
 def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
@@ -155,7 +211,19 @@ class HATPlugin(SupervisedPlugin):
 
     The strategy's model must be (or contain) a ``HATNet``; the stream must be
     task-incremental (one new task label per experience).
+
+    On CPU, two exact shortcuts make a step cheaper without changing any number
+    (``fast_paths``; tests compare both settings bit for bit): a layer whose conditioning is
+    per row and binary (the first layer: 1 − a_out_i) conditions the gradient of its
+    pre-gate output instead of its weight gradient, and the global-norm clipping skips its
+    pass over all gradients when ‖∂L/∂z‖·‖x‖ bounds prove the norm below ``clipgrad`` (the
+    reference's 10000 is, in effect, never reached). Both hold only while each gated weight
+    and bias gets its gradient from its own layer alone; a graph walk checks that every
+    step, and the reference operations run otherwise.
     """
+
+    #: exact shortcuts on (see the class docstring); False runs the reference operations
+    fast_paths: bool = True
 
     def __init__(self, config: HATConfig | None = None, **overrides):
         super().__init__()
@@ -166,6 +234,8 @@ class HATPlugin(SupervisedPlugin):
         self.trained_tasks: list[int] = []
         self.last_s: float = self.config.smax
         self._reg: torch.Tensor | None = None
+        self._reg_scale = 1.0
+        self._reg_w: list[torch.Tensor] = []
         self._n_samples = 0
         self._free: list[torch.Tensor] = []
         self._n_free = 0.0
@@ -173,6 +243,13 @@ class HATPlugin(SupervisedPlugin):
         self._keep: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._frozen: list[nn.Parameter] = []
         self._saved: list[torch.Tensor] = []
+        self._layers: list[_HATMixin] = []
+        self._rows: list[tuple[_HATMixin, list[tuple[nn.Parameter, torch.Tensor]]]] = []
+        self._embs: list[nn.Parameter] = []
+        self._params: list[nn.Parameter] = []
+        self._bounded: list[nn.Parameter] = []
+        self._watched: list[nn.Parameter] = []
+        self._watched_layers: list[_HATMixin] = []
 
     # ----------------------------------------------------------- lifecycle
     def _hat(self, strategy) -> HATNet:
@@ -219,20 +296,68 @@ class HATPlugin(SupervisedPlugin):
         self.task = task
         hat.check_task(task)  # added by the model adaptation, before the optimizer update
         # precompute once per experience: gradient factors, update masks, frozen tensors
-        pairs = [(p, f) for p, f in hat.conditioning_factors() if not bool((f == 1).all())]
-        self._pairs = pairs
+        self._layers = list(hat.gated_layers)
+        on_cpu = torch.device(strategy.device).type == "cpu"
+        pairs = self._plan_conditioning(hat, fast=self.fast_paths and on_cpu)
         self._keep = [(p, f != 0) for p, f in pairs if bool((f == 0).any())]
+        self._embs = [layer.embedding(task) for layer in self._layers]
+        self._params = list(strategy.model.parameters())
         own = {id(p) for p in hat.task_parameters(task)}
         self._frozen = [
             p for t in hat.tasks if t != task for p in hat.task_parameters(t) if id(p) not in own
         ]
         self._free = [1 - m for m in hat.cumulative_masks()]
         self._n_free = float(sum(f.sum() for f in self._free))
+        # c·R = Σ_l a_l·w_l with w_l = (c/n_free)·(1 − a^{<t}_l): two operations per layer
+        # fewer than c·(Σ_l a_l·(1 − a^{<t}_l))/n_free, and the gates receive bit-identical
+        # gradients (the scalar c/n_free is formed by the same operations autograd applies)
+        c = self.config.c
+        if c > 0 and self._n_free > 0:
+            scale = torch.ones((), device=self._free[0].device).mul(c).div(self._n_free)
+            self._reg_w = [scale * f for f in self._free]
+        else:
+            self._reg_w = []
         self._clear_optimizer_state(strategy.optimizer)
         self._unflush = False
-        if self.config.flush_denormal and torch.device(strategy.device).type == "cpu":
+        if self.config.flush_denormal and on_cpu:
             self._unflush = not flushing_denormals()
             torch.set_flush_denormal(True)
+
+    def _plan_conditioning(
+        self, hat: HATNet, fast: bool
+    ) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """Split the (parameter, factor) pairs of Eq. 2 between the post-backward pass and the
+        layers' ∂L/∂z hooks, and switch the clipping bound on; returns all pairs.
+
+        The shortcuts run on CPU only: on accelerators the passes they save cost less than
+        the extra kernel launches and host synchronisation they need.
+        """
+        factors = {id(p): f for p, f in hat.conditioning_factors()}
+        self._pairs, self._rows = [], []
+        for layer in self._layers:
+            own = [(p, factors[id(p)]) for p in (layer.weight, layer.bias) if p is not None]
+            own = [(p, f) for p, f in own if not bool((f == 1).all())]
+            row = _row_factor(layer, factors) if own and fast else None
+            layer.row_grad_factor = row
+            layer.grad_bounds = [] if fast else None
+            if row is None:
+                self._pairs += own
+            else:
+                self._rows.append((layer, own))
+        self._bounded = [layer.weight for layer in self._layers] if fast else []
+        # the shortcuts assume these layers' weights and biases get gradients from them only
+        self._watched_layers = self._layers if fast else []
+        self._watched = [
+            p for layer in self._watched_layers for p in (layer.weight, layer.bias)
+            if p is not None
+        ]
+        return self._pairs + [pf for _, own in self._rows for pf in own]
+
+    def _reset_layers(self) -> None:
+        for layer in self._layers:
+            layer.row_grad_factor = None
+            layer.grad_bounds = None
+            layer.rows_missed = layer.grads_fresh = False
 
     def _clear_optimizer_state(self, optimizer) -> None:
         """Zero the optimizer state (momentum, moments) of protected entries."""
@@ -258,30 +383,75 @@ class HATPlugin(SupervisedPlugin):
         )
         hat.s = s
         self.last_s = s
+        for layer in self._layers:
+            layer.rows_missed = layer.grads_fresh = False
+            if layer.grad_bounds is not None:
+                layer.grad_bounds.clear()
 
     def before_backward(self, strategy, **kwargs):
         hat = find_hat_model(strategy.model)
-        reg = _regulariser(hat.last_gates, self._free, self._n_free)
-        self._reg = reg.detach()  # kept on the device: no host sync per step
-        strategy.loss = strategy.loss + self.config.c * reg
+        gates, w = hat.last_gates, self._reg_w
+        if w:  # c·R (see before_training_exp)
+            reg_c = torch.dot(gates[0], w[0])
+            for g, wl in zip(gates[1:], w[1:], strict=True):
+                reg_c = reg_c + torch.dot(g, wl)
+            self._reg = reg_c.detach()  # kept on the device: no host sync per step
+            self._reg_scale = self.config.c
+            strategy.loss = strategy.loss + reg_c
+        else:  # c = 0 or no free unit
+            reg = _regulariser(gates, self._free, self._n_free)
+            self._reg, self._reg_scale = reg.detach(), 1.0
+            strategy.loss = strategy.loss + self.config.c * reg
 
     @property
     def last_reg(self) -> float:
         """The regulariser R of the last training step (without the factor c)."""
-        return float(self._reg) if self._reg is not None else 0.0
+        return float(self._reg) / self._reg_scale if self._reg is not None else 0.0
 
     @torch.no_grad()
     def after_backward(self, strategy, **kwargs):
         hat = find_hat_model(strategy.model)
         cfg = self.config
-        pairs = [(p.grad, f) for p, f in self._pairs if p.grad is not None]
+        # the shortcuts hold when every gated weight and bias reached the loss once, through
+        # its layer, in this step alone (no other loss term, no accumulated gradient); a
+        # graph walk checks it every step (~10–30 µs). Else: the reference operations.
+        trusted = (
+            bool(self._watched)
+            and all(layer.grads_fresh for layer in self._watched_layers)
+            and weights_used_once(strategy.loss, self._watched)
+        )
+        pairs = self._pairs + [
+            pf for layer, own in self._rows if layer.rows_missed or not trusted for pf in own
+        ]
+        pairs = [(p.grad, f) for p, f in pairs if p.grad is not None]
         if pairs:  # Eq. 2 / 4
             torch._foreach_mul_([g for g, _ in pairs], [f for _, f in pairs])
-        for layer in hat.gated_layers:  # Eq. 6
-            e = layer.embedding(self.task)
-            if e.grad is not None:
-                e.grad.mul_(compensation_factor(e, hat.s, cfg.smax, cfg.thres_cosh))
-        clip_grad_norm(strategy.model.parameters(), cfg.clipgrad)
+        embs = [e for e in self._embs if e.grad is not None]
+        if embs:  # Eq. 6
+            factors = compensation_factors(embs, hat.s, cfg.smax, cfg.thres_cosh)
+            torch._foreach_mul_([e.grad for e in embs], factors)
+        if not (trusted and self._norm_below(cfg.clipgrad)):
+            clip_grad_norm(self._params, cfg.clipgrad)
+
+    def _norm_below(self, max_norm: float) -> bool:
+        """True when bounds prove the global gradient norm ≤ ``max_norm`` (clipping: no-op).
+
+        Gated weights: ‖∂L/∂W‖ ≤ ‖∂L/∂z‖·‖x‖·√(kernel area), logged by the layers' hooks;
+        every other gradient (biases, embeddings, head) exactly. Conditioning only lowers
+        the norm. A margin keeps float rounding on the safe side. False: clip exactly.
+        """
+        if not self._bounded:
+            return False
+        sq = 0.0
+        for layer in self._layers:
+            if len(layer.grad_bounds) != 1:
+                return False
+            sq += layer.grad_bounds[0] ** 2
+        bounded = {id(w) for w in self._bounded}
+        small = [p.grad for p in self._params if p.grad is not None and id(p) not in bounded]
+        if small:
+            sq += sum(float(n) ** 2 for n in torch._foreach_norm(small))
+        return math.sqrt(sq) <= max_norm * (1 - 1e-4)
 
     @torch.no_grad()
     def before_update(self, strategy, **kwargs):
@@ -301,10 +471,9 @@ class HATPlugin(SupervisedPlugin):
             for p, saved in zip(self._frozen, self._saved[n:], strict=True):
                 p.copy_(saved)
             self._saved = []
-        hat = find_hat_model(strategy.model)
         t = self.config.thres_emb
-        for layer in hat.gated_layers:
-            layer.embedding(self.task).clamp_(-t, t)
+        torch._foreach_clamp_min_(self._embs, -t)
+        torch._foreach_clamp_max_(self._embs, t)
 
     def after_training_exp(self, strategy, **kwargs):
         # restore the caller's floating-point mode: a library must not leave it changed
@@ -316,7 +485,10 @@ class HATPlugin(SupervisedPlugin):
         hat.update_cumulative(self.task)
         hat.s = self.config.smax
         self.trained_tasks.append(self.task)
-        self._pairs, self._keep, self._frozen = [], [], []
+        self._reset_layers()
+        self._pairs, self._keep, self._frozen, self._rows = [], [], [], []
+        self._embs, self._params, self._bounded, self._watched = [], [], [], []
+        self._watched_layers = []
 
     # ---------------------------------------------------- recipe protocol
     @torch.no_grad()

@@ -61,6 +61,19 @@ class _HATMixin:
         self.current_gate = None
         #: how many input columns share one gate of the feeding layer (H·W after a flatten)
         self.input_repeat = 1
+        # Training fast paths, set by HATPlugin for one experience (None: off):
+        #: binary per-unit factor for the gradient of the pre-gate output z, used when this
+        #: layer's conditioning (Eq. 2) is per row and its input needs no gradient: then
+        #: ∂L/∂W = ((∂L/∂z)·f)ᵀx is the conditioned weight gradient without a pass over W
+        self.row_grad_factor: torch.Tensor | None = None
+        #: set by a training forward that could not apply ``row_grad_factor``
+        self.rows_missed = False
+        #: set by the backward hook: whether weight and bias had no gradient yet when ∂L/∂z
+        #: arrived (the shortcuts assume the gradient is this backward's alone)
+        self.grads_fresh = False
+        #: when a list, a training forward appends ‖∂L/∂z‖·‖x‖·√(kernel area), an upper bound
+        #: of ‖∂L/∂W‖ from this forward (Cauchy–Schwarz), for HATPlugin's clipping shortcut
+        self.grad_bounds: list[float] | None = None
 
     def add_task(self, task: int, init: EmbeddingInit = "normal") -> None:
         key = str(int(task))
@@ -88,14 +101,42 @@ class _HATMixin:
         e = self.embedding(task).detach()
         return (e > 0).to(e.dtype) if binary else torch.sigmoid(smax * e)
 
+    #: how many output positions one input element feeds at most (kernel area for a conv)
+    input_reuse = 1
+
+    def _track(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Training fast paths on the pre-gate output z (see ``row_grad_factor``)."""
+        f, bounds = self.row_grad_factor, self.grad_bounds
+        if (f is None and bounds is None) or not (self.training and z.requires_grad):
+            return z
+        rows = f is not None and not x.requires_grad and z.numel() <= self.weight.numel()
+        if f is not None and not rows:
+            self.rows_missed = True
+        if bounds is not None:
+            x_norm = float(torch.linalg.vector_norm(x.detach())) * self.input_reuse**0.5
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+
+        def hook(g: torch.Tensor) -> torch.Tensor:
+            self.grads_fresh = self.weight.grad is None and (
+                self.bias is None or self.bias.grad is None)
+            if rows:
+                g = g * f.view(shape)
+            if bounds is not None:
+                bounds.append(float(torch.linalg.vector_norm(g)) * x_norm)
+            return g
+
+        z.register_hook(hook)
+        return z
+
     def _apply_gate(self, out: torch.Tensor) -> torch.Tensor:
         if self.current_gate is None:
             raise HATError(
                 f"{type(self).__name__} was called without a task; call it through HATNet "
                 "(model(x, task_labels)) so that the task's gate is known"
             )
-        shape = (1, -1) + (1,) * (out.dim() - 2)
-        return out * self.current_gate.view(shape)
+        if out.dim() == 2:
+            return out * self.current_gate
+        return out * self.current_gate.view((1, -1) + (1,) * (out.dim() - 2))
 
     def conditioning_factors(
         self, input_mask: torch.Tensor | None
@@ -128,7 +169,7 @@ class HATLinear(_HATMixin, nn.Linear):
         return self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply_gate(super().forward(x))
+        return self._apply_gate(self._track(x, super().forward(x)))
 
 
 class HATConv2d(_HATMixin, nn.Conv2d):
@@ -139,13 +180,17 @@ class HATConv2d(_HATMixin, nn.Conv2d):
         if self.groups != 1:
             raise HATError("HATConv2d supports groups=1 only")
         self._init_hat(out_channels)
+        # each input element is read by at most one output position per kernel offset
+        # (zero padding adds nothing to ‖x‖; other padding modes copy elements: no bound)
+        kh, kw = self.kernel_size
+        self.input_reuse = kh * kw if self.padding_mode == "zeros" else float("inf")
 
     @property
     def in_width(self) -> int:
         return self.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply_gate(super().forward(x))
+        return self._apply_gate(self._track(x, super().forward(x)))
 
 
 HAT_LAYERS = (HATLinear, HATConv2d)
