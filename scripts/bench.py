@@ -8,9 +8,9 @@
    optimizer, batch size, shuffling).
 3. Evaluation throughput (samples/s) and peak memory (peak RSS of a fresh process per case
    on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
-4. Where the time of a step goes (MLP, ``--breakdown``, on by default): ms per step of each
+4. Where the time of a step goes (``--breakdown``, on by default): ms per step of each
    phase of Avalanche's training iteration (forward, loss, backward, optimizer step and the
-   plugin callbacks around them), timed in place for Naive and HAT.
+   plugin callbacks around them), timed in place for Naive and HAT, per case.
 
 Timing runs in one process in interleaved rounds (naive, hat, raw, naive, hat, raw, …), so
 that background load hits every side alike; each round trains ``--warmup`` untimed epochs,
@@ -245,11 +245,18 @@ def main() -> int:
     p.add_argument("--cases", default="mlp,alexnet")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
-                   help="time the phases of a training step (MLP; default: on)")
+                   help="time the phases of a training step (default: on)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench.json")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per task instead of the case's (a quick smoke run)")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--side", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.samples is not None:
+        if args.samples < 1:
+            p.error(f"--samples must be >= 1, got {args.samples}")
+        for c in CASES.values():
+            c["n"] = args.samples
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the runner does, for every strategy alike
     if args.case:
@@ -260,6 +267,7 @@ def main() -> int:
     results: dict = {"device": args.device, "machine": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "threads": args.threads,
                      "torch": torch.__version__, "rounds": args.rounds, "reps": args.reps,
+                     "samples": {k: c["n"] for k, c in CASES.items()},
                      "cases": {}}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
@@ -276,16 +284,18 @@ def main() -> int:
         for side in sides:
             cmd = [sys.executable, __file__, "--case", case, "--side", side,
                    "--device", args.device, "--threads", str(args.threads)]
+            if args.samples is not None:
+                cmd += ["--samples", str(args.samples)]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
                                   cwd=ROOT)
             case_res[side].update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if args.breakdown:
+            case_res["breakdown_ms_per_step"] = breakdown(case, args.warmup + args.reps, device)
         case_res["hat_over_naive"] = case_res["hat"]["median"] / case_res["naive"]["median"]
         if "raw" in sides:
             case_res["suite_over_raw"] = case_res["naive"]["median"] / case_res["raw"]["median"]
         results["cases"][case] = case_res
     mlp = results["cases"].get("mlp", {})
-    if args.breakdown and "mlp" in results["cases"]:
-        results["breakdown_ms_per_step"] = breakdown("mlp", args.warmup + args.reps, device)
     results["hat_over_naive"] = mlp.get("hat_over_naive")
     results["suite_over_raw"] = mlp.get("suite_over_raw")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -309,9 +319,11 @@ def main() -> int:
         if "suite_over_raw" in cr:
             line += f"   suite/raw = {cr['suite_over_raw']:.3f}"
         print(line)
-    if "breakdown_ms_per_step" in results:
-        bd = results["breakdown_ms_per_step"]
-        print("\nMLP step breakdown, ms per step (task 2, timed in place):")
+    for case, cr in results["cases"].items():
+        if "breakdown_ms_per_step" not in cr:
+            continue
+        bd = cr["breakdown_ms_per_step"]
+        print(f"\n{case} step breakdown, ms per step (task 2, timed in place):")
         print(f"{'phase':<16} {'naive':>8} {'hat':>8} {'hat-naive':>10}")
         for name in bd["naive"]:
             a, b = bd["naive"][name], bd["hat"][name]

@@ -235,7 +235,7 @@ class HATPlugin(SupervisedPlugin):
         self.last_s: float = self.config.smax
         self._reg: torch.Tensor | None = None
         self._reg_scale = 1.0
-        self._reg_w: list[torch.Tensor] = []
+        self._reg_w: torch.Tensor | None = None
         self._n_samples = 0
         self._free: list[torch.Tensor] = []
         self._n_free = 0.0
@@ -308,15 +308,16 @@ class HATPlugin(SupervisedPlugin):
         ]
         self._free = [1 - m for m in hat.cumulative_masks()]
         self._n_free = float(sum(f.sum() for f in self._free))
-        # c·R = Σ_l a_l·w_l with w_l = (c/n_free)·(1 − a^{<t}_l): two operations per layer
-        # fewer than c·(Σ_l a_l·(1 − a^{<t}_l))/n_free, and the gates receive bit-identical
-        # gradients (the scalar c/n_free is formed by the same operations autograd applies)
+        # c·R = [a_1 … a_L]·w with w = (c/n_free)·[1 − a^{<t}_1 … 1 − a^{<t}_L]: two operations
+        # per step for any number of layers instead of c·(Σ_l a_l·(1 − a^{<t}_l))/n_free; the
+        # gates receive bit-identical gradients (c/n_free is formed by the same operations
+        # autograd applies to that formula; only the loss value may differ in its last bit)
         c = self.config.c
         if c > 0 and self._n_free > 0:
             scale = torch.ones((), device=self._free[0].device).mul(c).div(self._n_free)
-            self._reg_w = [scale * f for f in self._free]
+            self._reg_w = torch.cat([scale * f for f in self._free])
         else:
-            self._reg_w = []
+            self._reg_w = None
         self._clear_optimizer_state(strategy.optimizer)
         self._unflush = False
         if self.config.flush_denormal and on_cpu:
@@ -390,11 +391,9 @@ class HATPlugin(SupervisedPlugin):
 
     def before_backward(self, strategy, **kwargs):
         hat = find_hat_model(strategy.model)
-        gates, w = hat.last_gates, self._reg_w
-        if w:  # c·R (see before_training_exp)
-            reg_c = torch.dot(gates[0], w[0])
-            for g, wl in zip(gates[1:], w[1:], strict=True):
-                reg_c = reg_c + torch.dot(g, wl)
+        gates = hat.last_gates
+        if self._reg_w is not None:  # c·R (see before_training_exp)
+            reg_c = torch.dot(torch.cat(gates), self._reg_w)
             self._reg = reg_c.detach()  # kept on the device: no host sync per step
             self._reg_scale = self.config.c
             strategy.loss = strategy.loss + reg_c

@@ -1,0 +1,47 @@
+"""scripts/bench.py (``make bench``) runs end to end and writes what issue 6 asks for.
+
+A smoke run on few samples: the timings themselves are not checked here (they are measured
+side by side by the script, never by a timed unit test), only that every measured quantity
+is there and consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_run_writes_ratios_and_breakdown(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu",
+           "--cases", "mlp", "--samples", "128", "--rounds", "1", "--warmup", "0", "--reps", "1",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    mlp = res["cases"]["mlp"]
+    assert res["hat_over_naive"] == mlp["hat_over_naive"] > 0
+    assert res["suite_over_raw"] == mlp["suite_over_raw"] > 0
+    assert mlp["hat_over_naive"] == mlp["hat"]["median"] / mlp["naive"]["median"]
+    for side in ("naive", "hat", "raw"):
+        assert mlp[side]["n"] == 1 and mlp[side]["peak_mem_mb"] > 0
+    assert mlp["naive"]["eval_samples_per_s"] > 0 and mlp["hat"]["eval_samples_per_s"] > 0
+    bd = mlp["breakdown_ms_per_step"]
+    for side in ("naive", "hat"):
+        phases = {k: v for k, v in bd[side].items() if k not in ("rest", "step")}
+        assert phases["forward"] > 0 and phases["backward"] > 0
+        assert abs(sum(phases.values()) + bd[side]["rest"] - bd[side]["step"]) < 1e-6
+    assert bd["hat"]["after_backward"] > bd["naive"]["after_backward"]  # HAT's own work
+    assert "hat/naive" in proc.stdout and "step breakdown" in proc.stdout
+
+
+def test_bench_rejects_bad_samples(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--samples", "0",
+           "--out", str(tmp_path / "b.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "--samples must be >= 1" in proc.stderr
+    assert not (tmp_path / "b.json").exists()
