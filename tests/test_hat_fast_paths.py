@@ -28,7 +28,7 @@ from torch import nn
 
 import strategies.hat as hat_module
 from strategies import HAT, HATConv2d, HATLinear, HATPlugin
-from strategies.hat import weights_used_once
+from strategies.hat import _protected_entries, weights_used_once
 
 N_TASKS = 3
 REAL_CLIP = hat_module.clip_grad_norm
@@ -86,6 +86,50 @@ def test_fast_paths_give_bit_identical_parameters(trunk_name, opt_name, monkeypa
     steps = N_TASKS * 2 * 4  # 64 samples / batch 16, 2 epochs
     assert ref_spy.exact_clips == steps
     assert fast_spy.exact_clips == 0  # every step proved the norm below 10000
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+@pytest.mark.parametrize("trunk_name", sorted(TRUNKS))
+def test_zero_filling_protected_entries_gives_bit_identical_parameters(
+    trunk_name, opt_name, monkeypatch
+):
+    # every binary factor takes the zero-fill route (threshold 1), rows hooks as usual
+    monkeypatch.setattr(hat_module, "FILL_MAX_FRACTION", 1.0)
+    seen = []
+    real = HATPlugin.after_backward
+
+    def spy(self, strategy, **kw):
+        seen.append(len(self._fills))
+        return real(self, strategy, **kw)
+
+    monkeypatch.setattr(HATPlugin, "after_backward", spy)
+    fast, _ = _train(trunk_name, opt_name, True, monkeypatch)
+    monkeypatch.setattr(HATPlugin, "after_backward", real)
+    ref, _ = _train(trunk_name, opt_name, False, monkeypatch)
+    _assert_identical(ref, fast)
+    assert max(seen) > 0  # the fill route was taken
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    p_zero=st.floats(0.0, 1.0),
+    soft=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_protected_entries_are_the_zeros_of_a_binary_factor(shape, p_zero, soft, seed):
+    g = torch.Generator().manual_seed(seed)
+    f = (torch.rand(shape, generator=g) >= p_zero).float()
+    if soft:
+        f = f * 0.5 + 0.25  # values in (0, 1): not binary
+    idx = _protected_entries(f)
+    frac = float((f == 0).float().mean())
+    if soft or frac > hat_module.FILL_MAX_FRACTION:
+        assert idx is None
+    else:
+        g2 = torch.randn(shape, generator=g)
+        filled = g2.clone().view(-1).index_fill_(0, idx, 0.0).view(shape)
+        assert torch.equal(filled, g2 * f)
 
 
 class _FirstLayerProbe:
