@@ -230,14 +230,15 @@ class HATPlugin(SupervisedPlugin):
     The strategy's model must be (or contain) a ``HATNet``; the stream must be
     task-incremental (one new task label per experience).
 
-    On CPU, two exact shortcuts make a step cheaper without changing any number
-    (``fast_paths``; tests compare both settings bit for bit): a layer whose conditioning is
-    per row and binary (the first layer: 1 − a_out_i) conditions the gradient of its
-    pre-gate output instead of its weight gradient, and the global-norm clipping skips its
-    pass over all gradients when ‖∂L/∂z‖·‖x‖ bounds prove the norm below ``clipgrad`` (the
-    reference's 10000 is, in effect, never reached). Both hold only while each gated weight
-    and bias gets its gradient from its own layer alone; a graph walk checks that every
-    step, and the reference operations run otherwise.
+    On CPU, exact shortcuts make a step cheaper without changing any number (``fast_paths``;
+    tests compare both settings bit for bit): the first gated layer, whose conditioning is
+    per row (1 − a_out_i), conditions the gradient of its pre-gate output instead of its
+    weight gradient when the factor is binary; the global-norm clipping skips its pass over
+    all gradients when ‖∂L/∂z‖·‖x‖ bounds prove the norm below ``clipgrad`` (the reference's
+    10000 is, in effect, never reached); a binary factor with few zeros is applied by
+    zero-filling those entries. The first two hold only while each gated weight and bias
+    gets its gradient from its own layer alone; a graph walk checks that every step, and
+    the reference operations run otherwise.
     """
 
     #: exact shortcuts on (see the class docstring); False runs the reference operations
