@@ -86,8 +86,6 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
 
         bad = sorted(unknown - set(STRATEGIES))
         if bad:
-            from strategies import ConfigError
-
             raise ConfigError(
                 f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.* or "
                 f"<strategy>.* with a strategy among {', '.join(sorted(STRATEGIES))}"
@@ -99,6 +97,13 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     model = from_overrides(ModelConfig, model_over, "model")
     if model.family is None:
         model = replace(model, family=network)
+    mlp_only = sorted(set(model_over) & {"layers", "dropout", "input_dropout"})
+    if model.family == "alexnet" and mlp_only:
+        raise ConfigError(
+            f"model.{mlp_only[0]} applies to the MLP only: the AlexNet-like network has fixed "
+            "depth and dropout (0.2, 0.2, 0.5 after the convolutions, 0.5 after the linear "
+            "layers); remove it, or use model.family=mlp"
+        )
     if model.hidden is None:
         default_hidden = EMBEDDED_MODEL["hidden"] if embedded else (
             2048 if model.family == "alexnet" else 2000)
@@ -263,7 +268,10 @@ def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugin
 
 
 @contextmanager
-def _flushed_denormals():
+def _flushed_denormals(enabled: bool = True):
+    if not enabled:
+        yield
+        return
     restore = not flushing_denormals()
     torch.set_flush_denormal(True)
     try:
@@ -285,14 +293,15 @@ def run_experiment(
 
     Denormal floats are flushed to zero for the duration of the run, for every strategy
     alike (HAT's near-zero gates make CPU matrix products 2–3× slower otherwise, see
-    ``HATConfig.flush_denormal``); the caller's mode is restored afterwards.
+    ``HATConfig.flush_denormal``), unless the strategy's own ``flush_denormal`` setting is
+    false; the caller's mode is restored afterwards.
     """
-    with _flushed_denormals():
-        hooks = hooks or RunHooks()
-        sspec = get_scenario(exp.scenario)
-        if scenario is None:
-            scenario = sspec.build(exp.seed, Path(data_root))
-        cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
+    hooks = hooks or RunHooks()
+    sspec = get_scenario(exp.scenario)
+    if scenario is None:
+        scenario = sspec.build(exp.seed, Path(data_root))
+    cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
+    with _flushed_denormals(getattr(cfg.strategy, "flush_denormal", True)):
         scenario = select_task(scenario, cfg.scenario.task)
         spec = get_strategy(exp.strategy)
         device = torch.device(device)

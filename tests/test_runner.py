@@ -263,6 +263,36 @@ def test_resolve_rejects_bad_overrides(overrides):
         resolve(Experiment("split-digits", "hat", 0, overrides), 0.1, True, "mlp")
 
 
+@pytest.mark.parametrize("key", ["layers", "dropout", "input_dropout"])
+def test_mlp_only_model_settings_are_refused_for_alexnet(key):
+    spec = get_scenario("cifar")
+    value = "3" if key == "layers" else "0.3"
+    with pytest.raises(ConfigError, match=f"model.{key} applies to the MLP only"):
+        resolve(Experiment("cifar", "naive", 0, {"model": {key: value}}), spec.valid_fraction,
+                spec.embedded, spec.network)
+    # the MLP takes them
+    over = {"model": {"family": "mlp", key: value}}
+    cfg = resolve(Experiment("cifar", "naive", 0, over), spec.valid_fraction, spec.embedded,
+                  spec.network)
+    assert getattr(cfg.model, key) == float(value)
+
+
+@pytest.mark.parametrize("strategy,over,flushed", [
+    ("naive", {}, True), ("hat", {}, True), ("hat", {"hat": {"flush_denormal": "false"}}, False),
+])
+def test_denormal_flushing_follows_the_strategy_setting(strategy, over, flushed):
+    from strategies.hat import flushing_denormals
+
+    seen = []
+    hooks = RunHooks(on_epoch=lambda task, entry: seen.append(flushing_denormals()))
+    torch.set_flush_denormal(False)
+    run_experiment(Experiment("split-digits", strategy, 0,
+                              {"train": {"epochs": 1}, **over}),
+                   hooks=hooks)
+    assert seen and all(s == flushed for s in seen)
+    assert not flushing_denormals()  # the caller's mode is back
+
+
 def test_resolve_ignores_other_strategies_sections():
     cfg = resolve(Experiment("split-digits", "naive", 0, {"hat": {"smax": "25"}}), 0.1, True,
                   "mlp")
