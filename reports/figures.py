@@ -8,14 +8,13 @@ files atomically and returns their paths.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from .render import atomic_path
 from .tables import Capacity, Grid, Monitoring, Stat
 
 COLUMN_IN = 3.3
@@ -58,21 +57,14 @@ def _save(fig, paths: Sequence[Path]) -> list[Path]:
     out = []
     for path in paths:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         fmt = path.suffix.lstrip(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(
                 tmp,
                 format=fmt,
                 dpi=PNG_DPI if fmt == "png" else None,
                 metadata={"Date": None} if fmt == "pdf" else None,
             )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         out.append(path)
     return out
 

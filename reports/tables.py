@@ -387,11 +387,12 @@ def _compression(alone: list[dict], notes: list[str]) -> Capacity | None:
     and overall, and of weights per layer and overall, mean over seeds."""
     hat = [r for r in alone if r["strategy"] == HAT and r.get("hat")
            and r["hat"].get("used") is not None and len(r["task_names"]) == 1]
+    hat = _dedupe(hat, notes)
     if not hat:
         return None
     layers = [str(x) for x in hat[0]["hat"]["layers"]]
     by_task: dict[str, list[dict]] = defaultdict(list)
-    for r in _dedupe(hat, notes):
+    for r in hat:
         if [str(x) for x in r["hat"]["layers"]] != layers:
             notes.append(f"{r.get('_source', '?')}: HAT statistics of other layers; left out")
             continue

@@ -300,3 +300,40 @@ def test_records_of_another_length_are_left_out():
     rep = compute_report(recs)["s"]
     assert rep.n_tasks == 3 and "ewc" not in rep.strategies
     assert any("T = 4" in n for n in rep.notes)
+
+
+def test_figures_and_text_files_get_the_usual_permissions(tmp_path):
+    """Figures and text files go through one atomic writer: readable like any file the user
+    creates (mkstemp alone would leave them 0600), and no temporary file is left."""
+    import os
+
+    import numpy as np
+
+    from reports.figures import plot_acc_matrix
+    from reports.render import write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    usual = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    text = write_text(tmp_path / "t.md", "hello\n")
+    figs = plot_acc_matrix(np.eye(2), "m", tmp_path / "m.png")
+    for path in [text, *figs]:
+        assert path.stat().st_mode & 0o777 == usual, path
+    assert sorted(os.listdir(tmp_path)) == ["m.png", "plain.txt", "t.md"]
+
+
+def test_compression_uses_the_newest_of_duplicate_records_whatever_their_layers():
+    """The layer list comes from the de-duplicated records: a newer duplicate with other
+    layers replaces the older one instead of leaving no record (and crashing)."""
+    from reports.tables import _compression
+
+    def rec(created, layers):
+        n = len(layers)
+        return {"strategy": "hat", "seed": 0, "tag": "alone-a", "created": created,
+                "_source": created, "task_names": ["a"],
+                "hat": {"layers": layers, "used": [[0.5]] * n, "weights_kept": [0.25],
+                        "units_kept": [0.5]}}
+
+    notes: list[str] = []
+    cap = _compression([rec("2026-01-01", ["l1"]), rec("2026-02-01", ["l1", "l2"])], notes)
+    assert cap is not None and cap.layers == ["l1", "l2"] and cap.tasks == ["a"] and cap.n == 1
+    assert any("duplicate record" in n for n in notes)
