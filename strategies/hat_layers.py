@@ -30,7 +30,6 @@ EmbeddingInit = Literal["normal", "uniform"]
 GATE_COMMUTING = (
     nn.ReLU,
     nn.LeakyReLU,
-    nn.ReLU6,
     nn.Dropout,
     nn.Dropout2d,
     nn.MaxPool2d,

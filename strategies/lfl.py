@@ -82,6 +82,8 @@ class LFLPlugin(SupervisedPlugin):
         self._feat: torch.Tensor | None = None
         self._capturing = False
         self._hook = None
+        self._trunk: nn.Module | None = None
+        self._compute: nn.Module | None = None
 
     @staticmethod
     def _extractor(trunk: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -106,8 +108,11 @@ class LFLPlugin(SupervisedPlugin):
         experience_task(strategy)
         trunk, _ = multihead_parts(strategy.model)
         self._remove_hook()
+        # once per experience: slicing a Sequential builds a new container each time
+        self._trunk = trunk
+        output_module, self._compute = self._extractor(trunk)
         if self.features == "train":
-            self._hook = self._extractor(trunk)[0].register_forward_hook(self._capture)
+            self._hook = output_module.register_forward_hook(self._capture)
 
     def _current_features(self, strategy) -> torch.Tensor:
         if self.features == "train":
@@ -115,14 +120,13 @@ class LFLPlugin(SupervisedPlugin):
             if feat is None:
                 raise RuntimeError("LFL: the training forward pass did not reach the trunk")
             return feat
-        trunk, _ = multihead_parts(strategy.model)
-        extractor = self._extractor(trunk)[1]
-        was = extractor.training
-        extractor.eval()
+        # the mode comes from the trunk: a sliced container is always in training mode
+        was = self._trunk.training
+        self._compute.eval()
         try:
-            return extractor(strategy.mb_x)
+            return self._compute(strategy.mb_x)
         finally:
-            extractor.train(was)
+            self._compute.train(was)
 
     def before_backward(self, strategy, **kwargs):
         if self.prev_features is None or self.lambda_ == 0:

@@ -294,6 +294,29 @@ def test_lfl_keeps_the_features_closer_to_the_previous_model():
     assert distance({"lambda": 0.05, "features": "train"}) < distance({"lambda": 0.0})
 
 
+@pytest.mark.parametrize("mode", [True, False])
+def test_lfl_feature_pass_leaves_the_trunk_in_its_mode(mode):
+    """LFL computes the features in eval mode and restores the trunk's own mode (a sliced
+    Sequential is always in training mode, so its mode must not be the one restored)."""
+    from types import SimpleNamespace
+
+    from strategies.lfl import LFLPlugin
+
+    trunk = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Dropout(0.5), nn.Linear(3, 3),
+                          nn.Dropout(0.5))
+    model = SimpleNamespace(trunk=trunk, heads=nn.ModuleDict())
+    x = torch.randn(5, 4)
+    strategy = SimpleNamespace(model=model, mb_x=x,
+                               experience=SimpleNamespace(task_labels=[0]))
+    lfl = LFLPlugin(features="eval")
+    trunk.train(mode)
+    lfl.before_training_exp(strategy)
+    feat = lfl._current_features(strategy)
+    assert [m.training for m in trunk.modules()] == [mode] * 6
+    with torch.no_grad():
+        assert torch.equal(feat, trunk.eval()[:4](x))  # features without the last dropout
+
+
 # ------------------------------------------------------------ PNN and PathNet
 ISOLATION = [("pnn", {}), ("pathnet", SMALL_PATHNET)]
 

@@ -77,7 +77,7 @@ def test_wrap_refuses_batchnorm(norm):
         HATNet.wrap(trunk, shape)
 
 
-@pytest.mark.parametrize("bad", [nn.Tanh(), nn.Sigmoid(), nn.LayerNorm(32)])
+@pytest.mark.parametrize("bad", [nn.Tanh(), nn.Sigmoid(), nn.LayerNorm(32), nn.ReLU6()])
 def test_wrap_refuses_modules_that_do_not_commute_with_the_gate(bad):
     trunk = nn.Sequential(nn.Linear(64, 32), bad, nn.Linear(32, 8), nn.ReLU())
     with pytest.raises(HATError, match=type(bad).__name__):
