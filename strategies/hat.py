@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 
 from .config import ConfigError
-from .hat_layers import EmbeddingInit, HATError, HATNet, _HATMixin, find_hat_model
+from .hat_layers import EmbeddingInit, HATError, HATLinear, HATNet, _HATMixin, find_hat_model
 
 Anneal = Literal["reference", "paper"]
 
@@ -139,8 +139,10 @@ def compensation_factors(
 def clip_grad_norm(parameters, max_norm: float) -> None:
     """Scale gradients so that their global L2 norm is at most ``max_norm``.
 
-    Same result as ``torch.nn.utils.clip_grad_norm_``; on CPU the scaling pass is skipped
-    when the norm is already below ``max_norm`` (always, with the reference's 10000).
+    Same decision as ``torch.nn.utils.clip_grad_norm_`` (on CPU the norm and scale are
+    Python floats, so scaled values may differ from torch's in the last bit); on CPU the
+    scaling pass is skipped when the norm is already below ``max_norm`` (always, with the
+    reference's 10000).
     """
     params = [p for p in parameters if p.grad is not None]
     if not params:
@@ -182,20 +184,12 @@ def flushing_denormals() -> bool:
     return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0 == 0).item())
 
 
-def _row_factor(layer: _HATMixin, factors: dict[int, torch.Tensor]) -> torch.Tensor | None:
-    """The per-unit factor when a layer's conditioning is per row and binary, else None.
-
-    Per row: every input column of the weight factor is the same, and the bias factor (if
-    any) equals it (the first layer: 1 − a_out_i). Binary (0/1): multiplying ∂L/∂z instead
-    of ∂L/∂W then gives bit-identical gradients.
-    """
-    w = factors[id(layer.weight)].reshape(layer.units, -1)
-    row = w[:, 0]
-    if not bool((w == row.view(-1, 1)).all()) or not bool(((row == 0) | (row == 1)).all()):
-        return None
-    if layer.bias is not None and not torch.equal(factors[id(layer.bias)], row):
-        return None
-    return row.contiguous()
+def _row_factor(layer: _HATMixin) -> torch.Tensor | None:
+    """The first gated layer's factor, 1 − a_out_i for its weights' rows and its bias (Eq. 2,
+    no input gate), when it is binary (then multiplying ∂L/∂z instead of ∂L/∂W gives the
+    same numbers); else None."""
+    row = 1 - layer.cumulative
+    return row if bool(((row == 0) | (row == 1)).all()) else None
 
 
 #: protected fraction up to which zero-filling the protected entries of a gradient (by flat
@@ -211,7 +205,9 @@ def _protected_entries(factor: torch.Tensor) -> torch.Tensor | None:
     """
     flat = factor.reshape(-1)
     zero = flat == 0
-    if not bool((zero | (flat == 1)).all()) or float(zero.float().mean()) > FILL_MAX_FRACTION:
+    # counts, not a float32 mean (2 zeros in 10 would read as 0.2000000030 > 0.2)
+    binary = bool((zero | (flat == 1)).all())
+    if not binary or int(zero.sum()) > FILL_MAX_FRACTION * len(flat):
         return None
     return zero.nonzero().squeeze(1)
 
@@ -231,14 +227,14 @@ class HATPlugin(SupervisedPlugin):
     task-incremental (one new task label per experience).
 
     On CPU, exact shortcuts make a step cheaper without changing any number (``fast_paths``;
-    tests compare both settings bit for bit): the first gated layer, whose conditioning is
-    per row (1 − a_out_i), conditions the gradient of its pre-gate output instead of its
-    weight gradient when the factor is binary; the global-norm clipping skips its pass over
-    all gradients when ‖∂L/∂z‖·‖x‖ bounds prove the norm below ``clipgrad`` (the reference's
-    10000 is, in effect, never reached); a binary factor with few zeros is applied by
-    zero-filling those entries. The first two hold only while each gated weight and bias
-    gets its gradient from its own layer alone; a graph walk checks that every step, and
-    the reference operations run otherwise.
+    tests compare both settings bit for bit): a linear first gated layer, whose conditioning
+    is per row (1 − a_out_i), conditions the gradient of its pre-gate output instead of its
+    weight gradient when the factor is binary and that gradient is the smaller; the
+    global-norm clipping skips its pass over all gradients when ‖∂L/∂z‖·‖x‖ bounds prove the
+    norm below ``clipgrad`` (the reference's 10000 is, in effect, never reached); a binary
+    factor with few zeros is applied by zero-filling those entries. The first two hold only
+    while each gated weight and bias gets its gradient from its own layer alone; a graph
+    walk checks that every step, and the reference operations run otherwise.
     """
 
     #: exact shortcuts on (see the class docstring); False runs the reference operations
@@ -253,7 +249,6 @@ class HATPlugin(SupervisedPlugin):
         self.trained_tasks: list[int] = []
         self.last_s: float = self.config.smax
         self._reg: torch.Tensor | None = None
-        self._reg_scale = 1.0
         self._reg_w: torch.Tensor | None = None
         self._n_samples = 0
         self._free: list[torch.Tensor] = []
@@ -267,9 +262,11 @@ class HATPlugin(SupervisedPlugin):
         self._rows: list[tuple[_HATMixin, list[tuple[nn.Parameter, torch.Tensor]]]] = []
         self._embs: list[nn.Parameter] = []
         self._params: list[nn.Parameter] = []
-        self._bounded: list[nn.Parameter] = []
+        self._net: HATNet | None = None
+        self._fast = False
         self._watched: list[nn.Parameter] = []
-        self._watched_layers: list[_HATMixin] = []
+        self._unbounded: list[nn.Parameter] = []
+        self._unflush = False
 
     # ----------------------------------------------------------- lifecycle
     def _hat(self, strategy) -> HATNet:
@@ -317,11 +314,12 @@ class HATPlugin(SupervisedPlugin):
         hat.check_task(task)  # added by the model adaptation, before the optimizer update
         # precompute once per experience: gradient factors, update masks, frozen tensors
         self._layers = list(hat.gated_layers)
+        self._params = list(strategy.model.parameters())
         on_cpu = torch.device(strategy.device).type == "cpu"
-        pairs = self._plan_conditioning(hat, fast=self.fast_paths and on_cpu)
+        self._net = hat
+        pairs = self._plan_conditioning(hat, self.fast_paths and on_cpu, strategy.train_mb_size)
         self._keep = [(p, f != 0) for p, f in pairs if bool((f == 0).any())]
         self._embs = [layer.embedding(task) for layer in self._layers]
-        self._params = list(strategy.model.parameters())
         own = {id(p) for p in hat.task_parameters(task)}
         self._frozen = [
             p for t in hat.tasks if t != task for p in hat.task_parameters(t) if id(p) not in own
@@ -345,7 +343,7 @@ class HATPlugin(SupervisedPlugin):
             torch.set_flush_denormal(True)
 
     def _plan_conditioning(
-        self, hat: HATNet, fast: bool
+        self, hat: HATNet, fast: bool, batch_size: int
     ) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """Split the (parameter, factor) pairs of Eq. 2 between the layers' ∂L/∂z hooks, a
         zero fill of the few protected entries and a multiply, and switch the clipping bound
@@ -359,8 +357,11 @@ class HATPlugin(SupervisedPlugin):
         for i, layer in enumerate(self._layers):
             own = [(p, factors[id(p)]) for p in (layer.weight, layer.bias) if p is not None]
             own = [(p, f) for p, f in own if not bool((f == 1).all())]
-            # the hook needs an input without gradient: the first gated layer's (the data)
-            row = _row_factor(layer, factors) if own and fast and i == 0 else None
+            # the hook needs an input without gradient (the first gated layer's: the data)
+            # and pays when ∂L/∂z is smaller than ∂L/∂W (a linear layer; not a conv's maps)
+            hook = (own and fast and i == 0 and isinstance(layer, HATLinear)
+                    and batch_size * layer.units <= layer.weight.numel())
+            row = _row_factor(layer) if hook else None
             layer.row_grad_factor = row
             layer.grad_bounds = [] if fast else None
             if row is not None:
@@ -372,13 +373,14 @@ class HATPlugin(SupervisedPlugin):
                     self._pairs.append((p, f))
                 else:
                     self._fills.append((p, f, idx))
-        self._bounded = [layer.weight for layer in self._layers] if fast else []
-        # the shortcuts assume these layers' weights and biases get gradients from them only
-        self._watched_layers = self._layers if fast else []
+        self._fast = fast
+        # the shortcuts assume the gated weights and biases get gradients from their layers
+        # only; the clipping bound covers the weights, the other gradients are measured
         self._watched = [
-            p for layer in self._watched_layers for p in (layer.weight, layer.bias)
-            if p is not None
-        ]
+            p for layer in self._layers for p in (layer.weight, layer.bias) if p is not None
+        ] if fast else []
+        weights = {id(layer.weight) for layer in self._layers}
+        self._unbounded = [p for p in self._params if id(p) not in weights]
         return (self._pairs + [(p, f) for p, f, _ in self._fills]
                 + [pf for _, own in self._rows for pf in own])
 
@@ -403,7 +405,7 @@ class HATPlugin(SupervisedPlugin):
         self._n_samples = len(strategy.adapted_dataset)
 
     def before_forward(self, strategy, **kwargs):
-        hat = find_hat_model(strategy.model)
+        hat = self._net
         n = self._n_samples
         bs = strategy.train_mb_size
         cfg = self.config
@@ -418,33 +420,33 @@ class HATPlugin(SupervisedPlugin):
                 layer.grad_bounds.clear()
 
     def before_backward(self, strategy, **kwargs):
-        hat = find_hat_model(strategy.model)
-        gates = hat.last_gates
+        gates = self._net.last_gates
         if self._reg_w is not None:  # c·R (see before_training_exp)
             reg_c = torch.dot(torch.cat(gates), self._reg_w)
             self._reg = reg_c.detach()  # kept on the device: no host sync per step
-            self._reg_scale = self.config.c
             strategy.loss = strategy.loss + reg_c
         else:  # c = 0 or no free unit
             reg = _regulariser(gates, self._free, self._n_free)
-            self._reg, self._reg_scale = reg.detach(), 1.0
+            self._reg = reg.detach()
             strategy.loss = strategy.loss + self.config.c * reg
 
     @property
     def last_reg(self) -> float:
         """The regulariser R of the last training step (without the factor c)."""
-        return float(self._reg) / self._reg_scale if self._reg is not None else 0.0
+        if self._reg is None:
+            return 0.0
+        # with the precomputed weights the step's value is c·R
+        return float(self._reg) / (self.config.c if self._reg_w is not None else 1.0)
 
     @torch.no_grad()
     def after_backward(self, strategy, **kwargs):
-        hat = find_hat_model(strategy.model)
         cfg = self.config
         # the shortcuts hold when every gated weight and bias reached the loss once, through
         # its layer, in this step alone (no other loss term, no accumulated gradient); a
         # graph walk checks it every step (10–70 µs on the MLP). Else: the reference operations.
         trusted = (
-            bool(self._watched)
-            and all(layer.grads_fresh for layer in self._watched_layers)
+            self._fast
+            and all(layer.grads_fresh for layer in self._layers)
             and weights_used_once(strategy.loss, self._watched)
         )
         pairs = self._pairs + [
@@ -461,7 +463,7 @@ class HATPlugin(SupervisedPlugin):
             torch._foreach_mul_([g for g, _ in pairs], [f for _, f in pairs])
         embs = [e for e in self._embs if e.grad is not None]
         if embs:  # Eq. 6
-            factors = compensation_factors(embs, hat.s, cfg.smax, cfg.thres_cosh)
+            factors = compensation_factors(embs, self.last_s, cfg.smax, cfg.thres_cosh)
             torch._foreach_mul_([e.grad for e in embs], factors)
         if not (trusted and self._norm_below(cfg.clipgrad)):
             clip_grad_norm(self._params, cfg.clipgrad)
@@ -473,15 +475,12 @@ class HATPlugin(SupervisedPlugin):
         every other gradient (biases, embeddings, head) exactly. Conditioning only lowers
         the norm. A margin keeps float rounding on the safe side. False: clip exactly.
         """
-        if not self._bounded:
-            return False
         sq = 0.0
         for layer in self._layers:
             if len(layer.grad_bounds) != 1:
                 return False
             sq += layer.grad_bounds[0] ** 2
-        bounded = {id(w) for w in self._bounded}
-        small = [p.grad for p in self._params if p.grad is not None and id(p) not in bounded]
+        small = [p.grad for p in self._unbounded if p.grad is not None]
         if small:
             sq += sum(float(n) ** 2 for n in torch._foreach_norm(small))
         return math.sqrt(sq) <= max_norm * (1 - 1e-4)
@@ -511,7 +510,7 @@ class HATPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         # restore the caller's floating-point mode: a library must not leave it changed
         # (later code that needs subnormal floats, e.g. hypothesis, would break)
-        if getattr(self, "_unflush", False):
+        if self._unflush:
             torch.set_flush_denormal(False)
             self._unflush = False
         hat = find_hat_model(strategy.model)
@@ -520,8 +519,8 @@ class HATPlugin(SupervisedPlugin):
         self.trained_tasks.append(self.task)
         self._reset_layers()
         self._pairs, self._keep, self._frozen, self._rows, self._fills = [], [], [], [], []
-        self._embs, self._params, self._bounded, self._watched = [], [], [], []
-        self._watched_layers = []
+        self._embs, self._params, self._watched, self._unbounded = [], [], [], []
+        self._fast = False
 
     # ---------------------------------------------------- recipe protocol
     @torch.no_grad()
