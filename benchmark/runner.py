@@ -23,10 +23,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from tqdm.auto import tqdm
 
+from reports.metrics import final_average_accuracy, forgetting
 from strategies import (
     ConfigError,
     FastDataPlugin,
-    HATNet,
     RecipeConfig,
     TrainConfig,
     TrainingRecipePlugin,
@@ -207,28 +207,8 @@ class _History(SupervisedPlugin):
             metrics = getattr(plugin, "epoch_metrics", None)
             if metrics is not None:
                 entry.update(metrics())
-        entry.update(capacity_metrics(strategy))
         self.entries.append(entry)
         self.on_epoch(entry)
-
-
-@torch.no_grad()
-def capacity_metrics(strategy) -> dict[str, list[float]]:
-    """HAT monitoring (hat-reference §4), for the task being trained, at s = smax, per gated
-    layer: ``hat_used``, the fraction of the layer's units the task's mask keeps (mask > 0.5),
-    and ``hat_reuse``, the fraction of those units that earlier tasks already use (their
-    cumulative mask > 0.5; 0 for the first task). Empty for models without HAT layers."""
-    hat = next((m for m in strategy.model.modules() if isinstance(m, HATNet)), None)
-    labels = getattr(strategy.experience, "task_labels", None)
-    if hat is None or not labels or len(labels) != 1:
-        return {}
-    used, reuse = [], []
-    for layer, mask in zip(hat.gated_layers, hat.masks(int(labels[0])), strict=True):
-        on = mask > 0.5
-        n_on = int(on.sum())
-        used.append(n_on / layer.units)
-        reuse.append(int((on & (layer.cumulative > 0.5)).sum()) / n_on if n_on else 0.0)
-    return {"hat_used": used, "hat_reuse": reuse}
 
 
 def _evaluate(strategy, stream, collector: _Accuracy) -> list[float]:
@@ -379,15 +359,11 @@ def run_experiment(
 
 def summarize(rec: Mapping[str, Any]) -> str:
     """One line per finished run: final average accuracy, forgetting, time."""
-    acc = np.asarray(rec["accuracy"])
-    n = len(acc)
-    final = acc[-1].mean()
-    forgetting = (
-        float(np.mean([acc[u:-1, u].max() - acc[-1, u] for u in range(n - 1)])) if n > 1 else 0.0
-    )
+    final = final_average_accuracy(rec["accuracy"])
+    forg = forgetting(rec["accuracy"]) if len(rec["accuracy"]) > 1 else 0.0  # NaN for one task
     tag = f" [{rec['tag']}]" if rec.get("tag") else ""
     return (f"{rec['strategy']:>8} {rec['scenario']} seed {rec['seed']}{tag}: final acc "
-            f"{final:.3f}, forgetting {forgetting:.3f}, {sum(rec['seconds']):.1f} s")
+            f"{final:.3f}, forgetting {forg:.3f}, {sum(rec['seconds']):.1f} s")
 
 
 def pending(

@@ -53,6 +53,7 @@ import torch
 
 from benchmark import datasets as ds
 from benchmark.errors import DatasetMissingError, UnknownNameError
+from reports.metrics import random_stratified_accuracy
 
 
 @dataclass(frozen=True)
@@ -338,9 +339,8 @@ def random_accuracy(task: TaskData) -> float:
     if task.train_y.numel() == 0 or task.test_y.numel() == 0:
         raise ValueError(f"task {task.name!r} has an empty train or test split")
     k = task.n_classes
-    p_train = torch.bincount(task.train_y, minlength=k).to(torch.float64)
-    p_test = torch.bincount(task.test_y, minlength=k).to(torch.float64)
-    return float((p_train / p_train.sum() * p_test / p_test.sum()).sum())
+    return random_stratified_accuracy(torch.bincount(task.train_y, minlength=k).numpy(),
+                                      torch.bincount(task.test_y, minlength=k).numpy())
 
 
 def to_benchmark(scenario: Scenario):

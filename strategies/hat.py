@@ -532,9 +532,23 @@ class HATPlugin(SupervisedPlugin):
         reg = attention_regulariser(hat.masks(self.task), hat.cumulative_masks())
         return self.config.c * float(reg)
 
-    def epoch_metrics(self) -> dict[str, float]:
-        """Values the runner logs per epoch."""
-        return {"hat_s": self.last_s, "hat_reg": self.last_reg}
+    @torch.no_grad()
+    def epoch_metrics(self) -> dict[str, float | list[float]]:
+        """Values the runner logs per epoch: the last step's s and R, and HAT's monitoring
+        (hat-reference §4) for the task being trained, at s = smax, per gated layer:
+        ``hat_used``, the fraction of the layer's units the task's mask keeps (mask > 0.5),
+        and ``hat_reuse``, the fraction of those that earlier tasks already use (their
+        cumulative mask > 0.5; 0 for the first task)."""
+        out: dict[str, float | list[float]] = {"hat_s": self.last_s, "hat_reg": self.last_reg}
+        if self._net is None or self.task is None:
+            return out
+        used, reuse = [], []
+        for layer, mask in zip(self._net.gated_layers, self._net.masks(self.task), strict=True):
+            on = mask > 0.5
+            n_on = int(on.sum())
+            used.append(n_on / layer.units)
+            reuse.append(int((on & (layer.cumulative > 0.5)).sum()) / n_on if n_on else 0.0)
+        return {**out, "hat_used": used, "hat_reuse": reuse}
 
     # ------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -1,20 +1,17 @@
 """Compression and monitoring numbers from known masks: HATNet.mask_statistics and the per-epoch
-history keys (``hat_used``/``hat_reuse``, benchmark.runner.capacity_metrics) on a network whose
+history keys (``hat_used``/``hat_reuse``, HATPlugin.epoch_metrics) on a network whose
 embeddings are set by hand, and the report's compression-alone and monitoring data built from
 them (reports.tables)."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from benchmark.runner import capacity_metrics
 from reports.tables import compute_report
-from strategies import HATNet
+from strategies import HATNet, HATPlugin
 
 
 def _set_units(net: HATNet, task: int, on: list[int]) -> None:
@@ -119,16 +116,15 @@ def test_capacity_metrics_of_the_task_being_trained():
         for layer, on in zip(net.gated_layers, (range(2, 7), range(0, 4)), strict=True):
             layer.embedding(1).fill_(-2.0)
             layer.embedding(1)[list(on)] = 0.5
-    strategy = SimpleNamespace(model=net, experience=SimpleNamespace(task_labels=[1]))
-    m = capacity_metrics(strategy)
+    plugin = HATPlugin()
+    plugin._net, plugin.task = net, 1  # as before_training_exp of task 1 leaves them
+    m = plugin.epoch_metrics()
     assert m["hat_used"] == [0.5, 0.5]
     assert m["hat_reuse"] == [pytest.approx(2 / 5), pytest.approx(2 / 4)]
-    first = capacity_metrics(SimpleNamespace(model=net,
-                                             experience=SimpleNamespace(task_labels=[0])))
-    assert first["hat_used"] == [0.4, 0.25]
-    # not a HAT model: nothing
-    plain = SimpleNamespace(model=nn.Linear(2, 2), experience=strategy.experience)
-    assert capacity_metrics(plain) == {}
+    plugin.task = 0
+    assert plugin.epoch_metrics()["hat_used"] == [0.4, 0.25]
+    # before any experience: s and R only
+    assert set(HATPlugin().epoch_metrics()) == {"hat_s", "hat_reg"}
 
 
 def test_monitoring_means_over_seeds_of_unequal_length():
