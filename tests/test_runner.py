@@ -118,8 +118,13 @@ def test_history_entries():
             assert 0 <= entry["train_acc"] <= 1 and entry["train_loss"] >= 0
             assert entry["valid_loss"] is not None  # paper recipe holds out validation data
             assert 0 < entry["hat_s"] <= 400.0
+            # monitoring, per gated layer (2): used fraction, and reuse (none on task 1)
+            assert len(entry["hat_used"]) == len(entry["hat_reuse"]) == 2
+            assert all(0 <= u <= 1 for u in entry["hat_used"] + entry["hat_reuse"])
+    assert all(r == 0.0 for e in rec["history"][0] for r in e["hat_reuse"])
+    assert any(r > 0 for e in rec["history"][-1] for r in e["hat_reuse"])
     naive = run_cached("split-digits", "naive")
-    assert all("hat_s" not in e for h in naive["history"] for e in h)
+    assert all("hat_s" not in e and "hat_used" not in e for h in naive["history"] for e in h)
 
 
 # ----------------------------------------------------------------------------- forgetting
