@@ -3,8 +3,10 @@
 Every hidden ``Linear``/``Conv2d`` unit gets one learnable embedding per task; the layer's
 output is multiplied by the gate ``a = sigmoid(s·e)`` (Eq. 1), broadcast over space for
 convolutions. ``HATNet.wrap`` upgrades an ordinary ``nn.Sequential`` trunk (as Avalanche's
-PackNet does) and records, for each gated layer, which gate feeds its input, including the
-conv → flatten → linear case, from a probe forward pass (no per-architecture code).
+PackNet does). Which gate feeds each gated layer's input follows from the chain of gated
+layers (the previous one's units, repeated over H·W after a conv → flatten → linear); a
+probe forward pass checks that the layers run once each, in that order, and measures the
+feature size (no per-architecture code).
 
 Deviation, documented: the paper gates a block's output *after* activation, dropout and
 pooling; here a layer gates its own output. The two are identical because ReLU, dropout,
@@ -311,7 +313,11 @@ class HATNet(MultiHeadNet):
 
     @staticmethod
     def _probe(trunk, gated, input_shape):
-        """Forward a dummy batch through the trunk: the feature size the heads receive."""
+        """Forward a dummy batch through the trunk: the feature size the heads receive; the
+        gated layers must run once each, in their registration order (the chain HAT's
+        conditioning assumes)."""
+        ran: list[nn.Module] = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: ran.append(mod)) for m in gated]
         for m in gated:
             m.current_gate = torch.ones(m.units, device=m.weight.device)
         was_training = trunk.training
@@ -323,9 +329,17 @@ class HATNet(MultiHeadNet):
         except RuntimeError as err:
             raise HATError(f"trunk does not accept inputs of shape {input_shape}: {err}") from None
         finally:
+            for h in hooks:
+                h.remove()
             for m in gated:
                 m.current_gate = None
             trunk.train(was_training)
+        if [id(m) for m in ran] != [id(m) for m in gated]:
+            raise HATError(
+                f"the trunk runs its {len(gated)} HAT layers {len(ran)} times, or in another "
+                "order than they are registered; HAT needs a feed-forward chain that runs each "
+                "gated layer once, in registration order (define the modules in forward order)"
+            )
         if out.dim() != 2:
             raise HATError(
                 f"trunk output has shape {tuple(out.shape)}; end the trunk with nn.Flatten() "

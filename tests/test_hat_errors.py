@@ -197,3 +197,26 @@ def test_experience_with_several_task_labels_is_refused():
     model = hat_net(mlp_trunk(), MLP_SHAPE)
     with pytest.raises(HATError, match=r"one task label per experience.*\[0, 1\]"):
         _hat(model).train(scenario.train_stream[0])
+
+
+class _Reordered(nn.Module):
+    """Registers a, b but runs b, a: the chain HAT would read from registration is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = HATLinear(8, 8)
+        self.b = HATLinear(8, 8)
+
+    def forward(self, x):
+        return torch.relu(self.a(torch.relu(self.b(x))))
+
+
+class _Twice(_Reordered):
+    def forward(self, x):
+        return torch.relu(self.a(torch.relu(self.a(x))))
+
+
+@pytest.mark.parametrize("trunk", [_Reordered, _Twice])
+def test_hat_net_refuses_layers_run_out_of_order_or_twice(trunk):
+    with pytest.raises(HATError, match="registration order"):
+        HATNet(trunk(), (8,))
