@@ -125,7 +125,7 @@ class IMMPlugin(SupervisedPlugin):
         self.fisher_batch = int(fisher_batch)
         self.merged_tasks: list[int] = []
         self.last_fisher: dict[str, torch.Tensor] | None = None
-        self._anchor: dict[str, torch.Tensor] | None = None
+        self._anchor: list[tuple[nn.Parameter, torch.Tensor]] | None = None
         # running sums in float64: sum_tau w_tau * theta_tau and sum_tau w_tau
         self._num: dict[str, torch.Tensor] = {}
         self._den: dict[str, torch.Tensor] = {}
@@ -140,13 +140,13 @@ class IMMPlugin(SupervisedPlugin):
         params = self._trunk(strategy.model)
         self._anchor = None
         if self.merged_tasks and self.lambda_ > 0:
-            self._anchor = {n: p.detach().clone() for n, p in params.items()}
+            # (parameter, anchor) pairs once per experience, in the trunk's order
+            self._anchor = [(p, p.detach().clone()) for p in params.values()]
 
     def before_backward(self, strategy, **kwargs):
         if self._anchor is None:
             return
-        params = self._trunk(strategy.model)
-        reg = sum(((params[n] - a) ** 2).sum() for n, a in self._anchor.items())
+        reg = sum(((p - a) ** 2).sum() for p, a in self._anchor)
         strategy.loss = strategy.loss + self.lambda_ * reg / 2
 
     @torch.no_grad()

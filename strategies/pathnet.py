@@ -49,7 +49,8 @@ from torch import nn
 from .config import ConfigError
 from .data import TensorLoader, materialize
 from .models import MultiHeadNet, add_head
-from .pnn import TrunkPlan, fit_fraction, meta_param_count, same_optimizer
+from .pnn import TrunkPlan, fit_fraction, meta_param_count
+from .recipe import same_optimizer
 from .sgd_f import (
     BaselineError,
     FreezingPlugin,

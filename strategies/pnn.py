@@ -33,7 +33,6 @@ PathNet.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -376,25 +375,7 @@ class ProgressiveNeuralNetwork(SupervisedTemplate):
         super().__init__(model=model, plugins=[*(plugins or []), self.pnn_plugin], **kwargs)
 
 
-def same_optimizer(optimizer: torch.optim.Optimizer, params, lr: float | None = None
-                   ) -> torch.optim.Optimizer:
-    """An optimizer of ``optimizer``'s type and settings over ``params`` (a model or an
-    iterable of parameters), at ``lr`` or at ``optimizer``'s current learning rate.
-
-    Only the settings the constructor accepts are passed on (``AdamW.defaults`` holds
-    ``decoupled_weight_decay``, which ``AdamW(...)`` refuses).
-    """
-    if isinstance(params, nn.Module):
-        params = params.parameters()
-    cls = type(optimizer)
-    accepted = inspect.signature(cls.__init__).parameters
-    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    settings["lr"] = optimizer.param_groups[0]["lr"] if lr is None else lr
-    return cls(params, **settings)
-
-
 __all__ = [
     "LateralAdapter", "PNNColumn", "PNNConfig", "PNNPlugin", "ProgressiveNet",
     "ProgressiveNeuralNetwork", "Stage", "TrunkPlan", "fit_fraction", "meta_param_count",
-    "same_optimizer",
 ]

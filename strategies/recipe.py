@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
+from torch import nn
 
 from .config import ConfigError
 from .data import TensorLoader, materialize
@@ -69,17 +70,26 @@ def split_indices(n: int, fraction: float, seed: int, experience: int) -> tuple[
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
 
-def rebuild_optimizer(strategy, lr: float) -> None:
-    """A fresh optimizer of the same type and settings over all model parameters.
+def same_optimizer(optimizer: torch.optim.Optimizer, params, lr: float | None = None
+                   ) -> torch.optim.Optimizer:
+    """An optimizer of ``optimizer``'s type and settings over ``params`` (a model or an
+    iterable of parameters), at ``lr`` or at ``optimizer``'s current learning rate.
 
     Only the settings the constructor accepts are passed on (``AdamW.defaults`` holds
     ``decoupled_weight_decay``, which ``AdamW(...)`` refuses).
     """
-    old = strategy.optimizer
-    cls = type(old)
+    if isinstance(params, nn.Module):
+        params = params.parameters()
+    cls = type(optimizer)
     accepted = inspect.signature(cls.__init__).parameters
-    settings = {k: v for k, v in old.defaults.items() if k in accepted}
-    strategy.optimizer = cls(strategy.model.parameters(), **{**settings, "lr": lr})
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    settings["lr"] = optimizer.param_groups[0]["lr"] if lr is None else lr
+    return cls(params, **settings)
+
+
+def rebuild_optimizer(strategy, lr: float) -> None:
+    """A fresh optimizer of the same type and settings over all model parameters."""
+    strategy.optimizer = same_optimizer(strategy.optimizer, strategy.model, lr)
 
 
 class TrainingRecipePlugin(SupervisedPlugin):

@@ -25,7 +25,8 @@ from .hat import HAT, HATConfig
 from .imm import IMM, IMMMeanConfig, IMMModeConfig
 from .lfl import LessForgetfulLearning, LFLConfig
 from .pathnet import PathNet, PathNetConfig, PathNetNet
-from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork, same_optimizer
+from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork
+from .recipe import same_optimizer
 from .sgd_f import SGDFrozen
 from .si import SynapticIntelligence
 
