@@ -162,11 +162,12 @@ class _Accuracy(SupervisedPlugin):
         self.correct = self.total = 0
 
     def after_eval_iteration(self, strategy, **kwargs):
-        self.correct += int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
+        # summed on the device: one host synchronisation per experience, not per batch
+        self.correct = self.correct + (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
         self.total += len(strategy.mb_y)
 
     def after_eval_exp(self, strategy, **kwargs):
-        self.results.append(self.correct / max(self.total, 1))
+        self.results.append(int(self.correct) / max(self.total, 1))
 
 
 class _History(SupervisedPlugin):

@@ -3,9 +3,11 @@
 1. Epoch time of HAT vs Naive on the same network and data, on the *second* task (where HAT's
    gradient conditioning and update masking are active): the MLP 784-800-800-10 on 8,000
    samples of 784 features and the AlexNet-like network on 2,000 samples of 3×32×32, batch 64.
-2. Epoch time of Naive through the suite (Avalanche strategy + the suite's plugins, exactly as
-   the runner builds it) vs a hand-written PyTorch loop over the same tensors (same model,
-   optimizer, batch size, shuffling).
+2. Epoch time of Naive through the suite (the registry's Avalanche strategy with the suite's
+   training plugins, FastDataPlugin and TrainingRecipePlugin in fixed-epoch mode; without the
+   runner's per-epoch history and accuracy collectors, which add a few small operations per
+   step) vs a hand-written PyTorch loop over the same tensors (same model, optimizer, batch
+   size, shuffling).
 3. Evaluation throughput (samples/s) and peak memory (peak RSS of a fresh process per case
    on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
 4. Where the time of a step goes (``--breakdown``, on by default): ms per step of each
