@@ -162,7 +162,7 @@ def test_fresh_model_recreates_tasks_and_cumulative_masks_on_load():
 @pytest.mark.parametrize("soft", [False, True])
 def test_resumed_strategy_evaluates_with_its_own_smax_and_mask_mode(soft):
     """Evaluating right after loading (before any training in the new session) uses the
-    strategy's smax and mask mode, not HATNet's defaults (smax 400, binary masks)."""
+    strategy's smax and mask mode, not the ones the model was built with."""
 
     class Outputs(SupervisedPlugin):
         def __init__(self):
@@ -185,7 +185,9 @@ def test_resumed_strategy_evaluates_with_its_own_smax_and_mask_mode(soft):
     strategy = make(model, rec)
     strategy.train(bm.train_stream[0])
     strategy.eval(bm.test_stream[0])
-    fresh, rec2 = hat_net(mlp_trunk(), MLP_SHAPE), Outputs()
+    # the fresh model is built with the other mask mode (and smax 400): the strategy's
+    # settings must win, whichever mode it uses
+    fresh, rec2 = hat_net(mlp_trunk(), MLP_SHAPE, binary_masks=soft, smax=400.0), Outputs()
     fresh.load_state_dict(model.state_dict())
     make(fresh, rec2).eval(bm.test_stream[0])
     assert len(rec.out) == len(rec2.out) == 1
