@@ -8,7 +8,7 @@ EPOCHS ?= 20
 STRATEGIES ?= naive,ewc,lwf,si,hat,joint
 RESULTS ?= results
 
-.PHONY: install run report test lint bench clean paper
+.PHONY: install run report test lint bench bench-report clean paper
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ endif
 # Speed benchmark (issue 6): HAT vs Naive and suite vs a raw loop, side by side, in one run.
 bench: $(STAMP)
 	$(PY) scripts/bench.py --out $(RESULTS)/bench.json
+
+# Report speed: a full report over 200 synthetic run records (target <= 10 s on 2 cores).
+bench-report: $(STAMP)
+	$(PY) scripts/bench_report.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
