@@ -3,8 +3,9 @@
 Avalanche's ``SynapticIntelligencePlugin`` stores parameter snapshots with
 ``param.detach().cpu().flatten()``; on a CPU model ``.cpu()`` returns the parameter itself, so
 the "snapshots" alias the live weights: θ* always equals θ and the surrogate loss is exactly 0
-(SI silently becomes fine-tuning). ``SIPlugin`` clones the snapshots right after Avalanche
-takes them; on GPU it behaves exactly like the original.
+(SI silently becomes fine-tuning). ``SIPlugin`` clones the snapshots that alias a live
+parameter right after Avalanche takes them; on GPU (where they are copies already) it does
+nothing more than the original.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from avalanche.training.plugins import SynapticIntelligencePlugin
 from avalanche.training.templates import SupervisedTemplate
 
 
-def _detach_copies(params: dict) -> None:
-    for data in params.values():
-        data.data = data.data.clone()
+def _own_copies(snapshots: dict, live: set[int]) -> None:
+    """Clone the snapshots that share storage with a live parameter (all of them on CPU;
+    none on GPU, where Avalanche's ``.cpu()`` already copied)."""
+    for data in snapshots.values():
+        if data.data.data_ptr() in live:
+            data.data = data.data.clone()
 
 
 class SIPlugin(SynapticIntelligencePlugin):
@@ -23,11 +27,12 @@ class SIPlugin(SynapticIntelligencePlugin):
 
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
-        _detach_copies(self.ewc_data[0])  # θ* of the surrogate loss
+        self._live = {p.data_ptr() for p in strategy.model.parameters()}
+        _own_copies(self.ewc_data[0], self._live)  # θ* of the surrogate loss
 
     def before_training_iteration(self, strategy, **kwargs):
         super().before_training_iteration(strategy, **kwargs)
-        _detach_copies(self.syn_data["old_theta"])  # θ before the update
+        _own_copies(self.syn_data["old_theta"], self._live)  # θ before the update
 
 
 class SynapticIntelligence(SupervisedTemplate):

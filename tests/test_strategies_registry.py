@@ -227,3 +227,40 @@ def test_make_optimizer_uses_the_config(opt, cls):
     if opt == "sgd":
         assert group["momentum"] == 0.5
     assert len(group["params"]) == len(list(model.parameters()))
+
+
+def test_si_penalty_is_not_silently_zero_on_cpu():
+    """Avalanche 0.6's SI snapshots alias the live weights on CPU (penalty exactly 0, SI =
+    fine-tuning). With SIPlugin the second task trains differently from Naive, and the
+    snapshots do not share storage with the parameters."""
+    from avalanche.training import Naive
+    from helpers_strategies import (
+        MLP_SHAPE,
+        fast_plugins,
+        make_stream,
+        mlp_trunk,
+        multihead_net,
+        quiet_evaluator,
+    )
+
+    from strategies.si import SIPlugin, SynapticIntelligence
+
+    bm, _, _ = make_stream(2, MLP_SHAPE)
+    finals = {}
+    for name in ("naive", "si"):
+        torch.manual_seed(0)
+        model = multihead_net(mlp_trunk(), MLP_SHAPE, [2, 2])
+        kw = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  train_mb_size=16, train_epochs=2, evaluator=quiet_evaluator())
+        if name == "si":
+            strategy = SynapticIntelligence(si_lambda=100.0, plugins=fast_plugins(), **kw)
+        else:
+            strategy = Naive(plugins=fast_plugins(), **kw)
+        for exp in bm.train_stream:
+            strategy.train(exp)
+        finals[name] = [p.detach().clone() for p in model.trunk.parameters()]
+        if name == "si":
+            si = next(p for p in strategy.plugins if isinstance(p, SIPlugin))
+            live = {p.data_ptr() for p in model.parameters()}
+            assert all(v.data.data_ptr() not in live for v in si.ewc_data[0].values())
+    assert any(not torch.equal(a, b) for a, b in zip(finals["naive"], finals["si"], strict=True))
