@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import figures, render
-from .tables import Capacity, Missing, Monitoring, ScenarioReport, compute_report
+from .tables import Missing, ScenarioReport, compute_report
 
 __all__ = ["BuildResult", "build_report", "default_workers", "safe_name"]
 
@@ -173,10 +173,10 @@ def _scenario_files(
         )
         text(
             "compression_alone.md",
-            _compression_alone_md(comp, rep.scenario),
+            render.compression_alone_md(comp, rep.scenario),
             "compression per task trained alone, per layer and overall, as a table",
         )
-        text("compression_alone.csv", _compression_alone_csv(comp),
+        text("compression_alone.csv", render.compression_alone_csv(comp),
              "compression per task trained alone as CSV (fractions)")
     if rep.monitoring is not None:
         mon = rep.monitoring
@@ -189,63 +189,9 @@ def _scenario_files(
                 "tasks, epoch by epoch over the task sequence"
             },
         )
-        text("monitoring.csv", _monitoring_csv(mon),
+        text("monitoring.csv", render.monitoring_csv(mon),
              "data of the monitoring figure: task, epoch, layer, used, reuse, seeds")
     return items
-
-
-def _compression_alone_rows(cap: Capacity) -> list[dict]:
-    rows = []
-    for j, task in enumerate(cap.tasks):
-        row: dict = {"task": task}
-        for i, layer in enumerate(cap.layers):
-            row[f"units_{layer}"] = float(cap.used[i, j])
-        for i, layer in enumerate(cap.layers):
-            lw = cap.layer_weights_kept
-            row[f"weights_{layer}"] = float(lw[i, j]) if lw is not None else float("nan")
-        for key in ("units_kept", "weights_kept"):
-            values = getattr(cap, key)
-            row[key] = float(values[j]) if values is not None else float("nan")
-        rows.append(row)
-    return rows
-
-
-def _compression_alone_header(cap: Capacity) -> list[str]:
-    return (["task"] + [f"units_{la}" for la in cap.layers]
-            + [f"weights_{la}" for la in cap.layers] + ["units_kept", "weights_kept"])
-
-
-def _compression_alone_csv(cap: Capacity) -> str:
-    return render._csv(_compression_alone_header(cap), _compression_alone_rows(cap))
-
-
-def _compression_alone_md(cap: Capacity, scenario: str) -> str:
-    header = _compression_alone_header(cap)
-    labels = (["task"] + [f"units {la} (%)" for la in cap.layers]
-              + [f"weights {la} (%)" for la in cap.layers]
-              + ["units, all (%)", "weights, all (%)"])
-    rows = []
-    for r in _compression_alone_rows(cap):
-        rows.append([r["task"]] + [
-            "n/a" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in header[1:]
-        ])
-    return (
-        f"# {scenario}: HAT compression, each task trained alone (mean over {cap.n} seed(s))"
-        "\n\n" + render._md_table(labels, rows)
-        + "\nunits: fraction of the layer's (or all gated) units the binary mask keeps; "
-        "weights: fraction of the layer's (or all gated) weights joining two kept units.\n"
-    )
-
-
-def _monitoring_csv(mon: Monitoring) -> str:
-    rows = []
-    for t, (used, reuse, seeds) in enumerate(zip(mon.used, mon.reuse, mon.seeds, strict=True)):
-        for e in range(len(used)):
-            for li, layer in enumerate(mon.layers):
-                rows.append({"task": t + 1, "task_name": mon.tasks[t], "epoch": e + 1,
-                             "layer": layer, "used": float(used[e, li]),
-                             "reuse": float(reuse[e, li]), "seeds": int(seeds[e])})
-    return render._csv(["task", "task_name", "epoch", "layer", "used", "reuse", "seeds"], rows)
 
 
 def _call(job: tuple[Callable, tuple]) -> list[Path]:

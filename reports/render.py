@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .tables import Capacity, Grid, Missing, ScenarioReport
+from .tables import Capacity, Grid, Missing, Monitoring, ScenarioReport
 
 SINGLE = "†"
 SINGLE_NOTE = f"{SINGLE} a single seed: no confidence interval (a CI needs >= 2 seeds)."
@@ -341,3 +341,58 @@ def index_md(
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def compression_alone_rows(cap: Capacity) -> list[dict]:
+    """Per task trained alone: units kept per layer and overall, weights kept per layer and
+    overall (``layer_weights_kept`` is always set for these)."""
+    rows = []
+    for j, task in enumerate(cap.tasks):
+        row: dict = {"task": task}
+        for i, layer in enumerate(cap.layers):
+            row[f"units_{layer}"] = float(cap.used[i, j])
+        for i, layer in enumerate(cap.layers):
+            row[f"weights_{layer}"] = float(cap.layer_weights_kept[i, j])
+        for key in ("units_kept", "weights_kept"):
+            values = getattr(cap, key)
+            row[key] = float(values[j]) if values is not None else math.nan
+        rows.append(row)
+    return rows
+
+
+def _compression_alone_header(cap: Capacity) -> list[str]:
+    return (["task"] + [f"units_{la}" for la in cap.layers]
+            + [f"weights_{la}" for la in cap.layers] + ["units_kept", "weights_kept"])
+
+
+def compression_alone_csv(cap: Capacity) -> str:
+    return _csv(_compression_alone_header(cap), compression_alone_rows(cap))
+
+
+def compression_alone_md(cap: Capacity, scenario: str) -> str:
+    header = _compression_alone_header(cap)
+    labels = (["task"] + [f"units {la} (%)" for la in cap.layers]
+              + [f"weights {la} (%)" for la in cap.layers]
+              + ["units, all (%)", "weights, all (%)"])
+    rows = []
+    for r in compression_alone_rows(cap):
+        rows.append([r["task"]] + [
+            "n/a" if math.isnan(r[k]) else f"{100 * r[k]:.1f}" for k in header[1:]
+        ])
+    return (
+        f"# {scenario}: HAT compression, each task trained alone (mean over {cap.n} seed(s))"
+        "\n\n" + _md_table(labels, rows)
+        + "\nunits: fraction of the layer's (or all gated) units the binary mask keeps; "
+        "weights: fraction of the layer's (or all gated) weights joining two kept units.\n"
+    )
+
+
+def monitoring_csv(mon: Monitoring) -> str:
+    rows = []
+    for t, (used, reuse, seeds) in enumerate(zip(mon.used, mon.reuse, mon.seeds, strict=True)):
+        for e in range(len(used)):
+            for li, layer in enumerate(mon.layers):
+                rows.append({"task": t + 1, "task_name": mon.tasks[t], "epoch": e + 1,
+                             "layer": layer, "used": float(used[e, li]),
+                             "reuse": float(reuse[e, li]), "seeds": int(seeds[e])})
+    return _csv(["task", "task_name", "epoch", "layer", "used", "reuse", "seeds"], rows)
