@@ -247,21 +247,12 @@ def summary_csv(rep: ScenarioReport) -> str:
 
 # --- robustness grid ---------------------------------------------------------------------------
 
-GRID_HEADER = ["smax", "c", "metric", "mean", "ci_half", "n_seeds"]
+GRID_HEADER = ["smax", "c", "metric", "mean", "ci_half", "ci_low", "ci_high", "n_seeds"]
 
 
 def grid_csv(grid: Grid) -> str:
-    rows = [
-        {
-            "smax": s,
-            "c": c,
-            "metric": grid.metric,
-            "mean": st.mean,
-            "ci_half": st.half,
-            "n_seeds": st.n,
-        }
-        for (s, c), st in sorted(grid.cells.items())
-    ]
+    rows = [{"smax": s, "c": c, "metric": grid.metric, **st.columns()}
+            for (s, c), st in sorted(grid.cells.items())]
     return _csv(GRID_HEADER, rows)
 
 
