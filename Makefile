@@ -7,8 +7,13 @@ SEEDS ?= 0,1,2
 EPOCHS ?= 20
 STRATEGIES ?= naive,ewc,lwf,si,hat,joint
 RESULTS ?= results
+# the embedded scenarios; make run reads their presets selected on validation (make tune)
+SCENARIOS ?= split-digits permuted-digits
+PRESETS ?= configs/tuned
+TUNE_SEEDS ?= 100-102
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install run report test lint bench bench-report clean paper
+.PHONY: install run report test lint bench bench-report clean paper tune
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +23,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# PRESETS= (empty) runs the registry's defaults (the paper's constants) instead of the presets
 run: $(STAMP)
-	$(PY) -m benchmark run --scenario split-digits --strategies $(STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --out $(RESULTS)
-	$(PY) -m benchmark run --scenario permuted-digits --strategies $(STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --out $(RESULTS)
+	set -e; for s in $(SCENARIOS); do \
+		$(PY) -m benchmark run --scenario $$s $(if $(PRESETS),--config $(PRESETS)/$$s.yaml) \
+			--strategies $(STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --out $(RESULTS); \
+	done
 	$(MAKE) --no-print-directory report
+
+# Select every strategy's hyperparameters on validation data (seeds apart from the evaluation
+# seeds) and write $(PRESETS)/<scenario>.yaml, which make run reads; resumable.
+tune: $(STAMP)
+	set -e; for s in $(SCENARIOS); do \
+		$(PY) -m benchmark tune --scenario $$s --strategies $(STRATEGIES) --seeds $(TUNE_SEEDS) \
+			--epochs $(EPOCHS) --jobs $(JOBS) --out $(RESULTS)/tune --preset $(PRESETS)/$$s.yaml; \
+	done
 
 report: $(STAMP)
 	$(PY) -m reports --results $(RESULTS) --out $(RESULTS)/report

@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark run ...`` and ``python -m benchmark list``.
+"""Command line: ``python -m benchmark run ...``, ``tune ...`` and ``list``.
 
 Everything the user gives is validated before any training starts; a bad input prints one
 line on stderr and exits with code 2, writing nothing.
@@ -27,6 +27,10 @@ from .scenarios import SCENARIOS, describe_scenarios, get_scenario
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+#: what ``tune`` selects for by default (the strategies ``make run`` compares)
+TUNE_STRATEGIES = ("naive", "ewc", "lwf", "si", "hat", "joint")
+#: tuning seeds: apart from the evaluation seeds 0-9, so no reported run took part in selection
+TUNE_SEEDS = "100-102"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +125,7 @@ def load_preset(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BenchmarkError(f"--config {path} must be a YAML mapping of run options")
     allowed = {"scenario", "strategies", "seeds", "epochs", "set", "grid", "jobs", "out",
-               "data_root", "device", "description"}
+               "data_root", "device", "description", "selection"}
     extra = set(data) - allowed
     if extra:
         raise BenchmarkError(
@@ -137,6 +141,17 @@ def load_preset(path: Path) -> dict[str, Any]:
                              f"got {data['jobs']!r}")
     if "grid" in data:
         data["grid"] = gridlib.grid_from_mapping(data["grid"], f"--config {path}")
+    if "selection" in data:
+        sel = data["selection"]
+        blocks = sel.get("strategies") if isinstance(sel, dict) else None
+        if not isinstance(blocks, dict) or not all(
+                isinstance(b, dict) and isinstance(b.get("chosen"), dict)
+                for b in blocks.values()):
+            raise BenchmarkError(
+                f"--config {path}: 'selection' must hold 'strategies: {{name: {{chosen: ...}}}}' "
+                "as written by python -m benchmark tune; regenerate the preset with tune"
+            )
+        data["_path"] = str(path)
     return data
 
 
@@ -147,33 +162,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", help="scenario name (see `list`); default split-digits")
     r.add_argument("--strategies", help="comma-separated strategy names; default naive,hat")
     r.add_argument("--seeds", help="e.g. 0,1,2 or 0-9; default 0")
+    _add_common(r)
+    r.add_argument("--config", type=Path, help="YAML preset (keys as the options)")
+    r.add_argument("--wandb", choices=["online", "offline", "disabled"],
+                   help="Weights & Biases mode (default: online when logged in, else offline)")
+    r.add_argument("--out", type=Path, help="results folder (default results)")
+    t = sub.add_parser("tune", help="select every strategy's hyperparameters on validation "
+                       "data and write them as a preset")
+    t.add_argument("--scenario", required=True, help="scenario name (see `list`)")
+    t.add_argument("--strategies", default=",".join(TUNE_STRATEGIES),
+                   help="comma-separated strategy names (default %(default)s; those without "
+                   "a search space are not run, only kept in the preset)")
+    t.add_argument("--seeds", default=TUNE_SEEDS,
+                   help="tuning seeds (default %(default)s, apart from the evaluation seeds)")
+    _add_common(t)
+    t.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled",
+                   help="Weights & Biases mode for the tuning runs (default disabled)")
+    t.add_argument("--out", type=Path, default=Path("results/tune"),
+                   help="folder of the tuning runs' records (default results/tune)")
+    t.add_argument("--preset", type=Path,
+                   help="where to write the selection (default configs/tuned/<scenario>.yaml)")
+    t.add_argument("--run-seeds", default="0,1,2",
+                   help="the seeds the written preset runs (default 0,1,2)")
+    sub.add_parser("list", help="list scenarios and strategies with their defaults")
+    return p
+
+
+def _add_common(r: argparse.ArgumentParser) -> None:
+    """Options ``run`` and ``tune`` share."""
     r.add_argument("--epochs", type=str, help="maximum epochs per experience (train.epochs)")
     r.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="train.optimizer=adamw, train.lr=0.01, hat.smax=400, ewc.lambda=5000 …")
     r.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                    help="run every combination: hat.smax=25,50,100 hat.c=0.1,0.75 (a "
                    "strategy's keys vary that strategy only; each point gets its own record)")
-    r.add_argument("--config", type=Path, help="YAML preset (keys as the options)")
     r.add_argument("--jobs", type=str, default=None,
                    help="runs in parallel worker processes on this machine (default 1)")
     r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run as Ray tasks: a local Ray cluster, or the cluster at ADDRESS "
                    "(e.g. auto); needs pip install -e '.[ray]'")
-    r.add_argument("--out", type=Path, help="results folder (default results)")
     r.add_argument("--data-root", type=Path, help="dataset folder (default data)")
     r.add_argument("--download", action="store_true",
                    help="let torchvision download missing datasets (needs internet)")
     r.add_argument("--device", help="cpu or cuda (default cpu)")
-    r.add_argument("--wandb", choices=["online", "offline", "disabled"],
-                   help="Weights & Biases mode (default: online when logged in, else offline)")
     r.add_argument("--wandb-project", default="hat-bench", help="W&B project (default hat-bench)")
     r.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     r.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: fastest for the small networks on "
                    "few cores and for parallel jobs; 0 keeps torch's default)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sub.add_parser("list", help="list scenarios and strategies with their defaults")
-    return p
 
 
 def cmd_list() -> int:
@@ -188,6 +225,11 @@ def cmd_list() -> int:
         defaults = spec.defaults()
         if defaults:
             print("           " + ", ".join(f"{spec.name}.{k}={v}" for k, v in defaults.items()))
+        print(f"           train.clipgrad={spec.clipgrad:g} (the reference's)")
+        if spec.space:
+            print("           tune space: " + "; ".join(
+                f"{spec.name}.{k} in {{{', '.join(f'{v:g}' for v in vals)}}}"
+                for k, vals in spec.space.items()))
     from strategies import TrainConfig
     from strategies.config import to_public_dict
 
@@ -282,13 +324,50 @@ def _parse_jobs(value) -> int:
     return jobs
 
 
-def plan_run(args: argparse.Namespace) -> RunPlan:
-    """Validate everything; return the plan (experiments, folders, device, parallelism)."""
+def _attach_selection(experiments: list, preset: dict) -> list:
+    """Experiments whose strategy's values are those a tuned preset chose carry the preset's
+    selection block (copied into their records); a value changed on the command line (or a
+    grid over it) means the run's hyperparameters were not selected: no block."""
+    from dataclasses import replace
+
+    blocks = (preset.get("selection") or {}).get("strategies") or {}
+    out = []
+    for exp in experiments:
+        block = blocks.get(exp.strategy)
+        if block is not None:
+            given = exp.overrides.get(exp.strategy, {})
+            same = all(
+                key.split(".", 1)[1] in given and gridlib.canonical_value(
+                    exp.strategy, key.split(".", 1)[1], given[key.split(".", 1)[1]])
+                == gridlib.canonical_value(exp.strategy, key.split(".", 1)[1], value)
+                for key, value in block["chosen"].items()
+            )
+            if same:
+                exp = replace(exp, selection={"preset": preset["_path"], **block})
+        out.append(exp)
+    return out
+
+
+def _warn_selection_settings(preset: dict, overrides: dict) -> None:
+    """One line when the run trains differently from how its preset's values were selected."""
+    for block in ((preset.get("selection") or {}).get("strategies") or {}).values():
+        tuned_epochs = block.get("epochs")
+        epochs = overrides.get("train", {}).get("epochs")
+        if tuned_epochs is not None and epochs is not None and str(epochs) != str(tuned_epochs):
+            print(f"warning: {preset['_path']} was selected with at most {tuned_epochs} "
+                  f"epochs per task; this run uses {epochs}", file=sys.stderr)
+        return
+
+
+def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
+    """Validate everything; return the plan (experiments, folders, device, parallelism).
+    ``preset``: an in-memory preset instead of ``args.config`` (``tune`` passes its spaces)."""
     import torch
 
-    from .runner import resolve
+    from .runner import check_existing, resolve
 
-    preset = load_preset(args.config) if args.config else {}
+    if preset is None:
+        preset = load_preset(args.config) if getattr(args, "config", None) else {}
     scenario = args.scenario or preset.get("scenario") or "split-digits"
     if scenario not in SCENARIOS:
         raise BenchmarkError(
@@ -313,6 +392,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     data_root = Path(args.data_root or preset.get("data_root") or "data")
     spec = get_scenario(scenario)
     experiments = gridlib.expand(scenario, strategies, seeds, overrides, grid)
+    experiments = _attach_selection(experiments, preset)
     # validate every override and grid point for every strategy (ConfigError → exit 2)
     for exp in experiments:
         if exp.seed == seeds[0]:
@@ -330,6 +410,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         raise BenchmarkError("--ray needs Ray, which is not installed: install with "
                              "pip install -e '.[ray]'")
     check_writable(out)
+    check_existing(experiments, out)
+    _warn_selection_settings(preset, overrides)
     # datasets are checked (and fetched with --download) here, once, before any worker starts
     spec.check_available(data_root, download=args.download)
     return RunPlan(experiments, out, data_root, device, jobs, args.ray, grid)
@@ -341,15 +423,88 @@ def prepare_run(args: argparse.Namespace):
     return plan.experiments, plan.out, plan.data_root, plan.device
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command == "list":
-            return cmd_list()
-        plan = plan_run(args)
-    except (BenchmarkError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+def plan_tune(args: argparse.Namespace) -> RunPlan:
+    """``tune``: the run plan over every tunable strategy's search space (``--grid`` replaces
+    a key's values, ``--set`` fixes a key), validated like ``run``."""
+    from .tune import default_space, tunable
+
+    if args.scenario not in SCENARIOS:
+        raise BenchmarkError(
+            f"unknown scenario '{args.scenario}'; valid scenarios: {', '.join(sorted(SCENARIOS))}"
+        )
+    strategies = parse_names(args.strategies, STRATEGIES, "strategy")
+    to_tune = tunable(strategies)
+    if not to_tune:
+        raise BenchmarkError(
+            f"none of {', '.join(strategies)} has hyperparameters to select; tunable "
+            f"strategies: {', '.join(s for s in STRATEGIES if STRATEGIES[s].space)}"
+        )
+    shared = [k for k in gridlib.parse_grid(args.grid)
+              if k.split(".", 1)[0] in gridlib.SHARED_SECTIONS]
+    if shared:
+        raise BenchmarkError(
+            f"tune selects each strategy's own hyperparameters; '{shared[0]}' is shared by all "
+            "strategies: fix it with --set instead of --grid"
+        )
+    space: dict[str, list] = {}
+    for s in to_tune:
+        space.update(default_space(s))
+    parse_seeds(args.run_seeds)  # validated now, used when the preset is written
+    tune_args = argparse.Namespace(**vars(args))
+    tune_args.strategies = ",".join(to_tune)
+    tune_args.config = None
+    plan = plan_run(tune_args, preset={"grid": space})
+    preset_path = args.preset or Path("configs/tuned") / f"{args.scenario}.yaml"
+    check_writable(preset_path.parent)
+    if preset_path.exists() and preset_path.is_dir():
+        raise BenchmarkError(f"--preset {preset_path} is a folder; give a .yaml file path")
+    args.preset = preset_path
+    return plan
+
+
+def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Select on the tuning runs' validation matrices; write and print the preset."""
+    import shlex
+
+    from .records import read_record, record_path
+    from .tune import Selection, criterion_table, preset, select, write_preset
+
+    valid: dict[tuple[str, str], list] = defaultdict(list)
+    seeds: list[int] = []
+    for exp in plan.experiments:
+        rec = read_record(record_path(plan.out, exp.scenario, exp.strategy, exp.seed, exp.tag))
+        valid[(exp.strategy, exp.tag)].append(rec.get("valid_accuracy"))
+        if exp.seed not in seeds:
+            seeds.append(exp.seed)
+    strategies = parse_names(args.strategies, STRATEGIES, "strategy")
+    base = plan.experiments[0].overrides
+    fixed = {sec: dict(kv) for sec, kv in base.items() if sec in gridlib.SHARED_SECTIONS}
+    selections: list[Selection] = []
+    for s in dict.fromkeys(e.strategy for e in plan.experiments):
+        space = {k: v for k, v in plan.grid.items() if k.split(".", 1)[0] == s}
+        first = next(e for e in plan.experiments if e.strategy == s)
+        own = {k: v for k, v in first.overrides.get(s, {}).items() if f"{s}.{k}" not in space}
+        if own:
+            fixed[s] = own
+        if not space:
+            continue
+        sel = select(s, space, {tag: m for (st, tag), m in valid.items() if st == s})
+        sel.seeds = seeds
+        selections.append(sel)
+        print(criterion_table(sel))
+    epochs = base.get("train", {}).get("epochs")
+    data = preset(plan.experiments[0].scenario, strategies, selections, seeds=seeds,
+                  epochs=int(float(epochs)) if epochs is not None else None, fixed=fixed,
+                  command="python -m benchmark " + shlex.join(argv),
+                  run_seeds=parse_seeds(args.run_seeds))
+    write_preset(args.preset, data)
+    chosen = ", ".join(f"{k}={v}" for sel in selections for k, v in sel.chosen.items())
+    print(f"wrote {args.preset}: {chosen}")
+    return 0
+
+
+def execute(plan: RunPlan, args: argparse.Namespace) -> int:
+    """Run the plan's experiments (sequential, worker pool or Ray); the exit code."""
     from .parallel import RunsFailed, WorkerSettings, run_pool, run_ray
     from .runner import run_all
     from .tracking import resolve_mode, tracker_factory
@@ -388,3 +543,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "list":
+            return cmd_list()
+        plan = plan_tune(args) if args.command == "tune" else plan_run(args)
+    except (BenchmarkError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    code = execute(plan, args)
+    if code or args.command != "tune":
+        return code
+    try:
+        return finish_tune(plan, args, argv)
+    except (BenchmarkError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE

@@ -15,7 +15,9 @@ from typing import Any
 
 from reports.render import write_text
 
-SCHEMA_VERSION = 1
+#: 2 added ``valid_accuracy`` and ``selection`` (README "Run record"); 1 is still read
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 REQUIRED = {
     "schema": int,
@@ -78,19 +80,33 @@ def validate_record(rec: Any) -> dict:
             raise RecordError(f"missing field '{key}'")
         if not isinstance(rec[key], typ) or (typ is int and isinstance(rec[key], bool)):
             raise RecordError(f"field '{key}' must be {typ.__name__}")
+    if rec["schema"] not in READABLE_SCHEMAS:
+        raise RecordError(f"unsupported schema {rec['schema']} (this suite reads "
+                          f"{', '.join(map(str, READABLE_SCHEMAS))})")
     n = len(rec["task_names"])
-    acc = rec["accuracy"]
-    if n == 0 or len(acc) != n or any(not isinstance(r, list) or len(r) != n for r in acc):
-        raise RecordError(f"'accuracy' must be a {n}×{n} matrix")
-    for row in acc:
-        for v in row:
-            if (not isinstance(v, int | float) or isinstance(v, bool)
-                    or not (0.0 <= v <= 1.0) or math.isnan(v)):
-                raise RecordError("'accuracy' entries must be numbers in [0, 1]")
+    if n == 0:
+        raise RecordError("'accuracy' must be a T×T matrix with T >= 1 (no task_names)")
+    _check_matrix(rec["accuracy"], n, "accuracy")
+    if rec.get("valid_accuracy") is not None:
+        _check_matrix(rec["valid_accuracy"], n, "valid_accuracy")
+    if rec.get("selection") is not None and not isinstance(rec["selection"], dict):
+        raise RecordError("field 'selection' must be an object or null")
     for key in ("random_accuracy", "epochs", "seconds"):
         if len(rec[key]) != n:
             raise RecordError(f"'{key}' must have one entry per task ({n})")
     return rec
+
+
+def _check_matrix(m: Any, n: int, name: str) -> None:
+    """``m`` is an n×n matrix of numbers in [0, 1] (every entry filled)."""
+    if not isinstance(m, list) or len(m) != n or any(
+            not isinstance(r, list) or len(r) != n for r in m):
+        raise RecordError(f"'{name}' must be a {n}×{n} matrix")
+    for row in m:
+        for v in row:
+            if (not isinstance(v, int | float) or isinstance(v, bool)
+                    or not (0.0 <= v <= 1.0) or math.isnan(v)):
+                raise RecordError(f"'{name}' entries must be numbers in [0, 1]")
 
 
 def write_record(path: Path, rec: dict) -> Path:

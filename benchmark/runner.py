@@ -33,8 +33,10 @@ from strategies import (
     get_strategy,
     make_optimizer,
 )
+from strategies.clip import GradientClipPlugin
 from strategies.config import from_overrides, to_public_dict
 from strategies.hat import flushing_denormals
+from strategies.recipe import split_indices
 from strategies.registry import BuildContext
 
 from .networks import ModelConfig, build_model
@@ -56,6 +58,9 @@ class Experiment:
     seed: int
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tag: str = ""
+    #: how the strategy's hyperparameters were selected on validation (a tuned preset's block
+    #: for this strategy, see ``benchmark.tune``), copied into the record; None: not selected
+    selection: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,45 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
         default_hidden = EMBEDDED_MODEL["hidden"] if embedded else (
             2048 if model.family == "alexnet" else 2000)
         model = replace(model, hidden=default_hidden)
-    strat = spec.config(exp.overrides.get(exp.strategy, {}))
+    strat_over = exp.overrides.get(exp.strategy, {})
+    strat = spec.config(strat_over)
+    train, strat = _resolve_clipgrad(spec, train, strat, exp.overrides.get("train", {}),
+                                     strat_over)
     scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
     return ResolvedConfig(train, model, strat, scen)
+
+
+def _resolve_clipgrad(spec, train: TrainConfig, strat: Any, train_over: Mapping[str, Any],
+                      strat_over: Mapping[str, Any]) -> tuple[TrainConfig, Any]:
+    """``train.clipgrad``: None means the strategy's reference value (``spec.clipgrad``).
+
+    A strategy that clips inside its own plugin (HAT's ``hat.clipgrad``, applied between
+    its gradient conditioning and the step) takes ``train.clipgrad`` as that value; giving
+    both with different values is an error."""
+    own = getattr(strat, "clipgrad", None)
+    if own is None:
+        if train.clipgrad is None:
+            train = replace(train, clipgrad=spec.clipgrad)
+        return train, strat
+    if "clipgrad" in train_over and "clipgrad" in strat_over and train.clipgrad != own:
+        raise ConfigError(
+            f"train.clipgrad={train.clipgrad} and {spec.name}.clipgrad={own} disagree; give one"
+        )
+    if "clipgrad" in train_over:
+        return train, replace(strat, clipgrad=train.clipgrad)
+    return replace(train, clipgrad=own), strat
+
+
+def record_params(exp: Experiment, cfg: ResolvedConfig) -> dict[str, Any]:
+    """The record's ``params``: every hyperparameter the run uses."""
+    params = {
+        "train": to_public_dict(cfg.train),
+        "model": to_public_dict(cfg.model),
+        exp.strategy: to_public_dict(cfg.strategy),
+    }
+    if cfg.scenario != ScenarioConfig():
+        params["scenario"] = to_public_dict(cfg.scenario)
+    return params
 
 
 def select_task(scenario: Scenario, name: str | None) -> Scenario:
@@ -212,6 +253,23 @@ class _History(SupervisedPlugin):
         self.on_epoch(entry)
 
 
+def validation_benchmark(scenario: Scenario, recipe: str, valid_fraction: float, seed: int):
+    """Every task's held-out validation split as the test stream of a benchmark (task labels
+    as in the scenario), or None when the recipe holds nothing out (``train.recipe=fixed``).
+
+    The indices are the training recipe's own (``split_indices`` on the task's training
+    data, seeded by the run's seed and the task's position), so these are exactly the samples
+    the recipe kept out of training."""
+    if recipe != "paper" or not valid_fraction:
+        return None
+    valid = []
+    for u, task in enumerate(scenario.tasks):
+        _, idx = split_indices(len(task.train_y), valid_fraction, seed, u)
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        valid.append(replace(task, test_x=task.train_x[idx_t], test_y=task.train_y[idx_t]))
+    return to_benchmark(replace(scenario, tasks=valid))
+
+
 def _evaluate(strategy, stream, collector: _Accuracy) -> list[float]:
     strategy.eval(stream)
     return list(collector.results)
@@ -241,6 +299,9 @@ def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugin
     ctx = BuildContext(model=model, optimizer=optimizer, train=cfg.train, plugins=plugins,
                        device=device, evaluator=evaluator)
     strategy = spec.build(ctx, cfg.strategy)
+    if not hasattr(cfg.strategy, "clipgrad"):  # (HAT clips inside its own plugin)
+        # last, so that it sees the gradients every other plugin left (frozen ones dropped)
+        strategy.plugins.append(GradientClipPlugin(cfg.train.clipgrad))
     if not evaluator.metrics:  # without metrics, loggers receive nothing either
         # An idle EvaluationPlugin still costs an AttributeError and an experience.logging()
         # copy on every callback (~20% of a small model's step): leave it out of the loop.
@@ -304,6 +365,11 @@ def run_experiment(
             acc = _Accuracy()
             return recipe, hist, acc, [FastDataPlugin(), recipe, hist, acc]
 
+        # each task's held-out validation split (the recipe's indices) as an eval stream: the
+        # validation accuracy matrix that hyperparameter selection reads (never the test data)
+        valid_bench = None if spec.joint else validation_benchmark(
+            scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed)
+        valid_accuracy: list[list[float]] | None = None if valid_bench is None else []
         seed_everything(exp.seed)
         strategy = None
         if not spec.joint:
@@ -325,19 +391,19 @@ def run_experiment(
             history.append(list(hist.entries))
             row = _evaluate(strategy, bench.test_stream, acc)
             accuracy.append(row)
+            if valid_bench is not None:
+                # the first evaluation of a dataset reads it through a DataLoader, which
+                # draws a seed from the global RNG: keep training's random stream untouched
+                cuda = [device] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    valid_accuracy.append(_evaluate(strategy, valid_bench.test_stream, acc))
             hooks.on_experience(t, row)
 
         hat_stats = None
         model = strategy.model
         if hasattr(model, "mask_statistics"):
             hat_stats = model.mask_statistics(list(range(n_tasks)))
-        params = {
-            "train": to_public_dict(cfg.train),
-            "model": to_public_dict(cfg.model),
-            exp.strategy: to_public_dict(cfg.strategy),
-        }
-        if cfg.scenario != ScenarioConfig():
-            params["scenario"] = to_public_dict(cfg.scenario)
+        params = record_params(exp, cfg)
         return {
             "schema": SCHEMA_VERSION,
             "scenario": exp.scenario,
@@ -347,11 +413,13 @@ def run_experiment(
             "params": params,
             "task_names": [task.name for task in scenario.tasks],
             "accuracy": accuracy,
+            "valid_accuracy": valid_accuracy,
             "random_accuracy": [random_accuracy(task) for task in scenario.tasks],
             "epochs": epochs,
             "seconds": seconds,
             "history": history,
             "hat": hat_stats,
+            "selection": dict(exp.selection) if exp.selection is not None else None,
             "versions": versions(),
             "device": str(device),
             "created": now_iso(),
@@ -381,6 +449,38 @@ def pending(
         else:
             todo.append((exp, path))
     return paths, todo
+
+
+def check_existing(experiments: Sequence[Experiment], out: Path) -> None:
+    """Refuse (BenchmarkError, before anything runs) when a complete record at an
+    experiment's path holds a run with other hyperparameters: resuming would silently keep
+    it (e.g. a record of the paper's defaults where a tuned preset now runs)."""
+    import json
+
+    from .errors import BenchmarkError
+    from .records import RecordError, read_record
+
+    for exp in experiments:
+        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
+        if not path.exists():
+            continue
+        try:
+            rec = read_record(path)
+        except RecordError:
+            continue  # incomplete: it is rerun and replaced
+        sspec = get_scenario(exp.scenario)
+        cfg = resolve(exp, sspec.valid_fraction, sspec.embedded, sspec.network)
+        want = json.loads(json.dumps(record_params(exp, cfg)))
+        have = rec.get("params", {})
+        for section in sorted(want):
+            for key in sorted(want[section]):
+                old = have.get(section, {}).get(key, "(missing)")
+                if old != want[section][key]:
+                    raise BenchmarkError(
+                        f"{path} holds a run with {section}.{key}={old}, this command runs "
+                        f"{section}.{key}={want[section][key]}; use another --out, or delete "
+                        "that record to rerun it"
+                    )
 
 
 def run_and_write(

@@ -3,12 +3,15 @@
 This package never imports ``benchmark`` or ``reports``: it works in anyone's Avalanche script.
 """
 
+from .clip import REFERENCE_CLIPGRAD, GradientClipPlugin
 from .config import ConfigError
 from .data import FastDataPlugin, TensorLoader, materialize
+from .ewc import EWC, EWCPlugin
 from .hat import HAT, HATConfig, HATPlugin, anneal_s, attention_regulariser, compensation_factor
 from .hat_layers import HATConv2d, HATError, HATLinear, HATNet, find_hat_model
 from .imm import IMM, IMMMeanConfig, IMMModeConfig, IMMPlugin
 from .lfl import LessForgetfulLearning, LFLConfig, LFLPlugin
+from .lwf import LwF, LwFPlugin
 from .models import MultiHeadNet, TaskNotTrainedError
 from .pathnet import PathNet, PathNetConfig, PathNetNet, PathNetPlugin
 from .pnn import PNNConfig, PNNPlugin, ProgressiveNet, ProgressiveNeuralNetwork
@@ -25,4 +28,5 @@ __all__ = [
     "IMMPlugin", "IMMMeanConfig", "IMMModeConfig", "LessForgetfulLearning", "LFLPlugin",
     "LFLConfig", "PathNet", "PathNetNet", "PathNetPlugin", "PathNetConfig",
     "ProgressiveNet", "ProgressiveNeuralNetwork", "PNNPlugin", "PNNConfig",
+    "EWC", "EWCPlugin", "LwF", "LwFPlugin", "GradientClipPlugin", "REFERENCE_CLIPGRAD",
 ]

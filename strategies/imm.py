@@ -32,6 +32,9 @@ IMM-mode: hat-reference gives "0.01/1": 0.01 is the reference implementation's d
 what its grid-search comment reports as best; the default here is 0.01 (set
 ``imm-mode.lambda=1`` for the other reading).
 
+The L2-transfer term is part of the validation loss (``validation_penalty``), as in the
+reference, whose ``eval()`` uses the same criterion as training.
+
 Fisher as in the reference: mini-batches of ``fisher_batch`` training samples of the task, the
 model in training mode, F = sum_b |b| * grad_b^2 / N with grad_b the gradient of the batch's
 mean cross-entropy (CE only, without the L2 term).
@@ -143,11 +146,24 @@ class IMMPlugin(SupervisedPlugin):
             # (parameter, anchor) pairs once per experience, in the trunk's order
             self._anchor = [(p, p.detach().clone()) for p in params.values()]
 
-    def before_backward(self, strategy, **kwargs):
+    def _l2_transfer(self) -> torch.Tensor | None:
+        """lambda * sum((theta - theta_anchor)^2) / 2 over the trunk; None without anchor."""
         if self._anchor is None:
-            return
+            return None
         reg = sum(((p - a) ** 2).sum() for p, a in self._anchor)
-        strategy.loss = strategy.loss + self.lambda_ * reg / 2
+        return self.lambda_ * reg / 2
+
+    def before_backward(self, strategy, **kwargs):
+        penalty = self._l2_transfer()
+        if penalty is not None:
+            strategy.loss = strategy.loss + penalty
+
+    @torch.no_grad()
+    def validation_penalty(self, strategy) -> float:
+        """The L2-transfer term at the current weights (the reference's ``eval()`` includes
+        it: its criterion adds it)."""
+        penalty = self._l2_transfer()
+        return 0.0 if penalty is None else float(penalty)
 
     @torch.no_grad()
     def _accumulate(self, params: dict[str, nn.Parameter], fisher) -> None:

@@ -2,10 +2,14 @@
 
 Per experience: hold out ``valid_fraction`` of the training data (seeded), start from the
 initial learning rate with a freshly built optimizer, and after every epoch compute the
-validation loss (cross-entropy plus any ``validation_penalty(strategy)`` other plugins
-offer, e.g. HAT's c·R). When it has not improved for ``patience`` epochs, divide the
-learning rate by ``lr_factor`` and rebuild the optimizer; stop when the learning rate falls
-below ``lr_min`` or after the strategy's ``train_epochs`` (the maximum). At the end of the
+validation loss: cross-entropy plus the penalties other plugins offer, as the reference's
+``eval()`` uses its training criterion: ``validation_penalty(strategy) -> float`` for terms
+of the parameters alone (HAT's c·R, EWC, SI, IMM's L2-transfer), added once, and
+``validation_batch_penalty(strategy, x, t, output) -> tensor`` for terms of the data (LwF's
+distillation, LFL's feature drift), added to every validation batch's cross-entropy.
+When it has not improved for ``patience`` epochs, divide the learning rate by ``lr_factor``
+and rebuild the optimizer; stop when the learning rate falls below ``lr_min`` or after the
+strategy's ``train_epochs`` (the maximum). At the end of the
 experience the weights of the best validation loss are restored (before any plugin's
 ``after_training_exp``, so e.g. HAT's cumulative mask is taken from them).
 
@@ -137,23 +141,36 @@ class TrainingRecipePlugin(SupervisedPlugin):
         self._patience = self.config.patience
         self._done = False
 
+    def _hooks(self, strategy, name: str) -> list:
+        """The bound method ``name`` of every other plugin that has one."""
+        hooks = (getattr(p, name, None) for p in strategy.plugins if p is not self)
+        return [h for h in hooks if h is not None]
+
     @torch.no_grad()
     def validation_loss(self, strategy) -> float:
-        """Mean cross-entropy on the held-out data plus other plugins' penalties."""
+        """Mean cross-entropy on the held-out data plus other plugins' penalties.
+
+        Per batch, every ``validation_batch_penalty(strategy, x, t, output)`` (data-dependent
+        terms, a batch value like the cross-entropy) is added to the batch's cross-entropy
+        and weighted by the batch size; then every ``validation_penalty(strategy)``
+        (parameter-only terms) is added once. The model is in evaluation mode throughout.
+        """
         model = strategy.model
         was_training = model.training
         model.eval()
+        batch_hooks = self._hooks(strategy, "validation_batch_penalty")
         x, y, t = materialize(self.valid_data, strategy.device)
         total, n = 0.0, 0
         for xb, yb, tb in TensorLoader((x, y, t), strategy.eval_mb_size or 256, shuffle=False):
             out = avalanche_forward(model, xb, tb)
-            total += float(strategy._criterion(out, yb)) * len(yb)
+            batch_loss = strategy._criterion(out, yb)
+            for hook in batch_hooks:
+                batch_loss = batch_loss + hook(strategy, xb, tb, out)
+            total += float(batch_loss) * len(yb)
             n += len(yb)
         loss = total / max(n, 1)
-        for plugin in strategy.plugins:
-            penalty = getattr(plugin, "validation_penalty", None)
-            if penalty is not None and plugin is not self:
-                loss += float(penalty(strategy))
+        for penalty in self._hooks(strategy, "validation_penalty"):
+            loss += float(penalty(strategy))
         model.train(was_training)
         return loss
 

@@ -11,19 +11,24 @@ network, and use an optimizer of the same type and settings over it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from avalanche.training import EWC, LwF, Naive
+from avalanche.training import Naive
 from avalanche.training.supervised.joint_training import JointTraining
 from torch import nn
 
-from .config import ConfigError, from_overrides, to_public_dict
+from .clip import REFERENCE_CLIPGRAD
+from .config import ConfigError, from_overrides, public_key, to_public_dict
+from .ewc import EWC
 from .hat import HAT, HATConfig
 from .imm import IMM, IMMMeanConfig, IMMModeConfig
 from .lfl import LessForgetfulLearning, LFLConfig
+from .lwf import LwF
 from .pathnet import PathNet, PathNetConfig, PathNetNet
 from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork
 from .recipe import same_optimizer
@@ -49,6 +54,9 @@ class TrainConfig:
     lr_factor: float = 3.0
     lr_min: float = 1e-4
     eval_batch_size: int = 256
+    #: global gradient-norm bound before every step; None: the strategy's reference value
+    #: (``StrategySpec.clipgrad``: 100 for EWC and LwF, 10000 for SGD, joint and HAT, ...)
+    clipgrad: float | None = None
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -59,6 +67,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.clipgrad is not None and not 0 < self.clipgrad < math.inf:
+            raise ConfigError(f"train.clipgrad must be a finite number > 0, got {self.clipgrad}")
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -130,6 +140,20 @@ class StrategySpec:
     gated: bool = False
     #: trained from scratch on tasks 1..t for every t (the reference A_J)
     joint: bool = False
+    #: the reference code's gradient-norm bound for this approach (``train.clipgrad``);
+    #: None: ``REFERENCE_CLIPGRAD[name]`` (10000, plain SGD's, for names it lacks)
+    clipgrad: float | None = None
+    #: search space for ``python -m benchmark tune``: public parameter name -> values
+    #: (the reference code's grids where it has one); empty: nothing to select
+    space: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.clipgrad is None:
+            object.__setattr__(self, "clipgrad", REFERENCE_CLIPGRAD.get(self.name, 10000.0))
+        fields = {public_key(f.name) for f in dataclasses.fields(self.params)}
+        unknown = sorted(set(self.space) - fields)
+        if unknown:
+            raise ValueError(f"{self.name}: search space key '{unknown[0]}' is not a parameter")
 
     def config(self, overrides: Mapping[str, Any] | None = None):
         return from_overrides(self.params, overrides or {}, self.name)
@@ -180,39 +204,65 @@ def _pathnet(ctx: BuildContext, p: PathNetConfig):
                    path_epochs=p.path_epochs, **_own_model(ctx, model))
 
 
+# Search spaces of ``python -m benchmark tune`` (values ascending). The reference code's grids
+# (joansj/hat, src/approaches/*.py comments) where it has one; otherwise documented ranges:
+#: HAT: the reference's c and smax grids (hat.py), the paper's Fig. 5
+HAT_SPACE = {"smax": (25, 50, 100, 200, 400, 800), "c": (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 4)}
+#: EWC: the reference grid was 500..50000 for its own Fisher; Avalanche's is a batch mean in
+#: eval mode (0.24x the reference's on the same model) and sums per-task penalties, so its
+#: best λ can lie decades away: 1 .. 1e6, decade steps, plus the paper's 5000
+EWC_SPACE = {"lambda": (1, 10, 100, 1000, 5000, 10000, 100000, 1000000)}
+#: LwF: the reference's alpha (its "lamb") and T grids (lwf.py)
+LWF_SPACE = {"alpha": (0.1, 0.5, 1, 2, 4, 8, 10), "temperature": (0.5, 1, 2, 4)}
+#: SI (not in the reference): Zenke et al. searched c in 0.01..1 for their estimator;
+#: Avalanche clips the importances, which makes small λ nearly inert: 0.1 .. 1e5
+SI_SPACE = {"lambda": (0.1, 1, 10, 100, 1000, 10000, 100000)}
+#: IMM-mean, IMM-mode, LFL, PathNet: the reference's grids
+IMM_MEAN_SPACE = {"lambda": (1e-6, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)}
+IMM_MODE_SPACE = {"lambda": (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10)}
+LFL_SPACE = {"lambda": (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1)}
+PATHNET_SPACE = {"generations": (5, 10, 20, 50, 100, 200)}
+
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
     for s in [
         StrategySpec("naive", "SGD fine-tuning, no protection (the paper's SGD)", NoParams,
                      lambda ctx, p: Naive(**ctx.common())),
-        StrategySpec("ewc", "Elastic Weight Consolidation (Kirkpatrick et al. 2017), Avalanche",
-                     EWCConfig, _ewc),
-        StrategySpec("lwf", "Learning without Forgetting (Li & Hoiem 2016), Avalanche",
+        StrategySpec("ewc", "Elastic Weight Consolidation (Kirkpatrick et al. 2017), "
+                     "Avalanche's with the Fisher on the training part only",
+                     EWCConfig, _ewc, space=EWC_SPACE),
+        StrategySpec("lwf", "Learning without Forgetting (Li & Hoiem 2016), Avalanche's with the "
+                     "teacher in eval mode",
                      LwFConfig,
                      lambda ctx, p: LwF(alpha=p.alpha, temperature=p.temperature,
-                                        **ctx.common())),
+                                        **ctx.common()), space=LWF_SPACE),
         StrategySpec("si", "Synaptic Intelligence (Zenke et al. 2017), Avalanche's plugin with "
                      "a CPU fix; not in the HAT paper", SIConfig,
                      lambda ctx, p: SynapticIntelligence(si_lambda=p.lambda_, eps=p.eps,
-                                                         **ctx.common())),
+                                                         **ctx.common()),
+                     space=SI_SPACE),
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
-                     gated=True),
+                     gated=True, space=HAT_SPACE),
         StrategySpec("sgd-f", "SGD fine-tuning of the first task, then only new heads train "
                      "(the trunk is frozen)", NoParams,
                      lambda ctx, p: SGDFrozen(**ctx.common())),
         StrategySpec("imm-mean", "Incremental Moment Matching, mean (Lee et al. 2017): "
                      "L2-transfer, then the trunks of all tasks averaged", IMMMeanConfig,
-                     lambda ctx, p: IMM(mode="mean", lambda_=p.lambda_, **ctx.common())),
+                     lambda ctx, p: IMM(mode="mean", lambda_=p.lambda_, **ctx.common()),
+                     space=IMM_MEAN_SPACE),
         StrategySpec("imm-mode", "Incremental Moment Matching, mode (Lee et al. 2017): "
                      "L2-transfer, then a Fisher-weighted merge of the trunks", IMMModeConfig,
                      lambda ctx, p: IMM(mode="mode", lambda_=p.lambda_, eps=p.eps,
-                                        fisher_batch=p.fisher_batch, **ctx.common())),
+                                        fisher_batch=p.fisher_batch, **ctx.common()),
+                     space=IMM_MODE_SPACE),
         StrategySpec("lfl", "Less-Forgetful Learning (Jung et al. 2016): features kept close "
                      "to the previous model's", LFLConfig,
                      lambda ctx, p: LessForgetfulLearning(lambda_=p.lambda_, features=p.features,
-                                                           **ctx.common())),
+                                                           **ctx.common()),
+                     space=LFL_SPACE),
         StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
-                     "earlier tasks' paths frozen", PathNetConfig, _pathnet),
+                     "earlier tasks' paths frozen", PathNetConfig, _pathnet,
+                     space=PATHNET_SPACE),
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
                      "column per task with lateral adapters", PNNConfig, _pnn),
         StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "

@@ -6,10 +6,18 @@ the "snapshots" alias the live weights: θ* always equals θ and the surrogate l
 (SI silently becomes fine-tuning). ``SIPlugin`` clones the snapshots that alias a live
 parameter right after Avalanche takes them; on GPU (where they are copies already) it does
 nothing more than the original.
+
+SI is not in the HAT reference. Avalanche's estimator is kept as it is: after each experience
+every importance is clamped to at most 0.001 (``update_ewc_data``'s ``clip_to``, from the
+original Caffe code) with damping ``c = 1``. As for the reference's regularisers, the surrogate
+loss is part of the validation loss (``validation_penalty``).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import torch
 from avalanche.training.plugins import SynapticIntelligencePlugin
 from avalanche.training.templates import SupervisedTemplate
 
@@ -33,6 +41,15 @@ class SIPlugin(SynapticIntelligencePlugin):
     def before_training_iteration(self, strategy, **kwargs):
         super().before_training_iteration(strategy, **kwargs)
         _own_copies(self.syn_data["old_theta"], self._live)  # θ before the update
+
+    @torch.no_grad()
+    def validation_penalty(self, strategy) -> float:
+        """The surrogate loss Avalanche adds in ``before_backward``, at the current weights."""
+        probe = SimpleNamespace(clock=strategy.clock, device=strategy.device,
+                                model=strategy.model,
+                                loss=torch.zeros((), device=strategy.device))
+        super().before_backward(probe)
+        return float(probe.loss)
 
 
 class SynapticIntelligence(SupervisedTemplate):

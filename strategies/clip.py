@@ -1,0 +1,53 @@
+"""Per-strategy gradient clipping, as in the HAT reference implementation.
+
+Every approach of the reference (joansj/hat, ``src/approaches/*.py``) clips the global gradient
+norm of the model's parameters (``torch.nn.utils.clip_grad_norm``) between ``loss.backward()``
+and ``optimizer.step()``, with its own bound ``clipgrad`` (``REFERENCE_CLIPGRAD``). In
+Avalanche's ``SGDUpdate.training_epoch`` that place is ``before_update``: it runs after
+``backward`` and every plugin's ``after_backward`` (e.g. HAT's gradient conditioning) and
+right before ``optimizer_step``.
+
+SI is not in the reference; it gets plain SGD's 10000. HAT clips inside its own plugin
+(``HATConfig.clipgrad``, after conditioning and compensation, as the reference orders it).
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+#: the reference's ``clipgrad`` per approach, keyed by the suite's registry names
+REFERENCE_CLIPGRAD: dict[str, float] = {
+    "naive": 10000.0,  # sgd.py
+    "sgd-f": 10000.0,  # sgd_frozen.py
+    "joint": 10000.0,  # joint.py
+    "hat": 10000.0,  # hat.py
+    "pnn": 10000.0,  # progressive.py
+    "imm-mean": 10000.0,  # imm_mean.py
+    "imm-mode": 1000.0,  # imm_mode.py
+    "pathnet": 1000.0,  # pathnet.py
+    "lfl": 200.0,  # lfl.py
+    "ewc": 100.0,  # ewc.py
+    "lwf": 100.0,  # lwf.py
+    "si": 10000.0,  # not in the reference: plain SGD's value
+}
+
+
+class GradientClipPlugin(SupervisedPlugin):
+    """Clip the global L2 norm of the model's gradients to ``max_norm`` before each step.
+
+    ``clip_grad_norm_`` multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``:
+    gradients below the bound are multiplied by exactly 1.0 (unchanged bit for bit).
+    """
+
+    def __init__(self, max_norm: float):
+        super().__init__()
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.max_norm = float(max_norm)
+        #: the global gradient norm of the last step, before clipping (a tensor, no host sync)
+        self.last_norm: torch.Tensor | None = None
+
+    def before_update(self, strategy, **kwargs):
+        self.last_norm = torch.nn.utils.clip_grad_norm_(strategy.model.parameters(),
+                                                        self.max_norm)

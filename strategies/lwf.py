@@ -1,0 +1,56 @@
+"""Learning without Forgetting: Avalanche's distillation with the teacher in evaluation mode.
+
+Avalanche's ``LwFPlugin`` keeps ``copy.deepcopy(strategy.model)`` as the teacher at the end of
+each experience, while the model is in training mode: the distillation targets are then
+computed with dropout on, a different random target for every step. The reference (joansj/hat,
+``approaches/lwf.py``) calls ``model_old.eval()`` (and freezes it): its targets are
+deterministic. ``LwFPlugin`` here does the same.
+
+The distillation formula is Avalanche's (``LearningWithoutForgetting``: α times the sum over
+earlier tasks' heads of ``KL(softmax(teacher/T) ‖ softmax(student/T))``, batch mean, on the
+classes seen). The reference uses a cross-entropy against the teacher's softmax with a small
+``eps`` smoothing: the same gradients up to that smoothing, a value larger by the teacher's
+entropy. On a multi-head model Avalanche computes the student's outputs of the earlier heads in
+a second forward pass (a second dropout draw); the reference takes them from the training pass.
+
+The penalty is also part of the validation loss (``validation_batch_penalty``), as the
+reference's ``eval()`` includes it: teacher and current model on the validation inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.training.plugins import LwFPlugin as AvalancheLwFPlugin
+from avalanche.training.templates import SupervisedTemplate
+
+
+class LwFPlugin(AvalancheLwFPlugin):
+    """Avalanche's ``LwFPlugin`` whose teacher predicts in evaluation mode (frozen)."""
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The model as it was after the previous experience (``None`` before)."""
+        return self.lwf.prev_model
+
+    def after_training_exp(self, strategy, **kwargs):
+        super().after_training_exp(strategy, **kwargs)
+        teacher = self.lwf.prev_model
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def validation_batch_penalty(self, strategy, x: torch.Tensor, t: torch.Tensor,
+                                 output: torch.Tensor) -> torch.Tensor:
+        """The training-time distillation term on a validation batch (a batch mean)."""
+        penalty = self.lwf(x, output, strategy.model)
+        return torch.as_tensor(penalty, dtype=torch.float32, device=x.device)
+
+
+class LwF(SupervisedTemplate):
+    """LwF as a strategy (keyword-only, like Avalanche's wrappers) using ``LwFPlugin``."""
+
+    def __init__(self, *, alpha: float | list[float], temperature: float, plugins=None,
+                 **kwargs):
+        self.lwf_plugin = LwFPlugin(alpha, temperature)
+        super().__init__(plugins=[*(plugins or []), self.lwf_plugin], **kwargs)

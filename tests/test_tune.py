@@ -1,0 +1,216 @@
+"""Hyperparameter selection on validation data (benchmark/tune.py, ``python -m benchmark tune``)
+and the presets it writes (``run --config``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+
+from benchmark import cli, tune
+from benchmark.grid import canonical_value
+from benchmark.records import read_record
+from benchmark.runner import Experiment, resolve
+from benchmark.scenarios import SCENARIOS, get_scenario
+from strategies import STRATEGIES, ConfigError
+
+
+def _matrix(last_row: list[float]) -> list[list[float]]:
+    n = len(last_row)
+    return [[0.5] * n for _ in range(n - 1)] + [list(last_row)]
+
+
+def test_select_takes_the_best_mean_over_seeds():
+    space = {"ewc.lambda": ["1", "100"]}
+    valid = {"ewc.lambda=1": [_matrix([0.9, 0.5]), _matrix([0.9, 0.9])],   # 0.7, 0.9 -> 0.8
+             "ewc.lambda=100": [_matrix([0.8, 0.8]), _matrix([0.8, 0.8])]}  # 0.8 -> 0.8 + 0
+    valid["ewc.lambda=100"][1] = _matrix([0.9, 0.8])                        # 0.85 -> 0.825
+    sel = tune.select("ewc", space, valid)
+    assert sel.chosen == {"ewc.lambda": "100"}
+    assert sel.value == pytest.approx(0.825)
+    assert [v for _, v in sel.points] == pytest.approx([0.8, 0.825])
+
+
+def test_ties_go_to_the_default_then_to_the_first_point():
+    # ewc's default lambda is 5000
+    tied = {"ewc.lambda=10": [_matrix([0.8, 0.8])], "ewc.lambda=5000": [_matrix([0.8, 0.8])],
+            "ewc.lambda=100": [_matrix([0.8, 0.8])]}
+    space = {"ewc.lambda": ["10", "100", "5000"]}
+    assert tune.select("ewc", space, tied).chosen == {"ewc.lambda": "5000"}
+    space = {"ewc.lambda": ["100", "10"]}
+    assert tune.select("ewc", space, tied).chosen == {"ewc.lambda": "100"}
+
+
+def test_a_point_without_validation_data_is_refused():
+    with pytest.raises(Exception, match="no validation accuracy"):
+        tune.select("ewc", {"ewc.lambda": ["1"]}, {"ewc.lambda=1": [None]})
+
+
+def test_every_search_space_is_valid_and_holds_the_default():
+    for spec in STRATEGIES.values():
+        defaults = spec.defaults()
+        for key, values in spec.space.items():
+            canon = [canonical_value(spec.name, key, v) for v in values]  # type and range
+            assert len(set(canon)) == len(canon), (spec.name, key)
+            assert list(values) == sorted(values), (spec.name, key)
+            assert canonical_value(spec.name, key, defaults[key]) in canon, (spec.name, key)
+    tunable = {s for s in STRATEGIES if STRATEGIES[s].space}
+    assert tunable == {"ewc", "lwf", "si", "hat", "imm-mean", "imm-mode", "lfl", "pathnet"}
+    # the reference code's grids
+    assert len(tune.space_points(tune.default_space("hat"))) == 48
+    assert len(tune.space_points(tune.default_space("lwf"))) == 28
+
+
+def _exp(strategy, **over):
+    return Experiment("split-digits", strategy, 0, over)
+
+
+def _resolve(exp):
+    spec = get_scenario(exp.scenario)
+    return resolve(exp, spec.valid_fraction, spec.embedded, spec.network)
+
+
+def test_clipgrad_defaults_to_each_strategy_reference_value():
+    assert _resolve(_exp("ewc")).train.clipgrad == 100
+    assert _resolve(_exp("lwf")).train.clipgrad == 100
+    assert _resolve(_exp("lfl")).train.clipgrad == 200
+    assert _resolve(_exp("naive")).train.clipgrad == 10000
+    hat = _resolve(_exp("hat"))
+    assert hat.train.clipgrad == hat.strategy.clipgrad == 10000
+    assert _resolve(_exp("ewc", train={"clipgrad": "5"})).train.clipgrad == 5
+    hat = _resolve(_exp("hat", train={"clipgrad": "7"}))  # HAT clips in its own plugin
+    assert hat.strategy.clipgrad == hat.train.clipgrad == 7
+    with pytest.raises(ConfigError, match="disagree"):
+        _resolve(_exp("hat", train={"clipgrad": "7"}, hat={"clipgrad": "8"}))
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(ConfigError, match="train.clipgrad"):
+            _resolve(_exp("ewc", train={"clipgrad": bad}))
+
+
+def test_the_runner_clips_with_the_strategy_bound(monkeypatch, one_thread):
+    from benchmark import runner
+    from strategies.clip import GradientClipPlugin
+
+    seen = []
+    orig = GradientClipPlugin.before_update
+
+    def spy(self, strategy, **kw):
+        seen.append((self.max_norm, strategy.plugins[-1] is self))
+        return orig(self, strategy, **kw)
+
+    monkeypatch.setattr(GradientClipPlugin, "before_update", spy)
+    scen = get_scenario("split-digits").build(0)
+    scen = dataclasses.replace(scen, tasks=scen.tasks[:2])
+    runner.run_experiment(_exp("ewc", train={"epochs": "1"}), scen)
+    assert seen and set(seen) == {(100.0, True)}
+    seen.clear()
+    runner.run_experiment(_exp("hat", train={"epochs": "1"}), scen)
+    assert seen == []  # HAT clips inside its plugin
+
+
+def _permuted_test_labels(monkeypatch):
+    """split-digits with every task's test labels permuted (seeded): test accuracy changes,
+    training and validation data do not."""
+    spec = SCENARIOS["split-digits"]
+
+    def build(seed, root):
+        scen = spec.builder(seed, root)
+        g = torch.Generator().manual_seed(1234)
+        tasks = [dataclasses.replace(t, test_y=t.test_y[torch.randperm(len(t.test_y), generator=g)])
+                 for t in scen.tasks]
+        return dataclasses.replace(scen, tasks=tasks)
+
+    monkeypatch.setitem(SCENARIOS, "split-digits", dataclasses.replace(spec, builder=build))
+
+
+def _tune(folder, *extra):
+    preset = folder / "preset.yaml"
+    code = cli.main(["tune", "--scenario", "split-digits", "--strategies", "naive,ewc,si",
+                     "--grid", "ewc.lambda=1,1000000", "si.lambda=1,100000", "--seeds", "100",
+                     "--epochs", "2", "--out", str(folder / "runs-out"), "--preset", str(preset),
+                     "--no-progress", *extra])
+    assert code == 0
+    return yaml.safe_load(preset.read_text())
+
+
+def test_selection_never_reads_test_data(tmp_path, monkeypatch, in_tmp, one_thread):
+    plain = _tune(tmp_path / "plain")
+    _permuted_test_labels(monkeypatch)
+    permuted = _tune(tmp_path / "permuted")
+    # the test labels did change what the runs report on test data ...
+    a = read_record(tmp_path / "plain/runs-out/runs/split-digits__ewc__s100__ewc.lambda=1.json")
+    b = read_record(
+        tmp_path / "permuted/runs-out/runs/split-digits__ewc__s100__ewc.lambda=1.json")
+    assert a["accuracy"] != b["accuracy"]
+    assert a["valid_accuracy"] == b["valid_accuracy"]
+    # ... and not the selection: same criterion for every point, same choice
+    for s in ("ewc", "si"):
+        pa, pb = plain["selection"]["strategies"][s], permuted["selection"]["strategies"][s]
+        assert pa["points"] == pb["points"] and pa["chosen"] == pb["chosen"]
+    assert plain["set"] == permuted["set"]
+
+
+def test_tune_writes_a_preset_that_run_accepts(tmp_path, in_tmp, one_thread, capsys):
+    data = _tune(tmp_path / "t")
+    out = capsys.readouterr().out
+    assert "ewc: ewc.lambda -> criterion" in out and "<- chosen" in out
+    assert data["strategies"] == ["naive", "ewc", "si"] and data["epochs"] == 2
+    sel = data["selection"]["strategies"]
+    assert set(sel) == {"ewc", "si"}  # naive has nothing to select
+    for s, block in sel.items():
+        assert block["seeds"] == [100] and block["epochs"] == 2
+        assert [p["params"] for p in block["points"]] == [
+            {f"{s}.lambda": v} for v in block["space"][f"{s}.lambda"]]
+        best = max(p["value"] for p in block["points"])
+        chosen = next(p for p in block["points"] if p["params"] == block["chosen"])
+        assert chosen["value"] == best
+        assert data["set"][f"{s}.lambda"] == block["chosen"][f"{s}.lambda"]
+    # resuming selects again from the same records without training
+    again = _tune(tmp_path / "t")
+    assert again["selection"]["strategies"] == sel
+    # the preset runs; records say their values were selected, and where
+    preset = tmp_path / "t" / "preset.yaml"
+    assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "naive,ewc",
+                     "--out", "res", "--wandb", "disabled", "--no-progress"]) == 0
+    ewc = json.loads((in_tmp / "res/runs/split-digits__ewc__s0.json").read_text())
+    assert ewc["selection"]["preset"] == str(preset)
+    assert ewc["selection"]["chosen"] == sel["ewc"]["chosen"]
+    assert ewc["params"]["ewc"]["lambda"] == sel["ewc"]["chosen"]["ewc.lambda"]
+    naive = json.loads((in_tmp / "res/runs/split-digits__naive__s0.json").read_text())
+    assert naive["selection"] is None
+    # a value given by hand is not a selected one
+    other = 5000 if sel["ewc"]["chosen"]["ewc.lambda"] != 5000 else 10
+    assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "ewc",
+                     "--set", f"ewc.lambda={other}", "--out", "res2", "--wandb", "disabled",
+                     "--no-progress"]) == 0
+    hand = json.loads((in_tmp / "res2/runs/split-digits__ewc__s0.json").read_text())
+    assert hand["selection"] is None
+    # resuming into a folder whose record ran other values is refused, nothing run
+    assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "ewc",
+                     "--out", "res2", "--wandb", "disabled", "--no-progress"]) == 2
+    assert "holds a run with ewc.lambda" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategies", "naive,joint"], "has hyperparameters to select"),
+    (["--strategies", "ewc", "--grid", "train.lr=0.1,0.01"], "shared by all strategies"),
+    (["--strategies", "ewc", "--grid", "ewc.lambda=1,x"], "ewc.lambda"),
+    (["--strategies", "nope"], "unknown strategy"),
+    (["--strategies", "ewc", "--run-seeds", "x"], "invalid seed list"),
+])
+def test_tune_bad_input_is_one_line_and_writes_nothing(argv, message, in_tmp, capsys):
+    code = cli.main(["tune", "--scenario", "split-digits", "--out", "o", "--preset", "p.yaml",
+                     *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (in_tmp / "o").exists() and not (in_tmp / "p.yaml").exists()
+
+
+def test_a_preset_with_a_broken_selection_is_refused(tmp_path, in_tmp, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenario: split-digits\nselection: {strategies: {ewc: 3}}\n")
+    assert cli.main(["run", "--config", str(bad), "--out", "o"]) == 2
+    assert "selection" in capsys.readouterr().err
