@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "DEGENERATE_ATOL",
+    "VALIDATION_CRITERION",
     "best_baseline",
     "bwt",
     "final_average_accuracy",
@@ -33,6 +34,7 @@ __all__ = [
     "mean_ci",
     "mean_forgetting_ratio",
     "random_stratified_accuracy",
+    "validation_criterion",
 ]
 
 #: |A_J - A_R| at or below this value counts as "joint training is no better than chance":
@@ -139,6 +141,20 @@ def _t_quantile(p: float, dof: int) -> float:
 def final_average_accuracy(acc: object) -> float:
     """Average accuracy after the last task: ``mean_tau acc[T-1, tau]`` (mean of the last row)."""
     a = _square(acc, "acc")
+    return float(a[-1].mean())
+
+
+#: What :func:`validation_criterion` measures, in words (hyperparameter selection, reports).
+VALIDATION_CRITERION = "mean validation accuracy over all tasks after the last task"
+
+
+def validation_criterion(valid_acc: object) -> float:
+    """Criterion of hyperparameter selection: the mean of the last row of the T×T validation
+    accuracy matrix (``valid_acc[T-1, tau]``: accuracy on task ``tau``'s validation split after
+    training the last task), i.e. the mean validation accuracy over all tasks after the last
+    task. Higher is better. Raises ValueError unless ``valid_acc`` is a non-empty square matrix.
+    """
+    a = _square(valid_acc, "valid_acc")
     return float(a[-1].mean())
 
 
