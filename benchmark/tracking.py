@@ -374,15 +374,12 @@ def run_config(params: Mapping[str, Any], scenario: str, strategy: str, seed: in
 def _early_params(exp) -> dict | None:
     """The record's ``params`` before training (the same resolution as the runner's)."""
     try:
-        from strategies.config import to_public_dict
-
-        from .runner import resolve
+        from .runner import record_params, resolve
         from .scenarios import get_scenario
 
         spec = get_scenario(exp.scenario)
         cfg = resolve(exp, spec.valid_fraction, spec.embedded, spec.network)
-        return {"train": to_public_dict(cfg.train), "model": to_public_dict(cfg.model),
-                exp.strategy: to_public_dict(cfg.strategy)}
+        return record_params(exp, cfg)
     except Exception:  # noqa: BLE001 - the config is completed at finish anyway
         return None
 
@@ -561,7 +558,13 @@ def _summary(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
     """Summary values of a finished run, computed from its record (no W&B calls)."""
     import numpy as np
 
-    from reports.metrics import bwt, final_average_accuracy, forgetting, mean_forgetting_ratio
+    from reports.metrics import (
+        bwt,
+        final_average_accuracy,
+        forgetting,
+        mean_forgetting_ratio,
+        validation_criterion,
+    )
 
     acc = np.asarray(record["accuracy"], dtype=float)
     summary: dict[str, Any] = {
@@ -571,7 +574,13 @@ def _summary(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
         "tag": record.get("tag", ""),
         "train_seconds": _num(float(sum(record.get("seconds", [])))),
         "epochs_total": int(sum(record.get("epochs", []))),
+        # where the hyperparameters came from (README "Hyperparameter selection")
+        "selected_on_validation": record.get("selection") is not None,
     }
+    if record.get("selection") is not None:
+        summary["selection_preset"] = str(record["selection"].get("preset", ""))
+    if record.get("valid_accuracy") is not None:
+        summary["valid_criterion"] = _num(validation_criterion(record["valid_accuracy"]))
     joint = _joint_accuracy(record, out)
     if joint is not None:
         rho = mean_forgetting_ratio(acc, joint, record["random_accuracy"])

@@ -12,6 +12,9 @@ Layout under ``out``::
     <scenario>/capacity.png, compression.{png,md,csv}   when HAT mask statistics exist
     <scenario>/compression_alone.{png,md,csv}   when tasks were trained alone (scenario.task)
     <scenario>/monitoring.{png,csv}   when HAT records have per-epoch hat_used/hat_reuse
+    <scenario>/hyperparameters.{md,csv}  per strategy: hyperparameters and whether selected
+    <scenario>/sensitivity.{png,pdf,csv} validation criterion over each search space, when a
+                                      record has a selection or grid records valid_accuracy
 
 Files of these names left over from an earlier report that this run does not produce are
 removed, so ``index.md`` and the folder agree.
@@ -43,6 +46,8 @@ _OWNED = (
     "compression.*",
     "compression_alone.*",
     "monitoring.*",
+    "hyperparameters.*",
+    "sensitivity.*",
 )
 
 
@@ -191,6 +196,30 @@ def _scenario_files(
         )
         text("monitoring.csv", render.monitoring_csv(mon),
              "data of the monitoring figure: task, epoch, layer, used, reuse, seeds")
+    if rep.hyperparameters:
+        text(
+            "hyperparameters.md",
+            render.hyperparameters_md(rep),
+            "hyperparameters each strategy ran with, and their source: selected on validation "
+            "data (preset, seeds, epochs, criterion value) or defaults / set by hand",
+        )
+        text("hyperparameters.csv", render.hyperparameters_csv(rep),
+             "the hyperparameter table as CSV (one column per hyperparameter)")
+    if rep.sensitivity:
+        figure(
+            figures.plot_sensitivity,
+            (rep.sensitivity, rep.scenario, [d / "sensitivity.png", d / "sensitivity.pdf"]),
+            {
+                "sensitivity.png": "hyperparameter sensitivity: per strategy, the validation "
+                "criterion (mean validation accuracy over all tasks after the last task) over "
+                "its whole search space, the chosen point marked; a flat panel is a method "
+                "robust to its hyperparameters",
+                "sensitivity.pdf": "the same figure as PDF",
+            },
+        )
+        text("sensitivity.csv", render.sensitivity_csv(rep.sensitivity),
+             "data of the sensitivity figure: one row per point (strategy, params, value, "
+             "chosen, source, n_seeds)")
     return items
 
 

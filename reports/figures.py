@@ -7,6 +7,7 @@ files atomically and returns their paths.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .render import atomic_path
-from .tables import Capacity, Grid, Monitoring, Stat
+from .tables import Capacity, Grid, Monitoring, Sensitivity, Stat, param_text
 
 COLUMN_IN = 3.3
 DOUBLE_IN = 6.9
@@ -271,3 +272,204 @@ def plot_monitoring(mon: Monitoring, scenario: str, path: Path) -> list[Path]:
                       title="layer", title_fontsize=FONT_PT - 1)
         fig.suptitle(f"{scenario}: HAT monitoring (mean over {mon.n} seed(s))", fontsize=FONT_PT)
         return _save(fig, [path])
+
+
+# --- hyperparameter sensitivity -------------------------------------------------------------------
+
+
+def log_axis(values: Sequence[object]) -> bool:
+    """A log x axis for these values: all positive numbers spanning more than 2 decades."""
+    nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return len(nums) == len(values) > 1 and min(nums) > 0 and max(nums) / min(nums) > 100
+
+
+def _panel_kind(s: Sensitivity) -> str:
+    return {1: "line", 2: "heatmap"}.get(len(s.keys), "lines")
+
+
+def _tick(v: object) -> str:
+    """Short tick label: 3 significant digits, ``1e4`` rather than ``1e+04``."""
+    if isinstance(v, float):
+        text = f"{v:.3g}"
+        return text.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+    return param_text(v)
+
+
+def _ticks(values: Sequence[object]) -> list[str]:
+    return [_tick(v) for v in values]
+
+
+def _rotation(labels: Sequence[str], width: float) -> int:
+    """45 degrees when the labels would not fit side by side in ``width`` inches."""
+    return 45 if sum(0.07 * len(t) + 0.08 for t in labels) > width else 0
+
+
+def _xticks(ax, positions, labels: Sequence[str], rotation: int) -> None:
+    """x tick labels, rotated ones anchored at their right end under their tick."""
+    if rotation:
+        ax.set_xticks(positions, labels, rotation=rotation, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(positions, labels)
+
+
+def _chosen_marker(ax, x: float, y: float) -> None:
+    ax.plot([x], [y], linestyle="none", marker="*", markersize=10, color="crimson",
+            markeredgecolor="black", markeredgewidth=0.4, zorder=5)
+
+
+def _sensitivity_line(ax, s: Sensitivity) -> None:
+    """One key: the criterion over its values."""
+    axis = s.axes[0]
+    numeric = all(isinstance(v, float) for v in axis)
+    xs = np.array(axis, dtype=float) if numeric else np.arange(len(axis), dtype=float)
+    ys = np.array([100 * s.value((v,)) for v in axis])
+    ok = np.isfinite(ys)
+    ax.plot(xs[ok], ys[ok], marker="o", markersize=3, linewidth=1.0, color="C0")
+    if log_axis(axis):
+        ax.set_xscale("log")
+    if not numeric or len(axis) <= 10:
+        labels = _ticks(axis)
+        _xticks(ax, xs, labels, _rotation(labels, 1.8))
+        ax.minorticks_off()
+    for x, v, y in zip(xs, axis, ys, strict=True):
+        if s.point_key((v,)) == s.chosen and math.isfinite(y):
+            _chosen_marker(ax, x, y)
+    ax.set_xlabel(s.keys[0])
+    ax.set_ylabel("validation criterion (%)")
+
+
+def _sensitivity_heatmap(fig, ax, s: Sensitivity) -> None:
+    """Two keys: annotated heatmap, the key with more values on the columns; the chosen cell
+    framed."""
+    r, c = (0, 1) if len(s.axes[0]) <= len(s.axes[1]) else (1, 0)
+    rows, cols = s.axes[r], s.axes[c]
+    m = np.full((len(rows), len(cols)), np.nan)
+    chosen = None
+    for i, vr in enumerate(rows):
+        for j, vc in enumerate(cols):
+            point = [None, None]
+            point[r], point[c] = vr, vc
+            m[i, j] = 100 * s.value(point)
+            if s.point_key(point) == s.chosen:
+                chosen = (i, j)
+    finite = m[np.isfinite(m)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1.0, hi + 1.0
+    im = _annotated_heatmap(ax, m, lambda v: f"{v:.1f}", lo, hi)
+    if chosen is not None:
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False,
+                               edgecolor="crimson", linewidth=2.0))
+    labels = _ticks(cols)
+    _xticks(ax, np.arange(len(cols)), labels, _rotation(labels, 0.4 * len(cols)))
+    ax.set_yticks(np.arange(len(rows)), _ticks(rows))
+    ax.set_xlabel(s.keys[c])
+    ax.set_ylabel(s.keys[r])
+    fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label="validation criterion (%)")
+
+
+def _sensitivity_lines(ax, s: Sensitivity) -> None:
+    """Three or more keys: one line per value of the first key over the combinations of the
+    others."""
+    combos = list(itertools.product(*s.axes[1:]))
+    xs = np.arange(len(combos))
+    for k, first in enumerate(s.axes[0]):
+        ys = np.array([100 * s.value((first, *combo)) for combo in combos])
+        ok = np.isfinite(ys)
+        ax.plot(xs[ok], ys[ok], marker="o", markersize=2.5, linewidth=1.0,
+                color=f"C{k % 10}", label=param_text(first))
+        for x, combo, y in zip(xs, combos, ys, strict=True):
+            if s.point_key((first, *combo)) == s.chosen and math.isfinite(y):
+                _chosen_marker(ax, x, y)
+    step = max(1, math.ceil(len(combos) / 24))
+    labels = ["/".join(_ticks(c)) for c in combos[::step]]
+    _xticks(ax, xs[::step], labels, 90 if len(labels) > 12 else _rotation(labels, 2.0))
+    ax.set_xlabel(" / ".join(s.keys[1:]))
+    ax.set_ylabel("validation criterion (%)")
+    ax.legend(title=s.keys[0], frameon=False, fontsize=FONT_PT - 1, title_fontsize=FONT_PT - 1,
+              loc="best")
+
+
+def _panel_width(s: Sensitivity) -> float:
+    """Inches a panel needs (axis, labels, colorbar)."""
+    kind = _panel_kind(s)
+    if kind == "heatmap":
+        return max(2.6, 0.4 * max(len(a) for a in s.axes) + 1.7)
+    if kind == "lines":
+        return max(2.6, 0.16 * math.prod(len(a) for a in s.axes[1:]) + 1.0)
+    return 2.6
+
+
+def _panel_height(s: Sensitivity) -> float:
+    if _panel_kind(s) == "heatmap":
+        return max(2.1, 0.28 * min(len(a) for a in s.axes) + 1.2)
+    return 2.1
+
+
+def _layout(sens: Sequence[Sensitivity]) -> list[list[int]]:
+    """Rows of panel indices: a wide panel (over half the page) alone, narrow ones in pairs."""
+    rows: list[list[int]] = []
+    last_narrow = False
+    for i, s in enumerate(sens):
+        narrow = _panel_width(s) <= DOUBLE_IN / 2
+        if narrow and last_narrow and len(rows[-1]) < 2:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
+        last_narrow = narrow
+    return rows
+
+
+def sensitivity_title(s: Sensitivity) -> str:
+    """Panel title: the strategy and how much its criterion moves over the search space."""
+    vals = [100 * v for v in s.values.values() if math.isfinite(v)]
+    n = len(s.values)
+    mark = "□" if _panel_kind(s) == "heatmap" else "★"
+    what = "chosen" if s.source == "selection" else "best"
+    if not vals:
+        return f"{s.strategy}: no criterion value"
+    return (f"{s.strategy}: spread {max(vals) - min(vals):.1f} pp over {n} point"
+            f"{'s' if n != 1 else ''}\n({min(vals):.1f}–{max(vals):.1f} %; {mark} {what})")
+
+
+def plot_sensitivity(sens: Sequence[Sensitivity], scenario: str, paths: Sequence[Path]
+                     ) -> list[Path]:
+    """Per strategy, one panel with its validation criterion over its whole search space,
+    the chosen (or, for grid records, the best) point marked: one key a line (log x axis over
+    more than 2 decades), two keys an annotated heatmap, more keys one line per value of the
+    first key. Wide panels take a row of their own, narrow ones go two to a row."""
+    rows = _layout(sens)
+    two = any(len(r) == 2 for r in rows)
+    wide = any(_panel_width(s) > DOUBLE_IN / 2 for s in sens)
+    width = DOUBLE_IN if two or wide else max(COLUMN_IN, max(_panel_width(s) for s in sens))
+    heights = [max(_panel_height(sens[i]) for i in r) for r in rows]
+    heat = any(_panel_kind(s) == "heatmap" for s in sens)
+    many = any(_panel_kind(s) == "lines" for s in sens)
+    gap = 1.3 if many else 1.0  # room for the next row's title and rotated tick labels
+    bottom, top = (0.9 if many else 0.55), 1.0
+    right = 0.5 if heat else 0.15  # the colorbar's label
+    height = sum(heights) + (len(rows) - 1) * gap + bottom + top
+    ncols = 2 if two or wide else 1
+    gap_w = 1.0 if heat else 0.75  # the colorbar's label and the next panel's y label
+    axis_w = (width - 0.6 - right - (ncols - 1) * gap_w) / ncols
+    with _figure(width, height, (0.6, bottom, right, top)) as fig:
+        gs = fig.add_gridspec(len(rows), ncols, height_ratios=heights,
+                              hspace=gap / float(np.mean(heights)), wspace=gap_w / axis_w)
+        for k, row in enumerate(rows):
+            for j, i in enumerate(row):
+                s = sens[i]
+                narrow = _panel_width(s) <= DOUBLE_IN / 2
+                ax = fig.add_subplot(gs[k, j] if narrow or ncols == 1 else gs[k, :])
+                kind = _panel_kind(s)
+                if kind == "line":
+                    _sensitivity_line(ax, s)
+                elif kind == "heatmap":
+                    _sensitivity_heatmap(fig, ax, s)
+                else:
+                    _sensitivity_lines(ax, s)
+                ax.set_title(sensitivity_title(s), fontsize=FONT_PT - 1)
+        fig.suptitle(f"{scenario}: validation criterion over each strategy's search space\n"
+                     "(a flat panel: robust to its hyperparameters)", fontsize=FONT_PT)
+        return _save(fig, paths)

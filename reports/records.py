@@ -15,6 +15,9 @@ __all__ = ["RecordWarning", "ReportError", "load_records", "record_problem"]
 
 #: Fields without which a JSON object is not a run record the report can use.
 REQUIRED = ("scenario", "strategy", "seed", "task_names", "accuracy", "random_accuracy")
+#: Record schemas the report reads (2 added ``valid_accuracy`` and ``selection``; a schema-1
+#: record reads as having both null).
+SCHEMAS = (1, 2)
 
 
 class ReportError(Exception):
@@ -63,22 +66,58 @@ def _hat_problem(hat: object) -> str | None:
     return None
 
 
+def _is_scalar(x: object) -> bool:
+    return isinstance(x, str | bool) or _is_num(x)
+
+
+def _selection_problem(sel: object) -> str | None:
+    """Why ``sel`` is not a hyperparameter selection block, or None."""
+    if not isinstance(sel, dict):
+        return "'selection' must be an object or null"
+    space = sel.get("space")
+    if not isinstance(space, dict) or not space or not all(
+        isinstance(k, str) and isinstance(v, list) and v and all(_is_scalar(x) for x in v)
+        for k, v in space.items()
+    ):
+        return "'selection.space' must map each key to a non-empty list of numbers or strings"
+    keys = set(space)
+    points = sel.get("points")
+    if not isinstance(points, list) or not points:
+        return "'selection.points' must be a non-empty list of {params, value}"
+    for i, pt in enumerate(points):
+        if not isinstance(pt, dict) or not isinstance(pt.get("params"), dict) or "value" not in pt:
+            return f"'selection.points' entry {i} must be an object with 'params' and 'value'"
+        if set(pt["params"]) != keys or not all(_is_scalar(v) for v in pt["params"].values()):
+            return f"'selection.points' entry {i}: 'params' must set exactly the space's keys"
+        v = pt.get("value")
+        if not (v is None or _is_num(v) or (isinstance(v, float) and math.isnan(v))):
+            return f"'selection.points' entry {i}: 'value' must be a number or null"
+    chosen = sel.get("chosen")
+    if not isinstance(chosen, dict) or set(chosen) != keys:
+        return "'selection.chosen' must be an object setting exactly the space's keys"
+    return None
+
+
 def record_problem(rec: object) -> str | None:
     """Why ``rec`` is not a usable run record, or None when it is.
 
-    Checks: a JSON object with the fields in :data:`REQUIRED`; ``schema`` (when present) 1;
+    Checks: a JSON object with the fields in :data:`REQUIRED`; ``schema`` (when present) 1 or 2;
     non-empty string ``scenario``/``strategy``; integer ``seed``; ``task_names`` a non-empty
     list of T strings; ``accuracy`` T×T and ``random_accuracy`` length T, numbers in [0, 1];
     ``tag`` a string when present; ``params`` an object when present; ``hat`` null or mask
-    statistics whose ``used``/``overlap`` are layers×tasks and ``weights_kept`` per task.
+    statistics whose ``used``/``overlap`` are layers×tasks and ``weights_kept`` per task;
+    ``valid_accuracy`` null or T×T in [0, 1]; ``selection`` null or an object whose ``space``
+    maps keys to non-empty lists, whose ``points`` are ``{params, value}`` (params setting
+    exactly the space's keys; value a number, or null/NaN when unknown) and whose ``chosen``
+    sets those keys.
     """
     if not isinstance(rec, dict):
         return "not a JSON object"
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         return "missing field(s) " + ", ".join(missing)
-    if rec.get("schema", 1) != 1:
-        return f"unsupported schema {rec.get('schema')!r} (expected 1)"
+    if rec.get("schema", 1) not in SCHEMAS or isinstance(rec.get("schema"), bool):
+        return f"unsupported schema {rec.get('schema')!r} (expected 1 or 2)"
     for key in ("scenario", "strategy"):
         if not isinstance(rec[key], str) or not rec[key]:
             return f"'{key}' must be a non-empty string"
@@ -98,18 +137,27 @@ def record_problem(rec: object) -> str | None:
         return "'tag' must be a string"
     if not isinstance(rec.get("params", {}), dict):
         return "'params' must be an object"
+    if rec.get("valid_accuracy") is not None:
+        p = _matrix_problem(rec["valid_accuracy"], n, n, "valid_accuracy")
+        if p:
+            return p + f" (T = {n} from task_names)"
+    if rec.get("selection") is not None:
+        p = _selection_problem(rec["selection"])
+        if p:
+            return p
     if rec.get("hat") is not None:
         return _hat_problem(rec["hat"])
     return None
 
 
 def normalise(rec: dict[str, Any], source: str) -> dict[str, Any]:
-    """A validated record with optional fields filled (``tag`` "", ``params`` {}, ``hat``
-    None) and ``_source`` naming where it came from."""
+    """A validated record with optional fields filled (``tag`` "", ``params`` {}, ``hat``,
+    ``valid_accuracy`` and ``selection`` None) and ``_source`` naming where it came from."""
     out = dict(rec)
     out.setdefault("tag", "")
     out.setdefault("params", {})
-    out.setdefault("hat", None)
+    for key in ("hat", "valid_accuracy", "selection"):
+        out.setdefault(key, None)
     out["_source"] = source
     return out
 
@@ -120,8 +168,8 @@ def load_records(folder: str | Path) -> list[dict[str, Any]]:
 
     A file that is not valid JSON, or is JSON but not a usable run record (see
     :func:`record_problem`), is skipped with one :class:`RecordWarning` naming the file and
-    the reason. Each returned record has ``tag``/``params``/``hat`` filled and a ``_source``
-    key holding its path.
+    the reason. Each returned record has ``tag``/``params``/``hat``/``valid_accuracy``/
+    ``selection`` filled and a ``_source`` key holding its path.
     """
     folder = Path(folder)
     runs = folder / "runs" if (folder / "runs").is_dir() else folder

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .tables import Capacity, Grid, Missing, Monitoring, ScenarioReport
+from . import metrics
+from .tables import Capacity, Grid, Missing, Monitoring, ScenarioReport, Sensitivity
 
 SINGLE = "†"
 SINGLE_NOTE = f"{SINGLE} a single seed: no confidence interval (a CI needs >= 2 seeds)."
@@ -307,6 +308,69 @@ def compression_md(cap: Capacity, scenario: str) -> str:
         f"# {scenario}: HAT compression (fraction of the network each task keeps, mean over "
         f"{cap.n} seed(s))\n\n" + _md_table(header, rows)
     )
+
+
+# --- hyperparameters ----------------------------------------------------------------------------
+
+
+def _hyper_keys(rep: ScenarioReport) -> list[str]:
+    """Every hyperparameter column: strategies' own keys first, then ``train.*``."""
+    keys = {k for row in rep.hyperparameters for k in row.params}
+    return sorted(keys, key=lambda k: (k.startswith("train."), k))
+
+
+def hyperparameters_md(rep: ScenarioReport) -> str:
+    """One row per strategy: the hyperparameters it ran with and whether they were selected on
+    validation data."""
+    rows = [
+        [row.strategy, ",".join(map(str, row.seeds)),
+         ", ".join(f"{k}={v}" for k, v in row.params.items()), row.source]
+        for row in rep.hyperparameters
+    ]
+    return (
+        f"# {rep.scenario}: hyperparameters per strategy\n\n"
+        + _md_table(["strategy", "seeds", "hyperparameters", "source"], rows)
+        + "\nOwn section of each strategy's params, train.clipgrad, and the train settings that"
+        " differ across strategies. Selected on validation: chosen by `python -m benchmark tune`"
+        " (criterion: " + metrics.VALIDATION_CRITERION + ", mean over the selection's seeds,"
+        " training at most the epochs given).\n"
+    )
+
+
+def hyperparameters_csv(rep: ScenarioReport) -> str:
+    """``strategy,seeds,selected,source,preset,criterion_value`` then one column per
+    hyperparameter (empty where a strategy has no such key)."""
+    keys = _hyper_keys(rep)
+    header = ["strategy", "seeds", "selected", "source", "preset", "criterion_value", *keys]
+    rows = [
+        {"strategy": row.strategy, "seeds": " ".join(map(str, row.seeds)),
+         "selected": "true" if row.selected else "false", "source": row.source,
+         "preset": row.preset, "criterion_value": row.criterion_value,
+         **{k: row.params.get(k) for k in keys}}
+        for row in rep.hyperparameters
+    ]
+    return _csv(header, rows)
+
+
+SENSITIVITY_HEADER = ["strategy", "params", "value", "chosen", "source", "n_seeds"]
+
+
+def sensitivity_rows(sens: list[Sensitivity]) -> list[dict[str, Any]]:
+    """One row per point of each strategy's search space: ``params`` as a grid tag spells it,
+    ``value`` its validation criterion, ``chosen`` 1 at the selected (or best) point."""
+    rows = []
+    for s in sens:
+        for point in s.points():
+            key = s.point_key(point)
+            rows.append({"strategy": s.strategy, "params": s.label(point),
+                         "value": s.values[key], "chosen": int(key == s.chosen),
+                         "source": f"{s.source}: {s.where}" if s.source == "selection"
+                         else s.where, "n_seeds": s.n_seeds.get(key)})
+    return rows
+
+
+def sensitivity_csv(sens: list[Sensitivity]) -> str:
+    return _csv(SENSITIVITY_HEADER, sensitivity_rows(sens))
 
 
 # --- index ---------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ records.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -13,11 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import VALIDATION_CRITERION
+
 __all__ = [
     "FORGET_RATE",
+    "SPACES",
+    "STRATEGY_PARAMS",
     "make_accuracy",
     "make_hat_stats",
     "make_record",
+    "make_selection",
     "record_filename",
     "synthetic_records",
     "write_records",
@@ -25,6 +32,19 @@ __all__ = [
 
 #: accuracy lost per later task, per strategy (others: 0.05)
 FORGET_RATE = {"joint": 0.0, "hat": 0.004, "ewc": 0.03, "sgd": 0.1}
+#: the synthetic records' own hyperparameters (others: none); also the selections' choice
+STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
+    "hat": {"smax": 400.0, "c": 0.75},
+    "ewc": {"lambda": 10000.0},
+    "lwf": {"alpha": 1.0, "temperature": 2.0},
+}
+#: search spaces of the synthetic selection blocks (``<strategy>.<param>`` -> values)
+SPACES: dict[str, dict[str, list[float]]] = {
+    "hat": {"hat.smax": [25, 50, 100, 200, 400, 800],
+            "hat.c": [0.1, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 4]},
+    "ewc": {"ewc.lambda": [1, 10, 100, 1000, 5000, 10000, 100000, 1000000]},
+    "lwf": {"lwf.alpha": [0.1, 0.5, 1, 2, 4, 8, 10], "lwf.temperature": [0.5, 1, 2, 4]},
+}
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -69,6 +89,37 @@ def make_hat_stats(n_tasks: int, seed: int, layers: Sequence[str] = ("c1", "c2",
     }
 
 
+def make_selection(
+    scenario: str, strategy: str, space: Mapping[str, Sequence[Any]] | None = None,
+    chosen: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A selection block over ``space`` (default :data:`SPACES`) whose criterion peaks at
+    ``chosen`` (default: the point nearest :data:`STRATEGY_PARAMS`), falling with the squared
+    log-distance from it."""
+    space = {k: list(v) for k, v in (space or SPACES[strategy]).items()}
+    if chosen is None:
+        own = STRATEGY_PARAMS.get(strategy, {})
+        chosen = {k: min(v, key=lambda x, k=k: abs(math.log(x / own.get(k.split(".", 1)[1], x))))
+                  for k, v in space.items()}
+    rng = _rng("selection", scenario, strategy)
+    points = []
+    for combo in itertools.product(*space.values()):
+        params = dict(zip(space, combo, strict=True))
+        d = sum(math.log2(params[k] / chosen[k]) ** 2 for k in space)
+        drop = 0.0 if d == 0 else 0.004 * d + abs(rng.normal(0.0, 0.003)) + 1e-4
+        points.append({"params": params, "value": round(max(0.3, 0.95 - drop), 6)})
+    return {
+        "preset": f"configs/tuned/{scenario}.yaml",
+        "criterion": f"{VALIDATION_CRITERION} (mean over seeds)",
+        "seeds": [0, 1],
+        "epochs": 20,
+        "suite": "0.1.0",
+        "space": space,
+        "points": points,
+        "chosen": dict(chosen),
+    }
+
+
 def make_record(
     scenario: str,
     strategy: str,
@@ -80,8 +131,11 @@ def make_record(
     tag: str = "",
     params: Mapping[str, Any] | None = None,
     hat: Mapping[str, Any] | None = None,
+    valid_accuracy: Sequence[Sequence[float]] | None = None,
+    selection: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A complete schema-1 run record (docs/record-schema.md)."""
+    """A complete schema-2 run record (docs/record-schema.md); ``valid_accuracy`` and
+    ``selection`` null unless given."""
     acc = (
         [list(map(float, r)) for r in accuracy]
         if accuracy is not None
@@ -89,14 +143,17 @@ def make_record(
     )
     ra = list(random_accuracy) if random_accuracy is not None else [0.5] * n_tasks
     return {
-        "schema": 1,
+        "schema": 2,
         "scenario": scenario,
         "strategy": strategy,
         "seed": seed,
         "tag": tag,
-        "params": dict(params) if params is not None else {"train": {"lr": 0.05}, strategy: {}},
+        "params": (dict(params) if params is not None
+                   else {"train": {"lr": 0.05, "clipgrad": 10000.0}, strategy: {}}),
         "task_names": [f"task{i}" for i in range(n_tasks)],
         "accuracy": acc,
+        "valid_accuracy": ([list(map(float, r)) for r in valid_accuracy]
+                           if valid_accuracy is not None else None),
         "random_accuracy": ra,
         "epochs": [1] * n_tasks,
         "seconds": [0.1] * n_tasks,
@@ -105,6 +162,7 @@ def make_record(
             for _ in range(n_tasks)
         ],
         "hat": dict(hat) if hat is not None else None,
+        "selection": dict(selection) if selection is not None else None,
         "versions": {"python": "3.11", "torch": "n/a", "avalanche": "n/a", "suite": "0.1.0"},
         "device": "cpu",
         "created": "2024-01-01T00:00:00Z",
@@ -118,20 +176,26 @@ def synthetic_records(
     *,
     grid: tuple[Sequence[float], Sequence[float]] | None = None,
     hat_stats: bool = False,
+    selected: Iterable[str] = ("hat", "ewc", "lwf"),
 ) -> list[dict[str, Any]]:
     """Records for every scenario (name -> T), strategy and seed; with ``grid = (smaxs, cs)``
-    also tagged HAT grid points; with ``hat_stats`` HAT records carry mask statistics."""
+    also tagged HAT grid points; with ``hat_stats`` HAT records carry mask statistics. Every
+    record has a ``valid_accuracy``; untagged records of the ``selected`` strategies (those
+    with a space in :data:`SPACES`) carry a selection block (:func:`make_selection`)."""
     scenarios = scenarios if scenarios is not None else {"syn-3": 3, "syn-5": 5}
     seeds, strategies = list(seeds), list(strategies)
+    selected = set(selected) & set(SPACES)
     out = []
     for sc, n in scenarios.items():
         for st in strategies:
+            sel = make_selection(sc, st) if st in selected else None
             for sd in seeds:
-                params = {"train": {"lr": 0.05}, st: {}}
-                if st == "hat":
-                    params["hat"] = {"smax": 400.0, "c": 0.75}
+                params = {"train": {"lr": 0.05, "clipgrad": 10000.0},
+                          st: dict(STRATEGY_PARAMS.get(st, {}))}
                 hat = make_hat_stats(n, sd) if st == "hat" and hat_stats else None
-                out.append(make_record(sc, st, sd, n, params=params, hat=hat))
+                valid = make_accuracy(st, n, sd, f"{sc}/valid")
+                out.append(make_record(sc, st, sd, n, params=params, hat=hat,
+                                       valid_accuracy=valid, selection=sel))
         if grid is not None:
             for smax in grid[0]:
                 for c in grid[1]:
@@ -147,6 +211,7 @@ def synthetic_records(
                                 accuracy=acc,
                                 tag=tag,
                                 params={"hat": {"smax": smax, "c": c}},
+                                valid_accuracy=make_accuracy("hat", n, sd, f"{sc}/{tag}/valid"),
                             )
                         )
     return out

@@ -16,12 +16,19 @@ Which records count where:
   only feed the compression-per-task data (:class:`Capacity` in ``compression``); HAT
   records with per-epoch ``hat_used``/``hat_reuse`` history feed the monitoring data
   (:class:`Monitoring`, untagged records only).
+* The hyperparameter table (:class:`HyperRow`) describes the untagged records. The
+  sensitivity data (:class:`Sensitivity`) of a strategy comes from the ``selection`` block of
+  any of its records in the scenario (the newest ``created`` when they disagree), else from
+  its tagged grid records that carry ``valid_accuracy`` (what ``benchmark tune`` writes).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +40,16 @@ __all__ = [
     "BASELINE_EXCLUDE",
     "Capacity",
     "Grid",
+    "HyperRow",
     "Missing",
     "Monitoring",
     "ScenarioReport",
+    "Sensitivity",
     "Stat",
     "compute_report",
     "compute_scenario",
+    "param_text",
+    "selection_source",
 ]
 
 HAT = "hat"
@@ -46,6 +57,10 @@ JOINT = "joint"
 #: strategies that are not baselines when choosing the best baseline
 BASELINE_EXCLUDE = (HAT, JOINT)
 RUN_CMD = "python -m benchmark run --scenario {scenario} --strategies {strategies} --seeds {seeds}"
+TUNE_CMD = "python -m benchmark tune --scenario {scenario}"
+#: hyperparameter table: a value (or source) that the seeds of one strategy do not agree on
+DIFFERS = "differs across seeds"
+NOT_SELECTED = "defaults / set by hand (not selected)"
 
 
 @dataclass
@@ -131,6 +146,51 @@ class Monitoring:
 
 
 @dataclass
+class HyperRow:
+    """One strategy's row of the hyperparameter table (its untagged records)."""
+
+    strategy: str
+    seeds: list[int]
+    #: ``section.key`` -> canonical value text, :data:`DIFFERS`, or ``n/a`` (not recorded)
+    params: dict[str, str]
+    source: str  # selection_source(...), NOT_SELECTED or DIFFERS
+    selected: bool  # every seed carries the same selection
+    preset: str | None = None
+    criterion_value: float = math.nan  # of the chosen point, NaN when not selected/unknown
+
+
+@dataclass
+class Sensitivity:
+    """A strategy's validation criterion over its hyperparameter search space."""
+
+    strategy: str
+    keys: list[str]  # ``section.key``, in plotting order
+    axes: list[list[Any]]  # per key its values (numbers as float), sorted when numeric
+    #: point (canonical text per key, in ``keys`` order) -> criterion (NaN: unknown)
+    values: dict[tuple[str, ...], float]
+    chosen: tuple[str, ...] | None  # the selected point (``selection``) or the best (grid)
+    source: str  # "selection" or "grid"
+    where: str  # the preset of the selection, or "tagged grid records"
+    n_seeds: dict[tuple[str, ...], int | None]  # per point, seeds behind its criterion
+
+    def point_key(self, point: Sequence[Any]) -> tuple[str, ...]:
+        return tuple(param_text(v) for v in point)
+
+    def value(self, point: Sequence[Any]) -> float:
+        """Criterion at ``point`` (values in ``keys`` order); NaN when absent."""
+        return self.values.get(self.point_key(point), math.nan)
+
+    def points(self) -> list[tuple[Any, ...]]:
+        """The points that have an entry, in axis order (first key slowest)."""
+        return [p for p in itertools.product(*self.axes) if self.point_key(p) in self.values]
+
+    def label(self, point: Sequence[Any]) -> str:
+        """``key=value`` pairs, keys sorted, as a grid tag spells them."""
+        return ",".join(f"{k}={t}" for k, t in sorted(zip(self.keys, self.point_key(point),
+                                                          strict=True)))
+
+
+@dataclass
 class ScenarioReport:
     scenario: str
     n_tasks: int
@@ -150,6 +210,8 @@ class ScenarioReport:
     #: each task trained alone (compression experiment): tasks are task names
     compression: Capacity | None = None
     monitoring: Monitoring | None = None
+    hyperparameters: list[HyperRow] = field(default_factory=list)
+    sensitivity: list[Sensitivity] = field(default_factory=list)
 
     def rho_rows(self, all_t: bool = False) -> list[dict[str, Any]]:
         """Rows ``strategy, t, mean, ci_half, ci_low, ci_high, n_seeds`` of Table 1 (or of
@@ -218,6 +280,7 @@ def compute_scenario(
     """All numbers of one scenario's report from its (validated) run records."""
     notes: list[str] = []
     missing: list[Missing] = []
+    all_records = records
     alone = [r for r in records if trained_alone(r)]
     records = [r for r in records if not trained_alone(r)]
     compression = _compression(alone, notes)
@@ -226,6 +289,7 @@ def compute_scenario(
             scenario=scenario, n_tasks=1, strategies=[], seeds={}, confidence=confidence,
             rho={}, table_ts=[], best={}, reduction=[], summary={}, acc_mean={}, grid=None,
             capacity=None, missing=missing, notes=notes, compression=compression,
+            sensitivity=_sensitivity(all_records, [], notes),
         )
     t_count = Counter(len(r["task_names"]) for r in records)
     n_tasks = t_count.most_common(1)[0][0]
@@ -349,6 +413,18 @@ def compute_scenario(
         }
         acc_mean[s] = np.mean(np.stack(mats), axis=0)
 
+    # --- hyperparameters: table, sensitivity ------------------------------------------------
+    hyper = _hyperparameters(by_strategy, strategies, notes)
+    if strategies and not any(r.get("selection") for r in all_records):
+        missing.append(
+            Missing(
+                "no record carries a hyperparameter selection (every strategy ran with paper "
+                "defaults or values set by hand); `make tune` selects them on validation data "
+                "for every scenario",
+                TUNE_CMD.format(scenario=scenario),
+            )
+        )
+
     return ScenarioReport(
         scenario=scenario,
         n_tasks=n_tasks,
@@ -367,6 +443,8 @@ def compute_scenario(
         notes=notes,
         compression=compression,
         monitoring=_monitoring(list(by_strategy.get(HAT, {}).values()), n_tasks),
+        hyperparameters=hyper,
+        sensitivity=_sensitivity(all_records, records, notes),
     )
 
 
@@ -538,6 +616,214 @@ def _capacity(hat_records: list[dict], n_tasks: int, notes: list[str]) -> Capaci
         weights_kept=np.mean(np.asarray(wk, dtype=float), axis=0) if len(wk) == len(keep) else None,
         n=len(keep),
     )
+
+
+def param_text(v: object) -> str:
+    """Canonical text of a hyperparameter value: ``25`` for 25 and 25.0, ``0.1``, ``true``;
+    strings as they are; lists and objects as compact JSON."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) if math.isfinite(v) and v.is_integer() and abs(v) < 1e15 else repr(v)
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def _chosen_value(sel: dict) -> float:
+    """Criterion value of the selection's chosen point (NaN when no point matches)."""
+    want = {k: param_text(v) for k, v in sel["chosen"].items()}
+    for pt in sel["points"]:
+        if {k: param_text(v) for k, v in pt["params"].items()} == want:
+            v = _num(pt.get("value"))
+            return math.nan if v is None else v
+    return math.nan
+
+
+def selection_source(sel: dict) -> str:
+    """``selected on validation (<preset>, seeds 0,1, ≤20 epochs, criterion value 0.953)``,
+    leaving out what the selection block does not say."""
+    parts = []
+    if isinstance(sel.get("preset"), str) and sel["preset"]:
+        parts.append(sel["preset"])
+    seeds = sel.get("seeds")
+    if isinstance(seeds, list) and seeds:
+        parts.append(f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
+    if isinstance(sel.get("epochs"), int) and not isinstance(sel["epochs"], bool):
+        parts.append(f"≤{sel['epochs']} epochs")
+    value = _chosen_value(sel)
+    if not math.isnan(value):
+        parts.append(f"criterion value {value:.3f}")
+    return "selected on validation" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _agreed(texts: Iterable[str]) -> str:
+    """The one text all seeds agree on, else :data:`DIFFERS`."""
+    distinct = set(texts)
+    return distinct.pop() if len(distinct) == 1 else DIFFERS
+
+
+def _param(rec: dict, section: str, key: str) -> str:
+    sec = rec.get("params", {}).get(section)
+    return param_text(sec[key]) if isinstance(sec, dict) and key in sec else "n/a"
+
+
+def _hyperparameters(
+    by_strategy: dict[str, dict[int, dict]], strategies: list[str], notes: list[str]
+) -> list[HyperRow]:
+    """Per untagged strategy: its own section of ``params``, ``train.clipgrad`` and the
+    ``train`` settings that differ across strategies, with where they come from."""
+
+    def values(recs: list[dict], section: str, key: str) -> str:
+        return _agreed(_param(r, section, key) for r in recs)
+
+    recs_of = {s: list(by_strategy[s].values()) for s in strategies}
+    train_keys = sorted(
+        {k for recs in recs_of.values() for r in recs
+         if isinstance(r["params"].get("train"), dict) for k in r["params"]["train"]}
+        - {"clipgrad"}
+    )
+    train = {s: {k: values(recs_of[s], "train", k) for k in train_keys} for s in strategies}
+    differing = [k for k in train_keys
+                 if len({train[s][k] for s in strategies}) > 1
+                 or any(train[s][k] == DIFFERS for s in strategies)]
+    rows = []
+    for s in strategies:
+        recs = recs_of[s]
+        own = sorted({k for r in recs if isinstance(r["params"].get(s), dict)
+                      for k in r["params"][s]})
+        params = {f"{s}.{k}": values(recs, s, k) for k in own}
+        params["train.clipgrad"] = values(recs, "train", "clipgrad")
+        params.update({f"train.{k}": train[s][k] for k in differing})
+        sels = [r.get("selection") for r in recs]
+        source = _agreed(selection_source(x) if x else NOT_SELECTED for x in sels)
+        selected = all(sels) and source != DIFFERS
+        row = HyperRow(strategy=s, seeds=sorted(by_strategy[s]), params=params, source=source,
+                       selected=bool(selected))
+        if selected:
+            sel = sels[0]
+            row.preset = sel.get("preset") if isinstance(sel.get("preset"), str) else None
+            row.criterion_value = _chosen_value(sel)
+            for key, v in sel["chosen"].items():
+                section, _, name = key.partition(".")
+                have = values(recs, section, name)
+                if have not in (DIFFERS, "n/a", param_text(v)):
+                    notes.append(f"{s}: ran with {key}={have}, but its selection chose "
+                                 f"{param_text(v)}")
+        rows.append(row)
+    return rows
+
+
+def _axis(values: Iterable[Any]) -> list[Any]:
+    """Distinct values (by canonical text) in first-seen order; sorted floats when numeric."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        seen.setdefault(param_text(v), v)
+    vals = list(seen.values())
+    if all(_num(v) is not None for v in vals):
+        return sorted(float(v) for v in vals)
+    return vals
+
+
+def _from_text(text: str) -> Any:
+    """A grid tag's value: a float when it reads as a finite number, else the text."""
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    return v if math.isfinite(v) else text
+
+
+def _parse_tag(tag: str) -> dict[str, str] | None:
+    """``hat.c=0.1,hat.smax=25`` -> {"hat.c": "0.1", "hat.smax": "25"}; None when the tag
+    is not made of ``section.key=value`` pairs."""
+    out = {}
+    for part in tag.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or "." not in key or not value:
+            return None
+        out[key] = value
+    return out
+
+
+def _from_selection(strategy: str, sel: dict) -> Sensitivity:
+    keys = list(sel["space"])
+    axes = [_axis(list(sel["space"][k]) + [pt["params"][k] for pt in sel["points"]])
+            for k in keys]
+    values: dict[tuple[str, ...], float] = {}
+    for pt in sel["points"]:
+        v = _num(pt.get("value"))
+        values[tuple(param_text(pt["params"][k]) for k in keys)] = math.nan if v is None else v
+    seeds = sel.get("seeds")
+    n = len(seeds) if isinstance(seeds, list) else None
+    preset = sel.get("preset")
+    return Sensitivity(
+        strategy=strategy, keys=keys, axes=axes, values=values,
+        chosen=tuple(param_text(sel["chosen"][k]) for k in keys), source="selection",
+        where=preset if isinstance(preset, str) and preset else "selection",
+        n_seeds=dict.fromkeys(values, n),
+    )
+
+
+def _from_grid(strategy: str, records: list[dict]) -> Sensitivity | None:
+    """Mean over seeds of the validation criterion per tagged grid point (≥ 2 points)."""
+    by_keys: dict[tuple[str, ...], list[tuple[dict[str, str], dict]]] = defaultdict(list)
+    for r in records:
+        tag = _parse_tag(r.get("tag", "")) if r.get("tag") else None
+        if tag is not None and r.get("valid_accuracy") is not None:
+            by_keys[tuple(sorted(tag))].append((tag, r))
+    if not by_keys:
+        return None
+    keys, entries = max(by_keys.items(), key=lambda kv: len(kv[1]))
+    crit: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    for tag, r in entries:
+        point = tuple(param_text(_from_text(tag[k])) for k in keys)
+        crit[point].append(metrics.validation_criterion(r["valid_accuracy"]))
+    if len(crit) < 2:
+        return None
+    values = {p: float(np.mean(v)) for p, v in crit.items()}
+    axes = [_axis(_from_text(tag[k]) for tag, _ in entries) for k in keys]
+    sens = Sensitivity(
+        strategy=strategy, keys=list(keys), axes=axes, values=values, chosen=None,
+        source="grid", where="tagged grid records",
+        n_seeds={p: len(v) for p, v in crit.items()},
+    )
+    finite = [sens.point_key(p) for p in sens.points() if math.isfinite(sens.value(p))]
+    if finite:
+        sens.chosen = max(finite, key=lambda p: values[p])  # first of equal maxima
+    return sens
+
+
+def _sensitivity(
+    all_records: list[dict], grid_records: list[dict], notes: list[str]
+) -> list[Sensitivity]:
+    """Per strategy, its selection's search space (the newest record's selection when records
+    disagree), else its tagged grid records with ``valid_accuracy``."""
+    selections: dict[str, list[dict]] = defaultdict(list)
+    for r in all_records:
+        if r.get("selection"):
+            selections[r["strategy"]].append(r)
+    grids: dict[str, list[dict]] = defaultdict(list)
+    for r in grid_records:
+        if r.get("tag") and r["strategy"] not in selections:
+            grids[r["strategy"]].append(r)
+    out = []
+    for s in _order(set(selections) | set(grids)):
+        if s in selections:
+            recs = selections[s]
+            newest = max(recs, key=lambda r: (str(r.get("created", "")), r.get("_source", "")))
+            dumps = {json.dumps(r["selection"], sort_keys=True) for r in recs}
+            if len(dumps) > 1:
+                notes.append(f"{s}: records disagree on the hyperparameter selection; using "
+                             f"the newest, {newest.get('_source', '?')}")
+            out.append(_from_selection(s, newest["selection"]))
+        else:
+            sens = _from_grid(s, grids[s])
+            if sens is not None:
+                out.append(sens)
+    return out
 
 
 def compute_report(records: list[dict], confidence: float = 0.95) -> dict[str, ScenarioReport]:

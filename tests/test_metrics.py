@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reports import metrics
 
@@ -146,3 +148,30 @@ def test_random_stratified_accuracy_by_hand():
     assert math.isnan(metrics.random_stratified_accuracy([0, 0], [1, 1]))
     with pytest.raises(ValueError):
         metrics.random_stratified_accuracy([1, 2], [1, 2, 3])
+
+
+def test_validation_criterion_by_hand():
+    # mean of the last row: validation accuracy over all tasks after the last task
+    assert metrics.validation_criterion(A3) == pytest.approx((0.70 + 0.50 + 0.95) / 3)
+    assert metrics.validation_criterion([[0.9]]) == pytest.approx(0.9)
+    assert metrics.validation_criterion(ACC) == pytest.approx((0.70 + 0.95) / 2)  # not the diag
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 7).flatmap(
+        lambda n: st.lists(
+            st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n), min_size=n, max_size=n
+        )
+    )
+)
+def test_validation_criterion_is_the_mean_of_the_last_row(valid):
+    value = metrics.validation_criterion(valid)
+    assert value == pytest.approx(sum(valid[-1]) / len(valid[-1]))
+    assert 0.0 <= value <= 1.0
+
+
+@pytest.mark.parametrize("bad", [[[0.9, 0.5]], [], [0.5, 0.5], [[[0.5]]]])
+def test_validation_criterion_rejects_non_square(bad):
+    with pytest.raises(ValueError, match="valid_acc must be a non-empty T×T matrix"):
+        metrics.validation_criterion(bad)

@@ -101,6 +101,11 @@ SCENARIO_FILES = [
     "compression.png",
     "compression.md",
     "compression.csv",
+    "hyperparameters.md",
+    "hyperparameters.csv",
+    "sensitivity.png",
+    "sensitivity.pdf",
+    "sensitivity.csv",
 ] + [f"acc_matrix_{s}.png" for s in STRATEGIES]
 
 

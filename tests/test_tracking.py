@@ -222,6 +222,12 @@ def test_summary_values_computed_from_record(bench, strategy):
     assert _same(run.summary["final_average_accuracy"], metrics.final_average_accuracy(acc))
     assert _same(run.summary["bwt"], metrics.bwt(acc))
     assert _same(run.summary["forgetting"], metrics.forgetting(acc))
+    assert run.summary["selected_on_validation"] is False  # no tuned preset here
+    if rec["valid_accuracy"] is None:
+        assert strategy == "joint" and "valid_criterion" not in run.summary
+    else:
+        assert _same(run.summary["valid_criterion"],
+                     metrics.validation_criterion(rec["valid_accuracy"]))
     if strategy == "joint":
         assert not any(k.startswith("forgetting_ratio") for k in run.summary)
     else:
