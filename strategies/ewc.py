@@ -20,13 +20,13 @@ The penalty is also part of the validation loss (``validation_penalty``), as the
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Literal
 
-import torch
 from avalanche.training.plugins import EWCPlugin as AvalancheEWCPlugin
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import copy_params_dict
+
+from .recipe import loss_added_by
 
 
 class EWCPlugin(AvalancheEWCPlugin):
@@ -48,14 +48,9 @@ class EWCPlugin(AvalancheEWCPlugin):
         if exp_counter > 0 and not self.keep_importance_data:
             del self.saved_params[exp_counter - 1]
 
-    @torch.no_grad()
     def validation_penalty(self, strategy) -> float:
         """λ times the penalty Avalanche adds in ``before_backward``, at the current weights."""
-        probe = SimpleNamespace(clock=strategy.clock, device=strategy.device,
-                                model=strategy.model,
-                                loss=torch.zeros((), device=strategy.device))
-        super().before_backward(probe)
-        return float(probe.loss)
+        return loss_added_by(super().before_backward, strategy)
 
 
 class EWC(SupervisedTemplate):

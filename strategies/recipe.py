@@ -23,6 +23,7 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -94,6 +95,17 @@ def same_optimizer(optimizer: torch.optim.Optimizer, params, lr: float | None = 
 def rebuild_optimizer(strategy, lr: float) -> None:
     """A fresh optimizer of the same type and settings over all model parameters."""
     strategy.optimizer = same_optimizer(strategy.optimizer, strategy.model, lr)
+
+
+@torch.no_grad()
+def loss_added_by(before_backward, strategy) -> float:
+    """What ``before_backward`` (a plugin's bound method: Avalanche's regularisers add their
+    penalty to ``strategy.loss`` there) adds at the current weights; computed on a stand-in
+    strategy, so the real one is untouched. For ``validation_penalty`` hooks."""
+    probe = SimpleNamespace(clock=strategy.clock, device=strategy.device, model=strategy.model,
+                            loss=torch.zeros((), device=strategy.device))
+    before_backward(probe)
+    return float(probe.loss)
 
 
 class TrainingRecipePlugin(SupervisedPlugin):

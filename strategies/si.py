@@ -15,11 +15,10 @@ loss is part of the validation loss (``validation_penalty``).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import torch
 from avalanche.training.plugins import SynapticIntelligencePlugin
 from avalanche.training.templates import SupervisedTemplate
+
+from .recipe import loss_added_by
 
 
 def _own_copies(snapshots: dict, live: set[int]) -> None:
@@ -42,14 +41,9 @@ class SIPlugin(SynapticIntelligencePlugin):
         super().before_training_iteration(strategy, **kwargs)
         _own_copies(self.syn_data["old_theta"], self._live)  # θ before the update
 
-    @torch.no_grad()
     def validation_penalty(self, strategy) -> float:
         """The surrogate loss Avalanche adds in ``before_backward``, at the current weights."""
-        probe = SimpleNamespace(clock=strategy.clock, device=strategy.device,
-                                model=strategy.model,
-                                loss=torch.zeros((), device=strategy.device))
-        super().before_backward(probe)
-        return float(probe.loss)
+        return loss_added_by(super().before_backward, strategy)
 
 
 class SynapticIntelligence(SupervisedTemplate):
