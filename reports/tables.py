@@ -61,6 +61,8 @@ TUNE_CMD = "python -m benchmark tune --scenario {scenario}"
 #: hyperparameter table: a value (or source) that the seeds of one strategy do not agree on
 DIFFERS = "differs across seeds"
 NOT_SELECTED = "defaults / set by hand (not selected)"
+#: the source of a strategy without hyperparameters of its own (naive, joint, ...)
+NOTHING_TO_SELECT = "no hyperparameters of its own (nothing to select)"
 
 
 @dataclass
@@ -699,6 +701,8 @@ def _hyperparameters(
         params.update({f"train.{k}": train[s][k] for k in differing})
         sels = [r.get("selection") for r in recs]
         source = _agreed(selection_source(x) if x else NOT_SELECTED for x in sels)
+        if not own and not any(sels):
+            source = NOTHING_TO_SELECT
         selected = all(sels) and source != DIFFERS
         row = HyperRow(strategy=s, seeds=sorted(by_strategy[s]), params=params, source=source,
                        selected=bool(selected))

@@ -85,8 +85,10 @@ def test_table_says_selected_only_for_strategies_whose_records_have_a_selection(
             "criterion value 0.953)")
     assert rows["hat"]["source"] == want and rows["hat"]["criterion_value"] == "0.953"
     assert rows["ewc"]["source"].endswith("criterion value 0.910)")
-    assert rows["sgd"]["source"] == "defaults / set by hand (not selected)"
-    assert rows["joint"]["source"] == rows["lwf"]["source"] == rows["sgd"]["source"]
+    assert rows["lwf"]["source"] == "defaults / set by hand (not selected)"
+    # sgd and joint have no hyperparameters of their own: nothing to select
+    assert rows["joint"]["source"] == rows["sgd"]["source"] == (
+        "no hyperparameters of its own (nothing to select)")
     assert rows["si"]["source"] == "differs across seeds" and rows["si"]["selected"] == "false"
     # the values it ran with; seeds that disagree are not papered over
     assert (rows["hat"]["hat.smax"], rows["hat"]["hat.c"]) == ("400", "0.75")
@@ -207,7 +209,8 @@ def test_without_selection_the_index_says_how_and_stale_files_go(tmp_path, capsy
     assert main(["--results", str(tmp_path), "--out", str(out), "--jobs", "1"]) == 0
     assert not list((out / "s").glob("sensitivity.*"))  # stale figure removed
     rows = read_csv(out / "s" / "hyperparameters.csv")
-    assert [r["source"] for r in rows] == ["defaults / set by hand (not selected)"] * 2
+    assert [r["source"] for r in rows] == ["defaults / set by hand (not selected)",
+                                           "no hyperparameters of its own (nothing to select)"]
     index = (out / "index.md").read_text(encoding="utf-8")
     assert "## Missing" in index and "`python -m benchmark tune --scenario s`" in index
     assert "make tune" in index and "sensitivity" not in index
