@@ -183,11 +183,15 @@ def test_tune_writes_a_preset_that_run_accepts(tmp_path, in_tmp, one_thread, cap
     assert naive["selection"] is None
     # a value given by hand is not a selected one
     other = 5000 if sel["ewc"]["chosen"]["ewc.lambda"] != 5000 else 10
+    capsys.readouterr()
     assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "ewc",
                      "--set", f"ewc.lambda={other}", "--out", "res2", "--wandb", "disabled",
-                     "--no-progress"]) == 0
+                     "--no-progress", "--epochs", "1"]) == 0
     hand = json.loads((in_tmp / "res2/runs/split-digits__ewc__s0.json").read_text())
     assert hand["selection"] is None
+    # training differently from the tuning is said, once
+    err = capsys.readouterr().err
+    assert err.count("was selected with at most 2 epochs per task; this run uses 1") == 1
     # resuming into a folder whose record ran other values is refused, nothing run
     assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "ewc",
                      "--out", "res2", "--wandb", "disabled", "--no-progress"]) == 2
