@@ -8,8 +8,8 @@ with the mean/std of that dataset's training split; details in :mod:`benchmark.d
 ==================  =====  ==================  =========  =======================================
 name                tasks  input_shape         network    the seed drives
 ==================  =====  ==================  =========  =======================================
-split-digits        5 x 2  (1, 8, 8)           mlp        train/test split (pairs fixed 0/1..8/9)
-permuted-digits     5 x10  (1, 8, 8)           mlp        train/test split, pixel permutations
+split-digits        5 x 2  (1, 8, 8)           mlp        nothing in the data (pairs fixed 0/1..8/9)
+permuted-digits     5 x10  (1, 8, 8)           mlp        pixel permutations (task 1 permuted too)
 mnist2              2 x 5  (1, 28, 28)         mlp        nothing in the data (0-4 then 5-9)
 pmnist              10x10  (1, 28, 28)         mlp        pixel permutations (task 1 permuted too)
 cifar               10     (3, 32, 32)         alexnet    task order (5 x 2 CIFAR-10, 5 x 20 C-100)
@@ -28,7 +28,8 @@ except 0.15 for ``mixture``.
 Data
 ----
 The two digits scenarios are *embedded*: scikit-learn's bundled ``load_digits`` (1797 real 8x8
-images), with a seeded stratified 70/30 train/test split; they never download anything. All
+images), with a fixed stratified 70/30 train/test split (the same for every seed, like the
+real datasets' test sets); they never download anything. All
 others read torchvision datasets from ``data_root`` (torchvision's layout: ``MNIST/raw/``,
 ``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``, ``svhn/``, ``gtsrb/``).
 The mixture's notMNIST and FaceScrub have no maintained download and are read from::
@@ -212,12 +213,12 @@ def _scenario(name: str, seed: int, tasks: list[TaskData], valid_fraction: float
 
 
 def _split_digits(seed: int, data_root: Path) -> Scenario:
-    raw = ds.load_digits_split(seed)
+    raw = ds.load_digits_split()
     return _scenario("split-digits", seed, _class_tasks(raw, _blocks(10, 2)), 0.1)
 
 
 def _permuted_digits(seed: int, data_root: Path) -> Scenario:
-    raw = ds.load_digits_split(seed)
+    raw = ds.load_digits_split()
     return _scenario("permuted-digits", seed, _permuted_tasks(raw, 5, seed), 0.1)
 
 
@@ -271,11 +272,11 @@ def _specs() -> list[ScenarioSpec]:
     return [
         S("split-digits",
           "sklearn digits 8x8 (embedded), 5 tasks of class pairs 0/1..8/9 in fixed order; "
-          "seed: stratified 70/30 split",
+          "fixed stratified 70/30 split",
           5, True, "mlp", _split_digits),
         S("permuted-digits",
           "sklearn digits 8x8 (embedded), 5 tasks of 10 classes, each a seeded pixel "
-          "permutation (first task too); seed: split and permutations",
+          "permutation (first task too); seed: permutations",
           5, True, "mlp", _permuted_digits),
         S("mnist2", "paper: MNIST digits 0-4 then 5-9 (2 tasks of 5 classes)",
           2, False, "mlp", _mnist2, ("mnist",)),

@@ -157,19 +157,30 @@ def test_split_digits_shapes_split_and_normalisation():
     assert abs(all_train.std(unbiased=False).item() - 1) < 1e-4
 
 
-def test_split_digits_seed_controls_split_only():
-    a = get_scenario("split-digits").build(1)
-    assert_same_scenario(a, get_scenario("split-digits").build(1))
-    b = get_scenario("split-digits").build(2)
-    assert [t.classes for t in a.tasks] == [t.classes for t in b.tasks]  # fixed pairs
-    assert not torch.equal(a.tasks[0].test_x, b.tasks[0].test_x)  # another split
+def test_digits_test_set_is_the_same_for_every_seed():
+    """No seed's training (and so validation) data holds another seed's test images: tuning
+    on seeds 100-102 never sees the test images of the evaluation seeds 0-2."""
+    for name in ("split-digits", "permuted-digits"):
+        a, b = get_scenario(name).build(0), get_scenario(name).build(101)
+        assert_same_scenario(a, get_scenario(name).build(0))
+        for ta, tb in zip(a.tasks, b.tasks, strict=True):
+            assert torch.equal(ta.test_y, tb.test_y) and torch.equal(ta.train_y, tb.train_y)
+            if name == "split-digits":  # permuted-digits: the same images, other permutations
+                assert torch.equal(ta.test_x, tb.test_x) and torch.equal(ta.train_x, tb.train_x)
+    raw = ds.load_digits_split()
+    test = {tuple(x.flatten().tolist()) for x in raw.test_x}
+    train = {tuple(x.flatten().tolist()) for x in raw.train_x}
+    assert len(raw.test_y) + len(raw.train_y) == 1797 and len(test) > 500
+    assert [t.classes for t in get_scenario("split-digits").build(3).tasks] == [
+        (0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]  # fixed pairs
+    assert len(test & train) < 0.02 * len(test)  # (sklearn's digits hold a few duplicates)
 
 
 def test_permuted_digits_tasks_are_exact_permutations():
     spec = get_scenario("permuted-digits")
     sc = spec.build(0)
     assert sc.n_tasks == 5 and sc.input_shape == (1, 8, 8) and sc.classes_per_task == [10] * 5
-    raw = ds.load_digits_split(0)  # the same split, unpermuted
+    raw = ds.load_digits_split()  # the same split, unpermuted
     mean, std = ds.channel_stats(raw.train_x, raw.max_value)
     base_train = ds.normalise(raw.train_x, mean, std, raw.max_value)
     base_test = ds.normalise(raw.test_x, mean, std, raw.max_value)
@@ -188,7 +199,7 @@ def test_permuted_digits_tasks_are_exact_permutations():
 
 
 def test_digits_scenarios_share_the_seeded_split():
-    raw = ds.load_digits_split(4)  # the split both digits scenarios use for seed 4
+    raw = ds.load_digits_split()  # the split both digits scenarios use, every seed
     assert raw.train_x.dtype == torch.uint8 and raw.max_value == 16
     mean, std = ds.channel_stats(raw.train_x, raw.max_value)
     split = get_scenario("split-digits").build(4)
