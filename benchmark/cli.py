@@ -142,17 +142,31 @@ def load_preset(path: Path) -> dict[str, Any]:
     if "grid" in data:
         data["grid"] = gridlib.grid_from_mapping(data["grid"], f"--config {path}")
     if "selection" in data:
-        sel = data["selection"]
-        blocks = sel.get("strategies") if isinstance(sel, dict) else None
-        if not isinstance(blocks, dict) or not all(
-                isinstance(b, dict) and isinstance(b.get("chosen"), dict)
-                for b in blocks.values()):
-            raise BenchmarkError(
-                f"--config {path}: 'selection' must hold 'strategies: {{name: {{chosen: ...}}}}' "
-                "as written by python -m benchmark tune; regenerate the preset with tune"
-            )
+        _check_selection(data["selection"], path)
         data["_path"] = str(path)
     return data
+
+
+def _check_selection(sel: Any, path: Path) -> None:
+    """A preset's ``selection`` as ``tune`` writes it: per strategy a block the report can
+    read (space, points, chosen) whose keys are that strategy's own ``<strategy>.<key>``."""
+    from reports.records import selection_problem
+
+    blocks = sel.get("strategies") if isinstance(sel, dict) else None
+    problem = None if isinstance(blocks, dict) else "'strategies' must map names to blocks"
+    for name, block in (blocks or {}).items() if problem is None else ():
+        problem = selection_problem(block)
+        if problem is None and any(str(k).split(".", 1)[0] != name or "." not in str(k)
+                                   for k in block["chosen"]):
+            problem = f"the keys of '{name}' must read {name}.<parameter>"
+        if problem is not None:
+            problem = f"strategy '{name}': {problem}"
+            break
+    if problem is not None:
+        raise BenchmarkError(
+            f"--config {path}: 'selection' is not as python -m benchmark tune writes it "
+            f"({problem}); regenerate the preset with tune"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +348,8 @@ def _attach_selection(experiments: list, preset: dict) -> list:
     out = []
     for exp in experiments:
         block = blocks.get(exp.strategy)
+        if block is not None and any(f"{k}=" in exp.tag for k in block["chosen"]):
+            block = None  # a grid over a selected key: these values were not selected
         if block is not None:
             given = exp.overrides.get(exp.strategy, {})
             same = all(
@@ -350,10 +366,12 @@ def _attach_selection(experiments: list, preset: dict) -> list:
 
 def _warn_selection_settings(preset: dict, overrides: dict) -> None:
     """One line when the run trains differently from how its preset's values were selected."""
+    from strategies import TrainConfig
+
     for block in ((preset.get("selection") or {}).get("strategies") or {}).values():
-        tuned_epochs = block.get("epochs")
-        epochs = overrides.get("train", {}).get("epochs")
-        if tuned_epochs is not None and epochs is not None and str(epochs) != str(tuned_epochs):
+        tuned_epochs = block.get("epochs") or TrainConfig().epochs
+        epochs = overrides.get("train", {}).get("epochs", TrainConfig().epochs)
+        if str(epochs) != str(tuned_epochs):
             print(f"warning: {preset['_path']} was selected with at most {tuned_epochs} "
                   f"epochs per task; this run uses {epochs}", file=sys.stderr)
         return
@@ -446,6 +464,8 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
             f"tune selects each strategy's own hyperparameters; '{shared[0]}' is shared by all "
             "strategies: fix it with --set instead of --grid"
         )
+    if "task" in parse_set(args.set).get("scenario", {}):
+        raise BenchmarkError("tune selects on the whole task sequence: drop scenario.task")
     space: dict[str, list] = {}
     for s in to_tune:
         space.update(default_space(s))
@@ -454,6 +474,16 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
     tune_args.strategies = ",".join(to_tune)
     tune_args.config = None
     plan = plan_run(tune_args, preset={"grid": space})
+    from .runner import resolve
+
+    sspec = get_scenario(args.scenario)
+    train = resolve(plan.experiments[0], sspec.valid_fraction, sspec.embedded,
+                    sspec.network).train
+    if train.recipe != "paper" or not train.valid_fraction:
+        raise BenchmarkError(
+            "tune selects on validation data: it needs the paper's recipe with a validation "
+            "split (drop train.recipe=fixed / train.valid_fraction=0)"
+        )
     preset_path = args.preset or Path("configs/tuned") / f"{args.scenario}.yaml"
     check_writable(preset_path.parent)
     if preset_path.exists() and preset_path.is_dir():
@@ -479,6 +509,9 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
     base = plan.experiments[0].overrides
     fixed = {sec: dict(kv) for sec, kv in base.items() if sec in gridlib.SHARED_SECTIONS}
+    # --set values of listed strategies that tune does not run (nothing to select) are kept
+    given = parse_set(args.set)
+    fixed.update({s: dict(given[s]) for s in strategies if s in given})
     selections: list[Selection] = []
     for s in dict.fromkeys(e.strategy for e in plan.experiments):
         space = {k: v for k, v in plan.grid.items() if k.split(".", 1)[0] == s}
@@ -558,8 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = execute(plan, args)
     if code or args.command != "tune":
         return code
+    from .records import RecordError
+
     try:
         return finish_tune(plan, args, argv)
-    except (BenchmarkError, ConfigError) as err:
+    except (BenchmarkError, ConfigError, RecordError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

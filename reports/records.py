@@ -67,11 +67,13 @@ def _hat_problem(hat: object) -> str | None:
 
 
 def _is_scalar(x: object) -> bool:
-    return isinstance(x, str | bool) or _is_num(x)
+    """A parameter value: number, text, boolean or null (e.g. ``ewc.decay_factor=none``)."""
+    return x is None or isinstance(x, str | bool) or _is_num(x)
 
 
-def _selection_problem(sel: object) -> str | None:
-    """Why ``sel`` is not a hyperparameter selection block, or None."""
+def selection_problem(sel: object) -> str | None:
+    """Why ``sel`` is not a hyperparameter selection block (as ``benchmark.tune`` writes it
+    into presets and run records), or None."""
     if not isinstance(sel, dict):
         return "'selection' must be an object or null"
     space = sel.get("space")
@@ -142,7 +144,7 @@ def record_problem(rec: object) -> str | None:
         if p:
             return p + f" (T = {n} from task_names)"
     if rec.get("selection") is not None:
-        p = _selection_problem(rec["selection"])
+        p = selection_problem(rec["selection"])
         if p:
             return p
     if rec.get("hat") is not None:

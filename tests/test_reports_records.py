@@ -228,3 +228,15 @@ def test_reports_never_imports_torch_avalanche_or_benchmark():
         text = path.read_text(encoding="utf-8")
         for name in ("torch", "avalanche", "benchmark", "strategies"):
             assert f"import {name}" not in text and f"from {name}" not in text, (path, name)
+
+
+def test_a_selection_with_null_values_is_valid():
+    """``tune`` writes ``none`` parameter values (e.g. ``ewc.decay_factor=none``) as null."""
+    from reports.records import selection_problem
+
+    sel = {"space": {"ewc.decay_factor": [None, 0.5]},
+           "points": [{"params": {"ewc.decay_factor": None}, "value": 0.8},
+                      {"params": {"ewc.decay_factor": 0.5}, "value": 0.7}],
+           "chosen": {"ewc.decay_factor": None}}
+    assert selection_problem(sel) is None
+    assert selection_problem({**sel, "chosen": {}}) is not None

@@ -192,6 +192,13 @@ def test_tune_writes_a_preset_that_run_accepts(tmp_path, in_tmp, one_thread, cap
     # training differently from the tuning is said, once
     err = capsys.readouterr().err
     assert err.count("was selected with at most 2 epochs per task; this run uses 1") == 1
+    # a grid over a selected key: none of its points is "selected"
+    chosen = sel["ewc"]["chosen"]["ewc.lambda"]
+    assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "ewc",
+                     "--grid", f"ewc.lambda={chosen},{other}", "--epochs", "1", "--out", "res3",
+                     "--wandb", "disabled", "--no-progress"]) == 0
+    for path in (in_tmp / "res3/runs").glob("*.json"):
+        assert json.loads(path.read_text())["selection"] is None, path.name
     # resuming into a folder whose record ran other values is refused, nothing run
     assert cli.main(["run", "--config", str(preset), "--seeds", "0", "--strategies", "ewc",
                      "--out", "res2", "--wandb", "disabled", "--no-progress"]) == 2
@@ -204,6 +211,10 @@ def test_tune_writes_a_preset_that_run_accepts(tmp_path, in_tmp, one_thread, cap
     (["--strategies", "ewc", "--grid", "ewc.lambda=1,x"], "ewc.lambda"),
     (["--strategies", "nope"], "unknown strategy"),
     (["--strategies", "ewc", "--run-seeds", "x"], "invalid seed list"),
+    (["--strategies", "ewc", "--set", "train.recipe=fixed"], "needs the paper's recipe"),
+    (["--strategies", "ewc", "--set", "train.valid_fraction=0", "train.recipe=fixed"],
+     "needs the paper's recipe"),
+    (["--strategies", "ewc", "--set", "scenario.task=digits:0-1"], "drop scenario.task"),
 ])
 def test_tune_bad_input_is_one_line_and_writes_nothing(argv, message, in_tmp, capsys):
     code = cli.main(["tune", "--scenario", "split-digits", "--out", "o", "--preset", "p.yaml",
@@ -213,8 +224,17 @@ def test_tune_bad_input_is_one_line_and_writes_nothing(argv, message, in_tmp, ca
     assert not (in_tmp / "o").exists() and not (in_tmp / "p.yaml").exists()
 
 
-def test_a_preset_with_a_broken_selection_is_refused(tmp_path, in_tmp, capsys):
+@pytest.mark.parametrize("selection", [
+    "{strategies: {ewc: 3}}",
+    "{strategies: [ewc]}",
+    "{strategies: {ewc: {chosen: {ewc.lambda: 1}}}}",  # no space/points: the report drops it
+    "{strategies: {ewc: {space: {lambda: [1]}, points: [{params: {lambda: 1}, value: 0.5}], "
+    "chosen: {lambda: 1}}}}",  # keys without the strategy
+])
+def test_a_preset_with_a_broken_selection_is_refused(selection, tmp_path, in_tmp, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("scenario: split-digits\nselection: {strategies: {ewc: 3}}\n")
+    bad.write_text(f"scenario: split-digits\nselection: {selection}\n")
     assert cli.main(["run", "--config", str(bad), "--out", "o"]) == 2
-    assert "selection" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "selection" in err and len(err.strip().splitlines()) == 1
+    assert not (in_tmp / "o").exists()
