@@ -4,7 +4,9 @@
    gradient conditioning and update masking are active): the MLP 784-800-800-10 on 8,000
    samples of 784 features and the AlexNet-like network on 2,000 samples of 3×32×32, batch 64.
 2. Epoch time of Naive through the suite (the registry's Avalanche strategy with the suite's
-   training plugins, FastDataPlugin and TrainingRecipePlugin in fixed-epoch mode; without the
+   training plugins, FastDataPlugin and TrainingRecipePlugin in fixed-epoch mode, and the
+   runner's per-strategy gradient clipping: a global norm per step, as the reference's loops
+   do; the raw loop does not clip); without the
    runner's per-epoch history and accuracy collectors, which add a few small operations per
    step) vs a hand-written PyTorch loop over the same tensors (same model, optimizer, batch
    size, shuffling).
@@ -140,8 +142,13 @@ def suite_epochs(case: str, strategy: str, epochs: int, device,
         evaluator = EvaluationPlugin()
     ctx = BuildContext(model, make_optimizer(model.parameters(), train), train, plugins,
                        device, evaluator)
-    strat = spec.build(ctx, spec.config())
+    config = spec.config()
+    strat = spec.build(ctx, config)
     strat.plugins = [p for p in strat.plugins if p is not evaluator]  # as the runner does
+    if not hasattr(config, "clipgrad"):  # the runner's per-strategy clipping (HAT: its own)
+        from strategies.clip import GradientClipPlugin
+
+        strat.plugins.append(GradientClipPlugin(spec.clipgrad))
     bench = _stream(case)
     strat.train(bench.train_stream[0], eval_streams=[])
     strat.train_epochs = epochs
