@@ -24,7 +24,6 @@ from typing import Literal
 
 from avalanche.training.plugins import EWCPlugin as AvalancheEWCPlugin
 from avalanche.training.templates import SupervisedTemplate
-from avalanche.training.utils import copy_params_dict
 
 from .recipe import loss_added_by
 
@@ -33,20 +32,14 @@ class EWCPlugin(AvalancheEWCPlugin):
     """Avalanche's ``EWCPlugin`` with the Fisher on the training part of the experience."""
 
     def after_training_exp(self, strategy, **kwargs):
-        exp_counter = strategy.clock.train_exp_counter
-        importances = self.compute_importances(
-            strategy.model,
-            strategy._criterion,
-            strategy.optimizer,
-            strategy.adapted_dataset,  # the recipe's training subset, not experience.dataset
-            strategy.device,
-            strategy.train_mb_size,
-            num_workers=kwargs.get("num_workers", 0),
-        )
-        self.update_importances(importances, exp_counter)
-        self.saved_params[exp_counter] = copy_params_dict(strategy.model)
-        if exp_counter > 0 and not self.keep_importance_data:
-            del self.saved_params[exp_counter - 1]
+        self._train_part = strategy.adapted_dataset  # the recipe's training subset
+        super().after_training_exp(strategy, **kwargs)
+
+    def compute_importances(self, model, criterion, optimizer, dataset, device, batch_size,
+                            num_workers=0):
+        """Avalanche's estimator on the training part (it passes ``experience.dataset``)."""
+        return super().compute_importances(model, criterion, optimizer, self._train_part,
+                                           device, batch_size, num_workers)
 
     def validation_penalty(self, strategy) -> float:
         """λ times the penalty Avalanche adds in ``before_backward``, at the current weights."""

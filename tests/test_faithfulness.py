@@ -162,13 +162,16 @@ def test_ewc_fisher_uses_the_training_part_only(monkeypatch, mode):
     bm, train, _ = make_stream(1, MLP_SHAPE, n_train=N_TRAIN)
     x, y = train[0]
     seen = []
-    original = EWCPlugin.compute_importances
+    # Avalanche's estimator itself: the dataset it finally computes the Fisher on
+    from avalanche.training.plugins import EWCPlugin as AvalancheEWCPlugin
+
+    original = AvalancheEWCPlugin.compute_importances
 
     def spy(self, model, criterion, optimizer, dataset, *args, **kwargs):
         seen.append(materialize(dataset)[0].clone())
         return original(self, model, criterion, optimizer, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(EWCPlugin, "compute_importances", spy)
+    monkeypatch.setattr(AvalancheEWCPlugin, "compute_importances", spy)
     probe = FisherProbe(x, y, mode)
     strategy = EWC(ewc_lambda=100.0, **_common(_model(1), _recipe(mode), probe))
     strategy.train(bm.train_stream[0])
