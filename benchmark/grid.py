@@ -20,11 +20,11 @@ value was spelled, and two spellings of one value are refused as a duplicate.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from reports.records import param_text
 from strategies import STRATEGIES, TrainConfig
 from strategies.config import from_overrides, public_key
 
@@ -108,16 +108,9 @@ def _config_class(section: str) -> type:
 
 
 def format_value(value: Any) -> str:
-    """Canonical text of a typed parameter value (what tags and overrides hold)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return repr(value)
-    return str(value)
+    """Canonical text of a typed parameter value (what tags and overrides hold): the report's
+    ``param_text`` (so both read a tag alike), with ``none`` for None."""
+    return "none" if value is None else param_text(value)
 
 
 def canonical_value(section: str, key: str, value: Any) -> str:

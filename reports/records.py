@@ -66,6 +66,21 @@ def _hat_problem(hat: object) -> str | None:
     return None
 
 
+def param_text(v: object) -> str:
+    """Canonical text of a hyperparameter value, as grid tags and selections spell it:
+    ``25`` for 25 and 25.0, ``0.1``, ``true``; strings as they are; lists and objects as
+    compact JSON (``benchmark.grid.format_value`` uses it too)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) if math.isfinite(v) and v.is_integer() and abs(v) < 1e15 else repr(v)
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
 def _is_scalar(x: object) -> bool:
     """A parameter value: number, text, boolean or null (e.g. ``ewc.decay_factor=none``)."""
     return x is None or isinstance(x, str | bool) or _is_num(x)

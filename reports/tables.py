@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .records import param_text
 
 __all__ = [
     "BASELINE_EXCLUDE",
@@ -618,20 +619,6 @@ def _capacity(hat_records: list[dict], n_tasks: int, notes: list[str]) -> Capaci
         weights_kept=np.mean(np.asarray(wk, dtype=float), axis=0) if len(wk) == len(keep) else None,
         n=len(keep),
     )
-
-
-def param_text(v: object) -> str:
-    """Canonical text of a hyperparameter value: ``25`` for 25 and 25.0, ``0.1``, ``true``;
-    strings as they are; lists and objects as compact JSON."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return str(int(v)) if math.isfinite(v) and v.is_integer() and abs(v) < 1e15 else repr(v)
-    if isinstance(v, str):
-        return v
-    return json.dumps(v, sort_keys=True, separators=(",", ":"))
 
 
 def _chosen_value(sel: dict) -> float:
