@@ -6,6 +6,7 @@ an interrupted run leaves either a complete record or none.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -41,10 +42,16 @@ class RecordError(ValueError):
 
 
 def record_name(scenario: str, strategy: str, seed: int, tag: str = "") -> str:
-    """File name of a run record: ``<scenario>__<strategy>__s<seed>[__<tag>].json``."""
+    """File name of a run record: ``<scenario>__<strategy>__s<seed>[__<tag>].json``.
+
+    A tag with characters other than letters, digits and ``._=-,`` has them replaced by
+    ``-`` and ``~`` plus 8 hex digits of the tag's SHA-1 appended (``~`` never occurs in a
+    kept tag), so two tags never share a file (``a:b`` and ``a-b``)."""
     name = f"{scenario}__{strategy}__s{seed}"
     if tag:
         safe = "".join(c if c.isalnum() or c in "._=-," else "-" for c in tag)
+        if safe != tag:
+            safe += "~" + hashlib.sha1(tag.encode()).hexdigest()[:8]
         name += f"__{safe}"
     return name + ".json"
 

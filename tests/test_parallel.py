@@ -14,7 +14,7 @@ import torch
 from benchmark import cli
 from benchmark import grid as gridlib
 from benchmark.parallel import RunsFailed, WorkerSettings, run_pool, run_ray
-from benchmark.records import read_record, record_path
+from benchmark.records import read_record, record_name, record_path
 from benchmark.runner import run_all
 
 BASE = ["--no-progress", "--wandb", "disabled", "--threads", "1"]
@@ -128,7 +128,9 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path):
     name, text = info.value.failures[0]
     assert "no-such-task" in name and "ConfigError" in text and "digits:0-1" in text
     assert [p.name for p in (out / "runs").iterdir()] == [
-        "split-digits__naive__s0__scenario.task=digits-0-1.json"]
+        record_name("split-digits", "naive", 0, "scenario.task=digits:0-1")]
+    assert record_name("split-digits", "naive", 0, "scenario.task=digits:0-1").startswith(
+        "split-digits__naive__s0__scenario.task=digits-0-1~")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,

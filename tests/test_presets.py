@@ -13,7 +13,7 @@ import yaml
 
 from benchmark import cli
 from benchmark.errors import BenchmarkError, DatasetMissingError
-from benchmark.records import read_record
+from benchmark.records import read_record, record_name
 from benchmark.scenarios import MIXTURE_SOURCES, SCENARIOS
 from reports.build import build_report
 from reports.records import load_records
@@ -130,7 +130,8 @@ def test_embedded_twins_end_to_end_with_a_report(tmp_path, capsys):
     assert "skip split-digits__joint__s0.json" in capsys.readouterr().out
     names = sorted(p.name for p in (out / "runs").iterdir())
     assert len(names) == 4 + 1 + 2 + 1
-    alone = read_record(out / "runs" / "split-digits__hat__s0__scenario.task=digits-0-1.json")
+    alone = read_record(out / "runs" / record_name("split-digits", "hat", 0,
+                                                   "scenario.task=digits:0-1"))
     assert alone["task_names"] == ["digits:0-1"] and len(alone["accuracy"]) == 1
     assert alone["params"]["scenario"] == {"task": "digits:0-1"}
     assert alone["params"]["hat"]["c"] == 1.5

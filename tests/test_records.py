@@ -302,6 +302,13 @@ def test_record_name_tag_cannot_leave_the_runs_folder(tag, tmp_path):
     assert path.name == name
 
 
+def test_tags_that_differ_only_in_replaced_characters_get_different_names():
+    names = {record_name("s", "hat", 0, t) for t in ("hat.a=-", "hat.a=:", "hat.a=?", "a:b", "a-b")}
+    assert len(names) == 5
+    assert record_name("s", "hat", 0, "hat.a=-") == "s__hat__s0__hat.a=-.json"  # kept as is
+    assert record_name("s", "hat", 0, "a:b") == record_name("s", "hat", 0, "a:b")
+
+
 def test_different_tags_give_different_names():
     a = record_name("s", "hat", 0, "hat.smax=25")
     b = record_name("s", "hat", 0, "hat.smax=50")
