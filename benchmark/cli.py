@@ -352,13 +352,10 @@ def _attach_selection(experiments: list, preset: dict) -> list:
             block = None  # a grid over a selected key: these values were not selected
         if block is not None:
             given = exp.overrides.get(exp.strategy, {})
-            same = all(
-                key.split(".", 1)[1] in given and gridlib.canonical_value(
-                    exp.strategy, key.split(".", 1)[1], given[key.split(".", 1)[1]])
-                == gridlib.canonical_value(exp.strategy, key.split(".", 1)[1], value)
-                for key, value in block["chosen"].items()
-            )
-            if same:
+            keys = {key: key.split(".", 1)[1] for key in block["chosen"]}
+            if all(name in given and gridlib.canonical_value(exp.strategy, name, given[name])
+                   == gridlib.canonical_value(exp.strategy, name, block["chosen"][key])
+                   for key, name in keys.items()):
                 exp = replace(exp, selection={"preset": preset["_path"], **block})
         out.append(exp)
     return out
@@ -368,13 +365,15 @@ def _warn_selection_settings(preset: dict, overrides: dict) -> None:
     """One line when the run trains differently from how its preset's values were selected."""
     from strategies import TrainConfig
 
-    for block in ((preset.get("selection") or {}).get("strategies") or {}).values():
-        tuned_epochs = block.get("epochs") or TrainConfig().epochs
-        epochs = overrides.get("train", {}).get("epochs", TrainConfig().epochs)
-        if str(epochs) != str(tuned_epochs):
-            print(f"warning: {preset['_path']} was selected with at most {tuned_epochs} "
-                  f"epochs per task; this run uses {epochs}", file=sys.stderr)
+    blocks = ((preset.get("selection") or {}).get("strategies") or {}).values()
+    block = next(iter(blocks), None)  # one tuning: every block has its epochs
+    if block is None:
         return
+    tuned_epochs = block.get("epochs") or TrainConfig().epochs
+    epochs = overrides.get("train", {}).get("epochs", TrainConfig().epochs)
+    if str(epochs) != str(tuned_epochs):
+        print(f"warning: {preset['_path']} was selected with at most {tuned_epochs} "
+              f"epochs per task; this run uses {epochs}", file=sys.stderr)
 
 
 def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
@@ -385,7 +384,7 @@ def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
     from .runner import check_existing, resolve
 
     if preset is None:
-        preset = load_preset(args.config) if getattr(args, "config", None) else {}
+        preset = load_preset(args.config) if args.config else {}
     scenario = args.scenario or preset.get("scenario") or "split-digits"
     if scenario not in SCENARIOS:
         raise BenchmarkError(
@@ -446,10 +445,6 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
     a key's values, ``--set`` fixes a key), validated like ``run``."""
     from .tune import default_space, tunable
 
-    if args.scenario not in SCENARIOS:
-        raise BenchmarkError(
-            f"unknown scenario '{args.scenario}'; valid scenarios: {', '.join(sorted(SCENARIOS))}"
-        )
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
     to_tune = tunable(strategies)
     if not to_tune:
@@ -499,29 +494,24 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
     from .records import read_record, record_path
     from .tune import Selection, criterion_table, preset, select, write_preset
 
-    valid: dict[tuple[str, str], list] = defaultdict(list)
-    seeds: list[int] = []
+    valid: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for exp in plan.experiments:
         rec = read_record(record_path(plan.out, exp.scenario, exp.strategy, exp.seed, exp.tag))
-        valid[(exp.strategy, exp.tag)].append(rec.get("valid_accuracy"))
-        if exp.seed not in seeds:
-            seeds.append(exp.seed)
+        valid[exp.strategy][exp.tag].append(rec.get("valid_accuracy"))
+    seeds = list(dict.fromkeys(e.seed for e in plan.experiments))
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
     base = plan.experiments[0].overrides
-    fixed = {sec: dict(kv) for sec, kv in base.items() if sec in gridlib.SHARED_SECTIONS}
-    # --set values of listed strategies that tune does not run (nothing to select) are kept
+    # the tuning's fixed settings: shared sections (with --epochs) and every listed
+    # strategy's --set values (a --set key is never in the searched space)
     given = parse_set(args.set)
+    fixed = {sec: dict(kv) for sec, kv in base.items() if sec in gridlib.SHARED_SECTIONS}
     fixed.update({s: dict(given[s]) for s in strategies if s in given})
     selections: list[Selection] = []
-    for s in dict.fromkeys(e.strategy for e in plan.experiments):
+    for s, by_tag in valid.items():
         space = {k: v for k, v in plan.grid.items() if k.split(".", 1)[0] == s}
-        first = next(e for e in plan.experiments if e.strategy == s)
-        own = {k: v for k, v in first.overrides.get(s, {}).items() if f"{s}.{k}" not in space}
-        if own:
-            fixed[s] = own
         if not space:
             continue
-        sel = select(s, space, {tag: m for (st, tag), m in valid.items() if st == s})
+        sel = select(s, space, by_tag)
         sel.seeds = seeds
         selections.append(sel)
         print(criterion_table(sel))

@@ -238,3 +238,36 @@ def test_a_preset_with_a_broken_selection_is_refused(selection, tmp_path, in_tmp
     err = capsys.readouterr().err
     assert "selection" in err and len(err.strip().splitlines()) == 1
     assert not (in_tmp / "o").exists()
+
+
+def test_valid_accuracy_is_measured_on_exactly_the_recipes_held_out_samples(monkeypatch,
+                                                                             one_thread):
+    """The validation matrix and the recipe's early stopping see the same samples: those the
+    recipe held out of each task's training data."""
+    from benchmark import runner
+    from strategies import TrainingRecipePlugin, materialize
+
+    held_out = []
+    original = TrainingRecipePlugin.after_train_dataset_adaptation
+
+    def spy(self, strategy, **kw):
+        original(self, strategy, **kw)
+        held_out.append(materialize(self.valid_data)[:2])
+
+    monkeypatch.setattr(TrainingRecipePlugin, "after_train_dataset_adaptation", spy)
+    evaluated = []
+    original_bench = runner.validation_benchmark
+
+    def spy_bench(*args, **kw):
+        bench = original_bench(*args, **kw)
+        evaluated.extend(materialize(e.dataset)[:2] for e in bench.test_stream)
+        return bench
+
+    monkeypatch.setattr(runner, "validation_benchmark", spy_bench)
+    scen = get_scenario("permuted-digits").build(3)
+    scen = dataclasses.replace(scen, tasks=scen.tasks[:3])
+    rec = runner.run_experiment(_exp("naive", train={"epochs": "1"}), scen)
+    assert len(held_out) == len(evaluated) == 3
+    for (hx, hy), (ex, ey) in zip(held_out, evaluated, strict=True):
+        assert torch.equal(hx, ex) and torch.equal(hy, ey)
+    assert len(rec["valid_accuracy"]) == 3 and all(len(r) == 3 for r in rec["valid_accuracy"])
