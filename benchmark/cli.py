@@ -512,7 +512,6 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
         if not space:
             continue
         sel = select(s, space, by_tag)
-        sel.seeds = seeds
         selections.append(sel)
         print(criterion_table(sel))
     epochs = base.get("train", {}).get("epochs")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class Selection:
     points: list[tuple[dict[str, str], float]]
     chosen: dict[str, str]
     value: float
-    seeds: list[int] = field(default_factory=list)
 
 
 def space_points(space: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
@@ -88,7 +87,6 @@ def select(strategy: str, space: Mapping[str, Sequence[str]],
     ``valid`` maps each point's tag (``gridlib.point_tag``) to its seeds' validation matrices.
     Raises BenchmarkError when a point has no matrix (e.g. ``train.recipe=fixed``)."""
     scored: list[tuple[dict[str, str], float]] = []
-    n_seeds = None
     for point in space_points(space):
         tag = gridlib.point_tag(point)
         mats = valid.get(tag) or []
@@ -98,7 +96,6 @@ def select(strategy: str, space: Mapping[str, Sequence[str]],
                 "recipe (train.recipe=paper with train.valid_fraction > 0) and records written "
                 "by this version of the suite; use a fresh --out"
             )
-        n_seeds = len(mats) if n_seeds is None else n_seeds
         scored.append((point, sum(validation_criterion(m) for m in mats) / len(mats)))
     best = max(v for _, v in scored)
     tied = [p for p, v in scored if v >= best - TIE]
