@@ -212,35 +212,46 @@ class _Accuracy(SupervisedPlugin):
 
 
 class _History(SupervisedPlugin):
-    """Per-epoch training statistics, forwarded to ``on_epoch`` (progress bar, tracker)."""
+    """Per-epoch training statistics, forwarded to ``on_epoch`` (progress bar, tracker).
+
+    Each step only keeps references to its loss, outputs and targets; the epoch's mean loss
+    and accuracy are reduced once at its end (a few operations per epoch, not per step)."""
 
     def __init__(self, recipe: TrainingRecipePlugin, on_epoch: Callable[[dict], None]):
         super().__init__()
         self.recipe = recipe
         self.on_epoch = on_epoch
         self.entries: list[dict] = []
-        self._loss = self._correct = self._n = 0
+        self._steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def before_training_exp(self, strategy, **kwargs):
         self.entries = []
 
     def before_training_epoch(self, strategy, **kwargs):
-        self._loss, self._correct, self._n = 0.0, 0, 0
+        self._steps = []
 
     def after_training_iteration(self, strategy, **kwargs):
-        # accumulate on the device: no host sync per step (matters on GPU)
-        n = len(strategy.mb_y)
-        with torch.no_grad():
-            self._loss = self._loss + strategy.loss.detach() * n
-            self._correct = self._correct + (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
-        self._n += n
+        self._steps.append((strategy.loss.detach(), strategy.mb_output.detach(), strategy.mb_y))
+
+    def _epoch_means(self) -> tuple[float, float]:
+        if not self._steps:
+            return 0.0, 0.0
+        losses, outputs, targets = zip(*self._steps, strict=True)
+        sizes = torch.tensor([len(y) for y in targets], dtype=losses[0].dtype,
+                             device=losses[0].device)
+        n = int(sizes.sum())
+        loss = torch.dot(torch.cat([v.reshape(1) for v in losses]), sizes)
+        correct = (torch.cat(outputs).argmax(1) == torch.cat(targets)).sum()
+        self._steps = []
+        return float(loss) / n, int(correct) / n
 
     def after_training_epoch(self, strategy, **kwargs):
         # the recipe plugin runs before this one: its validation loss is for this epoch
+        train_loss, train_acc = self._epoch_means()
         entry = {
             "epoch": len(self.entries) + 1,
-            "train_loss": float(self._loss) / max(self._n, 1),
-            "train_acc": int(self._correct) / max(self._n, 1),
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "valid_loss": self.recipe.last_valid_loss,
             "lr": self.recipe.lr if self.recipe.active else
             float(strategy.optimizer.param_groups[0]["lr"]),

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from avalanche.core import SupervisedPlugin
 
+from .loop import clip_grad_norm
+
 #: the reference's ``clipgrad`` per approach, keyed by the suite's registry names
 REFERENCE_CLIPGRAD: dict[str, float] = {
     "naive": 10000.0,  # sgd.py
@@ -37,7 +39,8 @@ class GradientClipPlugin(SupervisedPlugin):
     """Clip the global L2 norm of the model's gradients to ``max_norm`` before each step.
 
     ``clip_grad_norm_`` multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``:
-    gradients below the bound are multiplied by exactly 1.0 (unchanged bit for bit).
+    gradients below the bound are multiplied by exactly 1.0 (unchanged bit for bit), a pass
+    that ``strategies.loop.clip_grad_norm`` skips on CPU.
     """
 
     def __init__(self, max_norm: float):
@@ -45,9 +48,17 @@ class GradientClipPlugin(SupervisedPlugin):
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
         self.max_norm = float(max_norm)
-        #: the global gradient norm of the last step, before clipping (a tensor, no host sync)
+        #: the global gradient norm of the last step, before clipping (a tensor)
         self.last_norm: torch.Tensor | None = None
+        self._params: list[torch.Tensor] | None = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        # the model's parameters, listed once per experience (after Avalanche's adaptation)
+        self._params = list(strategy.model.parameters())
+
+    def after_training_exp(self, strategy, **kwargs):
+        self._params = None
 
     def before_update(self, strategy, **kwargs):
-        self.last_norm = torch.nn.utils.clip_grad_norm_(strategy.model.parameters(),
-                                                        self.max_norm)
+        params = self._params if self._params is not None else strategy.model.parameters()
+        self.last_norm = clip_grad_norm(params, self.max_norm)

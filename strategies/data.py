@@ -50,7 +50,11 @@ def materialize(dataset, device: torch.device | str = "cpu") -> tuple[torch.Tens
 
 
 class TensorLoader:
-    """Mini-batches ``[x, y, t]`` from in-memory tensors."""
+    """Mini-batches ``[x, y, t]`` from in-memory tensors.
+
+    When the last tensor (the task labels) holds one value, its batches are stride-0 views
+    of that value (``expand``): the model reads the batch's task without a pass over it.
+    """
 
     def __init__(self, tensors, batch_size: int, shuffle: bool, drop_last: bool = False):
         self.tensors = tensors
@@ -58,6 +62,9 @@ class TensorLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.n = len(tensors[0])
+        t = tensors[-1]
+        self._task = t[:1] if (len(tensors) >= 3 and t.dim() == 1 and self.n > 0
+                               and bool((t == t[0]).all())) else None
 
     def __len__(self) -> int:
         f = math.floor if self.drop_last else math.ceil
@@ -68,11 +75,16 @@ class TensorLoader:
             order = torch.randperm(self.n).to(self.tensors[0].device)
             for i in range(len(self)):
                 idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                yield [t[idx] for t in self.tensors]
+                yield self._batch(idx, len(idx))
         else:
             for i in range(len(self)):
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                yield [t[sl] for t in self.tensors]
+                yield self._batch(sl, min(self.n, sl.stop) - sl.start)
+
+    def _batch(self, idx, size: int) -> list[torch.Tensor]:
+        if self._task is None:
+            return [t[idx] for t in self.tensors]
+        return [t[idx] for t in self.tensors[:-1]] + [self._task.expand(size)]
 
 
 class FastDataPlugin(SupervisedPlugin):

@@ -16,12 +16,19 @@ and a Fisher of per-20-sample batches in training mode (dropout on).
 
 The penalty is also part of the validation loss (``validation_penalty``), as the reference's
 ``eval()`` includes it (its criterion adds it).
+
+Speed: Avalanche walks every (earlier task, parameter) pair in Python each step (five
+operations each). ``EWCPlugin`` stacks the earlier tasks' Fishers and weights once per
+experience into two (tasks × all parameters) matrices and adds the same penalty in five
+operations per step: one sum instead of per-pair sums (rounding order only; a parameter a
+task did not have gets importance 0, as Avalanche skips it).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from avalanche.training.plugins import EWCPlugin as AvalancheEWCPlugin
 from avalanche.training.templates import SupervisedTemplate
 
@@ -30,6 +37,48 @@ from .recipe import loss_added_by
 
 class EWCPlugin(AvalancheEWCPlugin):
     """Avalanche's ``EWCPlugin`` with the Fisher on the training part of the experience."""
+
+    _stack: tuple | None = None
+
+    def _stacked(self, strategy):
+        """(parameters, importances, weights): the model's parameters and, per earlier task
+        the penalty counts, its Fishers and weights flattened in the parameters' order."""
+        counter = strategy.clock.train_exp_counter
+        named = list(strategy.model.named_parameters())
+        key = (counter, tuple(id(p) for _, p in named))
+        if self._stack is not None and self._stack[0] == key:
+            return self._stack[1]
+        tasks = range(counter) if self.mode == "separate" else [counter - 1]
+        imps, olds = [], []
+        for task in tasks:
+            imp, old = [], []
+            for name, p in named:
+                if name in self.saved_params[task]:
+                    saved, fisher = self.saved_params[task][name], self.importances[task][name]
+                    if tuple(saved.shape) != tuple(p.shape):
+                        return None  # grown parameters: Avalanche's expanding loop
+                    imp.append(fisher.data.reshape(-1))
+                    old.append(saved.data.reshape(-1))
+                else:  # new parameters do not count
+                    imp.append(torch.zeros(p.numel(), device=p.device))
+                    old.append(torch.zeros(p.numel(), device=p.device))
+            imps.append(torch.cat(imp).to(strategy.device))
+            olds.append(torch.cat(old).to(strategy.device))
+        stack = ([p for _, p in named], torch.stack(imps), torch.stack(olds))
+        self._stack = (key, stack)
+        return stack
+
+    def before_backward(self, strategy, **kwargs):
+        """Avalanche's penalty λ Σ_τ Σ F_τ (θ − θ_τ)², in one pass over stacked tensors."""
+        if strategy.clock.train_exp_counter == 0:
+            return
+        stack = self._stacked(strategy)
+        if stack is None:
+            return super().before_backward(strategy, **kwargs)
+        params, imp, old = stack
+        theta = torch.cat([p.reshape(-1) for p in params])
+        penalty = (imp * (theta - old).pow(2)).sum()
+        strategy.loss += self.ewc_lambda * penalty
 
     def after_training_exp(self, strategy, **kwargs):
         self._train_part = strategy.adapted_dataset  # the recipe's training subset
@@ -43,7 +92,7 @@ class EWCPlugin(AvalancheEWCPlugin):
 
     def validation_penalty(self, strategy) -> float:
         """λ times the penalty Avalanche adds in ``before_backward``, at the current weights."""
-        return loss_added_by(super().before_backward, strategy)
+        return loss_added_by(self.before_backward, strategy)
 
 
 class EWC(SupervisedTemplate):

@@ -30,6 +30,7 @@ from torch.nn import CrossEntropyLoss
 
 from .config import ConfigError
 from .hat_layers import EmbeddingInit, HATError, HATLinear, HATNet, _HATMixin, find_hat_model
+from .loop import SGD, clip_grad_norm
 
 Anneal = Literal["reference", "paper"]
 
@@ -136,26 +137,6 @@ def compensation_factors(
     return num
 
 
-def clip_grad_norm(parameters, max_norm: float) -> None:
-    """Scale gradients so that their global L2 norm is at most ``max_norm``.
-
-    Same decision as ``torch.nn.utils.clip_grad_norm_`` (on CPU the norm and scale are
-    Python floats, so scaled values may differ from torch's in the last bit); on CPU the
-    scaling pass is skipped when the norm is already below ``max_norm`` (always, with the
-    reference's 10000).
-    """
-    params = [p for p in parameters if p.grad is not None]
-    if not params:
-        return
-    if params[0].grad.device.type != "cpu":  # no host sync on accelerators
-        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        return
-    grads = [p.grad for p in params]
-    norm = math.sqrt(sum(float(n) ** 2 for n in torch._foreach_norm(grads)))
-    if norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
-
-
 def weights_used_once(loss: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     """Whether each of ``weights`` reaches ``loss`` through exactly one graph edge.
 
@@ -214,7 +195,7 @@ def _protected_entries(factor: torch.Tensor) -> torch.Tensor | None:
 
 def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     """Plain SGD leaves an entry with zero gradient exactly unchanged."""
-    return type(optimizer) is torch.optim.SGD and all(
+    return type(optimizer) in (torch.optim.SGD, SGD) and all(
         g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in optimizer.param_groups
     )
 

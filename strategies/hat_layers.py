@@ -47,8 +47,22 @@ class HATError(ValueError):
     """An illegal HAT model or state; the message says how to fix it."""
 
 
+#: per-step state of HAT layers and networks: plain values (never parameters, buffers or
+#: modules), set straight into the instance dict, without ``nn.Module.__setattr__``'s checks
+_STEP_STATE = frozenset({"current_gate", "rows_missed", "grads_fresh", "s", "last_gates"})
+
+
+def _set_step_state(self, name, value):
+    if name in _STEP_STATE:
+        self.__dict__[name] = value
+    else:
+        nn.Module.__setattr__(self, name, value)
+
+
 class _HATMixin:
     """Per-task embeddings, the gate and the cumulative mask of one gated layer."""
+
+    __setattr__ = _set_step_state
 
     units: int
     embeddings: nn.ParameterDict
@@ -253,6 +267,8 @@ class HATNet(MultiHeadNet):
     mode they use s = smax and, by default, binary masks (``binary_masks``), so that earlier
     tasks' outputs are bit-identical after later training.
     """
+
+    __setattr__ = _set_step_state
 
     def __init__(
         self,

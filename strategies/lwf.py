@@ -11,7 +11,9 @@ earlier tasks' heads of ``KL(softmax(teacher/T) ‖ softmax(student/T))``, batch
 classes seen). The reference uses a cross-entropy against the teacher's softmax with a small
 ``eps`` smoothing: the same gradients up to that smoothing, a value larger by the teacher's
 entropy. On a multi-head model Avalanche computes the student's outputs of the earlier heads in
-a second forward pass (a second dropout draw); the reference takes them from the training pass.
+a second forward pass (a second dropout draw); the reference takes them from the training pass,
+and so does ``LwF`` here when the network's trunk is shared by its heads (``MultiHeadNet``):
+one trunk pass per step gives every head's output, for the loss and the distillation.
 
 The student's outputs of the earlier heads are computed in training mode, as in the reference
 (dropout on in the student only): with the suite's MLPs (dropout 0.2 input, 0.5 hidden) this
@@ -25,17 +27,48 @@ reference's ``eval()`` includes it: teacher and current model on the validation 
 from __future__ import annotations
 
 import torch
+from avalanche.models import avalanche_forward
 from avalanche.training.plugins import LwFPlugin as AvalancheLwFPlugin
+from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.templates import SupervisedTemplate
+
+from .models import MultiHeadNet, single_task
+
+
+class _Distillation(LearningWithoutForgetting):
+    """Avalanche's distillation term; the student's outputs of the earlier heads are taken
+    from the training pass when ``student`` holds that pass's (input, outputs per head)."""
+
+    student: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+
+    def _lwf_penalty(self, out, x, curr_model):
+        if self.prev_model is None or self.student is None or self.student[0] is not x:
+            return super()._lwf_penalty(out, x, curr_model)
+        with torch.no_grad():
+            y_prev = avalanche_forward(self.prev_model, x, None)
+        y_curr = self.student[1]
+        loss = 0
+        for task in y_prev:  # Avalanche's order and terms
+            if task in self.prev_classes_by_task:
+                loss += self._distillation_loss(y_curr[task], y_prev[task],
+                                                self.prev_classes_by_task[task])
+        return loss
 
 
 class LwFPlugin(AvalancheLwFPlugin):
     """Avalanche's ``LwFPlugin`` whose teacher predicts in evaluation mode (frozen)."""
 
+    def __init__(self, alpha: float | list[float] = 1, temperature: float = 2):
+        super().__init__(alpha, temperature)
+        self.lwf = _Distillation(alpha, temperature)
+
     @property
     def teacher(self) -> torch.nn.Module | None:
         """The model as it was after the previous experience (``None`` before)."""
         return self.lwf.prev_model
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.lwf.student = None
 
     def after_training_exp(self, strategy, **kwargs):
         super().after_training_exp(strategy, **kwargs)
@@ -59,3 +92,16 @@ class LwF(SupervisedTemplate):
                  **kwargs):
         self.lwf_plugin = LwFPlugin(alpha, temperature)
         super().__init__(plugins=[*(plugins or []), self.lwf_plugin], **kwargs)
+
+    def forward(self):
+        """The training pass: with a teacher and a trunk shared by the heads, every head's
+        output from one trunk pass (kept for the distillation term); else Avalanche's."""
+        model, lwf = self.model, self.lwf_plugin.lwf
+        if (self.is_training and lwf.prev_model is not None and isinstance(model, MultiHeadNet)
+                and model.shared_trunk):
+            task = single_task(self.mb_task_id)
+            if task is not None:
+                outputs = model.forward_all_tasks(self.mb_x)
+                lwf.student = (self.mb_x, outputs)
+                return outputs[task]
+        return super().forward()

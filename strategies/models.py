@@ -29,6 +29,16 @@ class TaskNotTrainedError(KeyError):
         return str(self.args[0])
 
 
+def single_task(task_labels: torch.Tensor) -> int | None:
+    """The task label when every entry of ``task_labels`` has it, else None. A batch of one
+    experience's task label (``TensorLoader`` hands it out as a stride-0 view) is read
+    without a pass over it."""
+    if task_labels.dim() == 1 and len(task_labels) > 0 and task_labels.stride(0) == 0:
+        return int(task_labels[0])
+    unique = torch.unique(task_labels)
+    return int(unique.item()) if len(unique) == 1 else None
+
+
 def add_head(heads: nn.ModuleDict, task: int, in_features: int, n_classes: int, device) -> bool:
     """Add a linear head for ``task`` unless it exists; True when one was added."""
     key = str(int(task))
@@ -82,29 +92,46 @@ class MultiHeadNet(MultiTaskModule):
         self.check_task(task)
         return self.heads[str(task)](self.features(x, task))
 
+    @property
+    def shared_trunk(self) -> bool:
+        """Whether one trunk pass serves every head (the trunk does not depend on the task):
+        then mixed-task batches and ``forward_all_tasks`` run the trunk once, as the
+        reference's multi-head networks do."""
+        cls = type(self)
+        return (cls.features is MultiHeadNet.features
+                and cls.forward_single_task is MultiHeadNet.forward_single_task)
+
     def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
         """Per-sample heads; in a mixed batch, logits outside a sample's head are -inf."""
         if task_labels is None:
             return self.forward_all_tasks(x)
         if isinstance(task_labels, int):
             return self.forward_single_task(x, task_labels)
-        unique = torch.unique(task_labels)
-        if len(unique) == 1:
-            return self.forward_single_task(x, int(unique.item()))
-        tasks = unique.tolist()
+        task = single_task(task_labels)
+        if task is not None:
+            return self.forward_single_task(x, task)
+        tasks = torch.unique(task_labels).tolist()
         for task in tasks:
             self.check_task(task)
         width = max(self.heads[str(t)].out_features for t in tasks)
         out = x.new_full((x.shape[0], width), float("-inf"))
+        feats = self.features(x, tasks[0]) if self.shared_trunk else None
         for task in tasks:
             sel = task_labels == task
-            logits = self.forward_single_task(x[sel], task)
+            if feats is None:
+                logits = self.forward_single_task(x[sel], task)
+            else:
+                logits = self.heads[str(task)](feats[sel])
             out[sel, : logits.shape[1]] = logits
         return out
 
     def forward_all_tasks(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """Outputs of every known task's head (LwF-style code calls this)."""
-        return {task: self.forward_single_task(x, task) for task in self.tasks}
+        tasks = self.tasks
+        if tasks and self.shared_trunk:
+            feats = self.features(x, tasks[0])
+            return {task: self.heads[str(task)](feats) for task in tasks}
+        return {task: self.forward_single_task(x, task) for task in tasks}
 
     # ------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

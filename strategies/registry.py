@@ -28,6 +28,7 @@ from .ewc import EWC
 from .hat import HAT, HATConfig
 from .imm import IMM, IMMMeanConfig, IMMModeConfig
 from .lfl import LessForgetfulLearning, LFLConfig
+from .loop import SGD, use_lean_loop
 from .lwf import LwF
 from .pathnet import PathNet, PathNetConfig, PathNetNet
 from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork
@@ -74,7 +75,7 @@ class TrainConfig:
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.optimizer``."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        return SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -135,7 +136,8 @@ class StrategySpec:
     name: str
     description: str
     params: type
-    build: Callable[[BuildContext, Any], Any]
+    #: the constructor; ``build`` calls it and gives the strategy the lean training loop
+    make: Callable[[BuildContext, Any], Any]
     #: the model must be a HAT network
     gated: bool = False
     #: trained from scratch on tasks 1..t for every t (the reference A_J)
@@ -157,6 +159,10 @@ class StrategySpec:
 
     def config(self, overrides: Mapping[str, Any] | None = None):
         return from_overrides(self.params, overrides or {}, self.name)
+
+    def build(self, ctx: BuildContext, config: Any):
+        """The strategy, with ``lean_training_epoch`` (the same steps and callbacks)."""
+        return use_lean_loop(self.make(ctx, config))
 
     def defaults(self) -> dict[str, Any]:
         return to_public_dict(self.params())

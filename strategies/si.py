@@ -11,10 +11,17 @@ SI is not in the HAT reference. Avalanche's estimator is kept as it is: after ea
 every importance is clamped to at most 0.001 (``update_ewc_data``'s ``clip_to``, from the
 original Caffe code) with damping ``c = 1``. As for the reference's regularisers, the surrogate
 loss is part of the validation loss (``validation_penalty``).
+
+Speed: Avalanche lists the allowed parameters (a walk over all modules) three times per step
+and updates the path integral and the surrogate loss parameter by parameter. ``SIPlugin``
+lists them once per experience, updates the path integral with the same element-wise
+operations over all parameters at once (the same numbers), and computes the surrogate loss
+as one dot product over all parameters (rounding order only).
 """
 
 from __future__ import annotations
 
+import torch
 from avalanche.training.plugins import SynapticIntelligencePlugin
 from avalanche.training.templates import SupervisedTemplate
 
@@ -36,14 +43,39 @@ class SIPlugin(SynapticIntelligencePlugin):
         super().before_training_exp(strategy, **kwargs)
         self._live = {p.data_ptr() for p in strategy.model.parameters()}
         _own_copies(self.ewc_data[0], self._live)  # θ* of the surrogate loss
+        named = self.allowed_parameters(strategy.model, self.excluded_parameters)
+        self._params = [p for _, p in named]
+        self._trajectory = [self.syn_data["trajectory"][n].data for n, _ in named]
+        device = self.device(strategy)
+        self._theta_star = torch.cat([self.ewc_data[0][n].data for n, _ in named]).to(device)
+        self._importance = torch.cat([self.ewc_data[1][n].data for n, _ in named]).to(device)
 
     def before_training_iteration(self, strategy, **kwargs):
-        super().before_training_iteration(strategy, **kwargs)
-        _own_copies(self.syn_data["old_theta"], self._live)  # θ before the update
+        # θ before the update (Avalanche's ``pre_update``, as copies)
+        self._old = [p.detach().flatten().clone() for p in self._params]
+
+    @torch.no_grad()
+    def after_training_iteration(self, strategy, **kwargs):
+        # Avalanche's ``post_update``: trajectory += grad · (θ_new − θ_old), per element.
+        # (The surrogate loss reaches every parameter, so each has a gradient, as in
+        # Avalanche; one without any adds nothing.)
+        live = [i for i, p in enumerate(self._params) if p.grad is not None]
+        new = [self._params[i].detach().flatten() for i in live]
+        grads = [self._params[i].grad.detach().flatten() for i in live]
+        step = torch._foreach_mul(grads, torch._foreach_sub(new, [self._old[i] for i in live]))
+        torch._foreach_add_([self._trajectory[i] for i in live], step)
+
+    def before_backward(self, strategy, **kwargs):
+        """The surrogate loss λ/2 Σ Ω (θ − θ*)² (Avalanche's, as one dot product)."""
+        exp_id = strategy.clock.train_exp_counter
+        lam = self.si_lambda[min(exp_id, len(self.si_lambda) - 1)]
+        theta = torch.cat([p.reshape(-1) for p in self._params]).to(self._importance.device)
+        loss = torch.dot(self._importance, (theta - self._theta_star) ** 2) * (lam / 2)
+        strategy.loss += loss.to(strategy.device)
 
     def validation_penalty(self, strategy) -> float:
-        """The surrogate loss Avalanche adds in ``before_backward``, at the current weights."""
-        return loss_added_by(super().before_backward, strategy)
+        """The surrogate loss ``before_backward`` adds, at the current weights."""
+        return loss_added_by(self.before_backward, strategy)
 
 
 class SynapticIntelligence(SupervisedTemplate):

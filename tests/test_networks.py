@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.networks import ModelConfig, alexnet_trunk, build_model, build_trunk, mlp_trunk
+from benchmark.networks import (
+    Dropout,
+    ModelConfig,
+    alexnet_trunk,
+    build_model,
+    build_trunk,
+    mlp_trunk,
+)
 from strategies import ConfigError, HATConv2d, HATLinear, HATNet, MultiHeadNet
 
 ALEXNET = ModelConfig(family="alexnet")
@@ -66,9 +73,9 @@ def test_alexnet_trunk_matches_the_paper():
 def test_alexnet_layer_order_and_dropout():
     trunk = alexnet_trunk((3, 32, 32))
     kinds = [type(m) for m in trunk]
-    block = [nn.Conv2d, nn.ReLU, nn.Dropout, nn.MaxPool2d]
-    assert kinds == block * 3 + [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear,
-                                 nn.ReLU, nn.Dropout]
+    block = [nn.Conv2d, nn.ReLU, Dropout, nn.MaxPool2d]
+    assert kinds == block * 3 + [nn.Flatten, nn.Linear, nn.ReLU, Dropout, nn.Linear,
+                                 nn.ReLU, Dropout]
     drops = [m.p for m in trunk if isinstance(m, nn.Dropout)]
     assert drops == [0.2, 0.2, 0.5, 0.5, 0.5]
     assert [m.kernel_size for m in trunk if isinstance(m, nn.MaxPool2d)] == [2, 2, 2]
@@ -145,7 +152,7 @@ def test_paper_mlp_parameter_count():
 def test_mlp_dropouts():
     trunk = mlp_trunk((1, 8, 8), hidden=100, layers=2, dropout=0.4, input_dropout=0.1)
     kinds = [type(m) for m in trunk]
-    assert kinds == [nn.Flatten, nn.Dropout] + [nn.Linear, nn.ReLU, nn.Dropout] * 2
+    assert kinds == [nn.Flatten, Dropout] + [nn.Linear, nn.ReLU, Dropout] * 2
     assert [m.p for m in trunk if isinstance(m, nn.Dropout)] == [0.1, 0.4, 0.4]
 
 
@@ -242,3 +249,70 @@ def test_model_config_from_strings():
     for bad in ({"family": "resnet"}, {"hidden": "many"}, {"hidden": "0"}, {"width": "3"}):
         with pytest.raises(ConfigError):
             from_overrides(ModelConfig, bad, "model")
+
+
+# ------------------------------------------------------------------ dropout
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_dropout_keeps_one_minus_p_and_scales_as_torch(p):
+    torch.manual_seed(0)
+    drop = Dropout(p)
+    x = torch.ones(Dropout.CHUNK // 8)
+    out = torch.cat([drop(x) for _ in range(8)])  # crosses a refill of the mask chunk
+    kept = out != 0
+    scale = 1 / (1 - p)
+    assert len(out.unique()) == 2 and out.min() == 0.0
+    assert torch.equal(out[kept], torch.full((int(kept.sum()),), scale, dtype=out.dtype))
+    # kept fraction 1 - p within 5 standard deviations of a binomial over 2^20 draws
+    n = out.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+def test_dropout_masks_are_independent_between_calls_and_elements():
+    torch.manual_seed(1)
+    drop = Dropout(0.5)
+    x = torch.ones(64, 100)
+    a, b = (drop(x) != 0).float(), (drop(x) != 0).float()
+    assert not torch.equal(a, b)
+    # neighbouring elements (same 64-bit draw) and consecutive calls are uncorrelated
+    n = 2000
+    m = torch.stack([(drop(x) != 0).float().flatten() for _ in range(n)])
+    c_elem = torch.corrcoef(torch.stack([m[:, 0], m[:, 1]]))[0, 1]
+    c_call = torch.corrcoef(torch.stack([m[:-1, 0], m[1:, 0]]))[0, 1]
+    assert abs(c_elem) < 5 / n**0.5 and abs(c_call) < 5 / n**0.5
+
+
+def test_dropout_is_seeded_by_torch_and_copies_draw_their_own():
+    import copy
+
+    x = torch.ones(32, 50)
+    torch.manual_seed(3)
+    a = Dropout(0.3)
+    first = [a(x) for _ in range(3)]
+    torch.manual_seed(3)
+    b = Dropout(0.3)
+    assert all(torch.equal(f, b(x)) for f in first)
+    c = copy.deepcopy(a)
+    torch.manual_seed(4)
+    assert not torch.equal(a(x), c(x))  # the copy did not inherit a's drawn masks
+
+
+def test_dropout_backward_multiplies_by_the_forward_mask_and_eval_is_identity():
+    torch.manual_seed(0)
+    drop = Dropout(0.4)
+    x = torch.randn(16, 30, requires_grad=True)
+    out = drop(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    mask = out.detach() / x.detach()
+    assert torch.allclose(x.grad, g * mask)
+    drop.eval()
+    assert drop(x) is x or torch.equal(drop(x), x)
+
+
+def test_dropout_large_inputs_and_other_dtypes():
+    torch.manual_seed(0)
+    big = torch.ones(Dropout.CHUNK)  # larger than a quarter chunk: its own draw
+    out = Dropout(0.5)(big)
+    assert abs((out != 0).float().mean().item() - 0.5) < 0.01
+    x64 = torch.ones(10, 10, dtype=torch.float64)
+    assert Dropout(0.5)(x64).dtype == torch.float64

@@ -29,6 +29,7 @@ from strategies import (
     TrainConfig,
     TrainingRecipePlugin,
     get_strategy,
+    loop,
     make_optimizer,
 )
 from strategies.config import from_overrides
@@ -213,7 +214,7 @@ def test_train_config_validation(kw):
 
 
 @pytest.mark.parametrize(
-    ("opt", "cls"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+    ("opt", "cls"), [("sgd", loop.SGD), ("adam", torch.optim.Adam),
                      ("adamw", torch.optim.AdamW)],
 )
 def test_make_optimizer_uses_the_config(opt, cls):
