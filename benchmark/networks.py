@@ -47,9 +47,7 @@ class Dropout(nn.Dropout):
         self._used = 0
 
     def __getstate__(self):
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(
-            self.__dict__)
-        return {**state, "_masks": None, "_used": 0}
+        return {**super().__getstate__(), "_masks": None, "_used": 0}
 
     def draw(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """``n`` fresh mask values: 1/(1 − p) with probability ≈ 1 − p, else 0."""

@@ -44,10 +44,9 @@ class EWCPlugin(AvalancheEWCPlugin):
         """(parameters, importances, weights): the model's parameters and, per earlier task
         the penalty counts, its Fishers and weights flattened in the parameters' order."""
         counter = strategy.clock.train_exp_counter
+        if self._stack is not None and self._stack[0] == counter:
+            return self._stack[1]  # built once per experience: no module walk per step
         named = list(strategy.model.named_parameters())
-        key = (counter, tuple(id(p) for _, p in named))
-        if self._stack is not None and self._stack[0] == key:
-            return self._stack[1]
         tasks = range(counter) if self.mode == "separate" else [counter - 1]
         imps, olds = [], []
         for task in tasks:
@@ -65,8 +64,12 @@ class EWCPlugin(AvalancheEWCPlugin):
             imps.append(torch.cat(imp).to(strategy.device))
             olds.append(torch.cat(old).to(strategy.device))
         stack = ([p for _, p in named], torch.stack(imps), torch.stack(olds))
-        self._stack = (key, stack)
+        self._stack = (counter, stack)
         return stack
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        self._stack = None  # the model may have gained parameters (heads)
 
     def before_backward(self, strategy, **kwargs):
         """Avalanche's penalty λ Σ_τ Σ F_τ (θ − θ_τ)², in one pass over stacked tensors."""

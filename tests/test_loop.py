@@ -128,6 +128,16 @@ def test_use_lean_loop_keeps_a_strategy_s_own_training_epoch():
 
 
 # ------------------------------------------------------------------ SGD
+def _step_both(pairs, steps: int, x_shape: tuple[int, int]) -> None:
+    """``steps`` optimizer steps of each (model, optimizer) pair on the same random inputs."""
+    for _ in range(steps):
+        x = torch.randn(*x_shape)
+        for m, o in pairs:
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+
+
 @pytest.mark.parametrize("lr", [0.1, 0.05, 1e-3])
 def test_sgd_plain_step_equals_torch_sgd_bit_for_bit(lr):
     torch.manual_seed(0)
@@ -137,12 +147,7 @@ def test_sgd_plain_step_equals_torch_sgd_bit_for_bit(lr):
     b[2].bias.requires_grad_(False)  # a parameter without gradient is skipped by both
     a[2].bias.requires_grad_(False)
     oa, ob = torch.optim.SGD(a.parameters(), lr=lr), SGD(b.parameters(), lr=lr)
-    for _ in range(5):
-        x = torch.randn(8, 20)
-        for m, o in ((a, oa), (b, ob)):
-            o.zero_grad()
-            m(x).pow(2).mean().backward()
-            o.step()
+    _step_both(((a, oa), (b, ob)), 5, (8, 20))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
@@ -167,12 +172,7 @@ def test_sgd_with_momentum_or_hooks_takes_torch_s_step():
     b.load_state_dict(a.state_dict())
     oa = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
     ob = SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
-    for _ in range(3):
-        x = torch.randn(5, 4)
-        for m, o in ((a, oa), (b, ob)):
-            o.zero_grad()
-            m(x).pow(2).sum().backward()
-            o.step()
+    _step_both(((a, oa), (b, ob)), 3, (5, 4))
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
