@@ -11,6 +11,7 @@ RESULTS ?= results
 SCENARIOS ?= split-digits permuted-digits
 PRESETS ?= configs/tuned
 TUNE_SEEDS ?= 100-102
+COMMA := ,
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: install run report test lint bench bench-report clean paper tune
@@ -23,12 +24,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The paper's recipe (up to $(EPOCHS) epochs per task, early stopping on validation) for every
+# strategy, seed and scenario: one pool of $(JOBS) worker processes, longest runs first.
 # PRESETS= (empty) runs the registry's defaults (the paper's constants) instead of the presets
 run: $(STAMP)
-	set -e; for s in $(SCENARIOS); do \
-		$(PY) -m benchmark run --scenario $$s $(if $(PRESETS),--config $(PRESETS)/$$s.yaml) \
-			--strategies $(STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --out $(RESULTS); \
-	done
+	$(PY) -m benchmark run \
+		$(if $(PRESETS),$(foreach s,$(SCENARIOS),--config $(PRESETS)/$(s).yaml),--scenario $(subst $(eval) ,$(COMMA),$(SCENARIOS))) \
+		--strategies $(STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --jobs $(JOBS) --out $(RESULTS)
 	$(MAKE) --no-print-directory report
 
 # Select every strategy's hyperparameters on validation data (seeds apart from the evaluation

@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+from ._startup import prestart_workers
+
+prestart_workers(sys.argv[1:])
+
+from .cli import main  # noqa: E402 - after the worker server started
 
 sys.exit(main())

@@ -173,11 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run strategies × seeds on a scenario")
-    r.add_argument("--scenario", help="scenario name (see `list`); default split-digits")
+    r.add_argument("--scenario", help="scenario name (see `list`), or several comma-separated "
+                   "(one pool of runs); default split-digits")
     r.add_argument("--strategies", help="comma-separated strategy names; default naive,hat")
     r.add_argument("--seeds", help="e.g. 0,1,2 or 0-9; default 0")
     _add_common(r)
-    r.add_argument("--config", type=Path, help="YAML preset (keys as the options)")
+    r.add_argument("--config", type=Path, action="append",
+                   help="YAML preset (keys as the options); give it once per scenario to run "
+                   "several presets as one pool of runs (make run does)")
     r.add_argument("--wandb", choices=["online", "offline", "disabled"],
                    help="Weights & Biases mode (default: online when logged in, else offline)")
     r.add_argument("--out", type=Path, help="results folder (default results)")
@@ -383,8 +386,21 @@ def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
 
     from .runner import check_existing, resolve
 
+    configs = args.config if isinstance(args.config, list) else [args.config]
+    configs = [c for c in configs if c is not None]
+    if preset is None and len(configs) > 1:
+        if args.scenario:
+            raise BenchmarkError(
+                f"--scenario {args.scenario} with {len(configs)} --config presets: each preset "
+                "names its scenario; drop --scenario")
+        return _plan_many(args, [{"config": [c]} for c in configs],
+                          [f"--config {c}" for c in configs])
+    if preset is None and not configs and args.scenario and "," in args.scenario:
+        names = [n.strip() for n in args.scenario.split(",")]
+        return _plan_many(args, [{"scenario": n} for n in names],
+                          [f"--scenario {n}" for n in names])
     if preset is None:
-        preset = load_preset(args.config) if args.config else {}
+        preset = load_preset(configs[0]) if configs else {}
     scenario = args.scenario or preset.get("scenario") or "split-digits"
     if scenario not in SCENARIOS:
         raise BenchmarkError(
@@ -432,6 +448,32 @@ def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
     # datasets are checked (and fetched with --download) here, once, before any worker starts
     spec.check_available(data_root, download=args.download)
     return RunPlan(experiments, out, data_root, device, jobs, args.ray, grid)
+
+
+def _plan_many(args: argparse.Namespace, variants: list[dict], names: list[str]) -> RunPlan:
+    """Several presets (``--config`` given more than once) or scenarios (``--scenario a,b``)
+    as one plan: their runs share one pool (one import of the suite, workers busy across
+    scenarios). They must not share a run and must agree on where and how to run."""
+    plans = [plan_run(argparse.Namespace(**{**vars(args), **v})) for v in variants]
+    first = plans[0]
+    for name, plan in zip(names[1:], plans[1:], strict=True):
+        for key in ("out", "data_root", "device", "jobs", "ray"):
+            if getattr(plan, key) != getattr(first, key):
+                raise BenchmarkError(
+                    f"{name} runs with {key}={getattr(plan, key)} but {names[0]} with "
+                    f"{key}={getattr(first, key)}: give one {key} for all on the command line")
+    seen: dict[tuple, str] = {}
+    for name, plan in zip(names, plans, strict=True):
+        for exp in plan.experiments:
+            key = (exp.scenario, exp.strategy, exp.seed, exp.tag)
+            if key in seen:
+                raise BenchmarkError(
+                    f"{seen[key]} and {name} both run {exp.strategy} seed {exp.seed} on "
+                    f"{exp.scenario}: give each scenario once")
+            seen[key] = name
+    grid = {k: v for plan in plans for k, v in plan.grid.items()}
+    return RunPlan([e for plan in plans for e in plan.experiments], first.out, first.data_root,
+                   first.device, first.jobs, first.ray, grid)
 
 
 def prepare_run(args: argparse.Namespace):

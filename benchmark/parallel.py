@@ -203,8 +203,27 @@ def _context(start_method: str | None):
         raise ValueError(f"start method {start_method!r}: use forkserver or spawn")
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
-        ctx.set_forkserver_preload([__name__])
+        from ._startup import PRELOAD
+
+        ctx.set_forkserver_preload(PRELOAD)
     return ctx
+
+
+def expected_cost(exp: Experiment) -> int:
+    """A rough relative cost of a run for scheduling: its task-trainings (joint trains from
+    scratch on tasks 1..t at every t)."""
+    from strategies.registry import get_strategy
+
+    from .scenarios import get_scenario
+
+    n = get_scenario(exp.scenario).n_tasks
+    return n * (n + 1) // 2 if get_strategy(exp.strategy).joint else n
+
+
+def longest_first(todo: Sequence[tuple[Experiment, Path]]) -> list[tuple[Experiment, Path]]:
+    """The runs in decreasing expected cost, so that a pool does not end on one long run
+    while its other workers idle (each run seeds itself: the order changes no number)."""
+    return sorted(todo, key=lambda item: -expected_cost(item[0]))
 
 
 def run_pool(
@@ -222,6 +241,7 @@ def run_pool(
     paths, todo = pending(experiments, settings.out, log)
     if not todo:
         return paths
+    todo = longest_first(todo)
     (Path(settings.out) / "runs").mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     bar = _progress(len(todo), progress)

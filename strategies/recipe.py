@@ -108,6 +108,28 @@ def loss_added_by(before_backward, strategy) -> float:
     return float(probe.loss)
 
 
+class _Snapshot:
+    """The best weights so far: a copy of the model's state, refreshed in place (one
+    multi-tensor copy instead of a deep copy) while its keys, shapes and dtypes stay."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.state: dict = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        state = self.model.state_dict()
+        same = state.keys() == self.state.keys() and all(
+            torch.is_tensor(v) and torch.is_tensor(old) and v.shape == old.shape
+            and v.dtype == old.dtype and v.device == old.device
+            for v, old in zip(state.values(), self.state.values(), strict=True))
+        if not same:
+            self.state = copy.deepcopy(state)
+            return
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.state.values()), list(state.values()))
+
+
 class TrainingRecipePlugin(SupervisedPlugin):
     """Validation split, lr/3 on plateau with the optimizer rebuilt, best-weights restore."""
 
@@ -149,7 +171,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
             return
         rebuild_optimizer(strategy, self.lr)  # the reference starts every task afresh
         self._best_loss = math.inf
-        self._best_state = copy.deepcopy(strategy.model.state_dict())
+        self._best_state = _Snapshot(strategy.model)
         self._patience = self.config.patience
         self._done = False
 
@@ -195,7 +217,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
         self.last_valid_loss = loss
         if loss < self._best_loss:
             self._best_loss = loss
-            self._best_state = copy.deepcopy(strategy.model.state_dict())
+            self._best_state.refresh()
             self._patience = cfg.patience
         else:
             self._patience -= 1
@@ -207,7 +229,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
                 else:
                     rebuild_optimizer(strategy, self.lr)
         if self._done or self.epochs_trained >= strategy.train_epochs:
-            strategy.model.load_state_dict(self._best_state)
+            strategy.model.load_state_dict(self._best_state.state)
             # on the last epoch the loop ends by itself: a stop request there would stay
             # pending and skip the next experience trained in the same train() call
             if self._done and self.epochs_trained < strategy.train_epochs:

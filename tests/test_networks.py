@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from benchmark.networks import (
@@ -316,3 +318,36 @@ def test_dropout_large_inputs_and_other_dtypes():
     assert abs((out != 0).float().mean().item() - 0.5) < 0.01
     x64 = torch.ones(10, 10, dtype=torch.float64)
     assert Dropout(0.5)(x64).dtype == torch.float64
+
+
+# ------------------------------------------------------------ mixed-task batches
+@settings(max_examples=25, deadline=None)
+@given(widths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+       seed=st.integers(0, 2**16))
+def test_stacked_heads_equal_the_per_task_heads(widths, seed):
+    """A mixed-task batch through the stacked heads gives each sample its own head's logits
+    (-inf beyond it) and the heads the gradients the per-task loop gives (float rounding
+    aside), heads absent from the batch none."""
+    from strategies.models import MultiHeadNet
+
+    torch.manual_seed(seed)
+    net = MultiHeadNet(nn.Sequential(nn.Linear(5, 7), nn.ReLU()), 7, widths).eval()
+    n = 16
+    t = torch.randint(0, len(widths) - 1, (n,))  # the last head never appears
+    x = torch.randn(n, 5)
+    out = net(x, t)
+    width = max(widths[int(k)] for k in t.unique())
+    assert out.shape == (n, width)
+    feats = net.trunk(x)
+    for i in range(n):
+        k = int(t[i])
+        ref = net.heads[str(k)](feats[i : i + 1])[0]
+        assert torch.allclose(out[i, : widths[k]], ref, atol=1e-6)
+        assert torch.isinf(out[i, widths[k]:]).all()
+    finite = torch.where(torch.isinf(out), torch.zeros_like(out), out)
+    finite.sum().backward()
+    assert net.heads[str(len(widths) - 1)].weight.grad is None
+    for k in t.unique().tolist():
+        sel = t == k
+        expect = feats[sel].detach().sum(0).expand(widths[k], -1)
+        assert torch.allclose(net.heads[str(k)].weight.grad, expect, atol=1e-5)

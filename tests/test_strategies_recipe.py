@@ -283,3 +283,21 @@ def test_recipe_config_validation(kw, match):
     with pytest.raises(ConfigError, match=match):
         RecipeConfig(**kw)
     RecipeConfig(mode="fixed", valid_fraction=0.0)  # fine without validation
+
+
+def test_best_weights_snapshot_is_a_copy_refreshed_in_place_and_follows_new_state():
+    from strategies.recipe import _Snapshot
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    snap = _Snapshot(net)
+    first = snap.state["0.weight"]
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    assert not torch.equal(snap.state["0.weight"], net[0].weight)  # a copy, not a view
+    snap.refresh()
+    assert snap.state["0.weight"] is first  # refreshed in place
+    assert torch.equal(first, net[0].weight)
+    net.add_module("1", torch.nn.Linear(2, 2))  # the state changed: copied anew
+    snap.refresh()
+    assert set(snap.state) == set(net.state_dict())
+    assert torch.equal(snap.state["1.bias"], net[1].bias)
