@@ -173,6 +173,19 @@ def _row_factor(layer: _HATMixin) -> torch.Tensor | None:
     return row if bool(((row == 0) | (row == 1)).all()) else None
 
 
+#: a shortcut through ∂L/∂z and x (conditioning rows, the clipping bound) runs on a layer only
+#: when the elements it reads, times this, are at most the elements of the weight gradient it
+#: spares: on small layers the hook and its norms cost more than the pass they save
+SHORTCUT_GAIN = 2.0
+
+
+def _shortcut_pays(layer: _HATMixin, batch_size: int, elements: int) -> bool:
+    """Whether reading ``elements`` per sample (of x and/or ∂L/∂z) pays against one pass over
+    the layer's weight gradient; layers never probed (sizes unknown) take the shortcut."""
+    return (layer.sample_sizes is None
+            or SHORTCUT_GAIN * batch_size * elements <= layer.weight.numel())
+
+
 #: protected fraction up to which zero-filling the protected entries of a gradient (by flat
 #: index) beats multiplying it by its factor: measured crossover ≈ 0.25 on the reference CPU
 FILL_MAX_FRACTION = 0.2
@@ -215,7 +228,9 @@ class HATPlugin(SupervisedPlugin):
     norm below ``clipgrad`` (the reference's 10000 is, in effect, never reached); a binary
     factor with few zeros is applied by zero-filling those entries. The first two hold only
     while each gated weight and bias gets its gradient from its own layer alone; a graph
-    walk checks that every step, and the reference operations run otherwise.
+    walk checks that every step, and the reference operations run otherwise. They run only
+    on layers where they read fewer elements than they spare (``SHORTCUT_GAIN``): on the
+    embedded digits MLP none does, and a step is the reference operations plus the fill.
     """
 
     #: exact shortcuts on (see the class docstring); False runs the reference operations
@@ -247,6 +262,8 @@ class HATPlugin(SupervisedPlugin):
         self._fast = False
         self._watched: list[nn.Parameter] = []
         self._unbounded: list[nn.Parameter] = []
+        self._bounded: list[_HATMixin] = []
+        self._hooked: list[_HATMixin] = []
         self._unflush = False
 
     # ----------------------------------------------------------- lifecycle
@@ -339,12 +356,14 @@ class HATPlugin(SupervisedPlugin):
             own = [(p, factors[id(p)]) for p in (layer.weight, layer.bias) if p is not None]
             own = [(p, f) for p, f in own if not bool((f == 1).all())]
             # the hook needs an input without gradient (the first gated layer's: the data)
-            # and pays when ∂L/∂z is smaller than ∂L/∂W (a linear layer; not a conv's maps)
+            # and pays when ∂L/∂z is well smaller than ∂L/∂W (a linear layer; not a conv's maps)
+            sizes = layer.sample_sizes or (0, 0)
             hook = (own and fast and i == 0 and isinstance(layer, HATLinear)
-                    and batch_size * layer.units <= layer.weight.numel())
+                    and _shortcut_pays(layer, batch_size, sizes[1]))
             row = _row_factor(layer) if hook else None
             layer.row_grad_factor = row
-            layer.grad_bounds = [] if fast else None
+            bound = fast and _shortcut_pays(layer, batch_size, sizes[0] + sizes[1])
+            layer.grad_bounds = [] if bound else None
             if row is not None:
                 self._rows.append((layer, own))
                 continue
@@ -354,13 +373,17 @@ class HATPlugin(SupervisedPlugin):
                     self._pairs.append((p, f))
                 else:
                     self._fills.append((p, f, idx))
-        self._fast = fast
-        # the shortcuts assume the gated weights and biases get gradients from their layers
-        # only; the clipping bound covers the weights, the other gradients are measured
+        # the shortcuts assume their layers' weights and biases get gradients from those
+        # layers only; the clipping bound covers the bounded weights, the other gradients
+        # are measured
+        self._bounded = [layer for layer in self._layers if layer.grad_bounds is not None]
+        self._hooked = [layer for layer in self._layers
+                        if layer.grad_bounds is not None or layer.row_grad_factor is not None]
+        self._fast = fast and bool(self._hooked)
         self._watched = [
-            p for layer in self._layers for p in (layer.weight, layer.bias) if p is not None
-        ] if fast else []
-        weights = {id(layer.weight) for layer in self._layers}
+            p for layer in self._hooked for p in (layer.weight, layer.bias) if p is not None
+        ]
+        weights = {id(layer.weight) for layer in self._bounded}
         self._unbounded = [p for p in self._params if id(p) not in weights]
         return (self._pairs + [(p, f) for p, f, _ in self._fills]
                 + [pf for _, own in self._rows for pf in own])
@@ -427,7 +450,7 @@ class HATPlugin(SupervisedPlugin):
         # graph walk checks it every step (10–70 µs on the MLP). Else: the reference operations.
         trusted = (
             self._fast
-            and all(layer.grads_fresh for layer in self._layers)
+            and all(layer.grads_fresh for layer in self._hooked)
             and weights_used_once(strategy.loss, self._watched)
         )
         pairs = self._pairs + [
@@ -446,7 +469,7 @@ class HATPlugin(SupervisedPlugin):
         if embs:  # Eq. 6
             factors = compensation_factors(embs, self.last_s, cfg.smax, cfg.thres_cosh)
             torch._foreach_mul_([e.grad for e in embs], factors)
-        if not (trusted and self._norm_below(cfg.clipgrad)):
+        if not (trusted and self._bounded and self._norm_below(cfg.clipgrad)):
             clip_grad_norm(self._params, cfg.clipgrad)
 
     def _norm_below(self, max_norm: float) -> bool:
@@ -457,13 +480,13 @@ class HATPlugin(SupervisedPlugin):
         the norm. A margin keeps float rounding on the safe side. False: clip exactly.
         """
         sq = 0.0
-        for layer in self._layers:
+        for layer in self._bounded:
             if len(layer.grad_bounds) != 1:
                 return False
             sq += layer.grad_bounds[0] ** 2
         small = [p.grad for p in self._unbounded if p.grad is not None]
-        if small:
-            sq += sum(float(n) ** 2 for n in torch._foreach_norm(small))
+        if small:  # one read of the host: squares summed in double precision
+            sq += float(torch.stack(torch._foreach_norm(small)).double().square().sum())
         return math.sqrt(sq) <= max_norm * (1 - 1e-4)
 
     @torch.no_grad()
@@ -501,6 +524,7 @@ class HATPlugin(SupervisedPlugin):
         self._reset_layers()
         self._pairs, self._keep, self._frozen, self._rows, self._fills = [], [], [], [], []
         self._embs, self._params, self._watched, self._unbounded = [], [], [], []
+        self._bounded, self._hooked = [], []
         self._fast = False
 
     # ---------------------------------------------------- recipe protocol

@@ -89,6 +89,9 @@ class _HATMixin:
         #: when a list, a training forward appends ‖∂L/∂z‖·‖x‖·√(kernel area), an upper bound
         #: of ‖∂L/∂W‖ from this forward (Cauchy–Schwarz), for HATPlugin's clipping shortcut
         self.grad_bounds: list[float] | None = None
+        #: elements of one sample's input and output (x, z), measured by ``HATNet``'s probe;
+        #: HATPlugin takes a shortcut only where it reads fewer elements than it saves
+        self.sample_sizes: tuple[int, int] | None = None
 
     def add_task(self, task: int, init: EmbeddingInit = "normal") -> None:
         key = str(int(task))
@@ -333,7 +336,12 @@ class HATNet(MultiHeadNet):
         gated layers must run once each, in their registration order (the chain HAT's
         conditioning assumes)."""
         ran: list[nn.Module] = []
-        hooks = [m.register_forward_hook(lambda mod, i, o: ran.append(mod)) for m in gated]
+
+        def seen(mod, inputs, out):
+            ran.append(mod)
+            mod.sample_sizes = (inputs[0].numel(), out.numel())  # a batch of one
+
+        hooks = [m.register_forward_hook(seen) for m in gated]
         for m in gated:
             m.current_gate = torch.ones(m.units, device=m.weight.device)
         was_training = trunk.training

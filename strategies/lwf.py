@@ -41,6 +41,16 @@ class _Distillation(LearningWithoutForgetting):
 
     student: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
 
+    def _distillation_loss(self, out, prev_out, active_units):
+        """Avalanche's term; when the seen units are all of the head's, in order, without its
+        two index copies (``out[:, au]`` is ``out`` then: the same numbers)."""
+        au = list(active_units)
+        if au != list(range(out.shape[1])):
+            return super()._distillation_loss(out, prev_out, active_units)
+        log_p = torch.log_softmax(out / self.temperature, dim=1)
+        q = torch.softmax(prev_out / self.temperature, dim=1)
+        return torch.nn.functional.kl_div(log_p, q, reduction="batchmean")
+
     def _lwf_penalty(self, out, x, curr_model):
         if self.prev_model is None or self.student is None or self.student[0] is not x:
             return super()._lwf_penalty(out, x, curr_model)

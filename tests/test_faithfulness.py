@@ -27,6 +27,8 @@ from helpers_strategies import (
     multihead_net,
     quiet_evaluator,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from strategies import (
     EWC,
@@ -378,3 +380,68 @@ def test_reference_clipgrad_values_cover_the_registry():
                                             "imm-mean", "si")} == {10000}
     with pytest.raises(ValueError):
         GradientClipPlugin(0.0)
+
+
+# ------------------------------------------------------------------ SI's path integral
+class PathIntegral(SupervisedPlugin):
+    """Σ over steps of grad · (θ_after − θ_before) per parameter, by hand (Avalanche's
+    ``post_update`` formula, parameter by parameter), checked against SI's at each task's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.total: dict[str, torch.Tensor] = {}
+        self.checked = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.total = {n: torch.zeros(p.numel()) for n, p in strategy.model.named_parameters()}
+
+    def before_training_iteration(self, strategy, **kwargs):
+        self.before = {n: p.detach().flatten().clone()
+                       for n, p in strategy.model.named_parameters()}
+
+    def after_training_iteration(self, strategy, **kwargs):
+        for n, p in strategy.model.named_parameters():
+            if p.grad is not None:
+                self.total[n] += p.grad.flatten() * (p.detach().flatten() - self.before[n])
+
+    def after_training_exp(self, strategy, **kwargs):
+        si = _plugin(strategy, SIPlugin)
+        for n, t in self.total.items():
+            assert torch.equal(si.syn_data["trajectory"][n].data, t), n
+        assert any(bool(t.abs().sum() > 0) for t in self.total.values())
+        self.checked += 1
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_si_path_integral_equals_the_per_parameter_formula_bit_for_bit(momentum):
+    model = _model()
+    probe = PathIntegral()
+    kw = _common(model, probe)
+    kw["optimizer"] = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+    strategy = SynapticIntelligence(si_lambda=1.0, **kw)
+    for exp in make_stream(2, n_train=N_TRAIN)[0].train_stream:
+        strategy.train(exp, eval_streams=[])
+    assert probe.checked == 2
+
+
+# ------------------------------------------------------------------ LwF's distillation term
+@settings(max_examples=40, deadline=None)
+@given(n_classes=st.integers(1, 12), batch=st.integers(1, 70), temperature=st.sampled_from(
+    [0.5, 1.0, 2.0, 4.0]), subset=st.booleans(), seed=st.integers(0, 2**16))
+def test_lwf_distillation_equals_avalanches_bit_for_bit(n_classes, batch, temperature, subset,
+                                                        seed):
+    from avalanche.training.regularization import LearningWithoutForgetting
+
+    from strategies.lwf import _Distillation
+
+    g = torch.Generator().manual_seed(seed)
+    out = (torch.randn(batch, n_classes, generator=g) * 5).requires_grad_()
+    prev = torch.randn(batch, n_classes, generator=g) * 5
+    units = set(range(n_classes))
+    if subset and n_classes > 1:  # classes seen: not every unit of the head
+        units = set(torch.randperm(n_classes, generator=g)[: n_classes - 1].tolist())
+    ours = _Distillation(1.0, temperature)._distillation_loss(out, prev, units)
+    (grad,) = torch.autograd.grad(ours, out)
+    theirs = LearningWithoutForgetting(1.0, temperature)._distillation_loss(out, prev, units)
+    (grad_ref,) = torch.autograd.grad(theirs, out)
+    assert torch.equal(ours, theirs) and torch.equal(grad, grad_ref)

@@ -67,7 +67,10 @@ class _Spy:
 
 
 def _train(trunk_name, opt_name, fast, monkeypatch, *, clipgrad=10000.0, soft=False,
-           extra=()):
+           extra=(), by_size=False):
+    if not by_size:  # every layer takes the ∂L/∂z shortcuts, however small (the default
+        # skips them where they cost more than they save: test_shortcuts_run_where_they_pay)
+        monkeypatch.setattr(hat_module, "SHORTCUT_GAIN", 0.0)
     torch.manual_seed(0)
     make_trunk, shape = TRUNKS[trunk_name]
     bm, _, _ = make_stream(N_TASKS, shape)
@@ -107,6 +110,47 @@ def test_fast_paths_give_bit_identical_parameters(trunk_name, opt_name, fill, mo
     assert (fast_spy.rows > 0) == (trunk_name == "mlp")
     if fill == "all":
         assert fast_spy.fills > 0
+
+
+@pytest.mark.parametrize("trunk_name", sorted(TRUNKS))
+def test_size_policy_gives_bit_identical_parameters(trunk_name, monkeypatch):
+    """The default policy (shortcuts by size) on the small test trunks: some layers take
+    a shortcut, others not; the parameters are those of the reference operations."""
+    ref, _ = _train(trunk_name, "adam", False, monkeypatch, by_size=True)
+    fast, spy = _train(trunk_name, "adam", True, monkeypatch, by_size=True)
+    _assert_identical(ref, fast)
+    # no layer of these trunks is large enough for the clipping bound: exact clipping
+    assert spy.exact_clips == STEPS
+
+
+@pytest.mark.parametrize(
+    ("widths", "batch", "rows", "bounded"),
+    [
+        ((64, 100, 100), 64, False, []),  # the embedded digits MLP: no shortcut pays
+        ((784, 800, 800), 64, True, [0, 1]),  # the paper-size MLP: all pay
+        ((784, 800, 800), 512, False, []),  # large batches: ∂L/∂z outgrows ∂L/∂W
+        ((64, 32, 32), 16, True, []),  # rows: 2·16·32 ≤ 32·64; bound: 2·16·96 > 2048
+    ],
+)
+def test_shortcuts_run_where_they_pay(widths, batch, rows, bounded):
+    """A layer takes the ∂L/∂z hook (rows) and the clipping bound only when the elements
+    they read (∂L/∂z, and x for the bound), times SHORTCUT_GAIN, are at most the weight's."""
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = hat_net(nn.Sequential(*layers), (widths[0],))
+    for layer in model.gated_layers:  # a task trained: half the units protected
+        layer.cumulative[: layer.units // 2] = 1.0
+    plugin = HATPlugin()
+    plugin._layers = list(model.gated_layers)
+    plugin._params = list(model.parameters())
+    plugin._plan_conditioning(model, True, batch)
+    assert [layer.sample_sizes for layer in model.gated_layers] == list(
+        zip(widths[:-1], widths[1:], strict=True))
+    assert (model.gated_layers[0].row_grad_factor is not None) == rows
+    assert [i for i, layer in enumerate(model.gated_layers)
+            if layer.grad_bounds is not None] == bounded
+    assert plugin._fast == (rows or bool(bounded))
 
 
 @settings(max_examples=60, deadline=None)
@@ -236,6 +280,7 @@ def _penalty_plugin(scale: float, how: str):
 def test_extra_gradient_on_a_weight_disables_the_shortcuts(before_hat, how, monkeypatch):
     # an extra gradient whose norm alone exceeds clipgrad, on the hooked first layer: it must
     # be conditioned and clipped as the reference does, in any plugin order
+    monkeypatch.setattr(hat_module, "SHORTCUT_GAIN", 0.0)  # shortcuts on these small layers
     torch.manual_seed(0)
     bm, _, _ = make_stream(2, MLP_SHAPE)
     results = []
