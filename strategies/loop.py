@@ -178,8 +178,8 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor | None:
     On CPU the norm is computed as torch computes it there (per-tensor norms, here in one
     ``_foreach_norm`` call, then the norm of their stack), read on the host, and the scaling
     pass is skipped when the factor ``min(1, max_norm / (norm + 1e-6))`` is 1.0 (a multiply
-    by 1.0 changes nothing). On
-    accelerators torch's own function runs (no host synchronisation per step).
+    by 1.0 changes nothing). On accelerators torch's own function runs (no host
+    synchronisation per step).
     """
     params = [p for p in parameters if p.grad is not None]
     if not params:
