@@ -82,9 +82,14 @@ class TensorLoader:
                 yield self._batch(sl, min(self.n, sl.stop) - sl.start)
 
     def _batch(self, idx, size: int) -> list[torch.Tensor]:
-        if self._task is None:
-            return [t[idx] for t in self.tensors]
-        return [t[idx] for t in self.tensors[:-1]] + [self._task.expand(size)]
+        """The rows ``idx``: views for a slice; for an index tensor ``index_select``, the
+        copy ``t[idx]`` makes without advanced indexing's set-up (about 3x faster on CPU)."""
+        n = len(self.tensors) - (self._task is not None)
+        if isinstance(idx, slice):
+            take = [t[idx] for t in self.tensors[:n]]
+        else:
+            take = [t.index_select(0, idx) for t in self.tensors[:n]]
+        return take if self._task is None else take + [self._task.expand(size)]
 
 
 class FastDataPlugin(SupervisedPlugin):

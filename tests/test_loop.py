@@ -214,3 +214,22 @@ def test_clip_grad_norm_nan_poisons_like_torch_and_plugin_reports_the_norm():
     s.model = model
     plugin.before_update(s)
     assert plugin.last_norm is not None and float(plugin.last_norm) > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), rel=st.sampled_from(
+    [-1e-4, -1e-5, -1e-6, -1e-7, 0.0, 1e-7, 1e-6, 1e-5, 1e-4]))
+def test_clip_grad_norm_at_the_threshold_equals_torch_bit_for_bit(seed, rel):
+    """max_norm within a few float32 steps of the norm: the host-side shortcut must never
+    skip a scaling torch performs."""
+    g = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(s, generator=g) for s in [(100, 64), (100,), (10, 100)]]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x)
+                                                       for x in grads])))
+    max_norm = (norm + 1e-6) * (1 + rel)
+    a = [torch.zeros_like(x, requires_grad=True) for x in grads]
+    b = [torch.zeros_like(x, requires_grad=True) for x in grads]
+    for p, q, gr in zip(a, b, grads, strict=True):
+        p.grad, q.grad = gr.clone(), gr.clone()
+    assert torch.equal(clip_grad_norm(b, max_norm), torch.nn.utils.clip_grad_norm_(a, max_norm))
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b, strict=True))
