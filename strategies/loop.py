@@ -122,6 +122,21 @@ def use_lean_loop(strategy):
     return strategy
 
 
+def set_training(model: torch.nn.Module, mode: bool) -> None:
+    """``model.train(mode)``, the same flags on every submodule, without
+    ``Module.__setattr__`` per module (about 20x cheaper: the recipe switches modes twice per
+    epoch). When a module overrides ``train`` its own runs: ``model.train(mode)``."""
+    modules = list(model.modules())
+    if any(type(m).train is not _MODULE_TRAIN for m in modules):
+        model.train(mode)
+        return
+    for m in modules:
+        m.__dict__["training"] = mode
+
+
+_MODULE_TRAIN = torch.nn.Module.train
+
+
 #: torch's SGD step without the hook wrapper torch adds to ``step`` (``SGD.step`` has it)
 _TORCH_SGD_STEP = (torch.optim.SGD.step.__wrapped__ if getattr(torch.optim.SGD.step, "hooked",
                                                                False)

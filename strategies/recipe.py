@@ -34,6 +34,7 @@ from torch import nn
 
 from .config import ConfigError
 from .data import TensorLoader, materialize
+from .loop import set_training
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
         """
         model = strategy.model
         was_training = model.training
-        model.eval()
+        set_training(model, False)
         batch_hooks = self._hooks(strategy, "validation_batch_penalty")
         x, y, t = materialize(self.valid_data, strategy.device)
         total, n = 0.0, 0
@@ -205,7 +206,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
         loss = total / max(n, 1)
         for penalty in self._hooks(strategy, "validation_penalty"):
             loss += float(penalty(strategy))
-        model.train(was_training)
+        set_training(model, was_training)
         return loss
 
     def after_training_epoch(self, strategy, **kwargs):

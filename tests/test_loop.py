@@ -233,3 +233,35 @@ def test_clip_grad_norm_at_the_threshold_equals_torch_bit_for_bit(seed, rel):
         p.grad, q.grad = gr.clone(), gr.clone()
     assert torch.equal(clip_grad_norm(b, max_norm), torch.nn.utils.clip_grad_norm_(a, max_norm))
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b, strict=True))
+
+
+# ------------------------------------------------------------------ mode switch
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("start", [False, True])
+def test_set_training_sets_the_flags_module_train_sets(gated, start):
+    import copy
+
+    from benchmark.networks import ModelConfig, build_model
+    from strategies.loop import set_training
+
+    model = build_model(ModelConfig(family="mlp", hidden=8), (1, 8, 8), [2, 2], gated=gated)
+    model.train(start)
+    for m in list(model.modules())[::3]:  # mixed flags, as after a partial switch
+        m.training = not start
+    for mode in (False, True, True, False):
+        ref = copy.deepcopy(model)
+        ref.train(mode)
+        set_training(model, mode)
+        assert [m.training for m in model.modules()] == [m.training for m in ref.modules()]
+
+
+def test_set_training_calls_an_overridden_train():
+    from strategies.loop import set_training
+
+    class Frozen(nn.Linear):  # keeps itself in evaluation mode, like a frozen BN
+        def train(self, mode=True):
+            return super().train(False)
+
+    model = nn.Sequential(nn.Linear(2, 2), Frozen(2, 2))
+    set_training(model, True)
+    assert model.training and model[0].training and not model[1].training
