@@ -18,7 +18,8 @@ lists them once per experience, keeps the path integral in one flat tensor whose
 Avalanche's per-parameter tensors and updates it with the same element-wise operations over
 all parameters at once (the same numbers; six operations per step instead of about forty),
 and computes the surrogate loss as one dot product over all parameters (rounding order
-only).
+only), as one autograd node (``_Surrogate``) whose backward runs the kernels autograd would
+(the same numbers).
 """
 
 from __future__ import annotations
@@ -85,17 +86,47 @@ class SIPlugin(SynapticIntelligencePlugin):
         step = torch._foreach_mul(grads, torch._foreach_sub(new, [old[i] for i in live]))
         torch._foreach_add_([self._trajectory[i] for i in live], step)
 
+    #: True: the surrogate loss through autograd's operations (for tests); False: the same
+    #: value and gradients from one node (``_Surrogate``)
+    autograd_penalty: bool = False
+
     def before_backward(self, strategy, **kwargs):
         """The surrogate loss λ/2 Σ Ω (θ − θ*)² (Avalanche's, as one dot product)."""
         exp_id = strategy.clock.train_exp_counter
         lam = self.si_lambda[min(exp_id, len(self.si_lambda) - 1)]
-        theta = torch.cat([p.reshape(-1) for p in self._params]).to(self._importance.device)
-        loss = torch.dot(self._importance, (theta - self._theta_star) ** 2) * (lam / 2)
+        if not self.autograd_penalty and self._importance.device == self._params[0].device:
+            loss = _Surrogate.apply(self._importance, self._theta_star, lam / 2, *self._params)
+        else:
+            theta = torch.cat([p.reshape(-1) for p in self._params]).to(self._importance.device)
+            loss = torch.dot(self._importance, (theta - self._theta_star) ** 2) * (lam / 2)
         strategy.loss += loss.to(strategy.device)
 
     def validation_penalty(self, strategy) -> float:
         """The surrogate loss ``before_backward`` adds, at the current weights."""
         return loss_added_by(self.before_backward, strategy)
+
+
+class _Surrogate(torch.autograd.Function):
+    """``dot(Ω, (cat(θ) − θ*)²) · scale`` as one autograd node: the forward computes it as
+    ``SIPlugin`` writes it; the backward runs the kernels autograd runs for that expression
+    (Mul, Dot, Pow, Sub, Cat and view backward), so every parameter gets the same gradient,
+    summed with its other gradients by the engine as before (tested bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, importance, star, scale, *params):
+        d = torch.cat([p.reshape(-1) for p in params]) - star
+        ctx.importance, ctx.d, ctx.scale = importance, d, scale
+        ctx.shapes = [p.shape for p in params]
+        return torch.dot(importance, d**2) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad * ctx.scale  # MulBackward0
+        g = ctx.importance * g  # DotBackward0: self.conj() * grad
+        g = g * (ctx.d.pow(1.0) * 2.0)  # PowBackward0: grad * (2 · d^1)
+        sizes = [s.numel() for s in ctx.shapes]  # SubBackward0: grad; CatBackward0: split
+        return (None, None, None,
+                *[t.view(s) for t, s in zip(g.split(sizes), ctx.shapes, strict=True)])
 
 
 class SynapticIntelligence(SupervisedTemplate):
