@@ -8,7 +8,15 @@ from .config import ConfigError
 from .data import FastDataPlugin, TensorLoader, materialize
 from .ewc import EWC, EWCPlugin
 from .hat import HAT, HATConfig, HATPlugin, anneal_s, attention_regulariser, compensation_factor
-from .hat_layers import HATConv2d, HATError, HATLinear, HATNet, find_hat_model
+from .hat_layers import (
+    HATBatchNorm1d,
+    HATBatchNorm2d,
+    HATConv2d,
+    HATError,
+    HATLinear,
+    HATNet,
+    find_hat_model,
+)
 from .imm import IMM, IMMMeanConfig, IMMModeConfig, IMMPlugin
 from .lfl import LessForgetfulLearning, LFLConfig, LFLPlugin
 from .lwf import LwF, LwFPlugin
@@ -20,7 +28,8 @@ from .registry import STRATEGIES, TrainConfig, get_strategy, make_optimizer
 from .sgd_f import BaselineError, FreezeTrunkPlugin, SGDFrozen
 
 __all__ = [
-    "HAT", "HATConfig", "HATPlugin", "HATLinear", "HATConv2d", "HATNet", "HATError",
+    "HAT", "HATConfig", "HATPlugin", "HATLinear", "HATConv2d", "HATBatchNorm1d", "HATBatchNorm2d",
+    "HATNet", "HATError",
     "MultiHeadNet", "TaskNotTrainedError", "FastDataPlugin", "TensorLoader", "materialize",
     "RecipeConfig", "TrainingRecipePlugin", "STRATEGIES", "TrainConfig", "get_strategy",
     "make_optimizer", "ConfigError", "find_hat_model", "anneal_s", "attention_regulariser",

@@ -11,8 +11,11 @@ feature size (no per-architecture code).
 Deviation, documented: the paper gates a block's output *after* activation, dropout and
 pooling; here a layer gates its own output. The two are identical because ReLU, dropout,
 max/average pooling and flatten commute with a non-negative per-unit scale. ``wrap`` checks
-that only such modules sit between gated layers and refuses anything else (e.g. ``Tanh``),
-and refuses BatchNorm (its statistics would be shared across tasks).
+that only such modules sit between gated layers and refuses anything else (e.g. ``Tanh``).
+A ``BatchNorm1d``/``BatchNorm2d`` right after a gated layer becomes per task
+(``HATBatchNorm1d``/``2d``: one set of affine parameters and running statistics per task,
+frozen with the task) and applies that layer's gate after normalising; BatchNorm anywhere
+else is refused (its statistics would be shared across tasks).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class HATError(ValueError):
 
 #: per-step state of HAT layers and networks: plain values (never parameters, buffers or
 #: modules), set straight into the instance dict, without ``nn.Module.__setattr__``'s checks
-_STEP_STATE = frozenset({"current_gate", "rows_missed", "grads_fresh", "s", "last_gates"})
+_STEP_STATE = frozenset({"current_gate", "rows_missed", "grads_fresh", "s", "last_gates",
+                         "current_task"})
 
 
 def _set_step_state(self, name, value):
@@ -89,6 +93,9 @@ class _HATMixin:
         #: when a list, a training forward appends ‖∂L/∂z‖·‖x‖·√(kernel area), an upper bound
         #: of ‖∂L/∂W‖ from this forward (Cauchy–Schwarz), for HATPlugin's clipping shortcut
         self.grad_bounds: list[float] | None = None
+        #: set when a per-task BatchNorm follows: it applies this layer's gate after
+        #: normalising (layer → BN_t → gate), and the layer returns its pre-gate output
+        self.defer_gate = False
         #: elements of one sample's input and output (x, z), measured by ``HATNet``'s probe;
         #: HATPlugin takes a shortcut only where it reads fewer elements than it saves
         self.sample_sizes: tuple[int, int] | None = None
@@ -187,7 +194,8 @@ class HATLinear(_HATMixin, nn.Linear):
         return self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply_gate(self._track(x, super().forward(x)))
+        z = self._track(x, super().forward(x))
+        return z if self.defer_gate else self._apply_gate(z)
 
 
 class HATConv2d(_HATMixin, nn.Conv2d):
@@ -208,10 +216,83 @@ class HATConv2d(_HATMixin, nn.Conv2d):
         return self.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply_gate(self._track(x, super().forward(x)))
+        z = self._track(x, super().forward(x))
+        return z if self.defer_gate else self._apply_gate(z)
 
 
 HAT_LAYERS = (HATLinear, HATConv2d)
+
+#: ``HATNet._probe`` runs per-task BatchNorms as the identity (shapes only)
+_PROBE = object()
+
+
+class _HATBatchNorm(nn.Module):
+    """Per-task BatchNorm after a gated layer: one ``BatchNorm`` (affine parameters and
+    running statistics) per task, selected by the task like the embeddings, then the gated
+    layer's gate (layer → BN_t → gate → activation).
+
+    The gate comes after the normalisation so that a unit a task masks outputs exactly 0 for
+    that task (a BN after the gate would turn the 0 into the constant β − γμ/σ, which later
+    tasks could then propagate through weights the conditioning leaves free). Only task t's
+    BatchNorm runs while t trains; HAT freezes it with the task's head and embeddings, so its
+    statistics and affine parameters never change afterwards. Every task's BatchNorm starts
+    from BatchNorm's defaults (γ = 1, β = 0, μ = 0, σ² = 1).
+    """
+
+    _bn_class: type[nn.modules.batchnorm._BatchNorm]
+    __setattr__ = _set_step_state
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True):
+        super().__init__()
+        self.num_features = num_features
+        self.bn_kwargs = dict(eps=eps, momentum=momentum, affine=affine,
+                              track_running_stats=track_running_stats)
+        self.norms = nn.ModuleDict()
+        self.current_task = None
+        self.__dict__["gated"] = None  # the gated layer before it (a module of the trunk)
+
+    @classmethod
+    def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> _HATBatchNorm:
+        """A per-task version of ``bn`` (its configuration; each task's state is fresh)."""
+        return cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+
+    def add_task(self, task: int, device=None) -> None:
+        key = str(int(task))
+        if key not in self.norms:
+            self.norms[key] = self._bn_class(self.num_features, device=device, **self.bn_kwargs)
+
+    def norm(self, task: int) -> nn.modules.batchnorm._BatchNorm:
+        key = str(int(task))
+        if key not in self.norms:
+            raise TaskNotTrainedError(task, [int(k) for k in self.norms])
+        return self.norms[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gated = self.__dict__["gated"]
+        if self.current_task is _PROBE:
+            return x
+        if self.current_task is None or gated is None:
+            raise HATError(
+                f"{type(self).__name__} was called without a task; call it through HATNet "
+                "(model(x, task_labels)) so that the task's BatchNorm and gate are known"
+            )
+        return gated._apply_gate(self.norm(self.current_task)(x))
+
+
+class HATBatchNorm1d(_HATBatchNorm):
+    """Per-task ``BatchNorm1d`` applying the preceding ``HATLinear``'s gate."""
+
+    _bn_class = nn.BatchNorm1d
+
+
+class HATBatchNorm2d(_HATBatchNorm):
+    """Per-task ``BatchNorm2d`` applying the preceding ``HATConv2d``'s gate."""
+
+    _bn_class = nn.BatchNorm2d
+
+
+_PER_TASK_BN = {nn.BatchNorm1d: HATBatchNorm1d, nn.BatchNorm2d: HATBatchNorm2d}
 
 
 def _upgrade(module: nn.Module) -> nn.Module:
@@ -246,12 +327,19 @@ def _convert(seq: nn.Sequential) -> nn.Sequential:
             layers.append((name, child))
         elif type(child) in (nn.Linear, nn.Conv2d):
             layers.append((name, _upgrade(child)))
+        elif isinstance(child, _HATBatchNorm):
+            layers.append((name, child))
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-            raise HATError(
-                f"trunk contains {type(child).__name__} ('{name}'): its running statistics "
-                "would be shared by all tasks and break HAT's protection; remove it (the "
-                "paper's networks use no batch norm)"
-            )
+            prev = layers[-1][1] if layers else None
+            per_task = _PER_TASK_BN.get(type(child))
+            if per_task is None or not isinstance(prev, HAT_LAYERS):
+                raise HATError(
+                    f"trunk contains {type(child).__name__} ('{name}') that does not directly "
+                    "follow a Linear/Conv2d layer: shared running statistics would break HAT's "
+                    "protection, and HAT makes BatchNorm1d/2d per task only right after the "
+                    "layer whose units it normalises; move it there or remove it"
+                )
+            layers.append((name, per_task.like(child).to(prev.weight.device)))
         elif isinstance(child, GATE_COMMUTING):
             layers.append((name, child))
         else:
@@ -289,10 +377,13 @@ class HATNet(MultiHeadNet):
                 "the model has no HAT layers: build it with HATLinear/HATConv2d or use "
                 "HATNet.wrap(nn.Sequential(...), input_shape)"
             )
+        norms = [m for m in trunk.modules() if isinstance(m, _HATBatchNorm)]
+        per_task = {id(m) for n in norms for m in n.modules()}  # their parameters are a task's
         unprotected = [
             name or type(trunk).__name__
             for name, m in trunk.named_modules()
-            if not isinstance(m, HAT_LAYERS) and any(True for _ in m.parameters(recurse=False))
+            if not isinstance(m, HAT_LAYERS) and id(m) not in per_task
+            and any(True for _ in m.parameters(recurse=False))
         ]
         if unprotected:
             raise HATError(
@@ -301,8 +392,10 @@ class HATNet(MultiHeadNet):
                 "every trainable trunk layer, or HATNet.wrap(nn.Sequential(...), input_shape)"
             )
         input_shape = tuple(int(d) for d in input_shape)
-        feature_dim = self._probe(trunk, gated, input_shape)
+        feature_dim = self._probe(trunk, gated, input_shape, norms)
         super().__init__(trunk, feature_dim)
+        #: per-task BatchNorms, each applying the gate of the gated layer it follows
+        self.task_norms: list[_HATBatchNorm] = norms  # plain list: modules are in self.trunk
         self.input_shape = input_shape
         self.gated_layers: list[_HATMixin] = gated  # plain list: modules are in self.trunk
         self.smax = float(smax)
@@ -331,17 +424,26 @@ class HATNet(MultiHeadNet):
         return cls(_convert(trunk), input_shape, head_sizes, **kwargs)
 
     @staticmethod
-    def _probe(trunk, gated, input_shape):
+    def _probe(trunk, gated, input_shape, norms=()):
         """Forward a dummy batch through the trunk: the feature size the heads receive; the
         gated layers must run once each, in their registration order (the chain HAT's
-        conditioning assumes)."""
+        conditioning assumes); each per-task BatchNorm must run right after a gated layer of
+        its width, whose gate it then applies (found from the run, not from names)."""
         ran: list[nn.Module] = []
+        order: list[nn.Module] = []
 
         def seen(mod, inputs, out):
             ran.append(mod)
+            order.append(mod)
             mod.sample_sizes = (inputs[0].numel(), out.numel())  # a batch of one
 
         hooks = [m.register_forward_hook(seen) for m in gated]
+        # every other leaf module and the norms: what runs between a layer and its norm
+        others = [m for m in trunk.modules() if not isinstance(m, HAT_LAYERS)
+                  and (isinstance(m, _HATBatchNorm) or not any(True for _ in m.children()))]
+        hooks += [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in others]
+        for n in norms:
+            n.current_task = _PROBE
         for m in gated:
             m.current_gate = torch.ones(m.units, device=m.weight.device)
         was_training = trunk.training
@@ -357,6 +459,8 @@ class HATNet(MultiHeadNet):
                 h.remove()
             for m in gated:
                 m.current_gate = None
+            for n in norms:
+                n.current_task = None
             trunk.train(was_training)
         if [id(m) for m in ran] != [id(m) for m in gated]:
             raise HATError(
@@ -369,6 +473,18 @@ class HATNet(MultiHeadNet):
                 f"trunk output has shape {tuple(out.shape)}; end the trunk with nn.Flatten() "
                 "so that heads receive (batch, features)"
             )
+        for n in norms:
+            i = next((k for k, m in enumerate(order) if m is n), None)
+            prev = order[i - 1] if i else None
+            if prev is None or not isinstance(prev, HAT_LAYERS) or prev.units != n.num_features \
+                    or prev.defer_gate:
+                raise HATError(
+                    f"{type(n).__name__}({n.num_features}) does not run right after a gated "
+                    "layer of as many units (or another one already normalises that layer): "
+                    "put each per-task BatchNorm directly after its Linear/Conv2d"
+                )
+            prev.defer_gate = True
+            n.__dict__["gated"] = prev
         return out.shape[1]
 
     @staticmethod
@@ -392,12 +508,14 @@ class HATNet(MultiHeadNet):
         super().add_task(task, n_classes)
         for layer in self.gated_layers:
             layer.add_task(task, self.embedding_init)
+        for norm in self.task_norms:
+            norm.add_task(task, norm.__dict__["gated"].weight.device)
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
-        """The parameters owned by ``task``: its embeddings and its head."""
-        return [layer.embedding(task) for layer in self.gated_layers] + list(
-            self.heads[str(task)].parameters()
-        )
+        """The parameters owned by ``task``: its embeddings, its BatchNorms and its head."""
+        return ([layer.embedding(task) for layer in self.gated_layers]
+                + [p for norm in self.task_norms for p in norm.norm(task).parameters()]
+                + list(self.heads[str(task)].parameters()))
 
     def masks(self, task: int) -> list[torch.Tensor]:
         """Evaluation masks of ``task`` per gated layer (at smax; binary by default)."""
@@ -481,11 +599,15 @@ class HATNet(MultiHeadNet):
             gates = self.masks(task)
         for layer, g in zip(self.gated_layers, gates, strict=True):
             layer.current_gate = g
+        for norm in self.task_norms:
+            norm.current_task = task
         try:
             return self.trunk(x)
         finally:
             for layer in self.gated_layers:
                 layer.current_gate = None
+            for norm in self.task_norms:
+                norm.current_task = None
 
 
 

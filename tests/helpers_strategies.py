@@ -92,7 +92,16 @@ def conv_trunk() -> nn.Sequential:
     )
 
 
-TRUNKS = {"mlp": (mlp_trunk, MLP_SHAPE), "conv": (conv_trunk, CONV_SHAPE)}
+def conv_bn_trunk() -> nn.Sequential:
+    """``conv_trunk`` with BatchNorm after each layer (per task under HAT, shared otherwise)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 16), nn.BatchNorm1d(16), nn.ReLU(),
+    )
+
+
+TRUNKS = {"mlp": (mlp_trunk, MLP_SHAPE), "conv": (conv_trunk, CONV_SHAPE),
+          "conv_bn": (conv_bn_trunk, CONV_SHAPE)}
 
 
 def feature_dim(trunk: nn.Module, shape: Sequence[int]) -> int:

@@ -15,6 +15,7 @@ from avalanche.core import SupervisedPlugin
 from helpers_strategies import (
     CONV_SHAPE,
     MLP_SHAPE,
+    TRUNKS,
     accuracy,
     conv_trunk,
     fast_plugins,
@@ -103,11 +104,12 @@ def _resume(blob: bytes, make_trunk, shape, make_opt, recipe: bool):
 
 @pytest.mark.parametrize(
     ("setup", "trunk"),
-    [("sgd-fixed", "mlp"), ("adam-recipe", "mlp"), ("adamw-fixed", "mlp"), ("adamw-fixed", "conv")],
+    [("sgd-fixed", "mlp"), ("adam-recipe", "mlp"), ("adamw-fixed", "mlp"), ("adamw-fixed", "conv"),
+     ("adam-recipe", "conv_bn")],
 )
 def test_resume_after_two_tasks_is_exact(setup, trunk):
     make_opt, recipe = SETUPS[setup]
-    make_trunk, shape = (mlp_trunk, MLP_SHAPE) if trunk == "mlp" else (conv_trunk, CONV_SHAPE)
+    make_trunk, shape = TRUNKS[trunk]
     bm, _, test = make_stream(N_TASKS, shape, n_train=48)
 
     torch.manual_seed(0)
@@ -140,14 +142,16 @@ def test_resume_after_two_tasks_is_exact(setup, trunk):
         strategy.train(bm.train_stream[0])
 
 
-def test_fresh_model_recreates_tasks_and_cumulative_masks_on_load():
+@pytest.mark.parametrize("trunk", ["conv", "conv_bn"])
+def test_fresh_model_recreates_tasks_and_cumulative_masks_on_load(trunk):
     torch.manual_seed(0)
+    make_trunk = TRUNKS[trunk][0]
     bm, _, test = make_stream(2, CONV_SHAPE, n_train=32)
-    model = hat_net(conv_trunk(), CONV_SHAPE)
+    model = hat_net(make_trunk(), CONV_SHAPE)
     strategy = _strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), False)
     for exp in bm.train_stream:
         strategy.train(exp)
-    fresh = hat_net(conv_trunk(), CONV_SHAPE)
+    fresh = hat_net(make_trunk(), CONV_SHAPE)
     fresh.load_state_dict(model.state_dict())
     assert fresh.tasks == [0, 1]
     for a, b in zip(fresh.cumulative_masks(), model.cumulative_masks(), strict=True):

@@ -64,17 +64,35 @@ def test_hatnet_needs_hat_layers():
         HATNet(nn.Sequential(nn.Linear(64, 8), nn.ReLU()), MLP_SHAPE)
 
 
-@pytest.mark.parametrize("norm", [nn.BatchNorm1d(32), nn.BatchNorm2d(4)])
-def test_wrap_refuses_batchnorm(norm):
-    if isinstance(norm, nn.BatchNorm1d):
-        trunk = nn.Sequential(nn.Linear(64, 32), norm, nn.ReLU(), nn.Linear(32, 8), nn.ReLU())
-        shape = MLP_SHAPE
+@pytest.mark.parametrize("where", ["after_relu", "first", "3d"])
+def test_wrap_refuses_batchnorm_that_is_not_right_after_a_gated_layer(where):
+    if where == "after_relu":  # normalising a gated output: masked units would leak β − γμ/σ
+        trunk = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Linear(32, 8))
+        shape, name = MLP_SHAPE, "BatchNorm1d"
+    elif where == "first":
+        trunk = nn.Sequential(nn.BatchNorm1d(64), nn.Linear(64, 8), nn.ReLU())
+        shape, name = MLP_SHAPE, "BatchNorm1d"
     else:
-        trunk = nn.Sequential(nn.Conv2d(1, 4, 3), norm, nn.ReLU(), nn.Flatten(),
+        trunk = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm3d(4), nn.ReLU(), nn.Flatten(),
                               nn.Linear(144, 8))
-        shape = CONV_SHAPE
-    with pytest.raises(HATError, match=type(norm).__name__):
+        shape, name = CONV_SHAPE, "BatchNorm3d"
+    with pytest.raises(HATError, match=f"{name}.*directly follow"):
         HATNet.wrap(trunk, shape)
+
+
+def test_per_task_batchnorm_built_by_hand_must_follow_its_layer():
+    from strategies import HATBatchNorm1d, HATLinear
+
+    ok = nn.Sequential(HATLinear(64, 8), HATBatchNorm1d(8), nn.ReLU())
+    assert HATNet(ok, MLP_SHAPE).task_norms == [ok[1]]
+    bad = nn.Sequential(HATLinear(64, 8), nn.ReLU(), HATBatchNorm1d(8))
+    with pytest.raises(HATError, match="right after a gated layer"):
+        HATNet(bad, MLP_SHAPE)
+    wide = nn.Sequential(HATLinear(64, 8), HATBatchNorm1d(16))
+    with pytest.raises(HATError, match="right after a gated layer"):
+        HATNet(wide, MLP_SHAPE)
+    with pytest.raises(HATError, match="without a task"):
+        HATBatchNorm1d(8)(torch.zeros(2, 8))
 
 
 @pytest.mark.parametrize("bad", [nn.Tanh(), nn.Sigmoid(), nn.LayerNorm(32), nn.ReLU6()])

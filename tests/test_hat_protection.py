@@ -113,3 +113,43 @@ def test_hat_learns_every_task_and_keeps_its_accuracy():
     for i in range(N_TASKS):
         assert acc[i][i] >= 0.85, f"task {i} not learned: accuracy {acc[i][i]} (chance 0.5)"
         assert acc[-1][i] == acc[i][i]
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_per_task_batchnorm_trains_its_task_and_then_stays_frozen(opt_name):
+    """Each task's BatchNorm (affine parameters and running statistics) moves while its task
+    trains and is bit-identical afterwards; a unit a task masks outputs exactly 0 after the
+    norm (the gate comes after the normalisation)."""
+    from helpers_strategies import CONV_SHAPE, conv_bn_trunk
+
+    torch.manual_seed(0)
+    bm, _, test = make_stream(N_TASKS, CONV_SHAPE)
+    model = hat_net(conv_bn_trunk(), CONV_SHAPE)
+    strategy = HAT(model=model, optimizer=OPTIMIZERS[opt_name](model.parameters()),
+                   train_mb_size=16, train_epochs=EPOCHS, plugins=fast_plugins(),
+                   evaluator=quiet_evaluator())
+    norms = model.task_norms
+    assert [type(n).__name__ for n in norms] == ["HATBatchNorm2d", "HATBatchNorm1d"]
+    states = []
+    for i in range(N_TASKS):
+        strategy.train(bm.train_stream[i])
+        states.append([{k: v.clone() for k, v in n.norm(i).state_dict().items()} for n in norms])
+        fresh = type(norms[0].norm(i))(norms[0].num_features).state_dict()
+        assert not torch.equal(states[i][0]["running_mean"], fresh["running_mean"])
+        assert not torch.equal(states[i][0]["weight"], fresh["weight"])  # γ trained
+    for i in range(N_TASKS):
+        for n, saved in zip(norms, states[i], strict=True):
+            now = n.norm(i).state_dict()
+            assert all(torch.equal(now[k], saved[k]) for k in saved), f"task {i}'s BN changed"
+    # after the norm, the gate: units a task masks are exactly 0 for that task
+    seen = {}
+    hook = norms[0].register_forward_hook(lambda m, i, o: seen.update(out=o))
+    model.eval()
+    masked = 0
+    for task in range(N_TASKS):
+        logits(model, test[task][0], task)
+        off = model.masks(task)[0] == 0
+        masked += int(off.sum())
+        assert torch.equal(seen["out"][:, off], torch.zeros_like(seen["out"][:, off]))
+    hook.remove()
+    assert masked > 0  # some task masked some unit: the check above saw zeros to verify
