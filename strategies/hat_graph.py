@@ -1,0 +1,171 @@
+"""Which gate scales which tensor in a trunk: gate groups from the module graph (torch.fx).
+
+HAT conditions a weight by the cumulative masks of the units it joins (Eq. 2): its layer's
+output units and the units of whatever gate scales its input. In a chain that is the previous
+gated layer; with residual connections a sum mixes several layers' outputs, and the sum is only
+gated per unit when its operands share one gate. ``gate_groups`` reads that from the traced
+graph instead of from architecture-specific code:
+
+- a gated layer (``HATLinear``/``HATConv2d`` or, before wrapping, ``Linear``/``Conv2d``) starts
+  a tensor scaled by its own gate;
+- modules and functions that commute with a non-negative per-unit scale (ReLU, dropout,
+  pooling, flatten, views) and a BatchNorm applied directly to a gated layer's output keep
+  the scaling of their input;
+- an addition ``a + b`` needs ``a`` and ``b`` scaled by the same gate: the layers behind its
+  operands are put in one group (union-find), e.g. a residual block's last conv, its 1×1
+  downsample shortcut and the previous block's output;
+- anything else between gated layers (a concatenation, a product of two activations, a
+  non-commuting activation) is refused with the node that breaks the rule.
+
+The result is what HAT needs to share embeddings within a group and to condition every
+weight: ``groups`` (layer indices per gate group) and ``feeds`` (the group scaling each
+layer's input, None for the network input).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .hat_layers import GATE_COMMUTING, HAT_LAYERS, HATError, _HATBatchNorm
+
+#: functions and tensor methods that commute with a non-negative per-unit gate
+_COMMUTING_FUNCTIONS = {
+    torch.relu, F.relu, F.leaky_relu, F.dropout, F.max_pool2d, F.avg_pool2d,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten,
+}
+_COMMUTING_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "contiguous"}
+_ADDS = {operator.add, operator.iadd, torch.add}
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, _HATBatchNorm)
+_INPUT = -1
+
+
+class _LeafTracer(fx.Tracer):
+    """Every module without children (and every HAT layer or norm) is one graph node."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (*HAT_LAYERS, _HATBatchNorm)) or not any(True for _ in m.children())
+
+
+@dataclass
+class GateGraph:
+    """``groups[g]``: indices (into the gated layers) sharing gate group g, in order;
+    ``feeds[i]``: the group scaling layer i's input, or None for the network's input;
+    ``group_of[i]``: layer i's group."""
+
+    groups: list[list[int]]
+    feeds: list[int | None]
+    group_of: list[int]
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _is_gated(m: nn.Module) -> bool:
+    return isinstance(m, HAT_LAYERS) or type(m) in (nn.Linear, nn.Conv2d)
+
+
+def gate_groups(trunk: nn.Module, gated: list[nn.Module]) -> GateGraph:
+    """Trace ``trunk`` and group ``gated`` (its gated layers, in the order HAT lists them)
+    by shared gate; see the module docstring for the rules. Raises HATError for a graph in
+    which some gated layer's input is not scaled per unit by one gate group."""
+    try:
+        graph = _LeafTracer().trace(trunk)
+    except Exception as err:  # data-dependent control flow, unsupported ops
+        raise HATError(
+            f"cannot trace the trunk ({type(err).__name__}: {err}); HAT needs a trunk "
+            "torch.fx can trace with its leaf modules as nodes"
+        ) from None
+    index = {id(m): i for i, m in enumerate(gated)}
+    modules = dict(trunk.named_modules())
+    uf = _UnionFind(len(gated))
+    source: dict[fx.Node, int] = {}  # node -> gated layer index (a representative) or _INPUT
+    feeds: list[int | None] = [None] * len(gated)
+    seen_layer = [False] * len(gated)
+
+    def src(arg, node) -> int:
+        if not isinstance(arg, fx.Node) or arg not in source:
+            raise HATError(f"cannot tell which gate scales the input of '{node.name}'")
+        return source[arg]
+
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            source[node] = _INPUT
+        elif node.op == "call_module":
+            m = modules[node.target]
+            if id(m) in index:
+                i = index[id(m)]
+                if seen_layer[i]:
+                    raise HATError(f"gated layer '{node.target}' runs twice; HAT needs each "
+                                   "gated layer once per forward")
+                seen_layer[i] = True
+                s = src(node.args[0], node)
+                feeds[i] = None if s == _INPUT else s
+                source[node] = i
+            elif isinstance(m, _NORMS):
+                arg = node.args[0]
+                if not (isinstance(arg, fx.Node) and arg.op == "call_module"
+                        and id(modules[arg.target]) in index):
+                    raise HATError(
+                        f"{type(m).__name__} '{node.target}' does not directly follow a gated "
+                        "layer: HAT can only normalise a layer's units per task right after it"
+                    )
+                source[node] = src(arg, node)
+            elif isinstance(m, GATE_COMMUTING):
+                source[node] = src(node.args[0], node)
+            elif _is_gated(m):  # a Linear/Conv2d not in the list: a wrapping mistake
+                raise HATError(f"layer '{node.target}' is not among the gated layers")
+            else:
+                raise HATError(
+                    f"trunk module '{node.target}' ({type(m).__name__}) does not commute with "
+                    "HAT's per-unit gate; use ReLU/LeakyReLU, dropout, pooling or flatten "
+                    "between gated layers"
+                )
+        elif node.op in ("call_function", "call_method"):
+            tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+            if node.target in _ADDS or node.target in ("add", "add_"):
+                srcs = [src(a, node) for a in tensor_args]
+                if len(srcs) != 2 or _INPUT in srcs:
+                    raise HATError(
+                        f"'{node.name}' adds tensors that are not two gated layers' outputs; "
+                        "HAT needs both operands of a residual sum gated"
+                    )
+                uf.union(srcs[0], srcs[1])
+                source[node] = srcs[0]
+            elif node.target in _COMMUTING_FUNCTIONS or node.target in _COMMUTING_METHODS:
+                source[node] = src(tensor_args[0], node)
+            else:
+                raise HATError(
+                    f"'{node.name}' ({getattr(node.target, '__name__', node.target)}) does not "
+                    "commute with HAT's per-unit gate"
+                )
+        elif node.op == "get_attr":
+            raise HATError(f"the trunk reads a tensor attribute ('{node.target}') directly: "
+                           "HAT cannot condition it")
+    missing = [i for i, s in enumerate(seen_layer) if not s]
+    if missing:
+        raise HATError(f"gated layers {missing} never run in the trunk's forward")
+    roots = sorted({uf.find(i) for i in range(len(gated))})
+    group_id = {r: g for g, r in enumerate(roots)}
+    group_of = [group_id[uf.find(i)] for i in range(len(gated))]
+    groups = [[i for i in range(len(gated)) if group_of[i] == g] for g in range(len(roots))]
+    return GateGraph(groups=groups,
+                     feeds=[None if f is None else group_of[f] for f in feeds],
+                     group_of=group_of)
