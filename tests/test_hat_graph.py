@@ -107,3 +107,16 @@ def test_batchnorm_must_normalise_a_layer_output():
     trunk = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
     with pytest.raises(HATError, match="Tanh"):
         gate_groups(trunk, _gated(trunk))
+
+
+@pytest.mark.parametrize("family", ["mlp", "alexnet"])
+def test_the_suites_wrapped_networks_are_chains(family):
+    """HAT-converted trunks (HAT layers, the suite's Dropout, per-task norms) trace too."""
+    from benchmark.networks import ModelConfig, build_model
+
+    shape = (1, 8, 8) if family == "mlp" else (3, 32, 32)
+    net = build_model(ModelConfig(family=family, hidden=16), shape, [2], gated=True)
+    graph = gate_groups(net.trunk, net.gated_layers)
+    n = len(net.gated_layers)
+    assert graph.groups == [[i] for i in range(n)]
+    assert graph.feeds == [None] + list(range(n - 1))
