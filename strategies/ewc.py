@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 from avalanche.training.plugins import EWCPlugin as AvalancheEWCPlugin
 from avalanche.training.templates import SupervisedTemplate
+from torch.autograd.function import once_differentiable
 
 from .recipe import loss_added_by
 
@@ -122,6 +123,7 @@ class _Penalty(torch.autograd.Function):
         return lam * (importance * x.pow(2)).sum()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         g = grad * ctx.lam  # MulBackward0 (λ · penalty)
         g = g.expand(ctx.x.shape) * ctx.importance  # SumBackward0, MulBackward0

@@ -479,6 +479,9 @@ class HATPlugin(SupervisedPlugin):
         every other gradient (biases, embeddings, head) exactly. Conditioning only lowers
         the norm. A margin keeps float rounding on the safe side. False: clip exactly.
         """
+        if any(p.grad is not None and p.grad.dtype not in (torch.float32, torch.float64)
+               for p in self._params):
+            return False  # the margin below covers float32/64 rounding only
         sq = 0.0
         for layer in self._bounded:
             if len(layer.grad_bounds) != 1:

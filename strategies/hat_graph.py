@@ -9,8 +9,9 @@ graph instead of from architecture-specific code:
 - a gated layer (``HATLinear``/``HATConv2d`` or, before wrapping, ``Linear``/``Conv2d``) starts
   a tensor scaled by its own gate;
 - modules and functions that commute with a non-negative per-unit scale (ReLU, dropout,
-  pooling, flatten, views) and a BatchNorm applied directly to a gated layer's output keep
-  the scaling of their input;
+  pooling, a flatten from dim 1 or ``x.view(x.size(0), -1)``) keep the scaling of their
+  input, and so does a BatchNorm that is the only use of a gated layer's output (HAT makes
+  it per task and applies the layer's gate after it); shape queries are not activations;
 - an addition ``a + b`` needs ``a`` and ``b`` scaled by the same gate: the layers behind its
   operands are put in one group (union-find), e.g. a residual block's last conv, its 1×1
   downsample shortcut and the previous block's output;
@@ -36,9 +37,12 @@ from .hat_layers import GATE_COMMUTING, HAT_LAYERS, HATError, _HATBatchNorm
 #: functions and tensor methods that commute with a non-negative per-unit gate
 _COMMUTING_FUNCTIONS = {
     torch.relu, F.relu, F.leaky_relu, F.dropout, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
 }
-_COMMUTING_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "contiguous"}
+_COMMUTING_METHODS = {"relu", "relu_", "contiguous"}
+#: reshapes that keep the batch dimension and merge the rest channel-major (as a flatten)
+_FLATTENS = {torch.flatten, "flatten"}
+_VIEWS = {torch.reshape, "view", "reshape"}
 _ADDS = {operator.add, operator.iadd, torch.add}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, _HATBatchNorm)
 _INPUT = -1
@@ -105,7 +109,27 @@ def gate_groups(trunk: nn.Module, gated: list[nn.Module]) -> GateGraph:
             raise HATError(f"cannot tell which gate scales the input of '{node.name}'")
         return source[arg]
 
+    shapes: set[fx.Node] = set()  # shape queries (x.size(0), x.shape[0]): not activations
+
+    def flattens(node) -> bool:
+        """``flatten`` from dim 1 to the end, or a view/reshape to (batch, -1) whose batch
+        size is read from a tensor (``x.view(x.size(0), -1)``)."""
+        args = list(node.args[1:])
+        if node.target in _FLATTENS:
+            start = args[0] if args else node.kwargs.get("start_dim", 0)
+            end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
+            return start == 1 and end == -1
+        if len(args) == 1 and isinstance(args[0], (tuple, list)):
+            args = list(args[0])
+        return len(args) == 2 and args[0] in shapes and args[1] == -1
+
     for node in graph.nodes:
+        if node.op in ("call_method", "call_function") and (
+                node.target in ("size", "dim")
+                or (node.target is getattr and node.args[1] == "shape")
+                or (node.target is operator.getitem and node.args[0] in shapes)):
+            shapes.add(node)
+            continue
         if node.op == "placeholder":
             source[node] = _INPUT
         elif node.op == "call_module":
@@ -122,12 +146,16 @@ def gate_groups(trunk: nn.Module, gated: list[nn.Module]) -> GateGraph:
             elif isinstance(m, _NORMS):
                 arg = node.args[0]
                 if not (isinstance(arg, fx.Node) and arg.op == "call_module"
-                        and id(modules[arg.target]) in index):
+                        and id(modules[arg.target]) in index and len(arg.users) == 1):
                     raise HATError(
                         f"{type(m).__name__} '{node.target}' does not directly follow a gated "
-                        "layer: HAT can only normalise a layer's units per task right after it"
+                        "layer whose only use it is: HAT can only normalise a layer's units per "
+                        "task right after it (the norm applies the layer's gate)"
                     )
                 source[node] = src(arg, node)
+            elif isinstance(m, nn.Flatten) and not (m.start_dim == 1 and m.end_dim == -1):
+                raise HATError(f"'{node.target}' flattens other than dims 1..-1: HAT needs the "
+                               "batch dimension kept and units merged channel-major")
             elif isinstance(m, GATE_COMMUTING):
                 source[node] = src(node.args[0], node)
             elif _is_gated(m):  # a Linear/Conv2d not in the list: a wrapping mistake
@@ -150,6 +178,14 @@ def gate_groups(trunk: nn.Module, gated: list[nn.Module]) -> GateGraph:
                 uf.union(srcs[0], srcs[1])
                 source[node] = srcs[0]
             elif node.target in _COMMUTING_FUNCTIONS or node.target in _COMMUTING_METHODS:
+                source[node] = src(tensor_args[0], node)
+            elif node.target in _FLATTENS or node.target in _VIEWS:
+                if not flattens(node):
+                    raise HATError(
+                        f"'{node.name}' reshapes other than (batch, -1): HAT needs the batch "
+                        "dimension kept and units merged channel-major (flatten(1), "
+                        "x.view(x.size(0), -1))"
+                    )
                 source[node] = src(tensor_args[0], node)
             else:
                 raise HATError(

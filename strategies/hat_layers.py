@@ -257,10 +257,11 @@ class _HATBatchNorm(nn.Module):
         """A per-task version of ``bn`` (its configuration; each task's state is fresh)."""
         return cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
 
-    def add_task(self, task: int, device=None) -> None:
+    def add_task(self, task: int, device=None, dtype=None) -> None:
         key = str(int(task))
         if key not in self.norms:
-            self.norms[key] = self._bn_class(self.num_features, device=device, **self.bn_kwargs)
+            self.norms[key] = self._bn_class(self.num_features, device=device, dtype=dtype,
+                                             **self.bn_kwargs)
 
     def norm(self, task: int) -> nn.modules.batchnorm._BatchNorm:
         key = str(int(task))
@@ -445,13 +446,13 @@ class HATNet(MultiHeadNet):
         for n in norms:
             n.current_task = _PROBE
         for m in gated:
-            m.current_gate = torch.ones(m.units, device=m.weight.device)
+            m.current_gate = torch.ones(m.units, device=m.weight.device, dtype=m.weight.dtype)
         was_training = trunk.training
         trunk.eval()
         try:
             with torch.no_grad():
-                dev = gated[0].weight.device
-                out = trunk(torch.zeros((1, *input_shape), device=dev))
+                w = gated[0].weight
+                out = trunk(torch.zeros((1, *input_shape), device=w.device, dtype=w.dtype))
         except RuntimeError as err:
             raise HATError(f"trunk does not accept inputs of shape {input_shape}: {err}") from None
         finally:
@@ -509,7 +510,8 @@ class HATNet(MultiHeadNet):
         for layer in self.gated_layers:
             layer.add_task(task, self.embedding_init)
         for norm in self.task_norms:
-            norm.add_task(task, norm.__dict__["gated"].weight.device)
+            w = norm.__dict__["gated"].weight
+            norm.add_task(task, w.device, w.dtype)
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """The parameters owned by ``task``: its embeddings, its BatchNorms and its head."""

@@ -135,6 +135,7 @@ def set_training(model: torch.nn.Module, mode: bool) -> None:
 
 
 _MODULE_TRAIN = torch.nn.Module.train
+_WIDE = (torch.float32, torch.float64)
 
 
 #: torch's SGD step without the hook wrapper torch adds to ``step`` (``SGD.step`` has it)
@@ -205,9 +206,10 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor | None:
     # one call for the per-tensor norms: on CPU ``_foreach_norm`` runs ``linalg_vector_norm``
     # on each tensor (the same numbers) without a Python round trip per tensor
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    # torch's factor max_norm / (norm + 1e-6) in float32, clearly above 1 by the host's double
-    # arithmetic (the margin covers float32 rounding): torch would multiply by exactly 1.0
-    if float(total) + 1e-6 < max_norm * (1 - 1e-5):
+    # torch's factor max_norm / (norm + 1e-6) in float32/64, clearly above 1 by the host's
+    # double arithmetic (the margin covers their rounding, not half precision's): torch would
+    # multiply by exactly 1.0
+    if total.dtype in _WIDE and float(total) + 1e-6 < max_norm * (1 - 1e-5):
         return total
     coef = max_norm / (total + 1e-6)
     if not float(coef) >= 1.0:  # NaN too: torch scales by NaN then

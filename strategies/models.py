@@ -39,14 +39,16 @@ def single_task(task_labels: torch.Tensor) -> int | None:
     return int(unique.item()) if len(unique) == 1 else None
 
 
-def add_head(heads: nn.ModuleDict, task: int, in_features: int, n_classes: int, device) -> bool:
+def add_head(heads: nn.ModuleDict, task: int, in_features: int, n_classes: int, device,
+             dtype: torch.dtype | None = None) -> bool:
     """Add a linear head for ``task`` unless it exists; True when one was added."""
     key = str(int(task))
     if key in heads:
         return False
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1 for task {task}, got {n_classes}")
-    heads[key] = nn.Linear(in_features, int(n_classes)).to(device)
+    # initialised on the CPU generator, as before, then moved (the same heads on any device)
+    heads[key] = nn.Linear(in_features, int(n_classes), dtype=dtype).to(device)
     return True
 
 
@@ -93,8 +95,8 @@ class MultiHeadNet(MultiTaskModule):
 
     def add_task(self, task: int, n_classes: int) -> None:
         """Create the head (and, in subclasses, the task's state) for ``task``."""
-        if add_head(self.heads, task, self.feature_dim, n_classes,
-                    next(self.trunk.parameters()).device):
+        p = next(self.trunk.parameters())  # heads in the trunk's device and dtype
+        if add_head(self.heads, task, self.feature_dim, n_classes, p.device, p.dtype):
             self.max_class_label = max(self.max_class_label, int(n_classes))
 
     def adaptation(self, experience) -> None:  # Avalanche hook

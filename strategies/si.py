@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from avalanche.training.plugins import SynapticIntelligencePlugin
 from avalanche.training.templates import SupervisedTemplate
+from torch.autograd.function import once_differentiable
 
 from .recipe import loss_added_by
 
@@ -120,6 +121,7 @@ class _Surrogate(torch.autograd.Function):
         return torch.dot(importance, d**2) * scale
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         g = grad * ctx.scale  # MulBackward0
         g = ctx.importance * g  # DotBackward0: self.conj() * grad

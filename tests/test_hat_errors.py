@@ -238,3 +238,13 @@ class _Twice(_Reordered):
 def test_hat_net_refuses_layers_run_out_of_order_or_twice(trunk):
     with pytest.raises(HATError, match="registration order"):
         HATNet(trunk(), (8,))
+
+
+def test_a_float64_trunk_with_batchnorm_wraps_and_adds_tasks_in_its_dtype():
+    trunk = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU()).double()
+    model = HATNet.wrap(trunk, MLP_SHAPE, [2]).double()
+    model.add_task(1, 2)  # after the conversion: created in the trunk's dtype
+    assert model.task_norms[0].norm(1).weight.dtype == torch.float64
+    model.train()
+    model.s = 5.0
+    assert model(torch.randn(3, 64, dtype=torch.float64), 1).dtype == torch.float64

@@ -92,6 +92,8 @@ class _Wrap(nn.Module):
     (lambda m, x: m[1](m[0](x) + x), "not two gated"),
     (lambda m, x: m[1](m[0](x) * m[2](x)), "'mul'"),
     (lambda m, x: m[1](m[0](m[0](x))), "runs twice"),
+    (lambda m, x: m[1](m[0](x).view(-1, 4)), "reshapes other than"),  # units into the batch
+    (lambda m, x: m[1](torch.flatten(m[0](x))), "reshapes other than"),  # from dim 0
 ])
 def test_graphs_hat_cannot_condition_are_refused(fn, match):
     width = 8 if "cat" in match else 4
@@ -120,3 +122,30 @@ def test_the_suites_wrapped_networks_are_chains(family):
     n = len(net.gated_layers)
     assert graph.groups == [[i] for i in range(n)]
     assert graph.feeds == [None] + list(range(n - 1))
+
+
+def test_batch_preserving_views_and_shape_queries_are_accepted():
+    lin_a, lin_b = nn.Linear(4, 4), nn.Linear(4, 2)
+    for fn in (lambda m, x: m[1](m[0](x).view(x.size(0), -1)),
+               lambda m, x: m[1](m[0](x).reshape(x.shape[0], -1)),
+               lambda m, x: m[1](torch.flatten(m[0](x), 1))):
+        trunk = _Wrap(fn, lin_a, lin_b)
+        assert gate_groups(trunk, [lin_a, lin_b]).feeds == [None, 0]
+
+
+def test_a_normalised_layer_output_has_no_other_use():
+    """The norm applies the layer's gate: a second reader would get the ungated output."""
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.d = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.d(torch.relu(self.bn(h) + self.b(h)))
+
+    trunk = Two()
+    with pytest.raises(HATError, match="only use"):
+        gate_groups(trunk, [trunk.a, trunk.b, trunk.d])

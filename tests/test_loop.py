@@ -265,3 +265,18 @@ def test_set_training_calls_an_overridden_train():
     model = nn.Sequential(nn.Linear(2, 2), Frozen(2, 2))
     set_training(model, True)
     assert model.training and model[0].training and not model[1].training
+
+
+@pytest.mark.parametrize(("dtype", "grad", "max_norm"), [
+    (torch.bfloat16, 0.0014495849609375, 0.0014506284789215077),
+    (torch.float16, 0.0013170242309570312, 0.0013180637720793709),
+])
+def test_clip_grad_norm_in_half_precision_scales_as_torch(dtype, grad, max_norm):
+    """Half-precision factors round far more than float32's margin: no host shortcut."""
+    a = torch.zeros(1, dtype=dtype, requires_grad=True)
+    b = torch.zeros(1, dtype=dtype, requires_grad=True)
+    a.grad = torch.full((1,), grad, dtype=dtype)
+    b.grad = a.grad.clone()
+    torch.nn.utils.clip_grad_norm_([a], max_norm)
+    clip_grad_norm([b], max_norm)
+    assert torch.equal(a.grad, b.grad) and not torch.equal(a.grad, b.grad.new_full((1,), grad))
