@@ -179,11 +179,14 @@ def _row_factor(layer: _HATMixin) -> torch.Tensor | None:
 SHORTCUT_GAIN = 2.0
 
 
-def _shortcut_pays(layer: _HATMixin, batch_size: int, elements: int) -> bool:
-    """Whether reading ``elements`` per sample (of x and/or ∂L/∂z) pays against one pass over
-    the layer's weight gradient; layers never probed (sizes unknown) take the shortcut."""
-    return (layer.sample_sizes is None
-            or SHORTCUT_GAIN * batch_size * elements <= layer.weight.numel())
+def _shortcut_pays(layer: _HATMixin, batch_size: int, reads_input: bool) -> bool:
+    """Whether reading ∂L/∂z (and x when ``reads_input``) pays against one pass over the
+    layer's weight gradient; layers never probed (sizes unknown) take the shortcut."""
+    if layer.sample_sizes is None:
+        return True
+    n_in, n_out = layer.sample_sizes
+    elements = n_out + (n_in if reads_input else 0)
+    return SHORTCUT_GAIN * batch_size * elements <= layer.weight.numel()
 
 
 #: protected fraction up to which zero-filling the protected entries of a gradient (by flat
@@ -315,7 +318,10 @@ class HATPlugin(SupervisedPlugin):
         self._params = list(strategy.model.parameters())
         on_cpu = torch.device(strategy.device).type == "cpu"
         self._net = hat
-        pairs = self._plan_conditioning(hat, self.fast_paths and on_cpu, strategy.train_mb_size)
+        # the clipping bound's margin covers float32/64 rounding, not half precision's
+        wide = all(p.dtype in (torch.float32, torch.float64) for p in self._params)
+        pairs = self._plan_conditioning(hat, self.fast_paths and on_cpu and wide,
+                                        strategy.train_mb_size)
         self._keep = [(p, f != 0) for p, f in pairs if bool((f == 0).any())]
         self._embs = [layer.embedding(task) for layer in self._layers]
         own = {id(p) for p in hat.task_parameters(task)}
@@ -357,12 +363,11 @@ class HATPlugin(SupervisedPlugin):
             own = [(p, f) for p, f in own if not bool((f == 1).all())]
             # the hook needs an input without gradient (the first gated layer's: the data)
             # and pays when ∂L/∂z is well smaller than ∂L/∂W (a linear layer; not a conv's maps)
-            sizes = layer.sample_sizes or (0, 0)
             hook = (own and fast and i == 0 and isinstance(layer, HATLinear)
-                    and _shortcut_pays(layer, batch_size, sizes[1]))
+                    and _shortcut_pays(layer, batch_size, reads_input=False))
             row = _row_factor(layer) if hook else None
             layer.row_grad_factor = row
-            bound = fast and _shortcut_pays(layer, batch_size, sizes[0] + sizes[1])
+            bound = fast and _shortcut_pays(layer, batch_size, reads_input=True)
             layer.grad_bounds = [] if bound else None
             if row is not None:
                 self._rows.append((layer, own))
@@ -479,9 +484,6 @@ class HATPlugin(SupervisedPlugin):
         every other gradient (biases, embeddings, head) exactly. Conditioning only lowers
         the norm. A margin keeps float rounding on the safe side. False: clip exactly.
         """
-        if any(p.grad is not None and p.grad.dtype not in (torch.float32, torch.float64)
-               for p in self._params):
-            return False  # the margin below covers float32/64 rounding only
         sq = 0.0
         for layer in self._bounded:
             if len(layer.grad_bounds) != 1:

@@ -340,7 +340,7 @@ def _convert(seq: nn.Sequential) -> nn.Sequential:
                     "protection, and HAT makes BatchNorm1d/2d per task only right after the "
                     "layer whose units it normalises; move it there or remove it"
                 )
-            layers.append((name, per_task.like(child).to(prev.weight.device)))
+            layers.append((name, per_task.like(child)))  # tasks' norms: on the layer's device
         elif isinstance(child, GATE_COMMUTING):
             layers.append((name, child))
         else:
@@ -430,11 +430,9 @@ class HATNet(MultiHeadNet):
         gated layers must run once each, in their registration order (the chain HAT's
         conditioning assumes); each per-task BatchNorm must run right after a gated layer of
         its width, whose gate it then applies (found from the run, not from names)."""
-        ran: list[nn.Module] = []
-        order: list[nn.Module] = []
+        order: list[nn.Module] = []  # the leaf modules as they ran
 
         def seen(mod, inputs, out):
-            ran.append(mod)
             order.append(mod)
             mod.sample_sizes = (inputs[0].numel(), out.numel())  # a batch of one
 
@@ -463,6 +461,7 @@ class HATNet(MultiHeadNet):
             for n in norms:
                 n.current_task = None
             trunk.train(was_training)
+        ran = [m for m in order if isinstance(m, HAT_LAYERS)]
         if [id(m) for m in ran] != [id(m) for m in gated]:
             raise HATError(
                 f"the trunk runs its {len(gated)} HAT layers {len(ran)} times, or in another "
