@@ -1,23 +1,44 @@
-"""The paper's networks (hat-reference §3), plain or HAT-gated, sized from the scenario.
+"""The paper's networks (hat-reference §3) and two ResNets, plain or HAT-gated, sized from
+the scenario.
 
-Baselines and HAT share the same trunk: ``build_model`` builds one ``nn.Sequential`` and
-either puts heads on it (``MultiHeadNet``) or upgrades it with ``HATNet.wrap``.
+Baselines and HAT share the same trunk: ``build_model`` builds one trunk module and either
+puts heads on it (``MultiHeadNet``) or upgrades it with ``HATNet.wrap``.
 
 - AlexNet-like (3×32×32): conv 64 (k = size/8), conv 128 (k = size/10), conv 256 (k = 2),
   each ReLU → dropout → 2×2 max-pool (dropout 0.2, 0.2, 0.5), then fc 2048, fc 2048 (ReLU,
   dropout 0.5); about 6.5 M trunk parameters at 32×32.
 - MLP: input dropout 0.2, hidden layers of ``hidden`` units (ReLU, dropout 0.5). The paper's
   HAT MLP is 2 × 2000; the embedded default is 2 × 100 to fit the 8×8 digits.
+- ResNet-18: torchvision's ``resnet18`` (random init, never downloaded) up to its global
+  average pool (``fc`` is ``nn.Identity``): 512 features, about 11.2 M parameters. Its stem
+  (``ModelConfig.stem``): ``imagenet`` is torchvision's (7×7 stride-2 conv, 3×3 max-pool),
+  ``cifar`` the usual variant for small images (3×3 stride-1 conv, no max-pool); ``auto``
+  (default) takes the CIFAR stem for images of at most 64 px a side (CIFAR, TinyImageNet, the
+  digits), torchvision's above. Inputs with other than 3 channels get a first conv with that
+  many input channels. Fixed widths: ``hidden`` does not apply.
+- ResNet-32: He et al.'s CIFAR ResNet (6n + 2 layers, n = ``blocks``, 5 by default): a 3×3
+  conv of ``hidden`` channels (16 by default), three stages of n basic blocks of ``hidden``,
+  2·``hidden`` and 4·``hidden`` channels (stride 2 at the start of stages 2 and 3, where the
+  shortcut is a 1×1 stride-2 conv + BatchNorm, FACIL's option B), global average pool:
+  4·``hidden`` features, about 0.47 M parameters at n = 5. Any image size.
+
+BatchNorm: every BatchNorm of the ResNets directly follows a bias-free conv and is that conv's
+only consumer. Baselines (``gated=False``) keep it as ordinary BatchNorm shared by all tasks,
+as FACIL and most papers do. ``HATNet.wrap`` turns each into a per-task BatchNorm that applies
+its conv's gate: shared statistics would change the outputs of earlier tasks and break HAT's
+exact protection.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torchvision
 from torch import nn
 
 from strategies import ConfigError, HATNet, MultiHeadNet
@@ -74,21 +95,70 @@ class Dropout(nn.Dropout):
         return x * mask
 
 
+Family = Literal["mlp", "alexnet", "resnet18", "resnet32"]
+FAMILIES: tuple[str, ...] = typing.get_args(Family)
+RESNETS = ("resnet18", "resnet32")
+#: ``model.hidden`` when not given: MLP width, AlexNet fc width, ResNet-32 base width (the
+#: MLP's is 100 on the embedded scenarios, see ``benchmark.runner``); ResNet-18 has none
+DEFAULT_HIDDEN = {"mlp": 2000, "alexnet": 2048, "resnet32": 16}
+#: ResNet-32's residual blocks per stage when ``model.blocks`` is not given (6·5 + 2 = 32)
+DEFAULT_BLOCKS = 5
+#: ``stem=auto``: the CIFAR stem for images of at most this many pixels a side
+CIFAR_STEM_MAX = 64
+Stem = Literal["auto", "imagenet", "cifar"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network hyperparameters; ``None`` fields take the scenario's default."""
+    """Network hyperparameters; ``None`` fields take the scenario's or the family's default.
 
-    family: Literal["mlp", "alexnet"] | None = None
+    ``family``: ``mlp``, ``alexnet``, ``resnet18`` or ``resnet32`` (None: the scenario's).
+    ``hidden``: the MLP's and the AlexNet-like net's hidden width, ResNet-32's base width
+    (16); refused for ResNet-18 (fixed widths). ``layers``, ``dropout``, ``input_dropout``:
+    the MLP's (the runner refuses them for the other families). ``blocks``: ResNet-32's
+    residual blocks per stage (None: 5, i.e. 32 layers). ``stem``: ResNet-18's first layers
+    (None: ``auto``, see the module docstring). ``blocks`` and ``stem`` stay None for the
+    families they do not apply to, and the run record leaves them out then.
+    """
+
+    family: Family | None = None
     hidden: int | None = None
     layers: int = 2
     dropout: float = 0.5
     input_dropout: float = 0.2
+    blocks: int | None = None
+    stem: Stem | None = None
 
     def __post_init__(self):
-        if self.family not in (None, "mlp", "alexnet"):
-            raise ConfigError(f"model.family must be 'mlp' or 'alexnet', got {self.family!r}")
+        if self.family not in (None, *FAMILIES):
+            raise ConfigError(
+                f"model.family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         if self.hidden is not None and self.hidden < 1:
             raise ConfigError(f"model.hidden must be >= 1, got {self.hidden}")
+        if self.family == "resnet18" and self.hidden is not None:
+            raise ConfigError(
+                f"model.hidden={self.hidden} does not apply to resnet18: its widths are fixed "
+                "(torchvision's 64-128-256-512); remove model.hidden, or use "
+                "model.family=resnet32, whose base width it sets"
+            )
+        if self.blocks is not None:
+            if self.blocks < 1:
+                raise ConfigError(f"model.blocks must be >= 1, got {self.blocks}")
+            if self.family not in (None, "resnet32"):
+                raise ConfigError(
+                    f"model.blocks applies to resnet32 only (residual blocks per stage), not "
+                    f"to {self.family}; remove it, or use model.family=resnet32"
+                )
+        if self.stem is not None:
+            if self.stem not in typing.get_args(Stem):
+                raise ConfigError(
+                    f"model.stem must be one of {', '.join(typing.get_args(Stem))}, got "
+                    f"{self.stem!r}")
+            if self.family not in (None, "resnet18"):
+                raise ConfigError(
+                    f"model.stem applies to resnet18 only, not to {self.family}; remove it, "
+                    "or use model.family=resnet18"
+                )
         if self.layers < 1:
             raise ConfigError(f"model.layers must be >= 1, got {self.layers}")
         for name in ("dropout", "input_dropout"):
@@ -125,12 +195,137 @@ def alexnet_trunk(input_shape: Sequence[int], hidden: int = 2048) -> nn.Sequenti
     return nn.Sequential(*mods)
 
 
-def build_trunk(cfg: ModelConfig, input_shape: Sequence[int]) -> tuple[nn.Sequential, int]:
+def image_shape(input_shape: Sequence[int], family: str) -> tuple[int, int, int]:
+    """``input_shape`` as (channels, height, width), or one ConfigError for a family that
+    needs images (the ResNets) on flat inputs."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(
+            f"model.family={family} needs image inputs (channels, height, width), got input "
+            f"shape {shape}; use model.family=mlp for flat inputs"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _first_conv(in_channels: int, out_channels: int, kernel: int, stride: int,
+                padding: int) -> nn.Conv2d:
+    """A bias-free first conv initialised as torchvision initialises ResNet convs."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def resnet18_trunk(input_shape: Sequence[int], cifar_stem: bool) -> nn.Module:
+    """torchvision's ResNet-18 (random init) with ``fc = nn.Identity()``: 512 features.
+
+    ``cifar_stem``: conv1 becomes a 3×3 stride-1 conv (padding 1) and the max-pool goes. A
+    first conv is also replaced (same kernel, stride and padding) when the images have other
+    than 3 channels."""
+    channels, _, _ = image_shape(input_shape, "resnet18")
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Identity()
+    if cifar_stem:
+        net.conv1 = _first_conv(channels, 64, 3, 1, 1)
+        net.maxpool = nn.Identity()
+    elif channels != 3:
+        old = net.conv1
+        net.conv1 = _first_conv(channels, old.out_channels, old.kernel_size[0],
+                                old.stride[0], old.padding[0])
+    return net
+
+
+def uses_cifar_stem(stem: str | None, input_shape: Sequence[int]) -> bool:
+    """Whether ResNet-18 takes the CIFAR stem: ``stem`` cifar, or auto (None) on images of
+    at most ``CIFAR_STEM_MAX`` pixels a side."""
+    if stem in (None, "auto"):
+        return max(image_shape(input_shape, "resnet18")[1:]) <= CIFAR_STEM_MAX
+    return stem == "cifar"
+
+
+class BasicBlock(nn.Module):
+    """conv3×3-BN-ReLU-conv3×3-BN, plus the shortcut, then ReLU. The shortcut is the input,
+    or a 1×1 conv (stride ``stride``) + BN where the shape changes (FACIL's option B).
+
+    Modules are registered in the order they run; every BN is the only consumer of the conv
+    before it; ``forward`` has no data-dependent control flow (torch.fx traces it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.shortcut = nn.Identity()
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + self.shortcut(x)
+        return self.relu2(out)
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet with 6·``blocks`` + 2 layers (the head is the last one):
+    conv3×3 (``width``) + BN + ReLU, three stages of ``blocks`` basic blocks with ``width``,
+    2·``width`` and 4·``width`` channels (stride 2 at the start of stages 2 and 3), global
+    average pool, flatten: 4·``width`` features."""
+
+    def __init__(self, in_channels: int, blocks: int = DEFAULT_BLOCKS, width: int = 16):
+        super().__init__()
+        if blocks < 1 or width < 1:
+            raise ConfigError(f"ResNet-32 needs blocks >= 1 and width >= 1, got {blocks}, "
+                              f"{width}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        stages: list[nn.Module] = []
+        channels = width
+        for i, out_channels in enumerate((width, 2 * width, 4 * width)):
+            stage = [BasicBlock(channels, out_channels, 1 if i == 0 else 2)]
+            stage += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*stage))
+            channels = out_channels
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.features = channels
+        for m in self.modules():  # as torchvision's ResNets
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def resnet32_trunk(input_shape: Sequence[int], blocks: int = DEFAULT_BLOCKS,
+                   width: int = 16) -> CifarResNet:
+    """The CIFAR ResNet (``CifarResNet``) for ``input_shape``: 4·``width`` features; 32
+    layers at ``blocks=5`` (about 0.47 M trunk parameters at width 16)."""
+    channels, _, _ = image_shape(input_shape, "resnet32")
+    return CifarResNet(channels, blocks, width)
+
+
+def build_trunk(cfg: ModelConfig, input_shape: Sequence[int]) -> tuple[nn.Module, int]:
     """The plain trunk and its feature size."""
     if cfg.family == "alexnet":
-        hidden = cfg.hidden or 2048
+        hidden = cfg.hidden or DEFAULT_HIDDEN["alexnet"]
         return alexnet_trunk(input_shape, hidden), hidden
-    hidden = cfg.hidden or 2000
+    if cfg.family == "resnet18":
+        return resnet18_trunk(input_shape, uses_cifar_stem(cfg.stem, input_shape)), 512
+    if cfg.family == "resnet32":
+        trunk = resnet32_trunk(input_shape, cfg.blocks or DEFAULT_BLOCKS,
+                               cfg.hidden or DEFAULT_HIDDEN["resnet32"])
+        return trunk, trunk.features
+    hidden = cfg.hidden or DEFAULT_HIDDEN["mlp"]
     trunk = mlp_trunk(input_shape, hidden, cfg.layers, cfg.dropout, cfg.input_dropout)
     return trunk, hidden
 
@@ -140,7 +335,10 @@ def build_model(
     gated: bool, smax: float = 400.0, binary_masks: bool = True,
     embedding_init: Literal["normal", "uniform"] = "normal",
 ) -> MultiHeadNet:
-    """A multi-head network with one head per task; HAT-gated when ``gated``."""
+    """A multi-head network with one head per task; HAT-gated when ``gated``.
+
+    Baselines keep the trunk's BatchNorm (ResNets) shared by all tasks; ``HATNet.wrap`` makes
+    it per task (see the module docstring)."""
     trunk, features = build_trunk(cfg, input_shape)
     if gated:
         return HATNet.wrap(trunk, input_shape, head_sizes, smax=smax,

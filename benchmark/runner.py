@@ -39,14 +39,24 @@ from strategies.hat import flushing_denormals
 from strategies.recipe import split_indices
 from strategies.registry import BuildContext
 
-from .networks import ModelConfig, build_model
+from .networks import (
+    DEFAULT_BLOCKS,
+    DEFAULT_HIDDEN,
+    RESNETS,
+    ModelConfig,
+    build_model,
+    image_shape,
+)
 from .records import SCHEMA_VERSION, is_complete, now_iso, record_path, versions, write_record
 from .scenarios import Scenario, get_scenario, random_accuracy, to_benchmark
 
 Overrides = Mapping[str, Mapping[str, Any]]
 
-#: network defaults per scenario network family and data origin
+#: network defaults on the embedded scenarios (the MLP's width; other families keep theirs)
 EMBEDDED_MODEL = {"hidden": 100}
+#: strategies that rebuild the shared trunk layer by layer (``strategies.pnn.TrunkPlan``: a
+#: chain of Linear/Conv2d layers and parameter-free modules) and the families they take
+LAYERWISE_FAMILIES = {"pnn": ("mlp", "alexnet"), "pathnet": ("mlp", "alexnet")}
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,10 @@ class ResolvedConfig:
 
 
 def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
-            network: str) -> ResolvedConfig:
-    """Validate every override and fill scenario defaults (raises ConfigError)."""
+            network: str, input_shape: Sequence[int] | None = None) -> ResolvedConfig:
+    """Validate every override and fill scenario defaults (raises ConfigError).
+
+    ``input_shape`` (when the scenario is built): checked against the network family."""
     spec = get_strategy(exp.strategy)
     unknown = set(exp.overrides) - {"train", "model", "scenario", exp.strategy}
     if unknown:
@@ -98,27 +110,56 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
     if train.valid_fraction is None:
         train = replace(train, valid_fraction=scenario_valid_fraction)
-    model_over = dict(exp.overrides.get("model", {}))
-    model = from_overrides(ModelConfig, model_over, "model")
-    if model.family is None:
-        model = replace(model, family=network)
-    mlp_only = sorted(set(model_over) & {"layers", "dropout", "input_dropout"})
-    if model.family == "alexnet" and mlp_only:
-        raise ConfigError(
-            f"model.{mlp_only[0]} applies to the MLP only: the AlexNet-like network has fixed "
-            "depth and dropout (0.2, 0.2, 0.5 after the convolutions, 0.5 after the linear "
-            "layers); remove it, or use model.family=mlp"
-        )
-    if model.hidden is None:
-        default_hidden = EMBEDDED_MODEL["hidden"] if embedded else (
-            2048 if model.family == "alexnet" else 2000)
-        model = replace(model, hidden=default_hidden)
+    model = _resolve_model(exp.strategy, dict(exp.overrides.get("model", {})), embedded,
+                           network)
+    if input_shape is not None and model.family in RESNETS:
+        image_shape(input_shape, model.family)
     strat_over = exp.overrides.get(exp.strategy, {})
     strat = spec.config(strat_over)
     train, strat = _resolve_clipgrad(spec, train, strat, exp.overrides.get("train", {}),
                                      strat_over)
     scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
     return ResolvedConfig(train, model, strat, scen)
+
+
+def _resolve_model(strategy: str, model_over: Mapping[str, Any], embedded: bool,
+                   network: str) -> ModelConfig:
+    """``model.*`` overrides with the scenario's family and the family's defaults filled."""
+    model = from_overrides(ModelConfig, model_over, "model")
+    if model.family is None:
+        model = replace(model, family=network)
+    family = model.family
+    supported = LAYERWISE_FAMILIES.get(strategy)
+    if supported is not None and family not in supported:
+        raise ConfigError(
+            f"{strategy} rebuilds the trunk layer by layer (a chain of Linear/Conv2d layers, "
+            f"no BatchNorm or residual blocks) and supports model.family "
+            f"{' or '.join(supported)} only, not {family}; use one of those for {strategy}, "
+            "or leave it out of the strategies"
+        )
+    mlp_only = sorted(set(model_over) & {"layers", "dropout", "input_dropout"})
+    if family == "alexnet" and mlp_only:
+        raise ConfigError(
+            f"model.{mlp_only[0]} applies to the MLP only: the AlexNet-like network has fixed "
+            "depth and dropout (0.2, 0.2, 0.5 after the convolutions, 0.5 after the linear "
+            "layers); remove it, or use model.family=mlp"
+        )
+    if family in RESNETS and mlp_only:
+        raise ConfigError(
+            f"model.{mlp_only[0]} applies to the MLP only: {family} has no dropout and "
+            + ("model.blocks sets its depth" if family == "resnet32" else "a fixed depth")
+            + "; remove it, or use model.family=mlp"
+        )
+    if model.hidden is None and family != "resnet18":  # (resnet18: fixed widths)
+        default = DEFAULT_HIDDEN[family]
+        if family == "mlp" and embedded:
+            default = EMBEDDED_MODEL["hidden"]
+        model = replace(model, hidden=default)
+    if family == "resnet32" and model.blocks is None:
+        model = replace(model, blocks=DEFAULT_BLOCKS)
+    if family == "resnet18" and model.stem is None:
+        model = replace(model, stem="auto")
+    return model
 
 
 def _resolve_clipgrad(spec, train: TrainConfig, strat: Any, train_over: Mapping[str, Any],
@@ -144,9 +185,11 @@ def _resolve_clipgrad(spec, train: TrainConfig, strat: Any, train_over: Mapping[
 
 def record_params(exp: Experiment, cfg: ResolvedConfig) -> dict[str, Any]:
     """The record's ``params``: every hyperparameter the run uses."""
+    # model fields that do not apply to the family (ResNet-32's blocks, ResNet-18's stem and
+    # hidden) stay None and are left out: records of the other families keep their keys
     params = {
         "train": to_public_dict(cfg.train),
-        "model": to_public_dict(cfg.model),
+        "model": {k: v for k, v in to_public_dict(cfg.model).items() if v is not None},
         exp.strategy: to_public_dict(cfg.strategy),
     }
     if cfg.scenario != ScenarioConfig():
@@ -353,7 +396,8 @@ def run_experiment(
     sspec = get_scenario(exp.scenario)
     if scenario is None:
         scenario = sspec.build(exp.seed, Path(data_root))
-    cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network)
+    cfg = resolve(exp, scenario.valid_fraction, sspec.embedded, sspec.network,
+                  scenario.input_shape)
     with _flushed_denormals(getattr(cfg.strategy, "flush_denormal", True)):
         scenario = select_task(scenario, cfg.scenario.task)
         spec = get_strategy(exp.strategy)

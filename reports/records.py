@@ -53,7 +53,7 @@ def _hat_problem(hat: object) -> str | None:
     layers, tasks = hat.get("layers"), hat.get("tasks")
     if not isinstance(layers, list) or not layers or not isinstance(tasks, list) or not tasks:
         return "'hat' needs non-empty 'layers' and 'tasks' lists"
-    for key in ("used", "overlap"):
+    for key in ("used", "overlap", "layer_weights_kept"):
         if key in hat and hat[key] is not None:
             p = _matrix_problem(hat[key], len(layers), len(tasks), f"hat.{key}")
             if p:

@@ -457,8 +457,14 @@ def trained_alone(rec: dict) -> bool:
     return isinstance(sc, dict) and sc.get("task") is not None
 
 
-def _layer_weights(used: np.ndarray) -> np.ndarray:
-    """layers × tasks fraction of each layer's weights that join two kept units."""
+def _layer_weights(hat: dict) -> np.ndarray:
+    """layers × tasks fraction of each layer's weights that join two kept units: as the
+    record gives it (``layer_weights_kept``: residual networks, where a layer's input gate is
+    not the previous layer's), else from ``used`` along the chain of layers (older records)."""
+    given = hat.get("layer_weights_kept")
+    if given is not None:
+        return np.asarray(given, dtype=float)
+    used = np.asarray(hat["used"], dtype=float)
     prev = np.vstack([np.ones((1, used.shape[1])), used[:-1]])
     return used * prev
 
@@ -482,7 +488,7 @@ def _compression(alone: list[dict], notes: list[str]) -> Capacity | None:
     used = np.array([[np.mean([h["used"][i][0] for h in by_task[t]]) for t in tasks]
                      for i in range(len(layers))])
     layer_w = np.array([
-        np.mean([_layer_weights(np.asarray(h["used"], dtype=float))[:, 0] for h in by_task[t]],
+        np.mean([_layer_weights(h)[:, 0] for h in by_task[t]],
                 axis=0)
         for t in tasks
     ]).T

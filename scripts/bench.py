@@ -6,7 +6,9 @@
      tasks (real 8×8 digits), with the paper's recipe: 10% held out and a validation pass
      (and best-weights copy) after every epoch;
    - ``mlp``: the MLP 784-800-800-10 on 8,000 samples of 784 features;
-   - ``alexnet``: the AlexNet-like network on 2,000 samples of 3×32×32.
+   - ``alexnet``: the AlexNet-like network on 2,000 samples of 3×32×32;
+   - ``resnet18`` (only with ``--cases``): torchvision's ResNet-18 with the CIFAR stem on 256
+     samples of 3×32×32 (HAT: per-task BatchNorm and gate groups; Naive: shared BatchNorm).
 2. Epoch time of Naive through the suite (the registry's Avalanche strategy with the suite's
    training plugins, FastDataPlugin and TrainingRecipePlugin, and the runner's per-strategy
    gradient clipping: a global norm per step, as the reference's loops do; the raw loop does
@@ -51,6 +53,8 @@ CASES = {
                    scenario="permuted-digits"),
     "mlp": dict(input_shape=(1, 28, 28), n=8000, family="mlp", hidden=800),
     "alexnet": dict(input_shape=(3, 32, 32), n=2000, family="alexnet", hidden=2048),
+    # opt-in (--cases resnet18): torchvision's ResNet-18, CIFAR stem, per-task BN for HAT
+    "resnet18": dict(input_shape=(3, 32, 32), n=256, family="resnet18", hidden=None),
 }
 #: the issue's targets per case: (HAT/Naive, suite/raw), ratios of medians
 TARGETS = {"digits": (1.15, 1.15), "mlp": (1.10, 1.05), "alexnet": (1.10, 1.05)}

@@ -323,7 +323,7 @@ class HATPlugin(SupervisedPlugin):
         pairs = self._plan_conditioning(hat, self.fast_paths and on_cpu and wide,
                                         strategy.train_mb_size)
         self._keep = [(p, f != 0) for p, f in pairs if bool((f == 0).any())]
-        self._embs = [layer.embedding(task) for layer in self._layers]
+        self._embs = [layer.embedding(task) for layer in hat.gate_layers]
         own = {id(p) for p in hat.task_parameters(task)}
         self._frozen = [
             p for t in hat.tasks if t != task for p in hat.task_parameters(t) if id(p) not in own
@@ -358,12 +358,13 @@ class HATPlugin(SupervisedPlugin):
         """
         factors = {id(p): f for p, f in hat.conditioning_factors()}
         self._pairs, self._rows, self._fills = [], [], []
-        for i, layer in enumerate(self._layers):
+        for layer in self._layers:
             own = [(p, factors[id(p)]) for p in (layer.weight, layer.bias) if p is not None]
             own = [(p, f) for p, f in own if not bool((f == 1).all())]
-            # the hook needs an input without gradient (the first gated layer's: the data)
+            # the hook needs an input without gradient (an ungated input: the data)
             # and pays when ∂L/∂z is well smaller than ∂L/∂W (a linear layer; not a conv's maps)
-            hook = (own and fast and i == 0 and isinstance(layer, HATLinear)
+            hook = (own and fast and layer.__dict__["_input_owner"] is None
+                    and isinstance(layer, HATLinear)
                     and _shortcut_pays(layer, batch_size, reads_input=False))
             row = _row_factor(layer) if hook else None
             layer.row_grad_factor = row
@@ -545,7 +546,8 @@ class HATPlugin(SupervisedPlugin):
     @torch.no_grad()
     def epoch_metrics(self) -> dict[str, float | list[float]]:
         """Values the runner logs per epoch: the last step's s and R, and HAT's monitoring
-        (hat-reference §4) for the task being trained, at s = smax, per gated layer:
+        (hat-reference §4) for the task being trained, at s = smax, per gated layer (the
+        layers of one gate group repeat its values):
         ``hat_used``, the fraction of the layer's units the task's mask keeps (mask > 0.5),
         and ``hat_reuse``, the fraction of those that earlier tasks already use (their
         cumulative mask > 0.5; 0 for the first task)."""
@@ -553,12 +555,15 @@ class HATPlugin(SupervisedPlugin):
         if self._net is None or self.task is None:
             return out
         used, reuse = [], []
-        for layer, mask in zip(self._net.gated_layers, self._net.masks(self.task), strict=True):
+        for layer, mask in zip(self._net.gate_layers, self._net.masks(self.task), strict=True):
             on = mask > 0.5
             n_on = int(on.sum())
             used.append(n_on / layer.units)
             reuse.append(int((on & (layer.cumulative > 0.5)).sum()) / n_on if n_on else 0.0)
-        return {**out, "hat_used": used, "hat_reuse": reuse}
+        # per gated layer, as ``HATNet.mask_statistics`` (a gate group's layers share values)
+        group_of = self._net.gate_graph.group_of
+        return {**out, "hat_used": [used[g] for g in group_of],
+                "hat_reuse": [reuse[g] for g in group_of]}
 
     # ------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -90,6 +90,8 @@ def gate_groups(trunk: nn.Module, gated: list[nn.Module]) -> GateGraph:
     """Trace ``trunk`` and group ``gated`` (its gated layers, in the order HAT lists them)
     by shared gate; see the module docstring for the rules. Raises HATError for a graph in
     which some gated layer's input is not scaled per unit by one gate group."""
+    if _LeafTracer().is_leaf_module(trunk, ""):  # a lone layer: trace it as a node
+        trunk = nn.Sequential(trunk)
     try:
         graph = _LeafTracer().trace(trunk)
     except Exception as err:  # data-dependent control flow, unsupported ops

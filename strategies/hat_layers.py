@@ -20,11 +20,13 @@ else is refused (its statistics would be shared across tasks).
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .models import MultiHeadNet, TaskNotTrainedError
@@ -100,9 +102,15 @@ class _HATMixin:
         #: HATPlugin takes a shortcut only where it reads fewer elements than it saves
         self.sample_sizes: tuple[int, int] | None = None
 
+    @property
+    def gate_owner(self) -> _HATMixin:
+        """The layer holding the embeddings of this layer's gate: itself, or the first layer
+        of its gate group (layers whose outputs a residual sum adds share one gate)."""
+        return self.__dict__.get("_gate_owner") or self
+
     def add_task(self, task: int, init: EmbeddingInit = "normal") -> None:
         key = str(int(task))
-        if key in self.embeddings:
+        if key in self.embeddings or self.gate_owner is not self:
             return
         e = torch.empty(self.units, device=self.cumulative.device)
         if init == "normal":
@@ -112,6 +120,8 @@ class _HATMixin:
         self.embeddings[key] = nn.Parameter(e)
 
     def embedding(self, task: int) -> nn.Parameter:
+        if self.gate_owner is not self:
+            return self.gate_owner.embedding(task)
         key = str(int(task))
         if key not in self.embeddings:
             raise TaskNotTrainedError(task, [int(k) for k in self.embeddings])
@@ -245,12 +255,32 @@ class _HATBatchNorm(nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True):
         super().__init__()
+        if not track_running_stats:
+            raise HATError(
+                f"{type(self).__name__} needs running statistics (track_running_stats=True): "
+                "with batch statistics at evaluation an earlier task's outputs would depend on "
+                "the rest of the batch, and HAT could not keep them bit-identical"
+            )
         self.num_features = num_features
         self.bn_kwargs = dict(eps=eps, momentum=momentum, affine=affine,
                               track_running_stats=track_running_stats)
         self.norms = nn.ModuleDict()
         self.current_task = None
         self.__dict__["gated"] = None  # the gated layer before it (a module of the trunk)
+        #: tasks whose BatchNorm is frozen (trained): normalised with their running
+        #: statistics even in training mode, which then never change
+        self.frozen: set[int] = set()
+
+    def freeze(self, task: int) -> None:
+        """Freeze ``task``'s statistics (HATNet does it with the task's cumulative mask)."""
+        self.frozen.add(int(task))
+
+    def get_extra_state(self) -> torch.Tensor:
+        # a tensor, so that state-dict snapshots (the recipe's best weights) copy it in place
+        return torch.tensor(sorted(self.frozen), dtype=torch.int64)
+
+    def set_extra_state(self, state) -> None:
+        self.frozen = {int(t) for t in state}
 
     @classmethod
     def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> _HATBatchNorm:
@@ -278,7 +308,13 @@ class _HATBatchNorm(nn.Module):
                 f"{type(self).__name__} was called without a task; call it through HATNet "
                 "(model(x, task_labels)) so that the task's BatchNorm and gate are known"
             )
-        return gated._apply_gate(self.norm(self.current_task)(x))
+        bn = self.norm(self.current_task)
+        if bn.training and self.current_task in self.frozen and bn.track_running_stats:
+            # a trained task: its running statistics, never updated again
+            y = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
+                             0.0, bn.eps)
+            return gated._apply_gate(y)
+        return gated._apply_gate(bn(x))
 
 
 class HATBatchNorm1d(_HATBatchNorm):
@@ -319,6 +355,16 @@ def _upgrade(module: nn.Module) -> nn.Module:
     return new
 
 
+def _per_task_norm(bn: nn.modules.batchnorm._BatchNorm, name: str) -> _HATBatchNorm:
+    per_task = _PER_TASK_BN.get(type(bn))
+    if per_task is None:
+        raise HATError(
+            f"trunk contains {type(bn).__name__} ('{name}'), which HAT cannot make per task; "
+            "use BatchNorm1d/BatchNorm2d directly after a Linear/Conv2d layer, or remove it"
+        )
+    return per_task.like(bn)
+
+
 def _convert(seq: nn.Sequential) -> nn.Sequential:
     layers = []
     for name, child in seq.named_children():
@@ -352,12 +398,47 @@ def _convert(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
+def _convert_in_place(module: nn.Module, prefix: str = "") -> None:
+    """Replace every Linear/Conv2d inside ``module`` by a HAT layer and every BatchNorm by a
+    per-task one (where each may sit is checked on the traced graph, see ``hat_graph``)."""
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if type(child) in (nn.Linear, nn.Conv2d):
+            setattr(module, name, _upgrade(child))
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, _per_task_norm(child, full))
+        elif not isinstance(child, (*HAT_LAYERS, _HATBatchNorm)):
+            _convert_in_place(child, full + ".")
+
+
+def _drop_classifier(model: nn.Module, classifier: str) -> None:
+    """Replace the submodule ``classifier`` (a dotted name) by ``nn.Identity``."""
+    parent_name, _, leaf = classifier.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        getattr(parent, leaf)
+    except AttributeError:
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise HATError(
+            f"the model has no submodule '{classifier}' to replace by the per-task heads; "
+            f"its Linear layers are {names}"
+        ) from None
+    if not isinstance(getattr(parent, leaf), nn.Module):
+        raise HATError(f"'{classifier}' is not a module of the model")
+    setattr(parent, leaf, nn.Identity())
+
+
 class HATNet(MultiHeadNet):
     """A HAT network: gated trunk + one head per task (an Avalanche ``MultiTaskModule``).
 
     In training mode the gates use ``self.s`` (set per mini-batch by ``HATPlugin``); in eval
     mode they use s = smax and, by default, binary masks (``binary_masks``), so that earlier
     tasks' outputs are bit-identical after later training.
+
+    Gate groups (``hat_graph.gate_groups``, from the traced trunk): layers whose outputs a
+    residual sum adds share one gate, held by the group's first layer (``gate_layers``);
+    ``gated_layers`` lists every gated layer (whose weights HAT conditions). In a chain each
+    layer is its own group. Per-group lists: ``masks``, ``cumulative_masks``, ``last_gates``.
     """
 
     __setattr__ = _set_step_state
@@ -372,14 +453,17 @@ class HATNet(MultiHeadNet):
         binary_masks: bool = True,
         embedding_init: EmbeddingInit = "normal",
     ):
+        from .hat_graph import gate_groups
+
         gated = [m for m in trunk.modules() if isinstance(m, HAT_LAYERS)]
         if not gated:
             raise HATError(
                 "the model has no HAT layers: build it with HATLinear/HATConv2d or use "
-                "HATNet.wrap(nn.Sequential(...), input_shape)"
+                "HATNet.wrap(model, input_shape)"
             )
         norms = [m for m in trunk.modules() if isinstance(m, _HATBatchNorm)]
-        per_task = {id(m) for n in norms for m in n.modules()}  # their parameters are a task's
+        # per-task norms' and HAT layers' own parameters (embeddings) are a task's
+        per_task = {id(m) for n in (*norms, *gated) for m in n.modules()}
         unprotected = [
             name or type(trunk).__name__
             for name, m in trunk.named_modules()
@@ -390,46 +474,92 @@ class HATNet(MultiHeadNet):
             raise HATError(
                 f"trunk modules {unprotected} have parameters that HAT neither gates nor "
                 "protects (earlier tasks' outputs would change); use HATLinear/HATConv2d for "
-                "every trainable trunk layer, or HATNet.wrap(nn.Sequential(...), input_shape)"
+                "every trainable trunk layer, or HATNet.wrap(model, input_shape)"
             )
         input_shape = tuple(int(d) for d in input_shape)
         feature_dim = self._probe(trunk, gated, input_shape, norms)
+        graph = gate_groups(trunk, gated)
         super().__init__(trunk, feature_dim)
         #: per-task BatchNorms, each applying the gate of the gated layer it follows
         self.task_norms: list[_HATBatchNorm] = norms  # plain list: modules are in self.trunk
         self.input_shape = input_shape
         self.gated_layers: list[_HATMixin] = gated  # plain list: modules are in self.trunk
+        #: one layer per gate group, holding the group's embeddings and cumulative mask
+        self.gate_layers: list[_HATMixin] = [gated[g[0]] for g in graph.groups]
+        self.gate_graph = graph
         self.smax = float(smax)
         self.binary_masks = bool(binary_masks)
         self.embedding_init: EmbeddingInit = embedding_init
         self.s = self.smax
-        #: cumulative-mask input of gated layer i is the output of gated layer i-1
-        for prev, layer in zip([None] + gated[:-1], gated, strict=True):
-            layer.input_repeat = 1 if prev is None else layer.in_width // prev.units
-        self._check_chain(gated)
+        self._link_groups(graph)
         self.last_gates: list[torch.Tensor] = []
         for task, n_classes in enumerate(head_sizes):
             self.add_task(task, n_classes)
 
+    def _link_groups(self, graph) -> None:
+        """Point each layer at its group's owner and at the group feeding its input; the
+        input gate of a linear layer after a flatten repeats over H·W."""
+        for i, layer in enumerate(self.gated_layers):
+            owner = self.gate_layers[graph.group_of[i]]
+            if owner.units != layer.units:
+                raise HATError(
+                    f"{type(layer).__name__}({layer.units} units) and "
+                    f"{type(owner).__name__}({owner.units} units) are added together but have "
+                    "different widths; HAT needs a residual sum of equally wide gated outputs"
+                )
+            layer.__dict__["_gate_owner"] = None if owner is layer else owner
+            f = graph.feeds[i]
+            src = None if f is None else self.gate_layers[f]
+            layer.__dict__["_input_owner"] = src
+            if src is None:
+                layer.input_repeat = 1
+                continue
+            layer.input_repeat = layer.in_width // src.units
+            from_convs = all(isinstance(self.gated_layers[j], HATConv2d)
+                             for j in graph.groups[f])
+            ok = layer.in_width % src.units == 0 and (
+                layer.input_repeat == 1 or (from_convs and isinstance(layer, HATLinear)))
+            if not ok:
+                raise HATError(
+                    f"cannot tell which gate feeds {type(layer).__name__}"
+                    f"(in={layer.in_width}) after a gate of {src.units} units: HAT needs each "
+                    "gated layer to read one gate group's units (a conv output flattened "
+                    "channel-major into a linear layer is fine)"
+                )
+
     @classmethod
     def wrap(
-        cls, trunk: nn.Sequential, input_shape: Sequence[int], head_sizes: Sequence[int] = (),
-        **kwargs,
+        cls, model: nn.Module, input_shape: Sequence[int], head_sizes: Sequence[int] = (),
+        *, classifier: str | None = None, **kwargs,
     ) -> HATNet:
-        """Upgrade the Linear/Conv2d layers of a Sequential trunk to HAT layers."""
-        if not isinstance(trunk, nn.Sequential):
-            raise HATError(
-                f"HATNet.wrap needs an nn.Sequential trunk, got {type(trunk).__name__}; "
-                "build the trunk with HATLinear/HATConv2d and pass it to HATNet(...) instead"
-            )
-        return cls(_convert(trunk), input_shape, head_sizes, **kwargs)
+        """HAT-gate a network: every Linear/Conv2d becomes a HAT layer with the same weights
+        and every BatchNorm1d/2d right after one a per-task BatchNorm (``HATBatchNorm1d/2d``).
+
+        An ``nn.Sequential`` is rebuilt around the new layers; any other module (e.g. a
+        ``torchvision`` ResNet) is copied and converted in the copy. ``classifier`` names a
+        submodule (``"fc"`` for torchvision's ResNets) replaced by ``nn.Identity``: its job
+        goes to the per-task heads. Residual sums are fine when both operands are gated
+        layers' outputs (they then share one gate, see ``hat_graph``).
+        """
+        if isinstance(model, nn.Sequential) and classifier is None:
+            return cls(_convert(model), input_shape, head_sizes, **kwargs)
+        trunk = copy.deepcopy(model)
+        if classifier is not None:
+            _drop_classifier(trunk, classifier)
+        if type(trunk) in (nn.Linear, nn.Conv2d):
+            trunk = _upgrade(trunk)
+        elif isinstance(trunk, nn.modules.batchnorm._BatchNorm):
+            raise HATError("the model is a lone BatchNorm: HAT needs Linear/Conv2d layers")
+        else:
+            _convert_in_place(trunk)
+        return cls(trunk, input_shape, head_sizes, **kwargs)
 
     @staticmethod
     def _probe(trunk, gated, input_shape, norms=()):
-        """Forward a dummy batch through the trunk: the feature size the heads receive; the
-        gated layers must run once each, in their registration order (the chain HAT's
-        conditioning assumes); each per-task BatchNorm must run right after a gated layer of
-        its width, whose gate it then applies (found from the run, not from names)."""
+        """Forward a dummy batch through the trunk: the feature size the heads receive and
+        each gated layer's per-sample sizes; each gated layer must run once; each per-task
+        BatchNorm must run right after a gated layer of its width, whose gate it then
+        applies (found from the run, not from names)."""
         order: list[nn.Module] = []  # the leaf modules as they ran
 
         def seen(mod, inputs, out):
@@ -443,8 +573,10 @@ class HATNet(MultiHeadNet):
         hooks += [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in others]
         for n in norms:
             n.current_task = _PROBE
+            n.__dict__["gated"] = None
         for m in gated:
             m.current_gate = torch.ones(m.units, device=m.weight.device, dtype=m.weight.dtype)
+            m.defer_gate = False
         was_training = trunk.training
         trunk.eval()
         try:
@@ -461,12 +593,11 @@ class HATNet(MultiHeadNet):
             for n in norms:
                 n.current_task = None
             trunk.train(was_training)
-        ran = [m for m in order if isinstance(m, HAT_LAYERS)]
-        if [id(m) for m in ran] != [id(m) for m in gated]:
+        runs = [sum(r is m for r in order) for m in gated]
+        if any(n != 1 for n in runs):
             raise HATError(
-                f"the trunk runs its {len(gated)} HAT layers {len(ran)} times, or in another "
-                "order than they are registered; HAT needs a feed-forward chain that runs each "
-                "gated layer once, in registration order (define the modules in forward order)"
+                f"the trunk runs its HAT layers {runs} times; HAT needs each gated layer to "
+                "run exactly once per forward (a layer used twice would need two gates)"
             )
         if out.dim() != 2:
             raise HATError(
@@ -487,26 +618,10 @@ class HATNet(MultiHeadNet):
             n.__dict__["gated"] = prev
         return out.shape[1]
 
-    @staticmethod
-    def _check_chain(gated) -> None:
-        """Each gated layer must read the previous one's units (a flatten repeats channels)."""
-        for prev, layer in zip(gated[:-1], gated[1:], strict=True):
-            flattened = layer.input_repeat > 1
-            ok = layer.in_width % prev.units == 0 and (
-                not flattened or (isinstance(prev, HATConv2d) and isinstance(layer, HATLinear))
-            )
-            if not ok:
-                raise HATError(
-                    f"cannot tell which gate feeds {type(layer).__name__}"
-                    f"(in={layer.in_width}) after a layer of {prev.units} units: HAT needs a "
-                    "feed-forward chain where each gated layer reads the previous one's units "
-                    "(a conv output flattened channel-major into a linear layer is fine)"
-                )
-
     # ------------------------------------------------------------------ tasks
     def add_task(self, task: int, n_classes: int) -> None:
         super().add_task(task, n_classes)
-        for layer in self.gated_layers:
+        for layer in self.gate_layers:
             layer.add_task(task, self.embedding_init)
         for norm in self.task_norms:
             w = norm.__dict__["gated"].weight
@@ -514,72 +629,85 @@ class HATNet(MultiHeadNet):
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """The parameters owned by ``task``: its embeddings, its BatchNorms and its head."""
-        return ([layer.embedding(task) for layer in self.gated_layers]
+        return ([layer.embedding(task) for layer in self.gate_layers]
                 + [p for norm in self.task_norms for p in norm.norm(task).parameters()]
                 + list(self.heads[str(task)].parameters()))
 
     def masks(self, task: int) -> list[torch.Tensor]:
-        """Evaluation masks of ``task`` per gated layer (at smax; binary by default)."""
+        """Evaluation masks of ``task`` per gate group (at smax; binary by default)."""
         self.check_task(task)
-        return [layer.mask(task, self.smax, self.binary_masks) for layer in self.gated_layers]
+        return [layer.mask(task, self.smax, self.binary_masks) for layer in self.gate_layers]
 
     def cumulative_masks(self) -> list[torch.Tensor]:
-        return [layer.cumulative for layer in self.gated_layers]
+        """a^{<t} per gate group."""
+        return [layer.cumulative for layer in self.gate_layers]
 
     @torch.no_grad()
     def update_cumulative(self, task: int) -> None:
-        """a^{≤t} = max(a^{<t}, mask^t) (§2.3), after training task t."""
-        for layer, m in zip(self.gated_layers, self.masks(task), strict=True):
+        """a^{≤t} = max(a^{<t}, mask^t) (§2.3), after training task t; freezes the task's
+        BatchNorms (their statistics never change afterwards)."""
+        for layer, m in zip(self.gate_layers, self.masks(task), strict=True):
             torch.maximum(layer.cumulative, m, out=layer.cumulative)
+        for layer in self.gated_layers:
+            if layer.gate_owner is not layer:
+                layer.cumulative.copy_(layer.gate_owner.cumulative)
+        for norm in self.task_norms:
+            norm.freeze(task)
 
     def conditioning_factors(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        """(parameter, gradient factor) pairs for every gated weight and bias (Eq. 2)."""
+        """(parameter, gradient factor) pairs for every gated weight and bias (Eq. 2): the
+        cumulative masks of the layer's gate group and of the group feeding its input."""
         pairs = []
-        prev_mask = None
         for layer in self.gated_layers:
-            w, b = layer.conditioning_factors(prev_mask)
+            src = layer.__dict__["_input_owner"]
+            w, b = layer.conditioning_factors(None if src is None else src.cumulative)
             pairs.append((layer.weight, w))
             if b is not None:
                 pairs.append((layer.bias, b))
-            prev_mask = layer.cumulative
         return pairs
 
     @torch.no_grad()
     def mask_statistics(self, tasks: Sequence[int] | None = None) -> dict:
-        """Per layer and task: capacity used and reuse of earlier tasks' units (§4 monitoring).
+        """Per gated layer and task: capacity used and reuse of earlier tasks' units (§4
+        monitoring); layers of one gate group report their shared gate.
 
         ``used[l][k]``: fraction of layer l's units task ``tasks[k]`` uses (mask > 0.5);
         ``overlap[l][k]``: fraction of those units already used by ``tasks[:k]``;
         ``cumulative[l][k]``: fraction used by ``tasks[:k+1]``;
-        ``weights_kept[k]``: fraction of gated weights joining two active units of task k
-        (compression, §4); ``units_kept[k]``: fraction of all gated units it keeps.
+        ``layer_weights_kept[l][k]``: fraction of layer l's weights joining two active units
+        of task k; ``weights_kept[k]``: the same over all gated weights (compression, §4);
+        ``units_kept[k]``: fraction of all gate units (each group once) it keeps.
         """
         tasks = list(self.tasks if tasks is None else tasks)
         names = {m: n for n, m in self.trunk.named_modules()}
-        used, overlap, cumul = ([[] for _ in self.gated_layers] for _ in range(3))
+        graph = self.gate_graph
+        n_layers = len(self.gated_layers)
+        used, overlap, cumul, layer_w = ([[] for _ in range(n_layers)] for _ in range(4))
         weights_kept, units_kept = [], []
         seen = [torch.zeros(layer.units, dtype=torch.bool, device=layer.cumulative.device)
-                for layer in self.gated_layers]
+                for layer in self.gate_layers]
         for task in tasks:
             masks = [m > 0.5 for m in self.masks(task)]
-            kept_w = total_w = kept_u = total_u = 0
-            prev = None
-            for i, (layer, m) in enumerate(zip(self.gated_layers, masks, strict=True)):
-                n_on = int(m.sum())
-                used[i].append(n_on / layer.units)
-                overlap[i].append(float((m & seen[i]).sum()) / n_on if n_on else 0.0)
-                seen[i] |= m
-                cumul[i].append(float(seen[i].float().mean()))
+            n_on = [int(m.sum()) for m in masks]
+            olap = [float((m & s).sum()) / n if n else 0.0
+                    for m, s, n in zip(masks, seen, n_on, strict=True)]
+            for m, s in zip(masks, seen, strict=True):
+                s |= m
+            kept_w = total_w = 0
+            for i, layer in enumerate(self.gated_layers):
+                g, f = graph.group_of[i], graph.feeds[i]
+                used[i].append(n_on[g] / layer.units)
+                overlap[i].append(olap[g])
+                cumul[i].append(float(seen[g].float().mean()))
                 per_unit = layer.weight[0].numel()  # weights per output unit
-                total_w += layer.units * per_unit
                 kernel = per_unit // layer.in_width
-                n_in = layer.in_width if prev is None else int(prev.sum()) * layer.input_repeat
-                kept_w += n_on * n_in * kernel
-                kept_u += n_on
-                total_u += layer.units
-                prev = m
+                n_in = layer.in_width if f is None else n_on[f] * layer.input_repeat
+                kept = n_on[g] * n_in * kernel
+                layer_w[i].append(kept / (layer.units * per_unit))
+                kept_w += kept
+                total_w += layer.units * per_unit
             weights_kept.append(kept_w / total_w)
-            units_kept.append(kept_u / total_u)
+            units_kept.append(sum(n_on) / sum(layer.units for layer in self.gate_layers))
         return {
             "layers": [names.get(layer, type(layer).__name__) for layer in self.gated_layers],
             "units": [layer.units for layer in self.gated_layers],
@@ -589,17 +717,19 @@ class HATNet(MultiHeadNet):
             "cumulative": cumul,
             "weights_kept": weights_kept,
             "units_kept": units_kept,
+            "layer_weights_kept": layer_w,
+            "groups": list(graph.group_of),
         }
 
     # ---------------------------------------------------------------- forward
     def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
         if self.training:
-            gates = [layer.gate(task, self.s) for layer in self.gated_layers]
+            gates = [layer.gate(task, self.s) for layer in self.gate_layers]
             self.last_gates = gates
         else:
             gates = self.masks(task)
-        for layer, g in zip(self.gated_layers, gates, strict=True):
-            layer.current_gate = g
+        for layer, g in zip(self.gated_layers, self.gate_graph.group_of, strict=True):
+            layer.current_gate = gates[g]
         for norm in self.task_norms:
             norm.current_task = task
         try:
@@ -611,7 +741,6 @@ class HATNet(MultiHeadNet):
                 norm.current_task = None
 
 
-
 def find_hat_model(model: nn.Module) -> HATNet:
     """Return the HATNet inside ``model`` or raise a clear error."""
     if isinstance(model, HATNet):
@@ -621,5 +750,5 @@ def find_hat_model(model: nn.Module) -> HATNet:
             return m
     raise HATError(
         f"model {type(model).__name__} has no HAT layers: wrap it with "
-        "strategies.HATNet.wrap(nn.Sequential(...), input_shape, head_sizes)"
+        "strategies.HATNet.wrap(model, input_shape, head_sizes)"
     )

@@ -100,8 +100,35 @@ def conv_bn_trunk() -> nn.Sequential:
     )
 
 
+#: small image inputs for the ResNets: cheap on CPU, every stage still runs
+RESNET18_SHAPE = (3, 16, 16)
+RESNET32_SHAPE = (3, 8, 8)
+
+
+def resnet18_trunk() -> nn.Module:
+    """torchvision's stock ResNet-18 (ImageNet stem) without its classifier: residual
+    blocks, 1×1 downsample shortcuts, a BatchNorm after every conv (11.2 M parameters)."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    model.fc = nn.Identity()
+    return model
+
+
+def resnet32_trunk() -> nn.Module:
+    """The suite's CIFAR ResNet-32 (5 blocks per stage, widths 16/32/64)."""
+    from benchmark.networks import resnet32_trunk as build
+
+    return build(RESNET32_SHAPE)
+
+
+#: chains of gated layers (each its own gate group)
 TRUNKS = {"mlp": (mlp_trunk, MLP_SHAPE), "conv": (conv_trunk, CONV_SHAPE),
           "conv_bn": (conv_bn_trunk, CONV_SHAPE)}
+#: residual networks (gate groups across the skip connections)
+RESNETS = {"resnet18": (resnet18_trunk, RESNET18_SHAPE),
+           "resnet32": (resnet32_trunk, RESNET32_SHAPE)}
+ALL_TRUNKS = {**TRUNKS, **RESNETS}
 
 
 def feature_dim(trunk: nn.Module, shape: Sequence[int]) -> int:
@@ -113,12 +140,12 @@ def feature_dim(trunk: nn.Module, shape: Sequence[int]) -> int:
     return out.shape[1]
 
 
-def hat_net(trunk: nn.Sequential, shape: Sequence[int], **kw) -> HATNet:
+def hat_net(trunk: nn.Module, shape: Sequence[int], **kw) -> HATNet:
     return HATNet.wrap(trunk, shape, **kw)
 
 
 def multihead_net(
-    trunk: nn.Sequential, shape: Sequence[int], head_sizes: Sequence[int] = ()
+    trunk: nn.Module, shape: Sequence[int], head_sizes: Sequence[int] = ()
 ) -> MultiHeadNet:
     return MultiHeadNet(trunk, feature_dim(trunk, shape), head_sizes)
 

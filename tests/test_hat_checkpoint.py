@@ -13,9 +13,9 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 from helpers_strategies import (
+    ALL_TRUNKS,
     CONV_SHAPE,
     MLP_SHAPE,
-    TRUNKS,
     accuracy,
     conv_trunk,
     fast_plugins,
@@ -35,6 +35,8 @@ from strategies import (
     RecipeConfig,
     TrainingRecipePlugin,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_TASKS, SPLIT = 4, 2
 
@@ -105,11 +107,11 @@ def _resume(blob: bytes, make_trunk, shape, make_opt, recipe: bool):
 @pytest.mark.parametrize(
     ("setup", "trunk"),
     [("sgd-fixed", "mlp"), ("adam-recipe", "mlp"), ("adamw-fixed", "mlp"), ("adamw-fixed", "conv"),
-     ("adam-recipe", "conv_bn")],
+     ("adam-recipe", "conv_bn"), ("adamw-fixed", "resnet32")],
 )
 def test_resume_after_two_tasks_is_exact(setup, trunk):
     make_opt, recipe = SETUPS[setup]
-    make_trunk, shape = TRUNKS[trunk]
+    make_trunk, shape = ALL_TRUNKS[trunk]
     bm, _, test = make_stream(N_TASKS, shape, n_train=48)
 
     torch.manual_seed(0)
@@ -145,7 +147,7 @@ def test_resume_after_two_tasks_is_exact(setup, trunk):
 @pytest.mark.parametrize("trunk", ["conv", "conv_bn"])
 def test_fresh_model_recreates_tasks_and_cumulative_masks_on_load(trunk):
     torch.manual_seed(0)
-    make_trunk = TRUNKS[trunk][0]
+    make_trunk = ALL_TRUNKS[trunk][0]
     bm, _, test = make_stream(2, CONV_SHAPE, n_train=32)
     model = hat_net(make_trunk(), CONV_SHAPE)
     strategy = _strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), False)

@@ -108,9 +108,26 @@ def test_wrap_refuses_nested_bad_modules_too():
         HATNet.wrap(trunk, MLP_SHAPE)
 
 
-def test_wrap_needs_a_sequential_and_a_flat_output():
-    with pytest.raises(HATError, match="Sequential"):
-        HATNet.wrap(nn.Linear(64, 8), MLP_SHAPE)
+class _Branchy(nn.Module):
+    """Control flow on the data: torch.fx cannot trace it, so HAT cannot read its graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 8)
+
+    def forward(self, x):
+        return torch.relu(self.a(x)) if x.sum() > 0 else self.a(x)
+
+
+def test_wrap_takes_any_traceable_module_copies_it_and_needs_a_flat_output():
+    lin = nn.Linear(64, 8)
+    net = HATNet.wrap(lin, MLP_SHAPE, [2])
+    assert type(lin) is nn.Linear and isinstance(net.trunk, HATLinear)
+    assert torch.equal(net.trunk.weight, lin.weight) and net.trunk.weight is not lin.weight
+    with pytest.raises(HATError, match="cannot trace the trunk"):
+        HATNet.wrap(_Branchy(), MLP_SHAPE)
+    with pytest.raises(HATError, match="no submodule 'head'.*'a'"):
+        HATNet.wrap(_Branchy(), MLP_SHAPE, classifier="head")
     with pytest.raises(HATError, match="Flatten"):
         HATNet.wrap(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), CONV_SHAPE)
     with pytest.raises(HATError, match="shape"):
@@ -134,8 +151,12 @@ def test_hatnet_refuses_a_chain_it_cannot_map():
             return torch.cat([x, x], dim=1)
 
     trunk = nn.Sequential(HATLinear(64, 8), nn.ReLU(), Repeat(), HATLinear(16, 4), nn.ReLU())
-    with pytest.raises(HATError, match="cannot tell which gate feeds"):
+    with pytest.raises(HATError, match="'2' \\(Repeat\\) does not commute"):
         HATNet(trunk, MLP_SHAPE)
+    # a linear layer applied to a conv's last (width) axis: its inputs are not channels
+    trunk = nn.Sequential(HATConv2d(1, 4, 3), nn.ReLU(), HATLinear(6, 4), nn.ReLU(), nn.Flatten())
+    with pytest.raises(HATError, match="cannot tell which gate feeds HATLinear"):
+        HATNet(trunk, CONV_SHAPE)
     with pytest.raises(HATError, match="groups"):
         HATConv2d(4, 4, 3, groups=2)
 
@@ -234,10 +255,23 @@ class _Twice(_Reordered):
         return torch.relu(self.a(torch.relu(self.a(x))))
 
 
-@pytest.mark.parametrize("trunk", [_Reordered, _Twice])
-def test_hat_net_refuses_layers_run_out_of_order_or_twice(trunk):
-    with pytest.raises(HATError, match="registration order"):
-        HATNet(trunk(), (8,))
+def test_hat_net_refuses_a_layer_run_twice():
+    with pytest.raises(HATError, match=r"runs its HAT layers \[2, 0\] times"):
+        HATNet(_Twice(), (8,))
+
+
+def test_conditioning_follows_the_run_order_not_the_registration_order():
+    """b runs first, then a: a's weights are conditioned by b's gate (columns), b's by the
+    ungated input only (rows)."""
+    net = HATNet(_Reordered(), (8,), [2])
+    a, b = net.trunk.a, net.trunk.b
+    with torch.no_grad():
+        a.cumulative.copy_(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0]))
+        b.cumulative.copy_(torch.tensor([0.0, 1, 0, 0, 0, 0, 0, 0]))
+    factors = {id(p): f for p, f in net.conditioning_factors()}
+    fa, fb = factors[id(a.weight)], factors[id(b.weight)]
+    assert torch.equal(fb[1], torch.zeros(8)) and bool((fb[0] == 1).all())  # b's row 1 only
+    assert fa[0, 1] == 0 and fa[0, 0] == 1 and fa[1, 1] == 1  # min(a_out, b_in)
 
 
 def test_a_float64_trunk_with_batchnorm_wraps_and_adds_tasks_in_its_dtype():

@@ -13,8 +13,10 @@ import math
 import pytest
 import torch
 from helpers_strategies import (
+    ALL_TRUNKS,
     MLP_SHAPE,
     OPTIMIZERS,
+    RESNETS,
     TRUNKS,
     clone_params,
     fast_plugins,
@@ -30,6 +32,8 @@ from torch import nn
 import strategies.hat as hat_module
 from strategies import HAT, HATConv2d, HATLinear, HATPlugin
 from strategies.hat import _protected_entries, weights_used_once
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_TASKS = 3
 REAL_CLIP = hat_module.clip_grad_norm
@@ -72,7 +76,7 @@ def _train(trunk_name, opt_name, fast, monkeypatch, *, clipgrad=10000.0, soft=Fa
         # skips them where they cost more than they save: test_shortcuts_run_where_they_pay)
         monkeypatch.setattr(hat_module, "SHORTCUT_GAIN", 0.0)
     torch.manual_seed(0)
-    make_trunk, shape = TRUNKS[trunk_name]
+    make_trunk, shape = ALL_TRUNKS[trunk_name]
     bm, _, _ = make_stream(N_TASKS, shape)
     model = hat_net(make_trunk(), shape)
     spy = _Spy(monkeypatch)
@@ -121,6 +125,18 @@ def test_size_policy_gives_bit_identical_parameters(trunk_name, monkeypatch):
     _assert_identical(ref, fast)
     # no layer of these trunks is large enough for the clipping bound: exact clipping
     assert spy.exact_clips == STEPS
+
+
+@pytest.mark.parametrize("forced", [False, True])
+@pytest.mark.parametrize("trunk_name", sorted(RESNETS))
+def test_fast_paths_are_bit_identical_on_resnets(trunk_name, forced, monkeypatch):
+    """Residual sums, shared gates and per-task norms: the shortcuts (by size, or forced on
+    every layer) give the reference operations' parameters bit for bit."""
+    ref, _ = _train(trunk_name, "adamw", False, monkeypatch, by_size=not forced)
+    fast, spy = _train(trunk_name, "adamw", True, monkeypatch, by_size=not forced)
+    _assert_identical(ref, fast)
+    if forced:  # every layer bounded: the clipping pass was proved unnecessary each step
+        assert spy.exact_clips == 0
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import pytest
 import torch
 from avalanche.training import Naive
 from helpers_strategies import (
+    ALL_TRUNKS,
     MLP_SHAPE,
     OPTIMIZERS,
-    TRUNKS,
     ChangeRecorder,
     accuracy,
     fast_plugins,
@@ -27,6 +27,8 @@ from helpers_strategies import (
 )
 
 from strategies import HAT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_TASKS = 3
 EPOCHS = 2
@@ -41,11 +43,11 @@ def _train_and_record(model, strategy, bm, test):
     return outputs
 
 
-@pytest.mark.parametrize("trunk_name", sorted(TRUNKS))
+@pytest.mark.parametrize("trunk_name", sorted(ALL_TRUNKS))
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_hat_keeps_earlier_tasks_bit_identical(trunk_name, opt_name):
     torch.manual_seed(0)
-    make_trunk, shape = TRUNKS[trunk_name]
+    make_trunk, shape = ALL_TRUNKS[trunk_name]
     bm, _, test = make_stream(N_TASKS, shape)
     model = hat_net(make_trunk(), shape)
     optimizer = OPTIMIZERS[opt_name](model.parameters())
@@ -80,11 +82,11 @@ def test_hat_keeps_earlier_tasks_bit_identical(trunk_name, opt_name):
                 assert not any(n.endswith(f"embeddings.{t}") for n in names)
 
 
-@pytest.mark.parametrize("trunk_name", sorted(TRUNKS))
+@pytest.mark.parametrize("trunk_name", sorted(ALL_TRUNKS))
 def test_naive_on_the_same_trunk_changes_earlier_outputs(trunk_name):
     """The control: without HAT the very same protocol does change earlier tasks."""
     torch.manual_seed(0)
-    make_trunk, shape = TRUNKS[trunk_name]
+    make_trunk, shape = ALL_TRUNKS[trunk_name]
     bm, _, test = make_stream(N_TASKS, shape)
     model = multihead_net(make_trunk(), shape)
     strategy = Naive(

@@ -1,23 +1,35 @@
-"""Tests of the paper's networks (benchmark/networks.py, hat-reference §3): sizes computed by
-hand from the layer list, HAT and plain versions sharing the trunk, ModelConfig validation."""
+"""Tests of the paper's networks (benchmark/networks.py, hat-reference §3) and the ResNets:
+sizes computed by hand from the layer list, HAT and plain versions sharing the trunk, BatchNorm
+placement and torch.fx tracing of the ResNets, ModelConfig validation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import fx, nn
 
 from benchmark.networks import (
+    CifarResNet,
     Dropout,
     ModelConfig,
     alexnet_trunk,
     build_model,
     build_trunk,
     mlp_trunk,
+    resnet18_trunk,
+    resnet32_trunk,
 )
-from strategies import ConfigError, HATConv2d, HATLinear, HATNet, MultiHeadNet
+from strategies import (
+    ConfigError,
+    HATBatchNorm2d,
+    HATConv2d,
+    HATLinear,
+    HATNet,
+    MultiHeadNet,
+)
 
 ALEXNET = ModelConfig(family="alexnet")
 #: head sizes of the mixture's 8 tasks: CIFAR-10, CIFAR-100, MNIST, SVHN, Fashion-MNIST,
@@ -228,6 +240,13 @@ def test_build_model_is_seeded_by_torch():
     ({"dropout": -0.1}, "model.dropout"),
     ({"input_dropout": 1.5}, "model.input_dropout"),
     ({"input_dropout": -1}, "model.input_dropout"),
+    ({"family": "resnet34"}, "model.family must be one of mlp, alexnet, resnet18, resnet32"),
+    ({"family": "resnet32", "blocks": 0}, "model.blocks must be >= 1"),
+    ({"family": "mlp", "blocks": 2}, "model.blocks applies to resnet32 only"),
+    ({"family": "resnet18", "blocks": 2}, "model.blocks applies to resnet32 only"),
+    ({"family": "resnet32", "stem": "cifar"}, "model.stem applies to resnet18 only"),
+    ({"family": "resnet18", "stem": "tiny"}, "model.stem must be one of auto, imagenet, cifar"),
+    ({"family": "resnet18", "hidden": 64}, "model.hidden=64 does not apply to resnet18"),
 ])
 def test_model_config_validation(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -235,7 +254,9 @@ def test_model_config_validation(kwargs, fragment):
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"family": "mlp"}, {"family": "alexnet", "hidden": 1},
-                                    {"dropout": 0.0, "input_dropout": 0.0}, {"layers": 1}])
+                                    {"dropout": 0.0, "input_dropout": 0.0}, {"layers": 1},
+                                    {"family": "resnet32", "blocks": 1, "hidden": 8},
+                                    {"family": "resnet18", "stem": "cifar"}, {"blocks": 3}])
 def test_model_config_accepts_valid_values(kwargs):
     cfg = ModelConfig(**kwargs)
     for key, value in kwargs.items():
@@ -248,9 +269,259 @@ def test_model_config_from_strings():
     cfg = from_overrides(ModelConfig, {"family": "alexnet", "hidden": "64", "layers": "3",
                                        "dropout": "0.25"}, "model")
     assert cfg == ModelConfig(family="alexnet", hidden=64, layers=3, dropout=0.25)
-    for bad in ({"family": "resnet"}, {"hidden": "many"}, {"hidden": "0"}, {"width": "3"}):
+    cfg = from_overrides(ModelConfig, {"family": "resnet32", "blocks": "3", "hidden": "8"},
+                         "model")
+    assert cfg == ModelConfig(family="resnet32", blocks=3, hidden=8)
+    cfg = from_overrides(ModelConfig, {"family": "resnet18", "stem": "imagenet"}, "model")
+    assert cfg.stem == "imagenet"
+    for bad in ({"family": "resnet"}, {"hidden": "many"}, {"hidden": "0"}, {"width": "3"},
+                {"blocks": "1.5"}, {"stem": "big"}, {"family": "resnet18", "hidden": "8"}):
         with pytest.raises(ConfigError):
             from_overrides(ModelConfig, bad, "model")
+
+
+# ----------------------------------------------------------------------------- ResNets
+RESNET32 = ModelConfig(family="resnet32")
+RESNET18 = ModelConfig(family="resnet18")
+
+
+def bn(channels: int) -> int:
+    return 2 * channels
+
+
+def resnet32_by_hand(in_ch: int, blocks: int, width: int) -> int:
+    """He et al.'s CIFAR ResNet: conv3×3 + BN, 3 stages of ``blocks`` basic blocks (two
+    bias-free 3×3 convs + BN each) of width, 2·width, 4·width channels; at the start of
+    stages 2 and 3 a 1×1 conv + BN shortcut (option B). No fc (the heads are the last layer)."""
+    total = in_ch * width * 9 + bn(width)
+    ch = width
+    for out in (width, 2 * width, 4 * width):
+        for b in range(blocks):
+            cin = ch if b == 0 else out
+            total += cin * out * 9 + out * out * 9 + 2 * bn(out)
+            if b == 0 and cin != out:
+                total += cin * out + bn(out)
+        ch = out
+    return total
+
+
+def bn_inputs(trunk: nn.Module) -> list[tuple[str, str, int]]:
+    """For every BatchNorm of the traced trunk: (its target, the module feeding it, how many
+    users that module's output has)."""
+    gm = fx.symbolic_trace(trunk)
+    mods = dict(gm.named_modules())
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(mods[node.target], nn.BatchNorm2d):
+            (src,) = node.all_input_nodes
+            kind = type(mods[src.target]).__name__ if src.op == "call_module" else src.op
+            out.append((node.target, kind, len(src.users)))
+    return out
+
+
+@pytest.mark.parametrize("blocks,width", [(5, 16), (1, 16), (2, 4), (3, 8)])
+def test_resnet32_sizes_by_hand(blocks, width):
+    trunk, features = build_trunk(ModelConfig(family="resnet32", blocks=blocks, hidden=width),
+                                  (3, 32, 32))
+    assert isinstance(trunk, CifarResNet)
+    assert features == 4 * width
+    assert n_params(trunk) == resnet32_by_hand(3, blocks, width)
+    convs = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.bias is None for m in convs)
+    # 6n + 1 conv layers on the main path (+ the head: 6n + 2), two 1×1 shortcut convs
+    assert sum(m.kernel_size == (3, 3) for m in convs) == 6 * blocks + 1
+    assert [m.stride for m in convs if m.kernel_size == (1, 1)] == [(2, 2), (2, 2)]
+    assert trunk.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 4 * width)
+
+
+def test_resnet32_is_about_0_46_million_parameters():
+    trunk, features = build_trunk(RESNET32, (3, 32, 32))
+    assert features == 64
+    assert n_params(trunk) == resnet32_by_hand(3, 5, 16) == 466_256
+    assert 0.46e6 <= n_params(trunk) < 0.47e6
+    widths = [m.out_channels for m in trunk.modules()
+              if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert widths == [16] * 11 + [32] * 10 + [64] * 10
+
+
+def test_resnet32_spatial_sizes_and_any_image_size():
+    trunk = resnet32_trunk((3, 32, 32)).eval()
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = tuple(output.shape[1:])
+        return hook
+
+    for name in ("layer1", "layer2", "layer3"):
+        getattr(trunk, name).register_forward_hook(record(name))
+    trunk(torch.zeros(1, 3, 32, 32))
+    assert seen == {"layer1": (16, 32, 32), "layer2": (32, 16, 16), "layer3": (64, 8, 8)}
+    for shape in ((3, 8, 8), (3, 28, 40), (2, 64, 64)):
+        assert resnet32_trunk(shape).eval()(torch.zeros(1, *shape)).shape == (1, 64)
+
+
+@pytest.mark.parametrize("stem,size,cifar", [
+    ("cifar", 32, True), (None, 32, True), ("auto", 64, True), ("auto", 8, True),
+    ("auto", 65, False), ("imagenet", 32, False), ("cifar", 96, True), (None, 96, False),
+])
+def test_resnet18_stem_variants(stem, size, cifar):
+    trunk, features = build_trunk(ModelConfig(family="resnet18", stem=stem), (3, size, size))
+    assert isinstance(trunk, torchvision.models.ResNet) and isinstance(trunk.fc, nn.Identity)
+    assert features == 512
+    if cifar:
+        assert (trunk.conv1.kernel_size, trunk.conv1.stride, trunk.conv1.padding) == (
+            (3, 3), (1, 1), (1, 1))
+        assert isinstance(trunk.maxpool, nn.Identity)
+    else:
+        assert (trunk.conv1.kernel_size, trunk.conv1.stride, trunk.conv1.padding) == (
+            (7, 7), (2, 2), (3, 3))
+        assert isinstance(trunk.maxpool, nn.MaxPool2d)
+    assert trunk.conv1.bias is None
+    assert trunk.eval()(torch.zeros(2, 3, size, size)).shape == (2, 512)
+
+
+def test_resnet18_parameter_counts():
+    stock = torchvision.models.resnet18(weights=None)
+    stock_trunk = n_params(stock) - n_params(stock.fc)
+    imagenet = resnet18_trunk((3, 224, 224), cifar_stem=False)
+    assert n_params(imagenet) == stock_trunk == 11_176_512
+    cifar, _ = build_trunk(RESNET18, (3, 32, 32))
+    # the 7×7 stem conv (64·3·49) becomes a 3×3 one (64·3·9)
+    assert n_params(cifar) == stock_trunk - 64 * 3 * 49 + 64 * 3 * 9 == 11_168_832
+    assert round(n_params(cifar) / 1e6, 2) == 11.17
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_resnet18_takes_one_channel_images(stem):
+    trunk, _ = build_trunk(ModelConfig(family="resnet18", stem=stem), (1, 28, 28))
+    k = 3 if stem == "cifar" else 7
+    assert trunk.conv1.weight.shape == (64, 1, k, k)
+    assert trunk.conv1.stride == ((1, 1) if stem == "cifar" else (2, 2))
+    assert trunk.conv1.padding == ((1, 1) if stem == "cifar" else (3, 3))
+    assert trunk.conv1.weight.std() > 0  # initialised
+    assert trunk.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 512)
+    assert n_params(trunk) == n_params(resnet18_trunk((3, 28, 28), stem == "cifar")) - (
+        64 * 2 * k * k)
+
+
+def test_resnet32_takes_one_channel_images():
+    trunk, _ = build_trunk(ModelConfig(family="resnet32", blocks=1), (1, 8, 8))
+    assert trunk.conv1.weight.shape == (16, 1, 3, 3)
+    assert n_params(trunk) == resnet32_by_hand(1, 1, 16)
+    assert trunk.eval()(torch.randn(3, 1, 8, 8)).shape == (3, 64)
+
+
+@pytest.mark.parametrize("cfg,shape", [(RESNET18, (3, 32, 32)),
+                                       (ModelConfig(family="resnet18", stem="imagenet"),
+                                        (3, 64, 64)),
+                                       (RESNET32, (3, 32, 32))],
+                         ids=["resnet18-cifar", "resnet18-imagenet", "resnet32"])
+def test_resnet_batchnorms_directly_follow_their_conv(cfg, shape):
+    """What HAT's per-task BatchNorm needs: every BN's input is a conv output that nothing
+    else uses, and every conv feeds a BN."""
+    trunk, _ = build_trunk(cfg, shape)
+    found = bn_inputs(trunk)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in trunk.modules())
+    assert len(found) == n_bn > 0
+    assert all(kind == "Conv2d" and users == 1 for _, kind, users in found), found
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in trunk.modules())
+    assert n_conv == n_bn  # (none without its BN)
+
+
+def test_bn_placement_check_catches_a_shared_conv_output():
+    """The property test above can fail: a conv whose output also feeds the sum."""
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    assert bn_inputs(Bad()) == [("bn", "Conv2d", 2)]
+
+
+@pytest.mark.parametrize("cfg,shape", [(RESNET18, (3, 32, 32)), (RESNET32, (3, 32, 32)),
+                                       (ModelConfig(family="resnet32", blocks=1), (1, 8, 8))],
+                         ids=["resnet18", "resnet32", "resnet8-digits"])
+def test_resnets_trace_with_torch_fx(cfg, shape):
+    torch.manual_seed(0)
+    trunk, _ = build_trunk(cfg, shape)
+    trunk.eval()
+    gm = fx.symbolic_trace(trunk)
+    x = torch.randn(4, *shape)
+    assert torch.equal(gm(x), trunk(x))
+    adds = [n for n in gm.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    blocks = sum(isinstance(m, torchvision.models.resnet.BasicBlock | type(trunk.layer1[0]))
+                 for m in trunk.modules())
+    assert len(adds) == blocks  # one residual sum per block
+
+
+@pytest.mark.parametrize("family", ["resnet18", "resnet32"])
+@pytest.mark.parametrize("shape", [(64,), (1, 8), (3, 0, 8)])
+def test_resnets_refuse_flat_inputs(family, shape):
+    with pytest.raises(ConfigError, match=f"model.family={family} needs image inputs"):
+        build_model(ModelConfig(family=family), shape, [2], gated=False)
+
+
+@pytest.mark.parametrize("cfg,shape,features", [
+    (ModelConfig(family="resnet32", blocks=1), (1, 8, 8), 64),
+    (RESNET18, (3, 32, 32), 512),
+], ids=["resnet32", "resnet18"])
+def test_baseline_resnets_share_their_batchnorm(cfg, shape, features):
+    """gated=False: the plain trunk under shared heads, ordinary BatchNorm whose running
+    statistics every task's batches update."""
+    torch.manual_seed(0)
+    model = build_model(cfg, shape, [2, 3], gated=False)
+    assert type(model) is MultiHeadNet and model.feature_dim == features
+    norms = [m for m in model.trunk.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(type(m) is nn.BatchNorm2d for m in norms)
+    assert n_params(model) == n_params(model.trunk) + (features + 1) * 5
+    before = norms[0].running_mean.clone()
+    model.train()
+    model(torch.randn(8, *shape), 0)
+    after_task0 = norms[0].running_mean.clone()
+    model(torch.randn(8, *shape) + 1, 1)
+    assert not torch.equal(before, after_task0)
+    assert not torch.equal(after_task0, norms[0].running_mean)  # task 1 moves the same stats
+    model.eval()
+    assert model(torch.zeros(2, *shape), 1).shape == (2, 3)
+
+
+# These wait on the HAT side (HATNet.wrap on any nn.Module, per-task BatchNorm, residual sums).
+@pytest.mark.parametrize("cfg,shape", [
+    (ModelConfig(family="resnet32", blocks=1), (1, 8, 8)),
+    (ModelConfig(family="resnet32", blocks=2, hidden=4), (3, 32, 32)),
+    (RESNET18, (3, 32, 32)),
+    (ModelConfig(family="resnet18", stem="imagenet"), (1, 64, 64)),
+], ids=["resnet8-digits", "resnet14-w4", "resnet18-cifar", "resnet18-imagenet-1ch"])
+def test_hat_resnets_gate_every_conv_and_make_every_bn_per_task(cfg, shape):
+    heads = [2, 3]
+    torch.manual_seed(0)
+    plain = build_model(cfg, shape, heads, gated=False)
+    hat = build_model(cfg, shape, heads, gated=True, smax=50.0)
+    assert isinstance(hat, HATNet) and hat.smax == 50.0
+    assert weight_shapes(plain.trunk) == weight_shapes(hat.trunk)
+    convs = [m for m in plain.trunk.modules() if isinstance(m, nn.Conv2d)]
+    gated = [m for m in hat.trunk.modules() if isinstance(m, HATConv2d | HATLinear)]
+    assert len(gated) == len(convs) and all(isinstance(m, HATConv2d) for m in gated)
+    norms = [m for m in hat.trunk.modules() if isinstance(m, HATBatchNorm2d)]
+    assert len(norms) == len(convs)
+    # no BatchNorm is left shared: each one is a task's own inside a per-task norm
+    inside = {id(b) for n in norms for b in n.modules() if b is not n}
+    shared = [m for m in hat.trunk.modules()
+              if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and id(m) not in inside]
+    assert not shared
+    x = torch.randn(3, *shape)
+    hat.eval()
+    plain.eval()
+    for task, k in enumerate(heads):
+        assert hat(x, task).shape == plain(x, task).shape == (3, k)
+        assert torch.isfinite(hat(x, task)).all()
 
 
 # ------------------------------------------------------------------ dropout

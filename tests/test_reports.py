@@ -345,3 +345,23 @@ def test_compression_uses_the_newest_of_duplicate_records_whatever_their_layers(
     cap = _compression([rec("2026-01-01", ["l1"]), rec("2026-02-01", ["l1", "l2"])], notes)
     assert cap is not None and cap.layers == ["l1", "l2"] and cap.tasks == ["a"] and cap.n == 1
     assert any("duplicate record" in n for n in notes)
+
+
+def test_compression_takes_each_layers_kept_weights_from_the_record_when_given():
+    """Residual networks: a layer's input gate is not the previous layer's, so the chain
+    product of ``used`` is wrong there; the record's ``layer_weights_kept`` is used instead
+    (older records without it keep the chain product)."""
+    from reports.tables import _compression
+
+    def rec(seed, given):
+        hat = {"layers": ["conv1", "block.conv2", "block.shortcut"],
+               "used": [[0.5], [0.25], [0.25]], "weights_kept": [0.1], "units_kept": [0.3]}
+        if given:
+            hat["layer_weights_kept"] = [[0.5], [0.0625], [0.125]]
+        return {"strategy": "hat", "seed": seed, "tag": "alone-a", "created": "2026-01-01",
+                "_source": str(seed), "task_names": ["a"], "hat": hat}
+
+    cap = _compression([rec(0, True)], [])
+    assert cap.layer_weights_kept[:, 0].tolist() == [0.5, 0.0625, 0.125]
+    chain = _compression([rec(0, False)], [])
+    assert chain.layer_weights_kept[:, 0].tolist() == [0.5, 0.125, 0.0625]

@@ -10,13 +10,15 @@ import json
 import numpy as np
 import pytest
 import torch
+import torchvision
 from avalanche.training.supervised.joint_training import JointTraining
 
 from benchmark import runner
+from benchmark.networks import CifarResNet
 from benchmark.records import is_complete, read_record, record_path, validate_record
 from benchmark.runner import Experiment, RunHooks, resolve, run_all, run_experiment
 from benchmark.scenarios import get_scenario, random_accuracy
-from strategies import ConfigError, TrainConfig, get_strategy
+from strategies import STRATEGIES, ConfigError, HATNet, TrainConfig, get_strategy
 
 FAST = {"train": {"epochs": 2}}
 TIMINGS = ("seconds", "created")
@@ -479,3 +481,172 @@ def test_experiments_for_orders_seeds_outermost():
     assert [(e.seed, e.strategy) for e in exps] == [(0, "naive"), (0, "hat"), (1, "naive"),
                                                     (1, "hat")]
     assert all(e.tag == "x" and e.overrides == FAST for e in exps)
+
+
+# ----------------------------------------------------------------------------- ResNets
+#: a small ResNet-32-family net (8 layers, width 4) and the stock ResNet-18 on the digits
+RESNET_MODEL = {"resnet32": {"family": "resnet32", "blocks": "1", "hidden": "4"},
+                "resnet18": {"family": "resnet18"}}
+OLD_MODEL_KEYS = {"family", "hidden", "layers", "dropout", "input_dropout"}
+
+
+def tiny_digits(n_tasks: int = 2, n_train: int = 40, n_test: int = 20):
+    """The first tasks of split-digits, cut to a few samples: every strategy in seconds."""
+    scen = get_scenario("split-digits").build(0)
+    tasks = [dataclasses.replace(t, train_x=t.train_x[:n_train], train_y=t.train_y[:n_train],
+                                 test_x=t.test_x[:n_test], test_y=t.test_y[:n_test])
+             for t in scen.tasks[:n_tasks]]
+    return dataclasses.replace(scen, tasks=tasks)
+
+
+def _resolve(scenario: str, strategy: str = "naive", model=None, **kw):
+    spec = get_scenario(scenario)
+    over = {"model": dict(model)} if model is not None else {}
+    return resolve(Experiment(scenario, strategy, 0, over), spec.valid_fraction, spec.embedded,
+                   spec.network, **kw)
+
+
+@pytest.mark.parametrize("scenario,model,hidden,blocks,stem", [
+    ("split-digits", {}, 100, None, None),
+    ("split-digits", {"family": "resnet32"}, 16, 5, None),
+    ("split-digits", {"family": "resnet32", "blocks": "1", "hidden": "8"}, 8, 1, None),
+    ("split-digits", {"family": "resnet18"}, None, None, "auto"),
+    ("cifar", {"family": "resnet32"}, 16, 5, None),
+    ("cifar", {"family": "resnet18", "stem": "imagenet"}, None, None, "imagenet"),
+    ("cifar", {"family": "mlp"}, 2000, None, None),
+    ("cifar", {}, 2048, None, None),
+])
+def test_model_defaults_per_family(scenario, model, hidden, blocks, stem):
+    """The embedded default hidden=100 is the MLP's; each ResNet keeps its own."""
+    cfg = _resolve(scenario, model=model)
+    assert (cfg.model.hidden, cfg.model.blocks, cfg.model.stem) == (hidden, blocks, stem)
+
+
+@pytest.mark.parametrize("family", ["resnet18", "resnet32"])
+@pytest.mark.parametrize("key", ["layers", "dropout", "input_dropout"])
+def test_mlp_only_model_settings_are_refused_for_resnets(family, key):
+    value = "3" if key == "layers" else "0.3"
+    with pytest.raises(ConfigError, match=f"model.{key} applies to the MLP only: {family}"):
+        _resolve("split-digits", model={"family": family, key: value})
+
+
+@pytest.mark.parametrize("model", [{"blocks": "2"}, {"family": "mlp", "blocks": "2"},
+                                   {"family": "alexnet", "blocks": "2"},
+                                   {"family": "resnet18", "blocks": "2"}])
+def test_blocks_is_refused_for_families_other_than_resnet32(model):
+    with pytest.raises(ConfigError, match="model.blocks applies to resnet32 only"):
+        _resolve("cifar", model=model)
+
+
+def test_hidden_is_refused_for_resnet18_with_the_fix():
+    with pytest.raises(ConfigError) as info:
+        _resolve("cifar", model={"family": "resnet18", "hidden": "64"})
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("model.hidden=64 does not apply to resnet18")
+    assert "remove model.hidden" in msg and "model.family=resnet32" in msg
+
+
+@pytest.mark.parametrize("family", ["resnet18", "resnet32"])
+def test_resnets_on_flat_inputs_are_one_config_error(family):
+    with pytest.raises(ConfigError, match=f"model.family={family} needs image inputs"):
+        _resolve("split-digits", model={"family": family}, input_shape=(64,))
+    _resolve("split-digits", model={"family": "mlp"}, input_shape=(64,))  # the MLP takes them
+    # through the runner: refused before anything trains
+    scen = tiny_digits()
+    flat = dataclasses.replace(scen, input_shape=(64,), tasks=[
+        dataclasses.replace(t, train_x=t.train_x.flatten(1), test_x=t.test_x.flatten(1))
+        for t in scen.tasks])
+    seen = []
+    exp = Experiment("split-digits", "naive", 0,
+                     {"train": {"epochs": 1}, "model": {"family": family}})
+    with pytest.raises(ConfigError, match="needs image inputs"):
+        run_experiment(exp, flat, hooks=RunHooks(on_epoch=lambda t, e: seen.append(e)))
+    assert seen == []
+
+
+@pytest.mark.parametrize("strategy", ["pnn", "pathnet"])
+@pytest.mark.parametrize("family", ["resnet18", "resnet32"])
+def test_layerwise_strategies_refuse_resnets(strategy, family):
+    with pytest.raises(ConfigError) as info:
+        _resolve("split-digits", strategy, model={"family": family})
+    msg = str(info.value)
+    assert msg.startswith(f"{strategy} rebuilds the trunk layer by layer")
+    assert "model.family mlp or alexnet only, not " + family in msg and "\n" not in msg
+    for ok in ("mlp", "alexnet"):
+        assert runner.LAYERWISE_FAMILIES[strategy] == ("mlp", "alexnet")
+        _resolve("cifar", strategy, model={"family": ok})
+
+
+def test_layerwise_refusal_comes_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    from benchmark import cli
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["run", "--no-progress", "--wandb", "disabled", "--scenario",
+                     "split-digits", "--strategies", "naive,pnn", "--set",
+                     "model.family=resnet32", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: pnn rebuilds the trunk layer by layer")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model,keys", [
+    ({}, OLD_MODEL_KEYS),
+    ({"family": "resnet32"}, OLD_MODEL_KEYS | {"blocks"}),
+    ({"family": "resnet18"}, OLD_MODEL_KEYS - {"hidden"} | {"stem"}),
+])
+def test_record_keeps_only_the_model_keys_that_apply(model, keys):
+    """Records of the MLP and the AlexNet-like net keep exactly their keys (earlier results
+    folders stay resumable); ResNet records add theirs."""
+    exp = Experiment("split-digits", "naive", 0, {"model": model} if model else {})
+    spec = get_scenario("split-digits")
+    params = runner.record_params(exp, resolve(exp, spec.valid_fraction, spec.embedded,
+                                               spec.network))
+    assert set(params["model"]) == keys
+    assert None not in params["model"].values()
+
+
+def test_naive_trains_a_resnet8_on_split_digits_in_one_epoch():
+    over = {"train": {"epochs": "1"}, "model": {"family": "resnet32", "blocks": "1"}}
+    rec = run_experiment(Experiment("split-digits", "naive", 0, over))
+    validate_record(rec)
+    assert rec["params"]["model"]["family"] == "resnet32"
+    assert rec["params"]["model"]["blocks"] == 1 and rec["params"]["model"]["hidden"] == 16
+    assert rec["epochs"] == [1] * 5
+    acc = np.asarray(rec["accuracy"])
+    assert np.isfinite(acc).all() and acc.shape == (5, 5)
+    # it learns: each task right after training it, well above the 0.5 of a digit pair
+    assert np.diag(acc).mean() > 0.75
+
+
+@pytest.mark.parametrize("family", ["resnet32", "resnet18"])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_trains_a_resnet_or_refuses_it(strategy, family, monkeypatch):
+    """Every registered strategy builds and trains with the ResNet trunk (hat: per-task
+    BatchNorm, waits on the HAT side), or refuses it with one ConfigError before training."""
+    built = []
+    real = runner.build_model
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(runner, "build_model", spy)
+    over = {"train": {"epochs": "1", "batch_size": "16"}, "model": RESNET_MODEL[family]}
+    exp = Experiment("split-digits", strategy, 0, over)
+    if strategy in runner.LAYERWISE_FAMILIES:
+        with pytest.raises(ConfigError, match=f"^{strategy} rebuilds the trunk"):
+            run_experiment(exp, tiny_digits())
+        assert built == []
+        return
+    rec = run_experiment(exp, tiny_digits())
+    validate_record(rec)
+    acc = np.asarray(rec["accuracy"])
+    assert acc.shape == (2, 2) and np.isfinite(acc).all()
+    assert all(len(h) == 1 for h in rec["history"])
+    assert rec["params"]["model"]["family"] == family
+    trunk_type = torchvision.models.ResNet if family == "resnet18" else CifarResNet
+    assert built and all(isinstance(m.trunk, trunk_type) for m in built)
+    assert all(isinstance(m, HATNet) == (strategy == "hat") for m in built)
