@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SEEDS ?= 0,1,2
-EPOCHS ?= 20
+EPOCHS ?= 200
 STRATEGIES ?= naive,ewc,lwf,si,hat,joint
 RESULTS ?= results
 # the embedded scenarios; make run reads their presets selected on validation (make tune)
