@@ -5,6 +5,8 @@
   command line and its workers mark both as absent (``import jax`` raises ImportError).
 - ``prestart_workers``: with ``--jobs N`` (N > 1) the worker server starts first, so that
   its import of the suite overlaps the parent's instead of following it.
+- ``die_with_parent``: the worker server and the workers end with the command
+  (``benchmark._server_guard``, ``benchmark.parallel``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,34 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+#: prctl(2) option: the signal this process gets when its parent ends (Linux)
+PR_SET_PDEATHSIG = 1
+
 UNUSED = ("jax", "jaxopt")
 
 #: what the worker server imports before it forks workers (``benchmark.parallel._context``)
-PRELOAD = ["benchmark._startup", "benchmark.parallel"]
+#: (``_server_guard`` first: the server ends with the command from the start)
+PRELOAD = ["benchmark._server_guard", "benchmark._startup", "benchmark.parallel"]
 
 
 def skip_unused_imports() -> None:
     for name in UNUSED:
         sys.modules.setdefault(name, None)
+
+
+def die_with_parent(sig: int) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent process ends
+    (``prctl(PR_SET_PDEATHSIG)``, Linux); False where that is not available. Never call it in
+    the command's own process: it would end with the shell that started it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def _jobs(argv: Sequence[str]) -> int:

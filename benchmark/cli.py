@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,19 @@ from .scenarios import SCENARIOS, describe_scenarios, get_scenario
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+#: Ctrl-C and SIGTERM (128 + the signal's number, as a shell reports a process it ended)
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 #: what ``tune`` selects for by default (the strategies ``make run`` compares)
 TUNE_STRATEGIES = ("naive", "ewc", "lwf", "si", "hat", "joint")
 #: tuning seeds: apart from the evaluation seeds 0-9, so no reported run took part in selection
 TUNE_SEEDS = "100-102"
+#: the largest seed: torch's generators take unsigned 64-bit seeds
+MAX_SEED = 2**64 - 1
+#: most seeds one command runs
+MAX_SEEDS = 10_000
+#: most torch threads ``--threads`` takes
+MAX_THREADS = 1024
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,8 +51,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` or ``0-9`` (or a mix): distinct non-negative integers."""
+    """``0,1,2`` or ``0-9`` (or a mix): distinct integers in [0, 2**64 - 1] (what torch's
+    generators take), at most ``MAX_SEEDS`` of them."""
     seeds: list[int] = []
+    too_many = False
     try:
         for part in str(text).split(","):
             part = part.strip()
@@ -49,6 +63,9 @@ def parse_seeds(text: str) -> list[int]:
                 lo_i, hi_i = int(lo), int(hi)
                 if hi_i < lo_i:
                     raise ValueError
+                if hi_i > MAX_SEED or hi_i - lo_i + 1 + len(seeds) > MAX_SEEDS:
+                    too_many = True  # refused below, without building the range
+                    break
                 seeds.extend(range(lo_i, hi_i + 1))
             else:
                 seeds.append(int(part))
@@ -57,6 +74,16 @@ def parse_seeds(text: str) -> list[int]:
             f"invalid seed list '{text}': give comma-separated non-negative integers or a "
             "range, e.g. --seeds 0,1,2 or --seeds 0-9"
         ) from None
+    if too_many or len(seeds) > MAX_SEEDS:
+        raise BenchmarkError(
+            f"invalid seed list '{text}': at most {MAX_SEEDS} seeds, each at most {MAX_SEED} "
+            "(2**64 - 1, the largest seed torch takes)"
+        )
+    if any(s > MAX_SEED for s in seeds):
+        raise BenchmarkError(
+            f"invalid seed list '{text}': seed {max(seeds)} is above {MAX_SEED} (2**64 - 1, "
+            "the largest seed torch takes)"
+        )
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise BenchmarkError(
             f"invalid seed list '{text}': seeds must be distinct non-negative integers"
@@ -65,7 +92,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_set(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``section.key=value`` pairs → {section: {key: value}} (values typed later)."""
+    """``section.key=value`` pairs → {section: {key: value}} (values typed later); a key
+    given twice is refused."""
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     for item in items:
         key, sep, value = str(item).partition("=")
@@ -75,7 +103,13 @@ def parse_set(items: Sequence[str]) -> dict[str, dict[str, Any]]:
                 f"malformed --set '{item}': use section.key=value, e.g. --set hat.smax=400 "
                 "or --set train.lr=0.05"
             )
-        out[section.strip().lower()][name.strip()] = value.strip()
+        section, name = section.strip().lower(), name.strip()
+        if name in out[section]:
+            raise BenchmarkError(
+                f"--set gives '{section}.{name}' twice ({section}.{name}="
+                f"{out[section][name]} and {item}); give it once"
+            )
+        out[section][name] = value.strip()
     return dict(out)
 
 
@@ -109,6 +143,11 @@ def check_writable(out: Path) -> None:
             "choose another with --out"
         ) from None
     runs = Path(out) / "runs"
+    if runs.exists() and not runs.is_dir():
+        raise BenchmarkError(
+            f"{runs} is a file, where the run records' folder goes; move it or choose "
+            "another --out"
+        )
     if runs.exists() and not os.access(runs, os.W_OK | os.X_OK):
         raise BenchmarkError(f"output folder {runs} is not writable; choose another with --out")
 
@@ -135,6 +174,11 @@ def load_preset(path: Path) -> dict[str, Any]:
     for key in ("scenario", "out", "data_root", "device"):
         if key in data and not isinstance(data[key], str):
             raise BenchmarkError(f"--config {path}: '{key}' must be a string, got {data[key]!r}")
+    for key in ("scenario", "strategies", "seeds", "out", "data_root", "device"):
+        if key in data and (data[key] is None or not str(data[key]).strip() or data[key] == []):
+            raise BenchmarkError(
+                f"--config {path}: '{key}' is empty; give a value, or drop the key for its "
+                "default")
     if "jobs" in data and (isinstance(data["jobs"], bool) or not isinstance(data["jobs"], int)
                            or data["jobs"] < 1):
         raise BenchmarkError(f"--config {path}: 'jobs' must be an integer >= 1, "
@@ -169,37 +213,51 @@ def _check_selection(sel: Any, path: Path) -> None:
         )
 
 
+def _given(value: str) -> str:
+    """An option's value, refused when empty: ``--scenario ""`` is a mistake, not a request
+    for the default (leave the option out for that)."""
+    if not str(value).strip():
+        raise argparse.ArgumentTypeError(
+            "empty value; give one, or leave the option out for its default")
+    return str(value)
+
+
+def _given_path(value: str) -> Path:
+    return Path(_given(value))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run strategies × seeds on a scenario")
-    r.add_argument("--scenario", help="scenario name (see `list`), or several comma-separated "
-                   "(one pool of runs); default split-digits")
-    r.add_argument("--strategies", help="comma-separated strategy names; default naive,hat")
-    r.add_argument("--seeds", help="e.g. 0,1,2 or 0-9; default 0")
+    r.add_argument("--scenario", type=_given, help="scenario name (see `list`), or several "
+                   "comma-separated (one pool of runs); default split-digits")
+    r.add_argument("--strategies", type=_given,
+                   help="comma-separated strategy names; default naive,hat")
+    r.add_argument("--seeds", type=_given, help="e.g. 0,1,2 or 0-9; default 0")
     _add_common(r)
-    r.add_argument("--config", type=Path, action="append",
+    r.add_argument("--config", type=_given_path, action="append",
                    help="YAML preset (keys as the options); give it once per scenario to run "
                    "several presets as one pool of runs (make run does)")
     r.add_argument("--wandb", choices=["online", "offline", "disabled"],
                    help="Weights & Biases mode (default: online when logged in, else offline)")
-    r.add_argument("--out", type=Path, help="results folder (default results)")
+    r.add_argument("--out", type=_given_path, help="results folder (default results)")
     t = sub.add_parser("tune", help="select every strategy's hyperparameters on validation "
                        "data and write them as a preset")
-    t.add_argument("--scenario", required=True, help="scenario name (see `list`)")
-    t.add_argument("--strategies", default=",".join(TUNE_STRATEGIES),
+    t.add_argument("--scenario", required=True, type=_given, help="scenario name (see `list`)")
+    t.add_argument("--strategies", default=",".join(TUNE_STRATEGIES), type=_given,
                    help="comma-separated strategy names (default %(default)s; those without "
                    "a search space are not run, only kept in the preset)")
-    t.add_argument("--seeds", default=TUNE_SEEDS,
+    t.add_argument("--seeds", default=TUNE_SEEDS, type=_given,
                    help="tuning seeds (default %(default)s, apart from the evaluation seeds)")
     _add_common(t)
     t.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled",
                    help="Weights & Biases mode for the tuning runs (default disabled)")
-    t.add_argument("--out", type=Path, default=Path("results/tune"),
+    t.add_argument("--out", type=_given_path, default=Path("results/tune"),
                    help="folder of the tuning runs' records (default results/tune)")
-    t.add_argument("--preset", type=Path,
+    t.add_argument("--preset", type=_given_path,
                    help="where to write the selection (default configs/tuned/<scenario>.yaml)")
-    t.add_argument("--run-seeds", default="0,1,2",
+    t.add_argument("--run-seeds", default="0,1,2", type=_given,
                    help="the seeds the written preset runs (default 0,1,2)")
     sub.add_parser("list", help="list scenarios and strategies with their defaults")
     return p
@@ -207,22 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(r: argparse.ArgumentParser) -> None:
     """Options ``run`` and ``tune`` share."""
-    r.add_argument("--epochs", type=str, help="maximum epochs per experience (train.epochs)")
+    r.add_argument("--epochs", type=_given,
+                   help="maximum epochs per experience (train.epochs; not with --set "
+                   "train.epochs)")
     r.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="train.optimizer=adamw, train.lr=0.01, hat.smax=400, ewc.lambda=5000 …")
     r.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                    help="run every combination: hat.smax=25,50,100 hat.c=0.1,0.75 (a "
                    "strategy's keys vary that strategy only; each point gets its own record)")
-    r.add_argument("--jobs", type=str, default=None,
+    r.add_argument("--jobs", type=_given, default=None,
                    help="runs in parallel worker processes on this machine (default 1)")
     r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run as Ray tasks: a local Ray cluster, or the cluster at ADDRESS "
                    "(e.g. auto); needs pip install -e '.[ray]'")
-    r.add_argument("--data-root", type=Path, help="dataset folder (default data)")
+    r.add_argument("--data-root", type=_given_path, help="dataset folder (default data)")
     r.add_argument("--download", action="store_true",
                    help="let torchvision download missing datasets (needs internet)")
-    r.add_argument("--device", help="cpu or cuda (default cpu)")
-    r.add_argument("--wandb-project", default="hat-bench", help="W&B project (default hat-bench)")
+    r.add_argument("--device", type=_given, help="cpu or cuda (default cpu)")
+    r.add_argument("--wandb-project", default="hat-bench", type=_given,
+                   help="W&B project (default hat-bench)")
     r.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     r.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: fastest for the small networks on "
@@ -277,10 +338,18 @@ def _merge_layers(preset: dict, args: argparse.Namespace):
         raise BenchmarkError("--config: 'set' must be a mapping of section.key: value")
     p_over = parse_set([f"{k}={v}" for k, v in preset_set.items()])
     if preset.get("epochs") is not None:
+        if "epochs" in p_over.get("train", {}):
+            raise BenchmarkError(
+                f"--config gives both 'epochs: {preset['epochs']}' and 'set: train.epochs: "
+                f"{p_over['train']['epochs']}'; give one")
         p_over.setdefault("train", {})["epochs"] = preset["epochs"]
     p_grid = dict(preset.get("grid") or {})
     c_over = parse_set(list(args.set))
     if args.epochs is not None:
+        if "epochs" in c_over.get("train", {}):
+            raise BenchmarkError(
+                f"--epochs {args.epochs} and --set train.epochs={c_over['train']['epochs']} both "
+                "set the maximum epochs per task; give one")
         c_over.setdefault("train", {})["epochs"] = args.epochs
     c_grid = gridlib.parse_grid(args.grid)
 
@@ -364,7 +433,7 @@ def _attach_selection(experiments: list, preset: dict) -> list:
     return out
 
 
-def _warn_selection_settings(preset: dict, overrides: dict) -> None:
+def _warn_selection_settings(preset: dict, overrides: dict, notes: list[str]) -> None:
     """One line when the run trains differently from how its preset's values were selected."""
     from strategies import TrainConfig
 
@@ -375,16 +444,88 @@ def _warn_selection_settings(preset: dict, overrides: dict) -> None:
     tuned_epochs = block.get("epochs") or TrainConfig().epochs
     epochs = overrides.get("train", {}).get("epochs", TrainConfig().epochs)
     if str(epochs) != str(tuned_epochs):
-        print(f"warning: {preset['_path']} was selected with at most {tuned_epochs} "
-              f"epochs per task; this run uses {epochs}", file=sys.stderr)
+        notes.append(f"warning: {preset['_path']} was selected with at most {tuned_epochs} "
+                     f"epochs per task; this run uses {epochs}")
+
+
+def _unused_note(args: argparse.Namespace, strategies: Sequence[str]) -> str | None:
+    """One line naming the command line's ``--set``/``--grid`` keys of strategies that this
+    command does not run (they are validated, then ignored)."""
+    given = [f"--set {sec}.{k}" for sec, kv in parse_set(list(args.set)).items() for k in kv]
+    given += [f"--grid {k}" for k in gridlib.parse_grid(args.grid)]
+    unused = [g for g in given if g.split(" ", 1)[1].split(".", 1)[0] in STRATEGIES
+              and g.split(" ", 1)[1].split(".", 1)[0] not in strategies]
+    if not unused:
+        return None
+    return (f"warning: {', '.join(unused)} ignored: not a parameter of the strategies run "
+            f"({', '.join(strategies)})")
+
+
+def _check_ray(address: str) -> None:
+    """Refuse, within seconds, a Ray cluster address that nothing answers at (``ray.init``
+    would otherwise try for a minute and fail with a traceback). ``""``/``local``: a local
+    cluster is started, nothing to check; ``auto``: the cluster Ray would find (RAY_ADDRESS
+    or the last ``ray start`` on this machine) must exist and answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("", "local"):
+        return
+    given = address
+    if address == "auto":
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        if env and env != "auto":
+            address = env
+        else:
+            try:
+                from ray._private.services import canonicalize_bootstrap_address_or_die
+            except ImportError:  # another Ray version: leave it to ray.init
+                return
+            try:
+                address = canonicalize_bootstrap_address_or_die("auto")
+            except ConnectionError:
+                raise BenchmarkError(
+                    "--ray auto: no running Ray cluster found on this machine; start one with "
+                    "ray start --head, give its address (--ray ray://HOST:10001), or use --ray "
+                    "alone for a local cluster") from None
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if parts.scheme == "ray" and port is None and host:
+        port = 10001  # Ray client's default port
+    if parts.scheme not in ("", "ray") or not host or port is None:
+        raise BenchmarkError(
+            f"invalid --ray address '{given}': give auto, ray://HOST[:PORT] (a Ray client "
+            "server) or HOST:PORT (a cluster's head), or --ray alone for a local cluster")
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise BenchmarkError(
+            f"--ray {given}: nothing answers at {host}:{port} ({reason}); start the cluster "
+            "(ray start --head) or check the address") from None
 
 
 def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
     """Validate everything; return the plan (experiments, folders, device, parallelism).
-    ``preset``: an in-memory preset instead of ``args.config`` (``tune`` passes its spaces)."""
+    ``preset``: an in-memory preset instead of ``args.config`` (``tune`` passes its spaces).
+    Warnings are printed (one line each) only once everything has been validated."""
+    notes: list[str] = []
+    plan = _plan(args, preset, notes)
+    for line in dict.fromkeys(notes):
+        print(line, file=sys.stderr)
+    return plan
+
+
+def _plan(args: argparse.Namespace, preset: dict | None, notes: list[str]) -> RunPlan:
+    """``plan_run``, with its warnings added to ``notes``."""
     import torch
 
-    from .runner import check_existing, resolve
+    from .runner import INPUT_SHAPES, check_existing, resolve, thread_mix_warning
+
+    for_tune = preset is not None
 
     configs = args.config if isinstance(args.config, list) else [args.config]
     configs = [c for c in configs if c is not None]
@@ -394,19 +535,22 @@ def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
                 f"--scenario {args.scenario} with {len(configs)} --config presets: each preset "
                 "names its scenario; drop --scenario")
         return _plan_many(args, [{"config": [c]} for c in configs],
-                          [f"--config {c}" for c in configs])
+                          [f"--config {c}" for c in configs], notes)
     if preset is None and not configs and args.scenario and "," in args.scenario:
         names = [n.strip() for n in args.scenario.split(",")]
         return _plan_many(args, [{"scenario": n} for n in names],
-                          [f"--scenario {n}" for n in names])
+                          [f"--scenario {n}" for n in names], notes)
     if preset is None:
         preset = load_preset(configs[0]) if configs else {}
-    scenario = args.scenario or preset.get("scenario") or "split-digits"
+    # an empty value (--scenario "" or a preset's scenario: "") is an error, not the default
+    scenario = args.scenario if args.scenario is not None else preset.get("scenario",
+                                                                         "split-digits")
     if scenario not in SCENARIOS:
         raise BenchmarkError(
             f"unknown scenario '{scenario}'; valid scenarios: {', '.join(sorted(SCENARIOS))}"
         )
-    strategies_txt = args.strategies or preset.get("strategies") or "naive,hat"
+    strategies_txt = (args.strategies if args.strategies is not None
+                      else preset.get("strategies", "naive,hat"))
     if isinstance(strategies_txt, list):
         strategies_txt = ",".join(map(str, strategies_txt))
     strategies = parse_names(strategies_txt, STRATEGIES, "strategy")
@@ -416,45 +560,57 @@ def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
     seeds = parse_seeds(seeds_txt)
     overrides, grid_raw = _merge_layers(preset, args)
     grid = gridlib.validate_grid(grid_raw)
-    device = args.device or preset.get("device") or "cpu"
+    device = args.device if args.device is not None else preset.get("device", "cpu")
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise BenchmarkError(f"invalid --device '{device}': use cpu or cuda")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError("--device cuda given but no CUDA GPU is available; use --device cpu")
-    out = Path(args.out or preset.get("out") or "results")
-    data_root = Path(args.data_root or preset.get("data_root") or "data")
+    out = Path(args.out if args.out is not None else preset.get("out", "results"))
+    data_root = Path(args.data_root if args.data_root is not None
+                     else preset.get("data_root", "data"))
     spec = get_scenario(scenario)
     experiments = gridlib.expand(scenario, strategies, seeds, overrides, grid)
     experiments = _attach_selection(experiments, preset)
-    # validate every override and grid point for every strategy (ConfigError → exit 2)
+    # validate every override and grid point for every strategy, and its network against the
+    # scenario's input shape (ConfigError → exit 2); the other seeds' configs are the same
     for exp in experiments:
         if exp.seed == seeds[0]:
-            resolve(exp, spec.valid_fraction, spec.embedded, spec.network)
+            resolve(exp, spec.valid_fraction, spec.embedded, spec.network,
+                    INPUT_SHAPES.get(scenario))
     _check_tasks(scenario, grid)
     # --set sections of strategies not run are user input too: validate them as well
     for section in sorted(set(overrides) & set(STRATEGIES) - set(strategies)):
         STRATEGIES[section].config(overrides[section])
     # (unknown sections: resolve above already raised ConfigError)
-    if args.threads < 0:
-        raise BenchmarkError(f"invalid --threads {args.threads}: give 0 (torch default) or more")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise BenchmarkError(f"invalid --threads {args.threads}: give 0 (torch default) to "
+                             f"{MAX_THREADS}")
     jobs_value = args.jobs if args.jobs is not None else preset.get("jobs", 1)
     jobs = _parse_jobs(jobs_value)
     if args.ray is not None and importlib.util.find_spec("ray") is None:
         raise BenchmarkError("--ray needs Ray, which is not installed: install with "
                              "pip install -e '.[ray]'")
+    if args.ray is not None:
+        _check_ray(args.ray)
     check_writable(out)
     check_existing(experiments, out)
-    _warn_selection_settings(preset, overrides)
+    _warn_selection_settings(preset, overrides, notes)
+    if not for_tune:  # (tune keeps --set values of strategies it does not run in its preset)
+        notes.append(_unused_note(args, strategies))
+    notes.append(thread_mix_warning(experiments, out, args.threads or torch.get_num_threads(),
+                                    device))
+    notes[:] = [n for n in notes if n]
     # datasets are checked (and fetched with --download) here, once, before any worker starts
     spec.check_available(data_root, download=args.download)
     return RunPlan(experiments, out, data_root, device, jobs, args.ray, grid)
 
 
-def _plan_many(args: argparse.Namespace, variants: list[dict], names: list[str]) -> RunPlan:
+def _plan_many(args: argparse.Namespace, variants: list[dict], names: list[str],
+               notes: list[str]) -> RunPlan:
     """Several presets (``--config`` given more than once) or scenarios (``--scenario a,b``)
     as one plan: their runs share one pool (one import of the suite, workers busy across
     scenarios). They must not share a run and must agree on where and how to run."""
-    plans = [plan_run(argparse.Namespace(**{**vars(args), **v})) for v in variants]
+    plans = [_plan(argparse.Namespace(**{**vars(args), **v}), None, notes) for v in variants]
     first = plans[0]
     for name, plan in zip(names[1:], plans[1:], strict=True):
         for key in ("out", "data_root", "device", "jobs", "ray"):
@@ -567,12 +723,45 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the command stops as on Ctrl-C (workers terminated, no partial record)."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up runs to its end
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(err: KeyboardInterrupt) -> int:
+    """The one line and exit code of a command stopped by Ctrl-C or SIGTERM."""
+    term = isinstance(err, Terminated)
+    print(f"{'terminated' if term else 'interrupted'}: finished runs have records; rerun the "
+          "command to resume", file=sys.stderr)
+    return EXIT_TERMINATED if term else EXIT_INTERRUPTED
+
+
 def execute(plan: RunPlan, args: argparse.Namespace) -> int:
-    """Run the plan's experiments (sequential, worker pool or Ray); the exit code."""
+    """Run the plan's experiments (sequential, worker pool or Ray); the exit code. A run that
+    fails is reported in one line, the others run (exit 1 at the end); Ctrl-C or SIGTERM
+    stops all (one line, exit 130 or 143)."""
     from .parallel import RunsFailed, WorkerSettings, run_pool, run_ray
     from .runner import run_all
-    from .tracking import resolve_mode, tracker_factory
+    from .tracking import decide_mode, one_line_warnings, tracker_factory
 
+    one_line_warnings()
     if args.threads:
         import torch
 
@@ -585,7 +774,9 @@ def execute(plan: RunPlan, args: argparse.Namespace) -> int:
             run_all(plan.experiments, plan.out, data_root=plan.data_root, device=plan.device,
                     progress=progress, tracker_factory=factory)
         else:
-            mode = resolve_mode(args.wandb)
+            # decided once here: a failing W&B costs one wait and one warning, not one a worker
+            mode = decide_mode(args.wandb, project=args.wandb_project,
+                               entity=args.wandb_entity, out=plan.out.resolve())
             settings = WorkerSettings(
                 out=plan.out.resolve(), data_root=plan.data_root.resolve(), device=plan.device,
                 threads=args.threads, wandb=None if mode == "disabled" else mode,
@@ -596,10 +787,8 @@ def execute(plan: RunPlan, args: argparse.Namespace) -> int:
                         num_cpus=plan.jobs if plan.jobs > 1 else None, progress=progress)
             else:
                 run_pool(plan.experiments, settings, jobs=plan.jobs, progress=progress)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs have records; rerun the command to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
+        return _stopped(err)
     except RunsFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -610,7 +799,16 @@ def execute(plan: RunPlan, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; Ctrl-C or SIGTERM stops it with one line (exit 130 or 143)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _sigterm_as_interrupt():
+        try:
+            return _command(argv)
+        except KeyboardInterrupt as err:
+            return _stopped(err)
+
+
+def _command(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":

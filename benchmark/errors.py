@@ -26,3 +26,25 @@ class DatasetMissingError(BenchmarkError):
     def __init__(self, dataset: str, path: str, how: str):
         self.dataset, self.path, self.how = dataset, path, how
         super().__init__(f"dataset '{dataset}' not found at {path}: {how}")
+
+
+class RunsFailed(Exception):
+    """Some runs raised (the others ran and have records); ``failures`` holds (record file
+    name, error text) pairs. The CLI prints it as one line and exits with code 1."""
+
+    def __init__(self, failures: list[tuple[str, str]], total: int):
+        self.failures = failures
+        self.total = total
+        first = failures[0]
+        super().__init__(
+            f"{len(failures)} of {total} runs failed (first: {first[0]}: {first[1]}); the "
+            "others have records: rerun the command to retry the failed runs"
+        )
+
+
+def brief(err: BaseException) -> str:
+    """``Type: message`` on one line (at most 300 characters of message)."""
+    text = " ".join(str(err).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -106,6 +106,15 @@ DEFAULT_BLOCKS = 5
 #: ``stem=auto``: the CIFAR stem for images of at most this many pixels a side
 CIFAR_STEM_MAX = 64
 Stem = Literal["auto", "imagenet", "cifar"]
+#: the largest trunk the suite builds: 1e9 parameters are 4 GB of float32 weights, and
+#: training holds several copies (gradients, optimizer state, the recipe's best weights,
+#: EWC/SI snapshots); the paper's networks have 2.7 M (MLP 2×2000 on MNIST) to 6.6 M
+#: (AlexNet-like), ResNet-18 11.2 M
+MAX_PARAMETERS = 10**9
+#: most hidden layers of the MLP (``model.layers``) and residual blocks per stage of
+#: ResNet-32 (``model.blocks``; 200 is He et al.'s deepest CIFAR ResNet, 1202 layers)
+MAX_LAYERS = 100
+MAX_BLOCKS = 200
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class ModelConfig:
                 f"model.family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         if self.hidden is not None and self.hidden < 1:
             raise ConfigError(f"model.hidden must be >= 1, got {self.hidden}")
+        # (its upper bound depends on the input: check_network, MAX_PARAMETERS)
         if self.family == "resnet18" and self.hidden is not None:
             raise ConfigError(
                 f"model.hidden={self.hidden} does not apply to resnet18: its widths are fixed "
@@ -142,8 +152,10 @@ class ModelConfig:
                 "model.family=resnet32, whose base width it sets"
             )
         if self.blocks is not None:
-            if self.blocks < 1:
-                raise ConfigError(f"model.blocks must be >= 1, got {self.blocks}")
+            if not 1 <= self.blocks <= MAX_BLOCKS:
+                raise ConfigError(
+                    f"model.blocks must be >= 1 and <= {MAX_BLOCKS} (residual blocks per stage; "
+                    f"{MAX_BLOCKS} is a 1202-layer ResNet), got {self.blocks}")
             if self.family not in (None, "resnet32"):
                 raise ConfigError(
                     f"model.blocks applies to resnet32 only (residual blocks per stage), not "
@@ -159,8 +171,10 @@ class ModelConfig:
                     f"model.stem applies to resnet18 only, not to {self.family}; remove it, "
                     "or use model.family=resnet18"
                 )
-        if self.layers < 1:
-            raise ConfigError(f"model.layers must be >= 1, got {self.layers}")
+        if not 1 <= self.layers <= MAX_LAYERS:
+            raise ConfigError(
+                f"model.layers must be >= 1 and <= {MAX_LAYERS} (the MLP's hidden layers), got "
+                f"{self.layers}")
         for name in ("dropout", "input_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -178,19 +192,32 @@ def mlp_trunk(
     return nn.Sequential(*mods)
 
 
-def alexnet_trunk(input_shape: Sequence[int], hidden: int = 2048) -> nn.Sequential:
-    channels, size = input_shape[0], input_shape[-1]
-    if input_shape[-2] != size or size < 16:
+def alexnet_plan(input_shape: Sequence[int]) -> tuple[list[tuple[int, int, int, float]], int]:
+    """The AlexNet-like network's convolutions for ``input_shape`` as (in channels, out
+    channels, kernel, dropout), and the flattened size after them; one ConfigError for
+    inputs it cannot take (not square images of at least 16×16)."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or shape[-2] != shape[-1] or shape[-1] < 16:
         raise ConfigError(
-            f"the AlexNet-like network needs square images of at least 16×16, got {input_shape}"
+            f"the AlexNet-like network needs square images of at least 16×16, got input shape "
+            f"{shape}; use model.family=mlp for smaller inputs"
         )
-    mods: list[nn.Module] = []
+    channels, size = shape[0], shape[-1]
+    convs = []
     in_ch = channels
     for out_ch, kernel, drop in ((64, size // 8, 0.2), (128, size // 10, 0.2), (256, 2, 0.5)):
-        mods += [nn.Conv2d(in_ch, out_ch, kernel), nn.ReLU(), Dropout(drop), nn.MaxPool2d(2)]
+        convs.append((in_ch, out_ch, kernel, drop))
         size = (size - kernel + 1) // 2
         in_ch = out_ch
-    mods += [nn.Flatten(), nn.Linear(in_ch * size * size, hidden), nn.ReLU(), Dropout(0.5),
+    return convs, in_ch * size * size
+
+
+def alexnet_trunk(input_shape: Sequence[int], hidden: int = 2048) -> nn.Sequential:
+    convs, flat = alexnet_plan(input_shape)
+    mods: list[nn.Module] = []
+    for in_ch, out_ch, kernel, drop in convs:
+        mods += [nn.Conv2d(in_ch, out_ch, kernel), nn.ReLU(), Dropout(drop), nn.MaxPool2d(2)]
+    mods += [nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), Dropout(0.5),
              nn.Linear(hidden, hidden), nn.ReLU(), Dropout(0.5)]
     return nn.Sequential(*mods)
 
@@ -328,6 +355,62 @@ def build_trunk(cfg: ModelConfig, input_shape: Sequence[int]) -> tuple[nn.Module
     hidden = cfg.hidden or DEFAULT_HIDDEN["mlp"]
     trunk = mlp_trunk(input_shape, hidden, cfg.layers, cfg.dropout, cfg.input_dropout)
     return trunk, hidden
+
+
+#: torchvision's ResNet-18 without ``fc`` and without its first conv (whose size depends on
+#: the input's channels and the stem): 11,176,512 − 64·3·7·7
+RESNET18_WITHOUT_CONV1 = 11_176_512 - 64 * 3 * 7 * 7
+
+
+def trunk_parameters(cfg: ModelConfig, input_shape: Sequence[int]) -> int:
+    """Parameters of ``build_trunk(cfg, input_shape)``, counted without building it; one
+    ConfigError when the family cannot take ``input_shape``."""
+    family = cfg.family or "mlp"
+    if family == "alexnet":
+        hidden = cfg.hidden or DEFAULT_HIDDEN["alexnet"]
+        convs, flat = alexnet_plan(input_shape)
+        conv = sum(i * o * k * k + o for i, o, k, _ in convs)
+        return conv + flat * hidden + hidden + hidden * hidden + hidden
+    if family == "resnet18":
+        channels = image_shape(input_shape, "resnet18")[0]
+        kernel = 3 if uses_cifar_stem(cfg.stem, input_shape) else 7
+        return RESNET18_WITHOUT_CONV1 + 64 * channels * kernel * kernel
+    if family == "resnet32":
+        channels = image_shape(input_shape, "resnet32")[0]
+        width = cfg.hidden or DEFAULT_HIDDEN["resnet32"]
+        blocks = cfg.blocks or DEFAULT_BLOCKS
+
+        def block(i: int, o: int) -> int:  # two 3×3 convs + BN, a 1×1 conv + BN shortcut
+            return 9 * i * o + 9 * o * o + 4 * o + (i * o + 2 * o if i != o else 0)
+
+        total = 9 * channels * width + 2 * width
+        ins = width
+        for out in (width, 2 * width, 4 * width):
+            total += block(ins, out) + (blocks - 1) * block(out, out)
+            ins = out
+        return total
+    hidden = cfg.hidden or DEFAULT_HIDDEN["mlp"]
+    width = math.prod(int(v) for v in input_shape)
+    return width * hidden + hidden + (cfg.layers - 1) * (hidden * hidden + hidden)
+
+
+def check_network(cfg: ModelConfig, input_shape: Sequence[int]) -> int:
+    """Refuse (one ConfigError, before anything is built) a network its family cannot build
+    on ``input_shape`` or whose trunk exceeds ``MAX_PARAMETERS``; return its parameters."""
+    count = trunk_parameters(cfg, input_shape)
+    if count > MAX_PARAMETERS:
+        family = cfg.family or "mlp"
+        knobs = {"mlp": "model.hidden or model.layers", "alexnet": "model.hidden",
+                 "resnet32": "model.hidden or model.blocks"}.get(family, "the network")
+        given = ", ".join(f"model.{k}={v}" for k, v in (("hidden", cfg.hidden),
+                          ("layers", cfg.layers if family == "mlp" else None),
+                          ("blocks", cfg.blocks)) if v is not None)
+        raise ConfigError(
+            f"{given} makes the {family} trunk {count:.3g} parameters on inputs of shape "
+            f"{tuple(input_shape)}, above the suite's bound of {MAX_PARAMETERS:.0e} (4 GB of "
+            f"float32 weights before gradients and optimizer state); lower {knobs}"
+        )
+    return count
 
 
 def build_model(

@@ -12,8 +12,16 @@ Both paths keep the guarantees of the sequential :func:`benchmark.runner.run_all
 
 A run that raises does not stop the others: the failure is printed when it happens and
 :class:`RunsFailed` is raised once every other run has finished (rerunning the command
-retries only the failed runs). Ctrl-C (KeyboardInterrupt in the parent) cancels the runs not
-started and terminates the running ones, which write nothing.
+retries only the failed runs). Ctrl-C (KeyboardInterrupt in the parent, and SIGTERM, which the
+command line turns into one) cancels the runs not started and terminates the running ones,
+which write nothing.
+
+Workers never outlive the command, whatever ends it (SIGKILL included): each worker watches
+its parent process's sentinel (the pipe ``multiprocessing`` keeps to it, at EOF once the
+parent is gone) in a thread, and on Linux also asks the kernel for SIGTERM when its own parent
+process ends (``prctl(PR_SET_PDEATHSIG)``); the forkserver asks for SIGKILL when the command
+ends (``benchmark._server_guard``, first in its preload). A worker whose parent is gone stops
+as if terminated (no record for its run) and is killed if it has not within ``PARENT_GRACE_S``.
 
 Worker processes (``run_pool``) are forked from a ``forkserver`` that imported the suite once
 (``spawn`` where there is no forkserver; both are safe with CUDA and with the threads torch
@@ -30,6 +38,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -38,11 +48,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import BenchmarkError
+from ._startup import die_with_parent
+from .errors import BenchmarkError, RunsFailed
+from .errors import brief as _brief
 from .records import write_record
 from .runner import Experiment, pending, run_and_write, run_experiment, summarize
 
 RAY_HINT = "install with pip install -e '.[ray]'"
+#: seconds a worker whose parent process is gone has to stop before it is killed
+PARENT_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,43 +74,57 @@ class WorkerSettings:
     wandb_entity: str | None = None
 
 
-class RunsFailed(Exception):
-    """Some runs raised; ``failures`` holds (record file name, error text) pairs."""
-
-    def __init__(self, failures: list[tuple[str, str]], total: int):
-        self.failures = failures
-        self.total = total
-        first = failures[0]
-        super().__init__(
-            f"{len(failures)} of {total} runs failed (first: {first[0]}: {first[1]}); the "
-            "others have records: rerun the command to retry the failed runs"
-        )
-
-
-def _brief(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 # ------------------------------------------------------------------------------ in a worker
 _scenarios: dict[tuple[str, int], Any] = {}  # this worker's last built scenario
 _trackers: dict[tuple, Any] = {}  # this worker's W&B tracker factory
+_shared_mode: Any = None  # the W&B mode level the command's workers share (tracking._Session)
 _terminating = False
 
 
 def _on_sigterm(signum, frame):
     global _terminating
+    if _terminating:
+        return  # already stopping (a second SIGTERM): let the clean-up finish
     _terminating = True
     raise SystemExit(128 + signum)  # unwinds: temporary record files are removed
 
 
-def _init_worker(threads: int) -> None:
-    """Pool initializer: the parent handles Ctrl-C; SIGTERM stops the worker cleanly."""
+def _init_worker(threads: int, shared_mode: Any = None) -> None:
+    """Pool initializer: the parent handles Ctrl-C; SIGTERM stops the worker cleanly; the
+    worker ends when the command does (:func:`_end_with_parent`)."""
+    global _shared_mode
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _shared_mode = shared_mode
+    _end_with_parent()
+    if shared_mode is not None:
+        from .tracking import one_line_warnings
+
+        one_line_warnings()
     _set_threads(threads)
+
+
+def _end_with_parent() -> None:
+    """SIGTERM from the kernel when this process's parent ends (Linux), and a thread that
+    waits for the end of the process that started this worker (the command)."""
+    die_with_parent(signal.SIGTERM)
+    parent = mp.parent_process()
+    threading.Thread(target=_watch_parent, args=(parent, os.getppid()), daemon=True,
+                     name="hat-bench-parent-watch").start()
+
+
+def _watch_parent(parent, ppid: int, grace: float = PARENT_GRACE_S) -> None:
+    """Never returns: once ``parent`` (a ``multiprocessing`` parent process; None: poll for
+    a new parent pid) has ended, stop this worker as the parent's terminate() would (SIGTERM),
+    and end it if it is still there after ``grace`` seconds."""
+    if parent is not None:
+        parent.join()  # its sentinel: at EOF once the parent process has ended
+    else:
+        while os.getppid() == ppid:
+            time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace)
+    os._exit(128 + signal.SIGTERM)
 
 
 def _set_threads(threads: int) -> None:
@@ -125,7 +153,8 @@ def _tracker(exp: Experiment, settings: WorkerSettings):
     if key not in _trackers:
         _trackers.clear()
         _trackers[key] = tracker_factory(settings.wandb, project=settings.wandb_project,
-                                         entity=settings.wandb_entity, out=settings.out)
+                                         entity=settings.wandb_entity, out=settings.out,
+                                         shared=_shared_mode)
     factory = _trackers[key]
     return factory(exp) if factory is not None else None
 
@@ -245,9 +274,12 @@ def run_pool(
     (Path(settings.out) / "runs").mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     bar = _progress(len(todo), progress)
+    ctx = _context(start_method)
+    # the W&B mode the workers share: a failure one of them sees costs one warning in all
+    shared = ctx.Value("i", 0) if settings.wandb is not None else None
     pool = ProcessPoolExecutor(
-        max_workers=max(1, min(jobs, len(todo))), mp_context=_context(start_method),
-        initializer=_init_worker, initargs=(settings.threads,),
+        max_workers=max(1, min(jobs, len(todo))), mp_context=ctx,
+        initializer=_init_worker, initargs=(settings.threads, shared),
     )
     try:
         futures = {pool.submit(_pool_task, exp, path, settings): path for exp, path in todo}

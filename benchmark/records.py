@@ -1,7 +1,9 @@
 """Run records: the JSON contract between runner, tracker and report (README "Run record").
 
 A record is written atomically (temporary file in the same folder, fsync, ``os.replace``), so
-an interrupted run leaves either a complete record or none.
+an interrupted run leaves either a complete record or none. It is strict JSON: a run whose
+numbers became non-finite (a diverged loss) is written with those numbers as null and
+``"diverged": true`` (:func:`finite_record`), never with ``NaN``/``Infinity`` tokens.
 """
 
 from __future__ import annotations
@@ -101,7 +103,36 @@ def validate_record(rec: Any) -> dict:
     for key in ("random_accuracy", "epochs", "seconds"):
         if len(rec[key]) != n:
             raise RecordError(f"'{key}' must have one entry per task ({n})")
+    if not isinstance(rec.get("diverged", False), bool):
+        raise RecordError("field 'diverged' must be true or false")
+    threads = rec.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 1):
+        raise RecordError("field 'threads' must be an integer >= 1")
     return rec
+
+
+def finite_record(rec: dict) -> dict:
+    """``rec`` with every NaN or infinite number replaced by None and, when there was one (a
+    run whose loss blew up: its history holds NaN/inf losses), ``diverged`` set to true
+    (otherwise the field is left as it is)."""
+    found = False
+
+    def clean(value: Any) -> Any:
+        nonlocal found
+        if isinstance(value, float) and not math.isfinite(value):
+            found = True
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    out = clean(rec)
+    if found:
+        out["diverged"] = True
+    return out
 
 
 def _check_matrix(m: Any, n: int, name: str) -> None:
@@ -117,9 +148,10 @@ def _check_matrix(m: Any, n: int, name: str) -> None:
 
 
 def write_record(path: Path, rec: dict) -> Path:
-    """Validate and write ``rec`` atomically to ``path``."""
-    validate_record(rec)
-    return write_text(path, json.dumps(rec, indent=1))
+    """Validate and write ``rec`` atomically to ``path``, as strict JSON (non-finite numbers
+    as null, the record marked diverged: :func:`finite_record`)."""
+    rec = validate_record(finite_record(rec))
+    return write_text(path, json.dumps(rec, indent=1, allow_nan=False))
 
 
 def read_record(path: Path) -> dict:

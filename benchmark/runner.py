@@ -45,15 +45,33 @@ from .networks import (
     RESNETS,
     ModelConfig,
     build_model,
-    image_shape,
+    check_network,
 )
-from .records import SCHEMA_VERSION, is_complete, now_iso, record_path, versions, write_record
+from .records import (
+    SCHEMA_VERSION,
+    finite_record,
+    is_complete,
+    now_iso,
+    record_path,
+    versions,
+    write_record,
+)
 from .scenarios import Scenario, get_scenario, random_accuracy, to_benchmark
 
 Overrides = Mapping[str, Mapping[str, Any]]
 
 #: network defaults on the embedded scenarios (the MLP's width; other families keep theirs)
 EMBEDDED_MODEL = {"hidden": 100}
+#: each scenario's input shape (``Scenario.input_shape``, as the module docstring of
+#: ``benchmark.scenarios`` lists it), known before any data are read: the network is checked
+#: against it up front (the embedded scenarios' are tested against their built data)
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "split-digits": (1, 8, 8), "permuted-digits": (1, 8, 8),
+    "mnist2": (1, 28, 28), "pmnist": (1, 28, 28), "split-mnist": (1, 28, 28),
+    "permuted-mnist": (1, 28, 28), "split-fmnist": (1, 28, 28),
+    "cifar": (3, 32, 32), "mixture": (3, 32, 32), "split-cifar10": (3, 32, 32),
+    "split-cifar100": (3, 32, 32),
+}
 #: strategies that rebuild the shared trunk layer by layer (``strategies.pnn.TrunkPlan``: a
 #: chain of Linear/Conv2d layers and parameter-free modules) and the families they take
 LAYERWISE_FAMILIES = {"pnn": ("mlp", "alexnet"), "pathnet": ("mlp", "alexnet")}
@@ -94,7 +112,9 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
             network: str, input_shape: Sequence[int] | None = None) -> ResolvedConfig:
     """Validate every override and fill scenario defaults (raises ConfigError).
 
-    ``input_shape`` (when the scenario is built): checked against the network family."""
+    ``input_shape`` (the built scenario's, or ``INPUT_SHAPES``' before it is built): the
+    network is checked against it (``check_network``: the family takes that input, the trunk
+    stays within ``MAX_PARAMETERS``)."""
     spec = get_strategy(exp.strategy)
     unknown = set(exp.overrides) - {"train", "model", "scenario", exp.strategy}
     if unknown:
@@ -110,12 +130,15 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
     if train.valid_fraction is None:
         train = replace(train, valid_fraction=scenario_valid_fraction)
+    train.check_combination()
     model = _resolve_model(exp.strategy, dict(exp.overrides.get("model", {})), embedded,
                            network)
-    if input_shape is not None and model.family in RESNETS:
-        image_shape(input_shape, model.family)
+    if input_shape is not None:
+        check_network(model, input_shape)
     strat_over = exp.overrides.get(exp.strategy, {})
     strat = spec.config(strat_over)
+    if hasattr(strat, "check_combination"):
+        strat.check_combination()
     train, strat = _resolve_clipgrad(spec, train, strat, exp.overrides.get("train", {}),
                                      strat_over)
     scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
@@ -459,7 +482,8 @@ def run_experiment(
         if hasattr(model, "mask_statistics"):
             hat_stats = model.mask_statistics(list(range(n_tasks)))
         params = record_params(exp, cfg)
-        return {
+        # strict JSON: a diverged run's NaN/inf numbers become null, "diverged" true
+        return finite_record({
             "schema": SCHEMA_VERSION,
             "scenario": exp.scenario,
             "strategy": exp.strategy,
@@ -477,8 +501,11 @@ def run_experiment(
             "selection": dict(exp.selection) if exp.selection is not None else None,
             "versions": versions(),
             "device": str(device),
+            # CPU results depend on torch's thread count (reduction order): say which it was
+            "threads": torch.get_num_threads(),
+            "diverged": False,
             "created": now_iso(),
-        }
+        })
 
 
 def summarize(rec: Mapping[str, Any]) -> str:
@@ -486,6 +513,8 @@ def summarize(rec: Mapping[str, Any]) -> str:
     final = final_average_accuracy(rec["accuracy"])
     forg = forgetting(rec["accuracy"]) if len(rec["accuracy"]) > 1 else 0.0  # NaN for one task
     tag = f" [{rec['tag']}]" if rec.get("tag") else ""
+    if rec.get("diverged"):
+        tag += " DIVERGED (a loss became NaN/inf)"
     return (f"{rec['strategy']:>8} {rec['scenario']} seed {rec['seed']}{tag}: final acc "
             f"{final:.3f}, forgetting {forg:.3f}, {sum(rec['seconds']):.1f} s")
 
@@ -519,6 +548,11 @@ def check_existing(experiments: Sequence[Experiment], out: Path) -> None:
         path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
         if not path.exists():
             continue
+        if not path.is_file():
+            raise BenchmarkError(
+                f"{path} is in the way of this run's record (not a file); remove it or use "
+                "another --out"
+            )
         try:
             rec = read_record(path)
         except RecordError:
@@ -536,6 +570,40 @@ def check_existing(experiments: Sequence[Experiment], out: Path) -> None:
                         f"{section}.{key}={want[section][key]}; use another --out, or delete "
                         "that record to rerun it"
                     )
+
+
+def thread_mix_warning(experiments: Sequence[Experiment], out: Path, threads: int,
+                       device: str = "cpu") -> str | None:
+    """One line when this command would add CPU runs with ``threads`` torch threads to a
+    folder whose CPU records (of the same scenarios) say they used another count: results
+    on CPU depend on the thread count, so the report would compare mixed settings. None
+    when nothing is to run, or nothing differs (records without ``threads`` are not known)."""
+    from .records import RecordError, read_record
+
+    runs = Path(out) / "runs"
+    if str(device) != "cpu" or not runs.is_dir():
+        return None
+    if all(is_complete(record_path(out, e.scenario, e.strategy, e.seed, e.tag))
+           for e in experiments):
+        return None  # nothing is written
+    scenarios = {e.scenario for e in experiments}
+    other: dict[int, list[str]] = {}
+    for path in sorted(runs.glob("*.json")):
+        try:
+            rec = read_record(path)
+        except RecordError:
+            continue
+        used = rec.get("threads")
+        if (rec["scenario"] in scenarios and rec.get("device") == "cpu"
+                and isinstance(used, int) and used != threads):
+            other.setdefault(used, []).append(path.name)
+    if not other:
+        return None
+    counts = ", ".join(f"{len(names)} with {n}" for n, names in sorted(other.items()))
+    first = min(other)
+    return (f"warning: {runs} holds records trained with other torch thread counts ({counts}, "
+            f"e.g. {other[first][0]}); this command trains with {threads}, and CPU results "
+            f"depend on it: give --threads {first} to match, or use another --out")
 
 
 def run_and_write(
@@ -566,14 +634,33 @@ def run_and_write(
                      avalanche_loggers=tracker.avalanche_loggers() if tracker else [])
     try:
         rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
-        write_record(path, rec)
-        if tracker is not None:
-            tracker.finish(rec, out)
+        if tracker is None:
+            write_record(path, rec)
+        else:
+            _write_tracked(path, rec, tracker, out)
     except BaseException:
         if tracker is not None:
             tracker.abort()
         raise
     return rec
+
+
+def _write_tracked(path: Path, rec: dict, tracker: Any, out: Path) -> None:
+    """Write the record of a tracked run so that it exists only once its W&B run is complete:
+    the record is written (validated, on disk) beside ``path`` under a name that is not a
+    record's (``.<name>.pending``), the tracker finishes the W&B run, then the record takes its
+    place. An interrupt before that leaves no record, so the rerun runs and tracks it again
+    (a record written first would be skipped for good, its W&B run aborted or empty)."""
+    import os
+
+    staged = path.with_name(f".{path.name}.pending")
+    write_record(staged, rec)
+    try:
+        tracker.finish(rec, out)
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def run_all(
@@ -586,8 +673,15 @@ def run_all(
     tracker_factory: Callable[[Experiment], Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Run every experiment whose complete record is missing; return all record paths."""
+    """Run every experiment whose complete record is missing; return all record paths.
+
+    A run that raises does not stop the others: it is reported (``failed <record>: <error>``)
+    and :class:`~benchmark.errors.RunsFailed` is raised once the others have run (as
+    ``benchmark.parallel.run_pool``). Ctrl-C (KeyboardInterrupt) stops at once."""
+    from .errors import RunsFailed, brief
+
     log = log or (lambda msg: tqdm.write(msg))
+    failures: list[tuple[str, str]] = []
     paths, todo = pending(experiments, out, log)
     if todo:
         (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
@@ -597,25 +691,32 @@ def run_all(
     bar = tqdm(todo, desc="runs", unit="run", disable=show, position=0)
     for exp, path in bar:
         bar.set_postfix_str(f"{exp.strategy} s{exp.seed}")
-        key = (exp.scenario, exp.seed)
-        if key not in cache:
-            cache.clear()  # one scenario in memory at a time
-            cache[key] = get_scenario(exp.scenario).build(exp.seed, Path(data_root))
-        scenario = cache[key]
-        ebar = tqdm(desc=f"  {exp.strategy} task 1/{scenario.n_tasks}", unit="ep",
-                    disable=show, position=1, leave=False)
-        tracker = tracker_factory(exp) if tracker_factory else None
-
-        def on_epoch(task, entry, ebar=ebar, n=scenario.n_tasks, name=exp.strategy):
-            ebar.set_description(f"  {name} task {task + 1}/{n}")
-            ebar.update(1)
-
         try:
-            rec = run_and_write(exp, path, scenario, out=out, data_root=data_root,
-                                device=device, tracker=tracker, on_epoch=on_epoch)
-        finally:
-            ebar.close()
+            key = (exp.scenario, exp.seed)
+            if key not in cache:
+                cache.clear()  # one scenario in memory at a time
+                cache[key] = get_scenario(exp.scenario).build(exp.seed, Path(data_root))
+            scenario = cache[key]
+            ebar = tqdm(desc=f"  {exp.strategy} task 1/{scenario.n_tasks}", unit="ep",
+                        disable=show, position=1, leave=False)
+            tracker = tracker_factory(exp) if tracker_factory else None
+
+            def on_epoch(task, entry, ebar=ebar, n=scenario.n_tasks, name=exp.strategy):
+                ebar.set_description(f"  {name} task {task + 1}/{n}")
+                ebar.update(1)
+
+            try:
+                rec = run_and_write(exp, path, scenario, out=out, data_root=data_root,
+                                    device=device, tracker=tracker, on_epoch=on_epoch)
+            finally:
+                ebar.close()
+        except Exception as err:  # noqa: BLE001 - reported; the other runs go on
+            failures.append((path.name, brief(err)))
+            log(f"failed {path.name}: {brief(err)}")
+            continue
         log(summarize(rec))
+    if failures:
+        raise RunsFailed(failures, len(todo))
     return paths
 
 

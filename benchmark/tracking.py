@@ -3,20 +3,26 @@
 ``tracker_factory(mode, project=..., entity=..., out=...)`` returns the callable that
 ``benchmark.runner.run_all`` calls once per experiment to get a :class:`RunTracker` (or None when
 tracking is disabled). The runner then calls ``log_epoch`` after every training epoch,
-``log_experience`` after every evaluation, ``finish`` once the record is written and ``abort``
-when the run fails.
+``log_experience`` after every evaluation, ``finish`` when the run has ended, before its record is
+written (so a record exists only for a run whose W&B run is complete: an interrupted command
+reruns, and tracks again, every run without a record), and ``abort`` when the run fails.
 
 Tracking never gets in the way of training:
 
 * mode None (auto) is ``online`` when an API key is configured (``WANDB_API_KEY``, an identity
   token file, or ``~/.netrc``; looked up locally, no network), otherwise ``offline``. A
   ``WANDB_MODE`` of offline/dryrun/disabled in the environment is honoured in auto mode.
-* offline runs are written under ``<out>/wandb/`` (online runs keep their local copy there too);
-  upload them later with ``wandb sync <out>/wandb/offline-run-*``.
+* offline runs are written under ``<out>/wandb/``, or under ``$WANDB_DIR/wandb/`` when the user
+  sets ``WANDB_DIR`` (online runs keep their local copy there too); upload them later with
+  ``wandb sync <dir>/wandb/offline-run-*``. A run that wandb could not start leaves no folder.
 * any W&B failure (no network, bad key, init timeout, an exception while logging) switches the
   session from online to offline with one warning; if offline fails too, the session goes on
   without tracking, with one more warning. The data logged so far in the failed run is replayed
   into its replacement, so an offline fallback run is complete.
+* where runs are tracked in other processes (``--jobs``, ``--ray``) the command decides the mode
+  once (:func:`decide_mode`: an online session's credentials and server are checked there) and
+  passes it on; local workers also share later degradations (``shared``), so a failing W&B
+  still costs one warning per step per command.
 * wandb is quiet: no console capture (``console="off"``), silent settings, bounded init and
   finish times.
 * a run is complete on disk when ``finish``/``abort`` return: ``run.finish()`` returns before
@@ -31,6 +37,9 @@ import json
 import math
 import os
 import re
+import secrets
+import shutil
+import string
 import struct
 import time
 import warnings
@@ -51,6 +60,8 @@ __all__ = [
     "TrackingWarning",
     "WandbAvalancheLogger",
     "api_key_configured",
+    "decide_mode",
+    "one_line_warnings",
     "resolve_mode",
     "run_config",
     "tracker_factory",
@@ -72,6 +83,10 @@ LOG_TIMEOUT_S = 30.0
 _MAX_SUMMARY_RECORD = 90_000
 
 _ONLINE, _OFFLINE, _DISABLED = "online", "offline", "disabled"
+#: the modes in the order a session degrades through them (a shared level indexes this)
+_MODES = (_ONLINE, _OFFLINE, _DISABLED)
+#: wandb's run folders: ``run-<time>-<id>`` (online), ``offline-run-<time>-<id>``
+_RUN_FOLDERS = ("run-*-{id}", "offline-run-*-{id}")
 
 
 class TrackingWarning(UserWarning):
@@ -85,6 +100,22 @@ def _first_line(err: BaseException) -> str:
 
 def _warn(message: str) -> None:
     warnings.warn(message, TrackingWarning, stacklevel=3)
+
+
+def one_line_warnings() -> None:
+    """Show :class:`TrackingWarning` as one ``warning: ...`` line (not file, line and source);
+    other warnings keep their format. For the command line and its workers."""
+    if getattr(warnings.formatwarning, "_hat_bench", False):
+        return
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if isinstance(category, type) and issubclass(category, TrackingWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    formatwarning._hat_bench = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning
 
 
 # ------------------------------------------------------------------------------ mode
@@ -163,43 +194,81 @@ class _Session:
     """What the trackers of one factory share: the current mode and the warnings given.
 
     The mode only ever degrades (online → offline → disabled), one warning per step, so a
-    failing W&B costs at most two warnings per command, however many runs follow.
+    failing W&B costs at most two warnings per command, however many runs follow. ``shared``
+    (a ``multiprocessing.Value("i")`` holding an index into ``_MODES``) extends that to the
+    worker processes of one command: a step one of them takes is taken by all, and only the
+    first to take it warns.
     """
 
-    def __init__(self, mode: str, project: str, entity: str | None, out: Path | None):
+    def __init__(self, mode: str, project: str, entity: str | None, out: Path | None,
+                 shared: Any = None):
         self.mode = mode
         self.project = project
         self.entity = entity
         self.out = Path(out) if out is not None else None
+        self.shared = shared
         self._wandb = None
-        if mode == _ONLINE and not api_key_configured():
-            self.mode = _OFFLINE
-            _warn("W&B online mode needs an API key (`wandb login` or WANDB_API_KEY); "
-                  f"tracking offline instead{self._sync_hint()}")
+        self.sync()
+        if self.mode == _ONLINE and not api_key_configured():
+            self._step_down("W&B online mode needs an API key (`wandb login` or "
+                            f"WANDB_API_KEY); tracking offline instead{self._sync_hint()}")
+
+    @property
+    def root(self) -> Path | None:
+        """The folder holding wandb's ``wandb/`` folder: ``WANDB_DIR`` when the user set it,
+        else the results folder (None: wandb's default, the working directory)."""
+        env = os.environ.get("WANDB_DIR", "").strip()
+        return Path(env).expanduser() if env else self.out
 
     def _sync_hint(self) -> str:
-        where = (self.out / "wandb") if self.out is not None else Path("wandb")
+        where = (self.root / "wandb") if self.root is not None else Path("wandb")
         return f" (upload later with `wandb sync {where}/offline-run-*`)"
+
+    def sync(self) -> None:
+        """Take the steps down another process of the command took (it gave the warnings)."""
+        if self.shared is not None:
+            level = min(int(self.shared.value), len(_MODES) - 1)
+            if level > _MODES.index(self.mode):
+                self.mode = _MODES[level]
+
+    def _step_down(self, message: str) -> None:
+        """One mode down, with ``message`` as its warning unless another process of the
+        command took that step first."""
+        level, first = _MODES.index(self.mode) + 1, True
+        if self.shared is not None:
+            with self.shared.get_lock():
+                first = self.shared.value < level
+                level = max(level, int(self.shared.value))
+                self.shared.value = level
+        self.mode = _MODES[min(level, len(_MODES) - 1)]
+        if first:
+            _warn(message)
 
     def degrade(self, err: BaseException) -> None:
         """One step down after a W&B failure, with its one warning."""
         if self.mode == _ONLINE:
-            self.mode = _OFFLINE
-            _warn(f"W&B online tracking failed ({_first_line(err)}); "
-                  f"tracking offline instead{self._sync_hint()}")
+            self._step_down(f"W&B online tracking failed ({_first_line(err)}); "
+                            f"tracking offline instead{self._sync_hint()}")
         elif self.mode == _OFFLINE:
-            self.mode = _DISABLED
-            _warn(f"W&B tracking failed ({_first_line(err)}); continuing without tracking "
-                  "(run records are still written)")
+            self._step_down(f"W&B tracking failed ({_first_line(err)}); continuing without "
+                            "tracking (run records are still written)")
+
+    def verify_online(self) -> None:
+        """Raise unless W&B's server accepts this machine's API key (``wandb.login`` with
+        verification: bounded by wandb's HTTP timeout, creates no run)."""
+        if not self.wandb().login(verify=True, timeout=LOGIN_TIMEOUT_S):
+            raise RuntimeError("wandb login was not accepted")
 
     def wandb(self):
         """The wandb module, set up quietly on first use."""
         if self._wandb is None:
             import wandb
 
-            # login_timeout: a login prompt (credentials wandb does not accept) gives up
-            wandb.setup(settings=wandb.Settings(silent=True, quiet=True, show_info=False,
-                                                show_warnings=False, show_errors=False,
+            # login_timeout: a login prompt (credentials wandb does not accept) gives up;
+            # mode: the session's, not WANDB_MODE's (wandb.login verifies nothing offline)
+            wandb.setup(settings=wandb.Settings(mode=self.mode, silent=True, quiet=True,
+                                                show_info=False, show_warnings=False,
+                                                show_errors=False,
                                                 login_timeout=LOGIN_TIMEOUT_S))
             self._wandb = wandb
         return self._wandb
@@ -216,21 +285,48 @@ class _Session:
             init_timeout=INIT_TIMEOUT_S[self.mode],
             finish_timeout=FINISH_TIMEOUT_S,
         )
-        if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            mode=self.mode,
-            project=self.project,
-            entity=self.entity,
-            dir=str(self.out) if self.out is not None else None,
-            reinit="finish_previous",  # never two runs at once
-            settings=settings,
-            **kwargs,
-        )
-        if getattr(run, "disabled", False) or (self.mode == _ONLINE and run.offline):
-            _finish_quietly(run, 1)
-            raise RuntimeError(f"wandb did not start an {self.mode} run (login failed?)")
+        root = self.root
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        # our own id: the folder of a run that fails to start is known, and removed
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits)
+                         for _ in range(8))
+        try:
+            run = wandb.init(
+                mode=self.mode,
+                project=self.project,
+                entity=self.entity,
+                dir=str(root) if root is not None else None,
+                id=run_id,
+                reinit="finish_previous",  # never two runs at once
+                settings=settings,
+                **kwargs,
+            )
+            if getattr(run, "disabled", False) or (self.mode == _ONLINE and run.offline):
+                _finish_quietly(run, 1)
+                raise RuntimeError(f"wandb did not start an {self.mode} run (login failed?)")
+        except BaseException:
+            _remove_run_folders(root, run_id)
+            raise
         return run
+
+
+def _remove_run_folders(root: Path | None, run_id: str) -> None:
+    """Remove the folders wandb made for the run ``run_id`` that did not start (and the
+    ``latest-run``/``debug*.log`` links left pointing into them). Never raises."""
+    base = Path(root) if root is not None else Path.cwd()
+    for where in (base / "wandb", base / ".wandb"):
+        try:
+            folders = [p for pattern in _RUN_FOLDERS for p in where.glob(pattern.format(id=run_id))]
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+            if folders:
+                for link in ("latest-run", "debug.log", "debug-internal.log"):
+                    path = where / link
+                    if path.is_symlink() and not path.exists():
+                        path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _finish_quietly(run, exit_code: int) -> None:
@@ -423,7 +519,10 @@ class RunTracker:
 
     def _open(self) -> None:
         """Start a run in the session's mode and replay the operations so far."""
-        while self._session.mode in (_ONLINE, _OFFLINE):
+        while True:
+            self._session.sync()  # a step another worker took: not tried again here
+            if self._session.mode not in (_ONLINE, _OFFLINE):
+                break
             run = None
             try:
                 run = self._session.init_run(self._init_kwargs)
@@ -783,8 +882,9 @@ class WandbAvalancheLogger(BaseLogger):
 class TrackerFactory:
     """``Experiment -> RunTracker | None``; trackers of one factory share a session."""
 
-    def __init__(self, mode: str, project: str, entity: str | None, out: Path | None):
-        self.session = _Session(mode, project, entity, out)
+    def __init__(self, mode: str, project: str, entity: str | None, out: Path | None,
+                 shared: Any = None):
+        self.session = _Session(mode, project, entity, out, shared)
 
     @property
     def mode(self) -> str:
@@ -792,6 +892,7 @@ class TrackerFactory:
         return self.session.mode
 
     def __call__(self, exp) -> RunTracker | None:
+        self.session.sync()
         if self.session.mode == _DISABLED:
             return None
         try:
@@ -808,9 +909,37 @@ def tracker_factory(
     project: str = "hat-bench",
     entity: str | None = None,
     out: Path | str | None = None,
+    shared: Any = None,
 ) -> TrackerFactory | None:
-    """The runner's tracker factory for W&B ``mode`` (None: auto), or None when disabled."""
+    """The runner's tracker factory for W&B ``mode`` (None: auto), or None when disabled.
+    ``shared``: the mode level shared by the worker processes of one command (``_Session``)."""
     resolved = resolve_mode(mode)
     if resolved == _DISABLED:
         return None
-    return TrackerFactory(resolved, project, entity, Path(out) if out is not None else None)
+    return TrackerFactory(resolved, project, entity, Path(out) if out is not None else None,
+                          shared)
+
+
+def decide_mode(
+    mode: str | None,
+    *,
+    project: str = "hat-bench",
+    entity: str | None = None,
+    out: Path | str | None = None,
+) -> str:
+    """The W&B mode (online, offline or disabled) of a command whose runs are tracked in
+    other processes (``--jobs``, ``--ray``), decided once, here, and passed to them: so a W&B
+    that fails costs one wait and one warning per command, not one per worker.
+
+    :func:`resolve_mode`; then online only with an API key that W&B's server accepts now
+    (:meth:`_Session.verify_online`), else offline with the session's one warning."""
+    resolved = resolve_mode(mode)
+    if resolved == _DISABLED:
+        return resolved
+    session = _Session(resolved, project, entity, Path(out) if out is not None else None)
+    if session.mode == _ONLINE:
+        try:
+            session.verify_online()
+        except Exception as err:  # noqa: BLE001 - any failure: offline, with one warning
+            session.degrade(err)
+    return session.mode

@@ -4,7 +4,8 @@ from run records (JSON). Never imports torch, avalanche or ``benchmark``.
 Modules: :mod:`reports.metrics` (every formula, pure numpy/scipy), :mod:`reports.records`
 (loading and validation), :mod:`reports.tables` (numbers as data), :mod:`reports.render` (Markdown,
 LaTeX, CSV), :mod:`reports.figures` (matplotlib), :mod:`reports.build` (writes a report),
-:mod:`reports.wandb_source` (records from W&B), :mod:`reports.cli` (``python -m reports``).
+:mod:`reports.wandb_source` (records from W&B), :mod:`reports.commands` (the commands that
+produce missing runs with the records' settings), :mod:`reports.cli` (``python -m reports``).
 """
 
 from .build import BuildResult, build_report

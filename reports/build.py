@@ -17,7 +17,8 @@ Layout under ``out``::
                                       record has a selection or grid records valid_accuracy
 
 Files of these names left over from an earlier report that this run does not produce are
-removed, so ``index.md`` and the folder agree.
+removed, so ``index.md`` and the folder agree. :func:`check_output` says, before anything is
+written, whether ``out`` can hold the report.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import figures, render
-from .tables import Missing, ScenarioReport, compute_report
+from .records import ReportError
+from .tables import Duplicate, Missing, ScenarioReport, compute_report
 
-__all__ = ["BuildResult", "build_report", "default_workers", "safe_name"]
+__all__ = ["BuildResult", "build_report", "check_output", "default_workers", "safe_name"]
 
 _OWNED = (
     "rho_table.*",
@@ -62,6 +65,7 @@ class BuildResult:
     reports: dict[str, ScenarioReport]
     files: list[Path] = field(default_factory=list)
     missing: list[tuple[str, Missing]] = field(default_factory=list)
+    duplicates: list[tuple[str, Duplicate]] = field(default_factory=list)
 
     @property
     def index(self) -> Path:
@@ -223,6 +227,41 @@ def _scenario_files(
     return items
 
 
+def _writable_folder(d: Path, out: Path) -> None:
+    """``d`` is a folder this process can write into, or (when absent) the nearest existing
+    folder above it is; raises ReportError naming the problem. Creates nothing: the probe
+    file is removed at once."""
+    probe = d
+    while not probe.exists() and not probe.is_symlink():
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "a file" if probe.exists() else "a broken link"
+        raise ReportError(f"cannot write the report to {out}: {probe} is {what}, not a folder; "
+                          "choose another --out")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".report-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ReportError(f"cannot write the report to {out}: {probe} is not writable "
+                          f"({why}); choose another --out") from None
+
+
+def check_output(out: str | Path, scenarios: list[str] | None = None) -> None:
+    """Raise ReportError (one line) unless the report can be written under ``out``: ``out``
+    and, for ``scenarios``, each ``out/<scenario>`` folder exist as writable folders or can
+    be created, and ``index.md`` is not a folder. Writes nothing."""
+    out = Path(out)
+    _writable_folder(out, out)
+    for sc in scenarios or []:
+        d = out / safe_name(sc)
+        if d.exists() or d.is_symlink():
+            _writable_folder(d, out)
+    if (out / "index.md").is_dir():
+        raise ReportError(f"cannot write the report to {out}: {out / 'index.md'} is a folder")
+
+
 def _call(job: tuple[Callable, tuple]) -> list[Path]:
     fn, args = job
     return fn(*args)
@@ -280,10 +319,12 @@ def build_report(
         result.files += [p for p, _ in written]
         sections.append((scenario, [(f"{rel}/{p.name}", cap) for p, cap in written]))
         result.missing += [(scenario, m) for m in rep.missing]
+        result.duplicates += [(scenario, d) for d in rep.duplicates]
         notes += [f"{scenario}: {n}" for n in rep.notes]
     _render_all(jobs, default_workers() if workers is None else workers)
     for d, written in dirs:
         _remove_stale(d, {p for p, _ in written})
-    render.write_text(result.index, render.index_md(sections, result.missing, notes))
+    render.write_text(result.index,
+                      render.index_md(sections, result.missing, notes, result.duplicates))
     result.files.append(result.index)
     return result

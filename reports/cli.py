@@ -3,8 +3,9 @@ regenerated from run records.
 
     python -m reports [--results results] [--out results/report] [--from-wandb ENTITY/PROJECT]
 
-Exit status: 0 when the report was written, 2 on a user error (no records, W&B unreachable),
-reported as one line on stderr.
+Exit status: 0 when the report was written, 2 on a user error (no records, W&B unreachable,
+an ``--out`` that is a file or not writable, ``--jobs`` below 1, a bad option), reported as one
+line on stderr; the output folder is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import metrics
 from .records import ReportError, load_records
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would add the usage)
+        raise ReportError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m reports",
         description="Forgetting-ratio tables and figures of the HAT paper from run records.",
     )
@@ -62,11 +69,26 @@ def _fmt(x: float, spec: str) -> str:
     return "n/a" if x != x else format(x, spec)
 
 
+def _reduction(r: dict) -> str:
+    if r.get("measure") == "difference":
+        return (f"Δ|ρ| {_fmt(r['reduction_abs'], '+.3f')}: the baseline's |ρ| is below "
+                f"{metrics.REDUCTION_MIN_BASELINE:g}, a percentage of it is not meaningful")
+    return f"reduction {_fmt(r['reduction_pct'], '.1f')} %"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    out = args.out if args.out is not None else args.results / "report"
-    if not 0.0 < args.confidence < 1.0:
-        print(f"error: --confidence must be in (0, 1), got {args.confidence}", file=sys.stderr)
+    from .build import check_output
+
+    try:
+        args = _parser().parse_args(argv)
+        out = args.out if args.out is not None else args.results / "report"
+        if not 0.0 < args.confidence < 1.0:
+            raise ReportError(f"--confidence must be in (0, 1), got {args.confidence}")
+        if args.jobs is not None and args.jobs < 1:
+            raise ReportError(f"invalid --jobs {args.jobs}: give a number of processes >= 1")
+        check_output(out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -87,26 +109,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "`python -m benchmark run --scenario split-digits --strategies hat,joint "
                     "--seeds 0,1,2`"
                 )
+            check_output(out, sorted({r["scenario"] for r in records}))
         except ReportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
     from .build import build_report  # matplotlib is imported only when there is work
 
-    result = build_report(records, out, confidence=args.confidence, workers=args.jobs)
+    try:
+        result = build_report(records, out, confidence=args.confidence, workers=args.jobs)
+    except OSError as e:  # e.g. the disk filled up, or a file of the report is a folder
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot write the report to {out}{where}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     print(f"report of {len(records)} run records from {where} ({time.perf_counter() - t0:.1f} s)")
     for scenario, rep in result.reports.items():
         line = f"  {scenario}: T={rep.n_tasks}, " + ", ".join(
-            f"{s}×{len(rep.seeds[s])}" for s in rep.strategies
+            [f"{s}×{len(rep.seeds[s])}" + (f" (+{len(rep.diverged[s])} diverged)"
+                                          if rep.diverged.get(s) else "")
+             for s in rep.strategies]
+            + [f"{s}: every run diverged" for s in rep.only_diverged()]
         )
         if rep.reduction:
             r = rep.reduction[-1]
             line += (
                 f"; ρ≤{r['t']} hat {_fmt(r['rho_hat'], '.3f')} vs "
                 f"{r['best_baseline'] or 'n/a'} {_fmt(r['rho_baseline'], '.3f')}"
-                f" (reduction {_fmt(r['reduction_pct'], '.1f')} %)"
+                f" ({_reduction(r)})"
             )
         print(line)
+    for scenario, d in result.duplicates:
+        print(f"duplicate: {scenario}: {d.line()}")
     for scenario, m in result.missing:
         print(f"missing: {scenario}: {m.line()}")
     for scenario, rep in result.reports.items():

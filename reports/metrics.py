@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "DEGENERATE_ATOL",
+    "REDUCTION_MIN_BASELINE",
     "VALIDATION_CRITERION",
     "best_baseline",
     "bwt",
@@ -31,6 +32,8 @@ __all__ = [
     "forgetting",
     "forgetting_ratio",
     "forgetting_reduction",
+    "forgetting_reduction_abs",
+    "reduction_is_relative",
     "mean_ci",
     "mean_forgetting_ratio",
     "random_stratified_accuracy",
@@ -214,6 +217,28 @@ def forgetting_reduction(rho_hat: float, rho_baseline: float) -> float:
     if math.isnan(rho_hat) or math.isnan(rho_baseline) or rho_baseline == 0.0:
         return math.nan
     return 100.0 * (1.0 - abs(rho_hat) / abs(rho_baseline))
+
+
+#: Below this |ρ| of the best baseline (it forgets less than 1 % of what joint training gains
+#: over chance) a reduction *relative* to it is not meaningful: it explodes as the baseline's ρ
+#: approaches 0 (e.g. −13072 % for ρ_baseline ≈ −0.0001, ρ_hat ≈ −0.013); the report gives the
+#: difference :func:`forgetting_reduction_abs` instead.
+REDUCTION_MIN_BASELINE = 0.01
+
+
+def reduction_is_relative(rho_baseline: float) -> bool:
+    """Whether HAT's reduction of forgetting against a baseline of mean ``rho_baseline`` is
+    given in percent (:func:`forgetting_reduction`): ``|rho_baseline| >=``
+    :data:`REDUCTION_MIN_BASELINE`. False for NaN."""
+    return not math.isnan(rho_baseline) and abs(rho_baseline) >= REDUCTION_MIN_BASELINE
+
+
+def forgetting_reduction_abs(rho_hat: float, rho_baseline: float) -> float:
+    """Reduction of forgetting in units of ρ: ``|rho_baseline| - |rho_hat|`` (positive: HAT
+    forgets less, negative: more). NaN when either value is NaN."""
+    if math.isnan(rho_hat) or math.isnan(rho_baseline):
+        return math.nan
+    return abs(rho_baseline) - abs(rho_hat)
 
 
 def random_stratified_accuracy(train_counts: object, test_counts: object) -> float:

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RecordWarning", "ReportError", "load_records", "record_problem"]
+__all__ = ["RecordWarning", "ReportError", "is_diverged", "load_records", "record_problem"]
 
 #: Fields without which a JSON object is not a run record the report can use.
 REQUIRED = ("scenario", "strategy", "seed", "task_names", "accuracy", "random_accuracy")
@@ -115,6 +115,19 @@ def selection_problem(sel: object) -> str | None:
     return None
 
 
+def is_diverged(rec: dict) -> bool:
+    """A run whose loss became non-finite: ``"diverged": true``, or (records written before
+    the flag existed) an accuracy matrix holding NaN/Infinity tokens. Its numbers are never
+    used: the report shows "diverged" for it and leaves it out of every mean."""
+    if rec.get("diverged") is True:
+        return True
+    acc = rec.get("accuracy")
+    return isinstance(acc, list) and any(
+        isinstance(v, float) and not math.isfinite(v)
+        for row in acc if isinstance(row, list) for v in row
+    )
+
+
 def record_problem(rec: object) -> str | None:
     """Why ``rec`` is not a usable run record, or None when it is.
 
@@ -126,13 +139,20 @@ def record_problem(rec: object) -> str | None:
     ``valid_accuracy`` null or T×T in [0, 1]; ``selection`` null or an object whose ``space``
     maps keys to non-empty lists, whose ``points`` are ``{params, value}`` (params setting
     exactly the space's keys; value a number, or null/NaN when unknown) and whose ``chosen``
-    sets those keys.
+    sets those keys; ``diverged`` (when present) true or false.
+
+    A diverged run (:func:`is_diverged`) only needs its identity (scenario, strategy, seed,
+    tag, task names) and ``accuracy``/``random_accuracy`` lists: its numbers (null or
+    non-finite where the loss blew up) and its ``hat``/``valid_accuracy`` are not checked,
+    since the report never uses them.
     """
     if not isinstance(rec, dict):
         return "not a JSON object"
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         return "missing field(s) " + ", ".join(missing)
+    if rec.get("diverged") not in (None, True, False):
+        return "'diverged' must be true or false"
     if rec.get("schema", 1) not in SCHEMAS or isinstance(rec.get("schema"), bool):
         return f"unsupported schema {rec.get('schema')!r} (expected 1 or 2)"
     for key in ("scenario", "strategy"):
@@ -144,16 +164,22 @@ def record_problem(rec: object) -> str | None:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         return "'task_names' must be a non-empty list of strings"
     n = len(names)
+    if not isinstance(rec.get("tag", ""), str):
+        return "'tag' must be a string"
+    if not isinstance(rec.get("params", {}), dict):
+        return "'params' must be an object"
+    if is_diverged(rec):
+        if not isinstance(rec["accuracy"], list) or not isinstance(rec["random_accuracy"], list):
+            return "'accuracy' and 'random_accuracy' must be lists (diverged run)"
+        if rec.get("selection") is not None:
+            return selection_problem(rec["selection"])
+        return None
     p = _matrix_problem(rec["accuracy"], n, n, "accuracy")
     if p:
         return p + f" (T = {n} from task_names)"
     ra = rec["random_accuracy"]
     if not isinstance(ra, list) or len(ra) != n or not all(_is_frac(v) for v in ra):
         return f"'random_accuracy' must hold {n} numbers in [0, 1]"
-    if not isinstance(rec.get("tag", ""), str):
-        return "'tag' must be a string"
-    if not isinstance(rec.get("params", {}), dict):
-        return "'params' must be an object"
     if rec.get("valid_accuracy") is not None:
         p = _matrix_problem(rec["valid_accuracy"], n, n, "valid_accuracy")
         if p:
@@ -169,12 +195,17 @@ def record_problem(rec: object) -> str | None:
 
 def normalise(rec: dict[str, Any], source: str) -> dict[str, Any]:
     """A validated record with optional fields filled (``tag`` "", ``params`` {}, ``hat``,
-    ``valid_accuracy`` and ``selection`` None) and ``_source`` naming where it came from."""
+    ``valid_accuracy`` and ``selection`` None), ``diverged`` a bool (:func:`is_diverged`;
+    a diverged record's ``hat`` and ``valid_accuracy`` are set to None: not used) and
+    ``_source`` naming where it came from."""
     out = dict(rec)
     out.setdefault("tag", "")
     out.setdefault("params", {})
     for key in ("hat", "valid_accuracy", "selection"):
         out.setdefault(key, None)
+    out["diverged"] = is_diverged(out)
+    if out["diverged"]:
+        out["hat"] = out["valid_accuracy"] = None
     out["_source"] = source
     return out
 

@@ -17,10 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .tables import Capacity, Grid, Missing, Monitoring, ScenarioReport, Sensitivity
+from .tables import (
+    DUPLICATE_RULE,
+    Capacity,
+    Duplicate,
+    Grid,
+    Missing,
+    Monitoring,
+    ScenarioReport,
+    Sensitivity,
+)
 
 SINGLE = "†"
 SINGLE_NOTE = f"{SINGLE} a single seed: no confidence interval (a CI needs >= 2 seeds)."
+#: what a table shows instead of numbers for a strategy whose every run diverged
+DIVERGED = "diverged"
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -118,10 +129,49 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.1f} %"
 
 
+def _seeds_cell(rep: ScenarioReport, s: str, n: int) -> str:
+    """Seeds behind a row, with the diverged runs left out of it: ``2 (+1 diverged)``."""
+    k = len(rep.diverged.get(s, []))
+    return f"{n} (+{k} {DIVERGED})" if k else str(n)
+
+
+def diverged_note(rep: ScenarioReport) -> str:
+    """One line naming the diverged runs, or "" when none diverged."""
+    if not rep.diverged:
+        return ""
+    runs = "; ".join(f"{s} seed(s) {','.join(map(str, sds))}" for s, sds in rep.diverged.items())
+    return (f"Diverged (non-finite loss; no numbers, left out of every mean): {runs}. A row "
+            f"reading \"{DIVERGED}\" has no run that did not diverge.")
+
+
+def reduction_text(r: dict[str, Any], latex: bool = False) -> str:
+    """HAT's reduction of forgetting in one cell: a percentage, or (best baseline's |ρ| below
+    :data:`reports.metrics.REDUCTION_MIN_BASELINE`) the difference Δ|ρ|."""
+    if r.get("measure") == "difference":
+        d = r["reduction_abs"]
+        val = "n/a" if math.isnan(d) else f"{d:+.3f}"
+        return f"$\\Delta|\\rho|$ {val}" if latex else f"Δ|ρ| {val}"
+    pct = r["reduction_pct"]
+    if latex:
+        return "n/a" if math.isnan(pct) else f"{pct:.1f}\\,\\%"
+    return _pct(pct)
+
+
+REDUCTION_RULE = (
+    "HAT reduction = 100·(1 − |ρ_hat| / |ρ_best baseline|), best baseline = the strategy other "
+    "than hat and joint with the smallest |ρ|; when that baseline's |ρ| < "
+    f"{metrics.REDUCTION_MIN_BASELINE:g} (it forgets less than "
+    f"{metrics.REDUCTION_MIN_BASELINE:.0%} of what joint training gains over chance) a "
+    "percentage of it is not meaningful, and the row gives Δ|ρ| = |ρ_best baseline| − "
+    "|ρ_hat| instead (positive: HAT forgets less)."
+)
+
+
 # --- Table 1: forgetting ratio --------------------------------------------------------------
 
-RHO_HEADER = ["strategy", "t", "mean", "ci_half", "ci_low", "ci_high", "n_seeds"]
-REDUCTION_HEADER = ["t", "best_baseline", "rho_baseline", "rho_hat", "reduction_pct"]
+RHO_HEADER = ["strategy", "t", "mean", "ci_half", "ci_low", "ci_high", "n_seeds", "n_diverged"]
+REDUCTION_HEADER = ["t", "best_baseline", "rho_baseline", "rho_hat", "reduction_pct",
+                    "reduction_abs", "measure"]
 
 
 def _has_single(rep: ScenarioReport) -> bool:
@@ -142,10 +192,12 @@ def rho_table_md(rep: ScenarioReport) -> str:
         for t in rep.table_ts:
             txt = pm(stats[t - 1].mean, stats[t - 1].half)
             cells.append(f"**{txt}**" if s in rep.best.get(t, []) else txt)
-        rows.append([s] + cells + [str(max(st.n for st in stats))])
+        rows.append([s] + cells + [_seeds_cell(rep, s, max(st.n for st in stats))])
+    for s in rep.only_diverged(rho=True):
+        rows.append([s] + [DIVERGED] * len(rep.table_ts) + [_seeds_cell(rep, s, 0)])
     if rep.reduction:
         cells = [
-            f"{_pct(r['reduction_pct'])} (vs {r['best_baseline'] or 'n/a'})" for r in rep.reduction
+            f"{reduction_text(r)} (vs {r['best_baseline'] or 'n/a'})" for r in rep.reduction
         ]
         rows.append(["HAT reduction of forgetting"] + cells + [""])
     conf = f"{rep.confidence:.0%}"
@@ -153,11 +205,12 @@ def rho_table_md(rep: ScenarioReport) -> str:
         f"# {rep.scenario}: forgetting ratio ρ≤t (mean ± {conf} CI over seeds)\n\n"
         + _md_table(header, rows)
         + "\nρ = 0: as good as joint training; ρ = -1: as bad as a random stratified classifier."
-        " Bold: closest to 0. HAT reduction = 100·(1 − |ρ_hat| / |ρ_best baseline|), best"
-        " baseline = the strategy other than hat and joint with the smallest |ρ|.\n"
+        " Bold: closest to 0. " + REDUCTION_RULE + "\n"
     )
     if _has_single(rep):
         text += "\n" + SINGLE_NOTE + "\n"
+    if rep.diverged:
+        text += "\n" + diverged_note(rep) + "\n"
     return text
 
 
@@ -179,17 +232,22 @@ def rho_table_tex(rep: ScenarioReport) -> str:
             txt = pm(stats[t - 1].mean, stats[t - 1].half, latex=True)
             cells.append(f"\\textbf{{\\boldmath{txt}}}" if s in rep.best.get(t, []) else txt)
         lines.append(" & ".join([_tex_escape(s)] + cells) + " \\\\")
+    for s in rep.only_diverged(rho=True):
+        lines.append(" & ".join([_tex_escape(s)] + [DIVERGED] * len(rep.table_ts)) + " \\\\")
     if rep.reduction:
         lines.append("\\midrule")
         cells = []
         for r in rep.reduction:
-            pct = r["reduction_pct"]
-            val = "n/a" if math.isnan(pct) else f"{pct:.1f}\\,\\%"
+            val = reduction_text(r, latex=True)
             cells.append(f"{val} ({_tex_escape(r['best_baseline'] or 'n/a')})")
         lines.append(" & ".join(["HAT reduction of forgetting"] + cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     if _has_single(rep):
         lines.append("% " + SINGLE_NOTE.replace(SINGLE, "\\dag"))
+    if any(r.get("measure") == "difference" for r in rep.reduction):
+        lines.append("% " + REDUCTION_RULE)
+    if rep.diverged:
+        lines.append("% " + diverged_note(rep))
     return "\n".join(lines) + "\n"
 
 
@@ -201,13 +259,16 @@ def rho_table_csv(rep: ScenarioReport, all_t: bool = False) -> str:
 
 def reduction_csv(rep: ScenarioReport) -> str:
     """HAT's reduction of forgetting per table t: ``t,best_baseline,rho_baseline,rho_hat,
-    reduction_pct``."""
+    reduction_pct,reduction_abs,measure``: ``reduction_pct`` is nan where the best baseline's
+    |ρ| is below :data:`reports.metrics.REDUCTION_MIN_BASELINE` (``measure`` "difference":
+    read ``reduction_abs`` = |ρ_baseline| − |ρ_hat|), else ``measure`` is "percent"."""
     return _csv(REDUCTION_HEADER, rep.reduction)
 
 
 # --- accuracy / BWT / forgetting --------------------------------------------------------------
 
-SUMMARY_HEADER = ["strategy", "metric", "mean", "ci_half", "ci_low", "ci_high", "n_seeds"]
+SUMMARY_HEADER = ["strategy", "metric", "mean", "ci_half", "ci_low", "ci_high", "n_seeds",
+                  "n_diverged"]
 SUMMARY_LABELS = {
     "final_acc": "final accuracy (%)",
     "bwt": "BWT (pp)",
@@ -226,7 +287,9 @@ def summary_md(rep: ScenarioReport) -> str:
             st = by_metric[m]
             single |= st.n == 1
             cells.append(pm(st.mean, st.half, digits=1, scale=100.0))
-        rows.append([s, str(len(rep.seeds[s]))] + cells)
+        rows.append([s, _seeds_cell(rep, s, len(rep.seeds[s]))] + cells)
+    for s in rep.only_diverged():
+        rows.append([s, _seeds_cell(rep, s, 0)] + [DIVERGED] * len(SUMMARY_LABELS))
     text = (
         f"# {rep.scenario}: final accuracy, backward transfer, forgetting "
         f"(mean ± {rep.confidence:.0%} CI over seeds)\n\n"
@@ -237,12 +300,15 @@ def summary_md(rep: ScenarioReport) -> str:
     )
     if single:
         text += "\n" + SINGLE_NOTE + "\n"
+    if rep.diverged:
+        text += "\n" + diverged_note(rep) + "\n"
     return text
 
 
 def summary_csv(rep: ScenarioReport) -> str:
-    """``strategy,metric,mean,ci_half,ci_low,ci_high,n_seeds`` with metrics ``final_acc``,
-    ``bwt``, ``forgetting`` as fractions (not percent)."""
+    """``strategy,metric,mean,ci_half,ci_low,ci_high,n_seeds,n_diverged`` with metrics
+    ``final_acc``, ``bwt``, ``forgetting`` as fractions (not percent); a strategy whose every
+    run diverged has nan rows with ``n_seeds`` 0."""
     return _csv(SUMMARY_HEADER, rep.summary_rows())
 
 
@@ -380,10 +446,17 @@ def index_md(
     sections: list[tuple[str, list[tuple[str, str]]]],
     missing: list[tuple[str, Missing]],
     notes: list[str],
+    duplicates: Iterable[tuple[str, Duplicate]] = (),
 ) -> str:
     """``sections``: (scenario, [(relative path, caption)]); ``missing``: (scenario, what is
-    missing with the command that produces it)."""
+    missing with the command that produces it); ``duplicates``: (scenario, records of one run
+    that disagree), listed first with the rule that resolved them."""
     lines = ["# Report", "", "Generated by `python -m reports` from run records.", ""]
+    duplicates = list(duplicates)
+    if duplicates:
+        lines += ["## Duplicate records", "", f"Rule: {DUPLICATE_RULE}.", ""]
+        lines += [f"- **{sc}**: {d.line()}" for sc, d in duplicates]
+        lines.append("")
     if missing:
         lines += ["## Missing", ""]
         for sc, m in missing:

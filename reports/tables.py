@@ -11,7 +11,16 @@ Which records count where:
 * A_J is the untagged ``joint`` record of the same scenario and seed; A_R is the evaluated
   record's own ``random_accuracy``. A seed without a joint record gets no ρ.
 * Records of one scenario must agree on T; a record with another T is left out (noted).
-* Two records with the same scenario, strategy, seed and tag: the one created last is kept.
+* Records of one run (same scenario, strategy, seed and tag), see :data:`DUPLICATE_RULE`:
+  identical copies count once; records whose results differ are never chosen by file name:
+  the newest ``created`` is used, and when several share the newest timestamp (or have none)
+  the run is left out. Each such conflict is a :class:`Duplicate` of the report.
+* A diverged run (``"diverged": true``, or NaN/Infinity accuracies:
+  :func:`reports.records.is_diverged`) gives no number: it is listed per strategy in
+  ``ScenarioReport.diverged`` (untagged runs; tables show "diverged") and left out of every
+  mean, figure and grid, with a note.
+* The commands of :class:`Missing` reproduce the existing records' settings
+  (:mod:`reports.commands`): results folder, epochs, tuned preset and every ``--set``.
 * Records of a task trained alone (``params.scenario.task`` set: the compression experiment)
   only feed the compression-per-task data (:class:`Capacity` in ``compression``); HAT
   records with per-epoch ``hat_used``/``hat_reuse`` history feed the monitoring data
@@ -28,18 +37,20 @@ import itertools
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import commands, metrics
 from .records import param_text
 
 __all__ = [
     "BASELINE_EXCLUDE",
+    "DUPLICATE_RULE",
     "Capacity",
+    "Duplicate",
     "Grid",
     "HyperRow",
     "Missing",
@@ -57,7 +68,17 @@ HAT = "hat"
 JOINT = "joint"
 #: strategies that are not baselines when choosing the best baseline
 BASELINE_EXCLUDE = (HAT, JOINT)
-RUN_CMD = "python -m benchmark run --scenario {scenario} --strategies {strategies} --seeds {seeds}"
+RUN_CMD = commands.RUN
+#: how records of one run with different results are resolved (index.md quotes it)
+DUPLICATE_RULE = (
+    "records of one run (same scenario, strategy, seed and tag) with different results are "
+    "never chosen by file name: the one with the newest `created` timestamp is used; when "
+    "several share the newest timestamp (or have none), the run is left out of every table "
+    "and figure. Remove the wrong file(s) to settle it"
+)
+#: the fields that make two records of one run the same result (else a conflict)
+RESULT_FIELDS = ("task_names", "accuracy", "valid_accuracy", "random_accuracy", "params",
+                 "hat", "selection", "diverged")
 TUNE_CMD = "python -m benchmark tune --scenario {scenario}"
 #: hyperparameter table: a value (or source) that the seeds of one strategy do not agree on
 DIFFERS = "differs across seeds"
@@ -98,6 +119,27 @@ class Missing:
 
     def line(self) -> str:
         return self.what + (f" -> run: {self.command}" if self.command else "")
+
+
+@dataclass
+class Duplicate:
+    """Records of one run whose results differ, and which of them the report uses."""
+
+    strategy: str
+    seed: int
+    tag: str
+    sources: list[str]
+    used: str | None  # None: left out (no single newest record)
+
+    def run(self) -> str:
+        return f"{self.strategy} seed {self.seed}" + (f" [{self.tag}]" if self.tag else "")
+
+    def line(self) -> str:
+        head = (f"duplicate records of {self.run()} with different results: "
+                f"{', '.join(self.sources)}; ")
+        if self.used is None:
+            return head + "left out (no single newest `created`)"
+        return head + f"using {self.used} (the newest `created`)"
 
 
 @dataclass
@@ -215,21 +257,40 @@ class ScenarioReport:
     monitoring: Monitoring | None = None
     hyperparameters: list[HyperRow] = field(default_factory=list)
     sensitivity: list[Sensitivity] = field(default_factory=list)
+    #: untagged strategy -> seeds of its diverged runs (no numbers; left out of the means)
+    diverged: dict[str, list[int]] = field(default_factory=dict)
+    duplicates: list[Duplicate] = field(default_factory=list)
+
+    def only_diverged(self, rho: bool = False) -> list[str]:
+        """Strategies whose every untagged run diverged (not in :attr:`strategies`); with
+        ``rho``, those that would have a row in Table 1 (not joint, and Table 1 exists)."""
+        out = [s for s in _order(set(self.diverged)) if s not in self.strategies]
+        if rho:
+            out = [s for s in out if s != JOINT] if self.rho else []
+        return out
 
     def rho_rows(self, all_t: bool = False) -> list[dict[str, Any]]:
-        """Rows ``strategy, t, mean, ci_half, ci_low, ci_high, n_seeds`` of Table 1 (or of
-        every t with ``all_t``)."""
+        """Rows ``strategy, t, mean, ci_half, ci_low, ci_high, n_seeds, n_diverged`` of
+        Table 1 (or of every t with ``all_t``); a strategy whose every run diverged has NaN
+        rows."""
         rows = []
-        for s, stats in self.rho.items():
-            for t in range(1, self.n_tasks + 1) if all_t else self.table_ts:
-                rows.append({"strategy": s, "t": t, **stats[t - 1].columns()})
+        ts = range(1, self.n_tasks + 1) if all_t else self.table_ts
+        nan = Stat(math.nan, math.nan, 0)
+        for s, stats in [*self.rho.items(), *((s, None) for s in self.only_diverged(rho=True))]:
+            for t in ts:
+                st = nan if stats is None else stats[t - 1]
+                rows.append({"strategy": s, "t": t, **st.columns(),
+                             "n_diverged": len(self.diverged.get(s, []))})
         return rows
 
     def summary_rows(self) -> list[dict[str, Any]]:
         rows = []
-        for s, by_metric in self.summary.items():
-            for m, st in by_metric.items():
-                rows.append({"strategy": s, "metric": m, **st.columns()})
+        nan = Stat(math.nan, math.nan, 0)
+        for s in [*self.summary, *self.only_diverged()]:
+            for m in ("final_acc", "bwt", "forgetting"):
+                st = self.summary[s][m] if s in self.summary else nan
+                rows.append({"strategy": s, "metric": m, **st.columns(),
+                             "n_diverged": len(self.diverged.get(s, []))})
         return rows
 
 
@@ -263,18 +324,41 @@ def _num(x: object) -> float | None:
     return None
 
 
-def _dedupe(records: list[dict], notes: list[str]) -> list[dict]:
-    by_key: dict[tuple, dict] = {}
+def _result(r: dict) -> str:
+    return json.dumps({k: r.get(k) for k in RESULT_FIELDS}, sort_keys=True, default=str)
+
+
+def _dedupe(
+    records: list[dict], notes: list[str], duplicates: list[Duplicate] | None = None
+) -> list[dict]:
+    """One record per run (strategy, seed, tag) by :data:`DUPLICATE_RULE`; each conflict is
+    appended to ``duplicates`` (or, without it, to ``notes``)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        key = (r["strategy"], r["seed"], r.get("tag", ""))
-        old = by_key.get(key)
-        if old is None or str(r.get("created", "")) >= str(old.get("created", "")):
-            if old is not None:
-                notes.append(f"duplicate record {key}: using {r.get('_source', '?')}")
-            by_key[key] = r
+        groups[(r["strategy"], r["seed"], r.get("tag", ""))].append(r)
+    out = []
+    for (strategy, seed, tag), recs in groups.items():
+        if len(recs) == 1:
+            out.append(recs[0])
+            continue
+        sources = [str(r.get("_source", "?")) for r in recs]
+        if len({_result(r) for r in recs}) == 1:
+            out.append(recs[0])
+            notes.append(f"{len(recs)} identical records of {strategy} seed {seed}"
+                         + (f" [{tag}]" if tag else "") + f" ({', '.join(sources)}): counted once")
+            continue
+        newest = max(str(r.get("created", "")) for r in recs)
+        latest = [r for r in recs if str(r.get("created", "")) == newest]
+        used = latest[0] if newest and len({_result(r) for r in latest}) == 1 else None
+        if used is not None:
+            out.append(used)
+        dup = Duplicate(strategy, seed, tag, sources,
+                        None if used is None else str(used.get("_source", "?")))
+        if duplicates is not None:
+            duplicates.append(dup)
         else:
-            notes.append(f"duplicate record {key}: using {old.get('_source', '?')}")
-    return list(by_key.values())
+            notes.append(dup.line())
+    return out
 
 
 def compute_scenario(
@@ -283,16 +367,17 @@ def compute_scenario(
     """All numbers of one scenario's report from its (validated) run records."""
     notes: list[str] = []
     missing: list[Missing] = []
+    duplicates: list[Duplicate] = []
     all_records = records
     alone = [r for r in records if trained_alone(r)]
     records = [r for r in records if not trained_alone(r)]
-    compression = _compression(alone, notes)
+    compression = _compression(alone, notes, duplicates)
     if not records:
         return ScenarioReport(
             scenario=scenario, n_tasks=1, strategies=[], seeds={}, confidence=confidence,
             rho={}, table_ts=[], best={}, reduction=[], summary={}, acc_mean={}, grid=None,
             capacity=None, missing=missing, notes=notes, compression=compression,
-            sensitivity=_sensitivity(all_records, [], notes),
+            sensitivity=_sensitivity(all_records, [], notes), duplicates=duplicates,
         )
     t_count = Counter(len(r["task_names"]) for r in records)
     n_tasks = t_count.most_common(1)[0][0]
@@ -302,7 +387,23 @@ def compute_scenario(
                 f"{r.get('_source', '?')}: T = {len(r['task_names'])}, the scenario's records "
                 f"have T = {n_tasks}; left out"
             )
-    records = _dedupe([r for r in records if len(r["task_names"]) == n_tasks], notes)
+    records = _dedupe([r for r in records if len(r["task_names"]) == n_tasks], notes,
+                      duplicates)
+    settings_records = records  # every run's params, diverged or not: the commands' settings
+    diverged: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        if not r.get("diverged"):
+            continue
+        if r.get("tag"):
+            notes.append(f"{r['strategy']} seed {r['seed']} [{r['tag']}] diverged (non-finite "
+                         "loss): left out of the grid")
+        else:
+            diverged[r["strategy"]].append(r["seed"])
+    diverged = {s: sorted(diverged[s]) for s in _order(set(diverged))}
+    for s, sds in diverged.items():
+        notes.append(f"{s}: seed(s) {_seeds_arg(sds)} diverged (non-finite loss): shown as "
+                     "diverged, left out of every mean and figure")
+    records = [r for r in records if not r.get("diverged")]
     acc = {id(r): np.asarray(r["accuracy"], dtype=float) for r in records}
 
     untagged = [r for r in records if not r.get("tag")]
@@ -312,9 +413,26 @@ def compute_scenario(
     strategies = _order(set(by_strategy))
     seeds = {s: sorted(by_strategy[s]) for s in strategies}
     joint = by_strategy.get(JOINT, {})
-    all_seeds = sorted({sd for s in strategies for sd in seeds[s]}) or sorted(
+    all_seeds = sorted({sd for s in strategies for sd in seeds[s]}
+                       | {sd for sds in diverged.values() for sd in sds}) or sorted(
         {r["seed"] for r in records}
     )
+
+    own_settings: dict[str, list[dict]] = defaultdict(list)
+    for r in settings_records:
+        if not r.get("tag"):
+            own_settings[r["strategy"]].append(r)
+    shared_settings = [r for r in settings_records if not r.get("tag")] or settings_records
+    out_folder = commands.results_folder(settings_records)
+
+    def command(strategies_: Sequence[str], seeds_: Sequence[int]) -> str:
+        cmd, unclear = commands.run_command(scenario, strategies_, _seeds_arg(list(seeds_)),
+                                            own_settings, shared_settings, out_folder)
+        if unclear:
+            notes.append(f"the command for {', '.join(strategies_)} (seeds "
+                         f"{_seeds_arg(list(seeds_))}) cannot reproduce "
+                         f"{', '.join(unclear)}: the records disagree; add it by hand")
+        return cmd
 
     def rho_curve(r: dict) -> np.ndarray | None:
         j = joint.get(r["seed"])
@@ -332,21 +450,26 @@ def compute_scenario(
             arr = np.vstack(curves)
             rho[s] = [_stat(list(arr[:, t]), confidence) for t in range(n_tasks)]
     others = [s for s in strategies if s != JOINT]
-    if others and not joint:
+    other_seeds = {sd for s in others for sd in seeds[s]}
+    joint_div = set(diverged.get(JOINT, []))
+    if others and joint_div & other_seeds:
+        notes.append(f"joint diverged for seed(s) {_seeds_arg(sorted(joint_div & other_seeds))}:"
+                     " those seeds have no rho")
+    if others and not joint and not joint_div:
         missing.append(
             Missing(
                 "no joint records: the forgetting ratio (Table 1, rho figure, HAT reduction) "
                 "needs A_J from joint training",
-                RUN_CMD.format(scenario=scenario, strategies=JOINT, seeds=_seeds_arg(all_seeds)),
+                command([JOINT], all_seeds),
             )
         )
     elif others:
-        lacking = sorted({sd for s in others for sd in seeds[s]} - set(joint))
+        lacking = sorted(other_seeds - set(joint) - joint_div)
         if lacking:
             missing.append(
                 Missing(
                     f"no joint record for seed(s) {_seeds_arg(lacking)}: those seeds have no rho",
-                    RUN_CMD.format(scenario=scenario, strategies=JOINT, seeds=_seeds_arg(lacking)),
+                    command([JOINT], lacking),
                 )
             )
 
@@ -361,32 +484,34 @@ def compute_scenario(
             base = metrics.best_baseline(means, exclude=BASELINE_EXCLUDE)
             rho_hat = means.get(HAT, math.nan)
             rho_base = means[base] if base is not None else math.nan
+            relative = metrics.reduction_is_relative(rho_base)
             reduction.append(
                 {
                     "t": t,
                     "best_baseline": base,
                     "rho_baseline": rho_base,
                     "rho_hat": rho_hat,
-                    "reduction_pct": metrics.forgetting_reduction(rho_hat, rho_base),
+                    # a percentage of a baseline ρ of about 0 explodes: then the difference
+                    "reduction_pct": (metrics.forgetting_reduction(rho_hat, rho_base)
+                                      if relative else math.nan),
+                    "reduction_abs": metrics.forgetting_reduction_abs(rho_hat, rho_base),
+                    "measure": "percent" if relative else (
+                        "difference" if not math.isnan(rho_base) else ""),
                 }
             )
-    if HAT not in by_strategy:
+    if HAT not in by_strategy and HAT not in diverged:
         missing.append(
             Missing(
                 "no hat records: HAT's reduction of forgetting cannot be computed",
-                RUN_CMD.format(scenario=scenario, strategies=HAT, seeds=_seeds_arg(all_seeds)),
+                command([HAT], all_seeds),
             )
         )
-    if not [s for s in strategies if s not in BASELINE_EXCLUDE]:
+    if not [s for s in (*strategies, *diverged) if s not in BASELINE_EXCLUDE]:
         missing.append(
             Missing(
                 "no baseline records (a strategy other than hat and joint): HAT's "
                 "reduction of forgetting cannot be computed",
-                RUN_CMD.format(
-                    scenario=scenario,
-                    strategies="<baseline, e.g. ewc>",
-                    seeds=_seeds_arg(all_seeds),
-                ),
+                command(["<baseline, e.g. ewc>"], all_seeds),
             )
         )
 
@@ -394,13 +519,13 @@ def compute_scenario(
     single: dict[str, list[str]] = defaultdict(list)
     for s in strategies:
         if len(seeds[s]) == 1:
-            single[_seeds_arg(_extra_seeds(seeds[s]))].append(s)
+            single[_seeds_arg(_extra_seeds(seeds[s] + diverged.get(s, [])))].append(s)
     for extra, ss in single.items():
         missing.append(
             Missing(
                 f"{', '.join(ss)}: a single seed; a {confidence:.0%} confidence interval "
                 "needs >= 2 seeds",
-                RUN_CMD.format(scenario=scenario, strategies=",".join(ss), seeds=extra),
+                command(ss, [int(x) for x in extra.split(",")]),
             )
         )
 
@@ -440,7 +565,7 @@ def compute_scenario(
         reduction=reduction,
         summary=summary,
         acc_mean=acc_mean,
-        grid=_grid(scenario, records, joint, acc, confidence, missing),
+        grid=_grid(scenario, records, joint, acc, confidence, missing, command),
         capacity=_capacity(list(by_strategy.get(HAT, {}).values()), n_tasks, notes),
         missing=missing,
         notes=notes,
@@ -448,6 +573,8 @@ def compute_scenario(
         monitoring=_monitoring(list(by_strategy.get(HAT, {}).values()), n_tasks),
         hyperparameters=hyper,
         sensitivity=_sensitivity(all_records, records, notes),
+        diverged=diverged,
+        duplicates=duplicates,
     )
 
 
@@ -469,12 +596,19 @@ def _layer_weights(hat: dict) -> np.ndarray:
     return used * prev
 
 
-def _compression(alone: list[dict], notes: list[str]) -> Capacity | None:
+def _compression(
+    alone: list[dict], notes: list[str], duplicates: list[Duplicate] | None = None
+) -> Capacity | None:
     """Per task trained alone (HAT records with mask statistics): fraction of units per layer
-    and overall, and of weights per layer and overall, mean over seeds."""
-    hat = [r for r in alone if r["strategy"] == HAT and r.get("hat")
+    and overall, and of weights per layer and overall, mean over seeds (diverged runs left
+    out, noted)."""
+    alone = _dedupe(alone, notes, duplicates)
+    for r in alone:
+        if r.get("diverged"):
+            notes.append(f"{r['strategy']} seed {r['seed']} [{r.get('tag', '')}] diverged "
+                         "(non-finite loss): left out of the compression data")
+    hat = [r for r in alone if r["strategy"] == HAT and r.get("hat") and not r.get("diverged")
            and r["hat"].get("used") is not None and len(r["task_names"]) == 1]
-    hat = _dedupe(hat, notes)
     if not hat:
         return None
     layers = [str(x) for x in hat[0]["hat"]["layers"]]
@@ -552,6 +686,7 @@ def _grid(
     acc: dict[int, np.ndarray],
     confidence: float,
     missing: list[Missing],
+    command: Callable[[Sequence[str], Sequence[int]], str] | None = None,
 ) -> Grid | None:
     """The smax × c grid of HAT records (tagged or not), when at least two points exist."""
     points: dict[tuple[float, float], dict[int, dict]] = defaultdict(dict)
@@ -575,6 +710,7 @@ def _grid(
             Missing(
                 "robustness grid shows final accuracy, not rho: no joint record for seed(s) "
                 + _seeds_arg(lacking),
+                command([JOINT], lacking) if command is not None else
                 RUN_CMD.format(scenario=scenario, strategies=JOINT, seeds=_seeds_arg(lacking)),
             )
         )

@@ -2,21 +2,50 @@
 
 Configs are frozen dataclasses. ``from_overrides`` turns user-facing keys (``lambda`` for
 ``lambda_``) and string values (from the CLI) into typed fields, with one clear error per
-bad key or value.
+bad key or value. Every number must be finite (no ``nan``/``inf``) and every integer must fit
+a signed 64-bit integer (what torch takes); each config checks its own ranges.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+#: integers must fit torch's int64
+INT_LIMIT = 2**63
+
 
 class ConfigError(ValueError):
     """A bad hyperparameter: the message names the parameter and the fix."""
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
+    """ConfigError unless ``value`` is a finite number within the bounds (None: unbounded;
+    ``*_open``: the bound itself excluded). NaN and infinities always fail."""
+    ok = (isinstance(value, int | float) and not isinstance(value, bool)
+          and math.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    if low is not None and high is not None:
+        where = (f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+    elif low is not None:
+        where = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        where = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        where = ""
+    raise ConfigError(f"{name} must be a finite number{' ' * bool(where)}{where}, got "
+                      f"{value!r}{hint}")
 
 
 def public_key(field_name: str) -> str:
@@ -52,11 +81,24 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
                 raise ValueError(value)
             if isinstance(value, bool):
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value else int(value)
+            number = (int(float(value)) if isinstance(value, str) and "e" in value.lower()
+                      else int(value))
+            if not -INT_LIMIT <= number < INT_LIMIT:
+                raise OverflowError(value)
+            return number
         if typ is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise OverflowError(value)
+            return number
         if typ is str:
             return str(value)
+    except OverflowError:
+        what = ("an integer between -2**63 and 2**63 - 1" if typ is int
+                else "a finite number (not nan or inf)")
+        raise ConfigError(
+            f"{section}.{key}={value!r} is out of range; give {what} for {section}.{key}"
+        ) from None
     except (TypeError, ValueError):
         raise ConfigError(
             f"{section}.{key}={value!r} is not a valid {typ.__name__}; "

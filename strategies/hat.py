@@ -28,7 +28,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.nn import CrossEntropyLoss
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .hat_layers import EmbeddingInit, HATError, HATLinear, HATNet, _HATMixin, find_hat_model
 from .loop import SGD, clip_grad_norm
 
@@ -63,8 +63,7 @@ class HATConfig:
         if not (self.c >= 0 and math.isfinite(self.c)):
             raise ConfigError(f"hat.c must be >= 0 (the paper uses 0.75), got {self.c}")
         for name in ("clipgrad", "thres_cosh", "thres_emb"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"hat.{name} must be > 0, got {getattr(self, name)}")
+            check_range(f"hat.{name}", getattr(self, name), 0, low_open=True)
         if self.anneal not in ("reference", "paper"):
             raise ConfigError(f"hat.anneal must be 'reference' or 'paper', got {self.anneal!r}")
         if self.embedding_init not in ("normal", "uniform"):

@@ -51,7 +51,7 @@ from avalanche.models import avalanche_forward
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .data import TensorLoader, materialize
 from .sgd_f import experience_task, multihead_parts
 
@@ -65,8 +65,7 @@ class IMMMeanConfig:
     lambda_: float = 1e-4
 
     def __post_init__(self):
-        if not self.lambda_ >= 0:
-            raise ConfigError(f"imm-mean.lambda must be >= 0, got {self.lambda_}")
+        check_range("imm-mean.lambda", self.lambda_, 0)
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,8 @@ class IMMModeConfig:
     fisher_batch: int = 20
 
     def __post_init__(self):
-        if not self.lambda_ >= 0:
-            raise ConfigError(f"imm-mode.lambda must be >= 0, got {self.lambda_}")
-        if not self.eps > 0:
-            raise ConfigError(f"imm-mode.eps must be > 0, got {self.eps}")
+        check_range("imm-mode.lambda", self.lambda_, 0)
+        check_range("imm-mode.eps", self.eps, 0, low_open=True)
         if self.fisher_batch < 1:
             raise ConfigError(f"imm-mode.fisher_batch must be >= 1, got {self.fisher_batch}")
 

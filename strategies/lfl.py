@@ -38,7 +38,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .sgd_f import experience_task, multihead_parts
 
 FeatureMode = Literal["eval", "train"]
@@ -54,8 +54,7 @@ class LFLConfig:
     features: FeatureMode = "eval"
 
     def __post_init__(self):
-        if not self.lambda_ >= 0:
-            raise ConfigError(f"lfl.lambda must be >= 0, got {self.lambda_}")
+        check_range("lfl.lambda", self.lambda_, 0)
 
 
 def feature_end(trunk: nn.Module) -> int | None:

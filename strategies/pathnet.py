@@ -46,7 +46,7 @@ import torch
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .data import TensorLoader, materialize
 from .models import MultiHeadNet, add_head
 from .pnn import TrunkPlan, fit_fraction, meta_param_count
@@ -63,6 +63,11 @@ from .sgd_f import (
 Path = list[list[int]]
 
 
+#: most modules per layer ``pathnet.modules`` takes (each module keeps at least one unit, so
+#: the network grows with M: far beyond the paper's 16 it only exhausts memory)
+MAX_MODULES = 1024
+
+
 @dataclass(frozen=True)
 class PathNetConfig:
     """PathNet: M modules per layer, N active per path, G generations (the paper's 16/3/20)."""
@@ -77,8 +82,10 @@ class PathNetConfig:
     width: float | None = None
 
     def __post_init__(self):
-        if self.modules < 1:
-            raise ConfigError(f"pathnet.modules must be >= 1, got {self.modules}")
+        if not 1 <= self.modules <= MAX_MODULES:
+            raise ConfigError(
+                f"pathnet.modules must be in [1, {MAX_MODULES}] (modules per layer; the paper "
+                f"uses 16), got {self.modules}")
         if not 1 <= self.active <= self.modules:
             raise ConfigError(
                 f"pathnet.active must be in [1, pathnet.modules={self.modules}], got "
@@ -88,10 +95,9 @@ class PathNetConfig:
             raise ConfigError(f"pathnet.generations must be >= 1, got {self.generations}")
         if self.population < 2:
             raise ConfigError(f"pathnet.population must be >= 2, got {self.population}")
-        if not self.path_epochs > 0:
-            raise ConfigError(f"pathnet.path_epochs must be > 0, got {self.path_epochs}")
-        if self.width is not None and not 0 < self.width <= 1:
-            raise ConfigError(f"pathnet.width must be in (0, 1], got {self.width}")
+        check_range("pathnet.path_epochs", self.path_epochs, 0, low_open=True)
+        if self.width is not None:
+            check_range("pathnet.width", self.width, 0, 1, low_open=True)
 
 
 class PathNetNet(MultiHeadNet):

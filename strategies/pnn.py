@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .models import MultiHeadNet
 from .sgd_f import (
     BaselineError,
@@ -335,8 +335,8 @@ class PNNConfig:
     width: float | None = None
 
     def __post_init__(self):
-        if self.width is not None and not 0 < self.width <= 1:
-            raise ConfigError(f"pnn.width must be in (0, 1], got {self.width}")
+        if self.width is not None:
+            check_range("pnn.width", self.width, 0, 1, low_open=True)
 
 
 class PNNPlugin(FreezingPlugin):

@@ -32,7 +32,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, check_range
 from .data import TensorLoader, materialize
 from .loop import set_training
 
@@ -51,10 +51,7 @@ class RecipeConfig:
     def __post_init__(self):
         if self.mode not in ("paper", "fixed"):
             raise ConfigError(f"train.recipe must be 'paper' or 'fixed', got {self.mode!r}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ConfigError(
-                f"train.valid_fraction must be in [0, 1), got {self.valid_fraction}"
-            )
+        check_range("train.valid_fraction", self.valid_fraction, 0, 1, high_open=True)
         if self.mode == "paper" and self.valid_fraction == 0:
             raise ConfigError(
                 "train.valid_fraction=0 leaves no validation data for the paper's recipe; "
@@ -62,10 +59,8 @@ class RecipeConfig:
             )
         if self.patience < 1:
             raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
-        if self.lr_factor <= 1:
-            raise ConfigError(f"train.lr_factor must be > 1, got {self.lr_factor}")
-        if self.lr_min <= 0:
-            raise ConfigError(f"train.lr_min must be > 0, got {self.lr_min}")
+        check_range("train.lr_factor", self.lr_factor, 1, low_open=True)
+        check_range("train.lr_min", self.lr_min, 0, low_open=True)
 
 
 def split_indices(n: int, fraction: float, seed: int, experience: int) -> tuple[np.ndarray, ...]:

@@ -12,7 +12,6 @@ network, and use an optimizer of the same type and settings over it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from avalanche.training.supervised.joint_training import JointTraining
 from torch import nn
 
 from .clip import REFERENCE_CLIPGRAD
-from .config import ConfigError, from_overrides, public_key, to_public_dict
+from .config import ConfigError, check_range, from_overrides, public_key, to_public_dict
 from .ewc import EWC
 from .hat import HAT, HATConfig
 from .imm import IMM, IMMMeanConfig, IMMModeConfig
@@ -60,16 +59,31 @@ class TrainConfig:
     clipgrad: float | None = None
 
     def __post_init__(self):
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError("train.momentum and train.weight_decay must be >= 0")
+        check_range("train.lr", self.lr, 0, low_open=True)
+        check_range("train.momentum", self.momentum, 0, 1, high_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0)
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.clipgrad is not None and not 0 < self.clipgrad < math.inf:
-            raise ConfigError(f"train.clipgrad must be a finite number > 0, got {self.clipgrad}")
+        if self.valid_fraction is not None:
+            check_range("train.valid_fraction", self.valid_fraction, 0, 1, high_open=True)
+        if self.patience < 1:
+            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
+        check_range("train.lr_factor", self.lr_factor, 1, low_open=True,
+                    hint=" (the learning rate is divided by it)")
+        check_range("train.lr_min", self.lr_min, 0, low_open=True)
+        if self.clipgrad is not None:
+            check_range("train.clipgrad", self.clipgrad, 0, low_open=True)
+
+    def check_combination(self) -> None:
+        """Checks across fields (``resolve`` calls it on the whole config; single keys, e.g.
+        a grid's values, are validated alone by ``__post_init__``)."""
+        if self.recipe == "paper" and self.valid_fraction == 0:
+            raise ConfigError(
+                "train.valid_fraction=0 leaves no validation data for the paper's recipe; "
+                "use train.recipe=fixed to train without validation"
+            )
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -93,17 +107,35 @@ class EWCConfig:
     mode: Literal["separate", "online"] = "separate"
     decay_factor: float | None = None
 
+    def __post_init__(self):
+        check_range("ewc.lambda", self.lambda_, 0)
+        if self.decay_factor is not None:
+            check_range("ewc.decay_factor", self.decay_factor, 0, 1)
+
+    def check_combination(self) -> None:
+        if self.decay_factor is not None and self.mode != "online":
+            raise ConfigError("ewc.decay_factor needs ewc.mode=online")
+
 
 @dataclass(frozen=True)
 class LwFConfig:
     alpha: float = 2.0
     temperature: float = 1.0
 
+    def __post_init__(self):
+        check_range("lwf.alpha", self.alpha, 0)
+        check_range("lwf.temperature", self.temperature, 0, low_open=True,
+                    hint=" (the distillation divides the logits by it)")
+
 
 @dataclass(frozen=True)
 class SIConfig:
     lambda_: float = 1.0
     eps: float = 1e-7
+
+    def __post_init__(self):
+        check_range("si.lambda", self.lambda_, 0)
+        check_range("si.eps", self.eps, 0, low_open=True)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import cli
+from benchmark import cli, parallel
 from benchmark import grid as gridlib
 from benchmark.parallel import RunsFailed, WorkerSettings, run_pool, run_ray
 from benchmark.records import read_record, record_name, record_path
@@ -59,16 +59,24 @@ def sequential(tmp_path_factory):
 
 
 def test_two_workers_give_the_sequential_records_and_a_failed_run_is_retried(
-        tmp_path, capsys, sequential):
+        tmp_path, capsys, monkeypatch, sequential):
     out = tmp_path / "res"
     argv = ["run", *BASE, "--scenario", "split-digits", "--strategies", "naive,hat",
             "--seeds", "0", "--epochs", "1", "--grid", "hat.smax=25,400", "--jobs", "2",
             "--out", str(out)]
-    # one grid point cannot be written (a folder sits where its record goes): that run fails,
-    # the others finish and keep their records
+    # one grid point cannot be written (a folder sits where its record goes, put there once
+    # the up-front checks, which refuse it, have passed): that run fails, the others finish
+    # and keep their records
     blocked = record_path(out, "split-digits", "hat", 0, "hat.smax=400")
-    blocked.mkdir(parents=True)
+    real_pool = parallel.run_pool
+
+    def run_pool(*args, **kwargs):
+        blocked.mkdir(parents=True)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "run_pool", run_pool)
     assert cli.main(argv) == 1
+    monkeypatch.undo()
     captured = capsys.readouterr()
     err = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "1 of 3 runs failed" in err[0] and blocked.name in err[0]

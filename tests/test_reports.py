@@ -277,7 +277,11 @@ def test_single_seed_has_no_ci_and_says_how(tmp_path, capsys):
     assert "†" in (out / "one" / "rho_table.md").read_text(encoding="utf-8")
     index = (out / "index.md").read_text(encoding="utf-8")
     assert "needs >= 2 seeds" in index
-    assert "python -m benchmark run --scenario one --strategies hat,ewc,joint --seeds 1,2" in index
+    # one command per set of settings: hat and ewc ran their tuned preset, ewc with another
+    # clipgrad than its reference; each with the records' folder
+    for s in ("hat", "ewc", "joint"):
+        assert f"python -m benchmark run --scenario one --strategies {s} --seeds 1,2" in index
+    assert index.count(f"--out {tmp_path}") == 3
     assert "needs >= 2 seeds" in capsys.readouterr().out
 
 
