@@ -151,25 +151,20 @@ class ModelConfig:
                 "(torchvision's 64-128-256-512); remove model.hidden, or use "
                 "model.family=resnet32, whose base width it sets"
             )
-        if self.blocks is not None:
-            if not 1 <= self.blocks <= MAX_BLOCKS:
+        if self.blocks is not None and not 1 <= self.blocks <= MAX_BLOCKS:
+            raise ConfigError(
+                f"model.blocks must be >= 1 and <= {MAX_BLOCKS} (residual blocks per stage; "
+                f"{MAX_BLOCKS} is a 1202-layer ResNet), got {self.blocks}")
+        if self.stem is not None and self.stem not in typing.get_args(Stem):
+            raise ConfigError(
+                f"model.stem must be one of {', '.join(typing.get_args(Stem))}, got "
+                f"{self.stem!r}")
+        for name, owner, what in (("blocks", "resnet32", " (residual blocks per stage)"),
+                                  ("stem", "resnet18", "")):
+            if getattr(self, name) is not None and self.family not in (None, owner):
                 raise ConfigError(
-                    f"model.blocks must be >= 1 and <= {MAX_BLOCKS} (residual blocks per stage; "
-                    f"{MAX_BLOCKS} is a 1202-layer ResNet), got {self.blocks}")
-            if self.family not in (None, "resnet32"):
-                raise ConfigError(
-                    f"model.blocks applies to resnet32 only (residual blocks per stage), not "
-                    f"to {self.family}; remove it, or use model.family=resnet32"
-                )
-        if self.stem is not None:
-            if self.stem not in typing.get_args(Stem):
-                raise ConfigError(
-                    f"model.stem must be one of {', '.join(typing.get_args(Stem))}, got "
-                    f"{self.stem!r}")
-            if self.family not in (None, "resnet18"):
-                raise ConfigError(
-                    f"model.stem applies to resnet18 only, not to {self.family}; remove it, "
-                    "or use model.family=resnet18"
+                    f"model.{name} applies to {owner} only{what}, not to {self.family}; "
+                    f"remove it, or use model.family={owner}"
                 )
         if not 1 <= self.layers <= MAX_LAYERS:
             raise ConfigError(

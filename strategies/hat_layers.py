@@ -309,7 +309,7 @@ class _HATBatchNorm(nn.Module):
                 "(model(x, task_labels)) so that the task's BatchNorm and gate are known"
             )
         bn = self.norm(self.current_task)
-        if bn.training and self.current_task in self.frozen and bn.track_running_stats:
+        if bn.training and self.current_task in self.frozen:
             # a trained task: its running statistics, never updated again
             y = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
                              0.0, bn.eps)

@@ -32,7 +32,7 @@ def tree(folder: Path) -> list[str]:
 
 def assert_usage_error(capsys, code: int, *fragments: str) -> str:
     captured = capsys.readouterr()
-    assert code == 2
+    assert code == 2, captured.err
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("error:"), lines[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_cli import assert_usage_error, run_cli, tree
 
 from benchmark import cli
 from benchmark.networks import (
@@ -31,35 +32,14 @@ from strategies import STRATEGIES, ConfigError, TrainConfig
 from strategies.config import from_overrides, public_key
 from strategies.recipe import RecipeConfig
 
-BASE = ["--no-progress", "--wandb", "disabled"]
-
 pytestmark = pytest.mark.usefixtures("in_tmp")
-
-
-def run_cli(*args) -> int:
-    return cli.main(["run", *BASE, *map(str, args)])
-
-
-def tree(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def usage_error(capsys, code: int, *fragments: str) -> str:
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error:"), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def bad(tmp_path, capsys, in_tmp, args, *fragments, epochs=True) -> str:
     """The command fails with one line, exit 2, and writes nothing (no <out>/runs/)."""
     out = tmp_path / "res"
     code = run_cli(*(["--epochs", "1"] if epochs else []), "--out", out, *args)
-    line = usage_error(capsys, code, *fragments)
+    line = assert_usage_error(capsys, code, *fragments)
     assert not out.exists() or not any(out.iterdir())
     assert tree(in_tmp) == []
     return line
@@ -150,7 +130,7 @@ def test_runs_as_a_file_is_refused(tmp_path, capsys, in_tmp, mode):
     (out / "runs").write_text("not a folder")
     (out / "runs").chmod(mode)  # (an executable file passed the old writability probe)
     code = run_cli("--strategies", "naive", "--epochs", "1", "--out", out)
-    usage_error(capsys, code, "runs is a file", "--out")
+    assert_usage_error(capsys, code, "runs is a file", "--out")
     assert tree(out) == ["runs"] and (out / "runs").read_text() == "not a folder"
 
 
@@ -158,7 +138,7 @@ def test_a_folder_in_place_of_a_record_is_refused(tmp_path, capsys, in_tmp):
     out = tmp_path / "res"
     record_path(out, "split-digits", "naive", 0).mkdir(parents=True)
     code = run_cli("--strategies", "naive", "--epochs", "1", "--out", out)
-    usage_error(capsys, code, "split-digits__naive__s0.json")
+    assert_usage_error(capsys, code, "split-digits__naive__s0.json")
     assert tree(out) == ["runs", "runs/split-digits__naive__s0.json"]
 
 
