@@ -289,6 +289,12 @@ def _add_common(r: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (default 1: fastest for the small networks on "
                    "few cores and for parallel jobs; 0 keeps torch's default)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints of this command's unfinished runs and train "
+                   "them from the first task (default: resume each from its last checkpoint)")
+    r.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each run's checkpoints under OUT/checkpoints after its record "
+                   "is written (default: removed)")
 
 
 def cmd_list() -> int:
@@ -542,6 +548,12 @@ def _plan(args: argparse.Namespace, preset: dict | None, notes: list[str]) -> Ru
                           [f"--scenario {n}" for n in names], notes)
     if preset is None:
         preset = load_preset(configs[0]) if configs else {}
+        listed = preset.get("scenario", "")
+        if args.scenario is None and "," in listed:
+            # a preset naming several scenarios ("a,b"): one plan per scenario, one pool
+            names = [n.strip() for n in listed.split(",")]
+            return _plan_many(args, [{"scenario": n} for n in names],
+                              [f"--config {configs[0]} (scenario {n})" for n in names], notes)
     # an empty value (--scenario "" or a preset's scenario: "") is an error, not the default
     scenario = args.scenario if args.scenario is not None else preset.get("scenario",
                                                                          "split-digits")
@@ -594,6 +606,10 @@ def _plan(args: argparse.Namespace, preset: dict | None, notes: list[str]) -> Ru
         _check_ray(args.ray)
     check_writable(out)
     check_existing(experiments, out)
+    if not getattr(args, "restart", False):  # (--restart discards them when the runs start)
+        from .checkpoints import check_command
+
+        check_command(experiments, out, device, args.threads or torch.get_num_threads())
     _warn_selection_settings(preset, overrides, notes)
     if not for_tune:  # (tune keeps --set values of strategies it does not run in its preset)
         notes.append(_unused_note(args, strategies))
@@ -767,12 +783,17 @@ def execute(plan: RunPlan, args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
+    keep = bool(getattr(args, "keep_checkpoints", False))
+    if getattr(args, "restart", False):
+        from .checkpoints import discard
+
+        discard(plan.experiments, plan.out)
     try:
         if plan.ray is None and plan.jobs == 1:
             factory = tracker_factory(args.wandb, project=args.wandb_project,
                                       entity=args.wandb_entity, out=plan.out)
             run_all(plan.experiments, plan.out, data_root=plan.data_root, device=plan.device,
-                    progress=progress, tracker_factory=factory)
+                    progress=progress, tracker_factory=factory, keep_checkpoints=keep)
         else:
             # decided once here: a failing W&B costs one wait and one warning, not one a worker
             mode = decide_mode(args.wandb, project=args.wandb_project,
@@ -781,6 +802,7 @@ def execute(plan: RunPlan, args: argparse.Namespace) -> int:
                 out=plan.out.resolve(), data_root=plan.data_root.resolve(), device=plan.device,
                 threads=args.threads, wandb=None if mode == "disabled" else mode,
                 wandb_project=args.wandb_project, wandb_entity=args.wandb_entity,
+                keep_checkpoints=keep,
             )
             if plan.ray is not None:
                 run_ray(plan.experiments, settings, address=plan.ray or None,

@@ -72,6 +72,11 @@ class WorkerSettings:
     wandb: str | None = None
     wandb_project: str = "hat-bench"
     wandb_entity: str | None = None
+    #: worker-pool runs write a checkpoint after every experience and resume from it
+    #: (``benchmark.checkpoints``); kept after the record is written with keep_checkpoints.
+    #: (Ray tasks may run on machines without the results folder: they do not checkpoint.)
+    checkpoints: bool = True
+    keep_checkpoints: bool = False
 
 
 # ------------------------------------------------------------------------------ in a worker
@@ -156,7 +161,9 @@ def _tracker(exp: Experiment, settings: WorkerSettings):
                                          entity=settings.wandb_entity, out=settings.out,
                                          shared=_shared_mode)
     factory = _trackers[key]
-    return factory(exp) if factory is not None else None
+    from .runner import new_tracker
+
+    return new_tracker(factory, exp, settings.out)
 
 
 def execute(exp: Experiment, settings: WorkerSettings, path: Path | None = None) -> dict:
@@ -168,7 +175,8 @@ def execute(exp: Experiment, settings: WorkerSettings, path: Path | None = None)
     if path is not None:
         return run_and_write(exp, path, scenario, out=settings.out,
                              data_root=settings.data_root, device=settings.device,
-                             tracker=tracker)
+                             tracker=tracker, checkpoints=settings.checkpoints,
+                             keep_checkpoints=settings.keep_checkpoints)
     from .runner import RunHooks
 
     hooks = RunHooks()

@@ -22,6 +22,10 @@ from reports.render import write_text
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 
+#: record fields that measure the time or memory of the process: they differ between two runs
+#: of one experiment (and after a resume); every other field is the same for the same seed
+TIMING_FIELDS = ("seconds", "peak_memory_mb", "created")
+
 REQUIRED = {
     "schema": int,
     "scenario": str,
@@ -103,6 +107,7 @@ def validate_record(rec: Any) -> dict:
     for key in ("random_accuracy", "epochs", "seconds"):
         if len(rec[key]) != n:
             raise RecordError(f"'{key}' must have one entry per task ({n})")
+    _check_optional_fields(rec, n)
     if not isinstance(rec.get("diverged", False), bool):
         raise RecordError("field 'diverged' must be true or false")
     threads = rec.get("threads")
@@ -110,6 +115,32 @@ def validate_record(rec: Any) -> dict:
                                 or threads < 1):
         raise RecordError("field 'threads' must be an integer >= 1")
     return rec
+
+
+def _check_optional_fields(rec: dict, n: int) -> None:
+    """The fields added by issue 16 (absent in older records): ``agnostic_accuracy`` (null,
+    or row t holding t+1 accuracies), ``peak_memory_mb`` (T numbers >= 0, null where a
+    diverged run's value was lost) and ``memory_samples`` (null, or T integers >= 0)."""
+    agn = rec.get("agnostic_accuracy")
+    if agn is not None:
+        if not isinstance(agn, list) or len(agn) != n or any(
+                not isinstance(r, list) or len(r) != t + 1 for t, r in enumerate(agn)):
+            raise RecordError("'agnostic_accuracy' must be null or T rows, row t with t+1 "
+                              "entries")
+        for row in agn:
+            for v in row:
+                if (not isinstance(v, int | float) or isinstance(v, bool)
+                        or not 0.0 <= v <= 1.0):
+                    raise RecordError("'agnostic_accuracy' entries must be numbers in [0, 1]")
+    peak = rec.get("peak_memory_mb")
+    if peak is not None and (not isinstance(peak, list) or len(peak) != n or any(
+            v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0)
+            for v in peak)):
+        raise RecordError(f"'peak_memory_mb' must be a list of {n} numbers >= 0")
+    held = rec.get("memory_samples")
+    if held is not None and (not isinstance(held, list) or len(held) != n or any(
+            not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in held)):
+        raise RecordError(f"'memory_samples' must be null or a list of {n} integers >= 0")
 
 
 def finite_record(rec: dict) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -33,12 +34,17 @@ from strategies import (
     get_strategy,
     make_optimizer,
 )
+from strategies.agnostic import agnostic_accuracy
 from strategies.clip import GradientClipPlugin
 from strategies.config import from_overrides, to_public_dict
 from strategies.hat import flushing_denormals
 from strategies.recipe import split_indices
 from strategies.registry import BuildContext
 
+from .checkpoints import RunCheckpoints, run_folder, saved_extra
+from .checkpoints import capture as capture_strategy
+from .checkpoints import remove as remove_checkpoints
+from .checkpoints import resume as resume_checkpoint
 from .networks import (
     DEFAULT_BLOCKS,
     DEFAULT_HIDDEN,
@@ -277,6 +283,104 @@ class _Accuracy(SupervisedPlugin):
         self.results.append(int(self.correct) / max(self.total, 1))
 
 
+def resident_mb() -> float:
+    """This process's resident set size now, in MB (``/proc/self/statm``; elsewhere the
+    peak so far from ``getrusage``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class _PeakMemory(SupervisedPlugin):
+    """Peak memory of each experience's training, in MB: on CUDA the allocator's peak
+    (``torch.cuda.max_memory_allocated``, reset when the experience starts); on the CPU the
+    growth of the process's resident set size over its size when the run started, sampled
+    when the experience starts and after every epoch (a sample per epoch misses peaks inside
+    a step, and memory an earlier run of the same process freed is reused unseen: the same
+    rule for every strategy, a rough figure; ``state_mb`` is the exact one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = resident_mb()
+        self.peak = 0.0
+
+    def _cuda(self, strategy) -> bool:
+        return torch.device(strategy.device).type == "cuda"
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self._cuda(strategy):
+            torch.cuda.reset_peak_memory_stats(strategy.device)
+            self.peak = 0.0
+        else:
+            self.peak = max(0.0, resident_mb() - self.base)
+
+    def after_training_epoch(self, strategy, **kwargs):
+        if not self._cuda(strategy):
+            self.peak = max(self.peak, resident_mb() - self.base)
+
+    def after_training_exp(self, strategy, **kwargs):
+        if self._cuda(strategy):
+            self.peak = torch.cuda.max_memory_allocated(strategy.device) / 2**20
+        else:
+            self.peak = max(self.peak, resident_mb() - self.base)
+
+
+def held_tensors_mb(strategy, skip: Sequence[object] = ()) -> float:
+    """MB of the distinct tensor storages ``strategy`` holds between experiences: the model's
+    parameters and buffers, the optimizer's state, and every tensor the plugins keep (EWC's
+    Fisher and anchors, SI's importances, LwF's teacher, rehearsal memories, ...), each
+    storage counted once; the plugins in ``skip`` (the runner's own) are left out. Exact and
+    the same on every machine: what a method keeps, not what a step needs."""
+    seen: set[int] = set()
+    alive: list[Any] = []  # the temporary dicts visited stay alive: ids are not reused
+    storages: dict[int, int] = {}
+
+    def visit(obj: Any, depth: int) -> None:
+        if depth > 6 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        alive.append(obj)
+        if isinstance(obj, torch.Tensor):
+            st = obj.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        elif isinstance(obj, torch.nn.Module):
+            for v in obj.state_dict(keep_vars=True).values():
+                visit(v, depth + 1)
+            visit({k: v for k, v in vars(obj).items() if not k.startswith("_")}, depth + 1)
+        elif isinstance(obj, Mapping):
+            for v in obj.values():
+                visit(v, depth + 1)
+        elif isinstance(obj, list | tuple | set):
+            for v in obj:
+                visit(v, depth + 1)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type | FunctionType | MethodType
+                                                          | ModuleType):
+            visit(vars(obj), depth + 1)
+
+    visit(strategy.model, 0)
+    visit(dict(strategy.optimizer.state), 0)
+    for plugin in strategy.plugins:
+        if not any(plugin is s for s in skip):
+            visit(plugin, 0)
+    return sum(storages.values()) / 2**20
+
+
+def memory_samples(strategy) -> int | None:
+    """Samples the strategy's rehearsal memories hold (the sum of every plugin's
+    ``memory_samples()``), or None when no plugin keeps one."""
+    counts = [p.memory_samples() for p in strategy.plugins if hasattr(p, "memory_samples")]
+    return int(sum(counts)) if counts else None
+
+
 class _History(SupervisedPlugin):
     """Per-epoch training statistics, forwarded to ``on_epoch`` (progress bar, tracker).
 
@@ -407,8 +511,13 @@ def run_experiment(
     data_root: Path = Path("data"),
     device: str | torch.device = "cpu",
     hooks: RunHooks | None = None,
+    checkpoint: RunCheckpoints | None = None,
 ) -> dict:
     """Train ``exp`` and return its run record (not written).
+
+    ``checkpoint``: after every experience the run's state is written there, and a run with
+    a checkpoint resumes from it (``benchmark.checkpoints``: the same record as without
+    the interruption, timing fields aside).
 
     Denormal floats are flushed to zero for the duration of the run, for every strategy
     alike (HAT's near-zero gates make CPU matrix products 2–3× slower otherwise, see
@@ -431,6 +540,13 @@ def run_experiment(
         epochs: list[int] = []
         seconds: list[float] = []
         history: list[list[dict]] = []
+        peak_mb: list[float] = []
+        state_mb: list[float] = []
+        held: list[int | None] = []
+        agnostic: list[list[float] | None] = []
+        peak = _PeakMemory()
+        from_scratch = spec.joint or spec.single
+        test_sets = [(task.test_x, task.test_y) for task in scenario.tasks]
 
         def plugins_for(task_index: int):
             recipe = TrainingRecipePlugin(
@@ -441,7 +557,7 @@ def run_experiment(
             )
             hist = _History(recipe, lambda entry: hooks.on_epoch(task_index, entry))
             acc = _Accuracy()
-            return recipe, hist, acc, [FastDataPlugin(), recipe, hist, acc]
+            return recipe, hist, acc, [FastDataPlugin(), recipe, hist, acc, peak]
 
         # each task's held-out validation split (the recipe's indices) as an eval stream: the
         # validation accuracy matrix that hyperparameter selection reads (never the test data)
@@ -450,25 +566,45 @@ def run_experiment(
         valid_accuracy: list[list[float]] | None = None if valid_bench is None else []
         seed_everything(exp.seed)
         strategy = None
-        if not spec.joint:
+        if not from_scratch:
             recipe, hist, acc, plugins = plugins_for(0)
             strategy = _make_strategy(spec, cfg, scenario, device, plugins, hooks.avalanche_loggers)
-        for t in range(n_tasks):
+        # the record's rows so far: what a checkpoint keeps and a resumed run continues
+        progress = {"accuracy": accuracy, "valid_accuracy": valid_accuracy, "epochs": epochs,
+                    "seconds": seconds, "history": history, "peak_memory_mb": peak_mb,
+                    "state_mb": state_mb, "memory_samples": held, "agnostic_accuracy": agnostic}
+        done = 0
+        resumed = checkpoint.load() if checkpoint is not None else None
+        if resumed is not None:
+            done = resume_checkpoint(resumed, progress, strategy,
+                                     () if strategy is None else plugins,
+                                     [e.dataset for e in bench.test_stream], device)
+            checkpoint.announce(done, n_tasks)
+        for t in range(done, n_tasks):
             start = time.perf_counter()
-            if spec.joint:
+            if from_scratch:
                 seed_everything(exp.seed)  # from scratch, same initialisation for every t
                 recipe, hist, acc, plugins = plugins_for(t)
                 strategy = _make_strategy(spec, cfg, scenario, device, plugins,
                                           hooks.avalanche_loggers)
-                strategy.train(bench.train_stream[: t + 1], eval_streams=[])
+                # joint: tasks 1..t together; single: task t alone
+                stream = bench.train_stream[: t + 1] if spec.joint else bench.train_stream[t]
+                strategy.train(stream, eval_streams=[])
             else:
                 hist.on_epoch = (lambda task: lambda entry: hooks.on_epoch(task, entry))(t)
                 strategy.train(bench.train_stream[t], eval_streams=[])
             seconds.append(time.perf_counter() - start)
             epochs.append(recipe.epochs_trained)
             history.append(list(hist.entries))
+            peak_mb.append(peak.peak)
+            state_mb.append(held_tensors_mb(strategy, skip=plugins))
+            held.append(memory_samples(strategy))
             row = _evaluate(strategy, bench.test_stream, acc)
             accuracy.append(row)
+            # (single: one task's model, nothing to tell apart without the task label)
+            agnostic.append(None if spec.single else agnostic_accuracy(
+                strategy, test_sets, scenario.classes_per_task, t + 1,
+                cfg.train.eval_batch_size))
             if valid_bench is not None:
                 # the first evaluation of a dataset reads it through a DataLoader, which
                 # draws a seed from the global RNG: keep training's random stream untouched
@@ -476,9 +612,13 @@ def run_experiment(
                 with torch.random.fork_rng(devices=cuda):
                     valid_accuracy.append(_evaluate(strategy, valid_bench.test_stream, acc))
             hooks.on_experience(t, row)
+            if checkpoint is not None:
+                checkpoint.save(t + 1, n_tasks, progress,
+                                None if from_scratch else capture_strategy(strategy, plugins),
+                                device)
 
         hat_stats = None
-        model = strategy.model
+        model = strategy.model if strategy is not None else None  # (None: resumed at the end)
         if hasattr(model, "mask_statistics"):
             hat_stats = model.mask_statistics(list(range(n_tasks)))
         params = record_params(exp, cfg)
@@ -496,6 +636,10 @@ def run_experiment(
             "random_accuracy": [random_accuracy(task) for task in scenario.tasks],
             "epochs": epochs,
             "seconds": seconds,
+            "peak_memory_mb": peak_mb,
+            "state_mb": state_mb,
+            "memory_samples": None if all(h is None for h in held) else held,
+            "agnostic_accuracy": None if any(a is None for a in agnostic) else agnostic,
             "history": history,
             "hat": hat_stats,
             "selection": dict(exp.selection) if exp.selection is not None else None,
@@ -616,9 +760,16 @@ def run_and_write(
     device: str,
     tracker: Any = None,
     on_epoch: Callable[[int, dict], None] | None = None,
+    checkpoints: bool = True,
+    keep_checkpoints: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run ``exp``, write its record atomically to ``path`` and return it; the tracker (if
-    any) follows the run and is finished or aborted."""
+    any) follows the run and is finished or aborted.
+
+    ``checkpoints``: the run writes a checkpoint after every experience under
+    ``<out>/checkpoints/`` and resumes from the last one there (one ``resume ...`` line to
+    ``log``); they are removed once the record is written, unless ``keep_checkpoints``."""
 
     def epoch_hook(task, entry):
         if on_epoch is not None:
@@ -632,8 +783,15 @@ def run_and_write(
 
     hooks = RunHooks(on_epoch=epoch_hook, on_experience=on_experience,
                      avalanche_loggers=tracker.avalanche_loggers() if tracker else [])
+    checkpoint = None
+    if checkpoints:
+        resume_state = getattr(tracker, "resume_state", None)  # (RunTracker's: W&B run id)
+        checkpoint = RunCheckpoints.for_run(
+            out, exp, device, log=log or tqdm.write,
+            extra=None if resume_state is None else lambda: {"tracker": resume_state()})
     try:
-        rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks)
+        rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks,
+                             checkpoint=checkpoint)
         if tracker is None:
             write_record(path, rec)
         else:
@@ -642,7 +800,24 @@ def run_and_write(
         if tracker is not None:
             tracker.abort()
         raise
+    if checkpoint is not None and not keep_checkpoints:
+        remove_checkpoints(checkpoint.folder)
     return rec
+
+
+def new_tracker(factory: Callable[..., Any] | None, exp: Experiment, out: Path) -> Any:
+    """The run's tracker from ``factory`` (None: not tracked); a run that resumes from a
+    checkpoint continues the W&B run its interrupted part started (same id and step)."""
+    if factory is None:
+        return None
+    saved = (saved_extra(run_folder(out, exp)) or {}).get("tracker")
+    if not saved:
+        return factory(exp)
+    import inspect
+
+    params = inspect.signature(factory).parameters.values()
+    takes = any(p.name == "resume" or p.kind is p.VAR_KEYWORD for p in params)
+    return factory(exp, resume=saved) if takes else factory(exp)
 
 
 def _write_tracked(path: Path, rec: dict, tracker: Any, out: Path) -> None:
@@ -672,12 +847,15 @@ def run_all(
     progress: bool = True,
     tracker_factory: Callable[[Experiment], Any] | None = None,
     log: Callable[[str], None] | None = None,
+    checkpoints: bool = True,
+    keep_checkpoints: bool = False,
 ) -> list[Path]:
     """Run every experiment whose complete record is missing; return all record paths.
 
     A run that raises does not stop the others: it is reported (``failed <record>: <error>``)
     and :class:`~benchmark.errors.RunsFailed` is raised once the others have run (as
-    ``benchmark.parallel.run_pool``). Ctrl-C (KeyboardInterrupt) stops at once."""
+    ``benchmark.parallel.run_pool``). Ctrl-C (KeyboardInterrupt) stops at once. A run with a
+    checkpoint resumes from it (``run_and_write``)."""
     from .errors import RunsFailed, brief
 
     log = log or (lambda msg: tqdm.write(msg))
@@ -699,7 +877,7 @@ def run_all(
             scenario = cache[key]
             ebar = tqdm(desc=f"  {exp.strategy} task 1/{scenario.n_tasks}", unit="ep",
                         disable=show, position=1, leave=False)
-            tracker = tracker_factory(exp) if tracker_factory else None
+            tracker = new_tracker(tracker_factory, exp, out)
 
             def on_epoch(task, entry, ebar=ebar, n=scenario.n_tasks, name=exp.strategy):
                 ebar.set_description(f"  {name} task {task + 1}/{n}")
@@ -707,7 +885,9 @@ def run_all(
 
             try:
                 rec = run_and_write(exp, path, scenario, out=out, data_root=data_root,
-                                    device=device, tracker=tracker, on_epoch=on_epoch)
+                                    device=device, tracker=tracker, on_epoch=on_epoch,
+                                    checkpoints=checkpoints, keep_checkpoints=keep_checkpoints,
+                                    log=log)
             finally:
                 ebar.close()
         except Exception as err:  # noqa: BLE001 - reported; the other runs go on

@@ -288,9 +288,11 @@ class _Session:
         root = self.root
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
-        # our own id: the folder of a run that fails to start is known, and removed
-        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits)
-                         for _ in range(8))
+        # our own id: the folder of a run that fails to start is known, and removed (a
+        # resumed run brings its id: the folders its earlier part left are kept)
+        run_id = kwargs.get("id") or "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        earlier = _run_folders(root, run_id) if kwargs.get("id") else set()
         try:
             run = wandb.init(
                 mode=self.mode,
@@ -300,24 +302,33 @@ class _Session:
                 id=run_id,
                 reinit="finish_previous",  # never two runs at once
                 settings=settings,
-                **kwargs,
+                **{k: v for k, v in kwargs.items() if k != "id"},
             )
             if getattr(run, "disabled", False) or (self.mode == _ONLINE and run.offline):
                 _finish_quietly(run, 1)
                 raise RuntimeError(f"wandb did not start an {self.mode} run (login failed?)")
         except BaseException:
-            _remove_run_folders(root, run_id)
+            _remove_run_folders(root, run_id, keep=earlier)
             raise
         return run
 
 
-def _remove_run_folders(root: Path | None, run_id: str) -> None:
+def _run_folders(root: Path | None, run_id: str) -> set[Path]:
+    """The folders wandb has for the run ``run_id`` now."""
+    base = Path(root) if root is not None else Path.cwd()
+    return {p for where in (base / "wandb", base / ".wandb") for pattern in _RUN_FOLDERS
+            for p in where.glob(pattern.format(id=run_id))}
+
+
+def _remove_run_folders(root: Path | None, run_id: str,
+                        keep: set[Path] | frozenset[Path] = frozenset()) -> None:
     """Remove the folders wandb made for the run ``run_id`` that did not start (and the
     ``latest-run``/``debug*.log`` links left pointing into them). Never raises."""
     base = Path(root) if root is not None else Path.cwd()
     for where in (base / "wandb", base / ".wandb"):
         try:
-            folders = [p for pattern in _RUN_FOLDERS for p in where.glob(pattern.format(id=run_id))]
+            folders = [p for pattern in _RUN_FOLDERS for p in where.glob(pattern.format(id=run_id))
+                       if p not in keep]
             for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
             if folders:
@@ -488,7 +499,7 @@ class RunTracker:
     that fails midway is replayed into its offline replacement.
     """
 
-    def __init__(self, exp, session: _Session):
+    def __init__(self, exp, session: _Session, resume: Mapping[str, Any] | None = None):
         self.exp = exp
         self._session = session
         self._ops: list[Callable[[Any], None]] = []
@@ -503,8 +514,19 @@ class RunTracker:
             tags=[exp.scenario, exp.strategy, f"seed{exp.seed}"],
             config=run_config(params, exp.scenario, exp.strategy, exp.seed),
         )
+        if resume and resume.get("id"):
+            # a run resumed from its checkpoint (resume_state): the same W&B run, continued
+            self._init_kwargs.update(id=str(resume["id"]), resume="allow")
+            self._step = int(resume.get("step", 0))
         self._ops.append(_define_metrics)
         self._open()
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps to continue this W&B run (its id and step); None when no
+        run is tracked."""
+        if self._run is None:
+            return None
+        return {"id": str(self._run.id), "step": self._step}
 
     # -- plumbing
     @property
@@ -654,13 +676,27 @@ def _define_metrics(run) -> None:
 
 # ------------------------------------------------------------------------------ finish
 def _summary(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    """Summary values of a finished run, computed from its record (no W&B calls)."""
+    """Summary values of a finished run, computed from its record (no W&B calls).
+
+    Besides accuracy, BWT and forgetting: ``agnostic_final_accuracy`` (mean of the last row
+    of ``agnostic_accuracy``; absent when the strategy has no task-agnostic prediction),
+    ``seconds_per_task`` (mean of ``seconds``), ``peak_memory_mb`` and ``state_mb`` (max over
+    tasks),
+    ``memory_samples`` (most samples the rehearsal memory held; absent without one), and the
+    metrics that need a reference record of the same scenario and seed (untagged) already
+    under ``<out>/runs/``: the forgetting ratio and ``intransigence`` (``joint``),
+    ``forward_transfer`` (``single``). A run that finishes before its references gets these
+    only from the report (``python -m reports``), which reads every record at once.
+    """
     import numpy as np
 
     from reports.metrics import (
+        agnostic_final_accuracy,
         bwt,
         final_average_accuracy,
         forgetting,
+        forward_transfer,
+        intransigence,
         mean_forgetting_ratio,
         validation_criterion,
     )
@@ -680,12 +716,20 @@ def _summary(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
         summary["selection_preset"] = str(record["selection"].get("preset", ""))
     if record.get("valid_accuracy") is not None:
         summary["valid_criterion"] = _num(validation_criterion(record["valid_accuracy"]))
-    joint = _joint_accuracy(record, out)
+    summary.update(_cost_summary(record))
+    if record.get("agnostic_accuracy") is not None:
+        summary["agnostic_final_accuracy"] = _num(
+            agnostic_final_accuracy(record["agnostic_accuracy"]))
+    joint = _reference_accuracy(record, out, "joint")
     if joint is not None:
         rho = mean_forgetting_ratio(acc, joint, record["random_accuracy"])
         for t, value in enumerate(rho):
             summary[f"forgetting_ratio/after_{t + 1}"] = _num(float(value))
         summary["forgetting_ratio"] = _num(float(rho[-1]))
+        summary["intransigence"] = _num(intransigence(acc, joint))
+    single = _reference_accuracy(record, out, "single")
+    if single is not None:
+        summary["forward_transfer"] = _num(forward_transfer(acc, single))
     if record.get("hat"):
         summary.update(_hat_summary(record["hat"]))
     public = {k: v for k, v in record.items() if k != "history"}
@@ -711,20 +755,37 @@ def _tables(record: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[A
     return tables
 
 
-def _joint_accuracy(record: Mapping[str, Any], out: Path):
-    """The accuracy matrix of the joint run of the same scenario and seed, or None."""
-    if record["strategy"] == "joint":
+def _cost_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``seconds_per_task``, and the max over tasks of ``peak_memory_mb``, ``state_mb`` and
+    ``memory_samples``, each when the record has it (older records lack the last three;
+    entries that are null, e.g. a diverged run's, are skipped)."""
+    out: dict[str, Any] = {}
+    for key, name, reduce in (("seconds", "seconds_per_task", lambda v: sum(v) / len(v)),
+                              ("peak_memory_mb", "peak_memory_mb", max),
+                              ("state_mb", "state_mb", max),
+                              ("memory_samples", "memory_samples", max)):
+        values = [v for v in (_num(x) for x in record.get(key) or []) if v is not None]
+        if values:
+            out[name] = _num(reduce(values))
+    return out
+
+
+def _reference_accuracy(record: Mapping[str, Any], out: Path, reference: str):
+    """The accuracy matrix of the untagged ``reference`` run (``joint`` or ``single``) of the
+    same scenario and seed under ``<out>/runs/``, or None (none yet, unreadable, other
+    tasks, or ``record`` is that reference)."""
+    if record["strategy"] == reference:
         return None
-    path = record_path(out, record["scenario"], "joint", record["seed"], "")
+    path = record_path(out, record["scenario"], reference, record["seed"], "")
     if not path.exists():
         return None
     try:
-        joint = read_record(path)
+        ref = read_record(path)
     except RecordError:
         return None
-    if joint["task_names"] != list(record["task_names"]):
+    if ref["task_names"] != list(record["task_names"]) or ref.get("diverged"):
         return None
-    return joint["accuracy"]
+    return ref["accuracy"]
 
 
 def _hat_tables(hat: Mapping[str, Any], names: list[str]) -> dict:
@@ -891,12 +952,14 @@ class TrackerFactory:
         """The current mode: online, offline, or disabled (after failures)."""
         return self.session.mode
 
-    def __call__(self, exp) -> RunTracker | None:
+    def __call__(self, exp, resume: Mapping[str, Any] | None = None) -> RunTracker | None:
+        """The tracker of ``exp``; ``resume`` (``RunTracker.resume_state`` of its interrupted
+        part, from the run's checkpoint) continues that W&B run."""
         self.session.sync()
         if self.session.mode == _DISABLED:
             return None
         try:
-            tracker = RunTracker(exp, self.session)
+            tracker = RunTracker(exp, self.session, resume=resume)
         except Exception as err:  # noqa: BLE001 - never in the way of the run
             self.session.degrade(err)
             return None

@@ -7,7 +7,10 @@ Layout under ``out``::
     <scenario>/rho_reduction.csv      HAT's reduction of forgetting vs the best baseline
     <scenario>/rho_vs_t.{png,pdf,csv} ρ≤t against t with CI bands
     <scenario>/acc_matrix_<strategy>.png
-    <scenario>/summary.{md,csv}       final accuracy, BWT, forgetting
+    <scenario>/summary.{md,csv}       final accuracy, BWT, forgetting, FWT, intransigence,
+                                      task-agnostic accuracy, time per task, peak memory
+    <scenario>/cost.{png,pdf,csv}     final accuracy against training time and peak memory,
+                                      per method (not joint/single), when one has both
     <scenario>/robustness.{png,md,csv}   when a HAT smax × c grid exists
     <scenario>/capacity.png, compression.{png,md,csv}   when HAT mask statistics exist
     <scenario>/compression_alone.{png,md,csv}   when tasks were trained alone (scenario.task)
@@ -44,6 +47,7 @@ _OWNED = (
     "rho_vs_t.*",
     "acc_matrix_*.png",
     "summary.*",
+    "cost.*",
     "robustness.*",
     "capacity.png",
     "compression.*",
@@ -120,9 +124,25 @@ def _scenario_files(
         text(
             "summary.md",
             render.summary_md(rep),
-            f"final average accuracy, BWT and forgetting per strategy (mean ± {conf} CI)",
+            f"final average accuracy, BWT, forgetting, FWT, intransigence, task-agnostic "
+            f"accuracy, training time per task and peak memory per strategy (mean ± {conf} "
+            "CI)",
         )
         text("summary.csv", render.summary_csv(rep), "the same as CSV (fractions)")
+    if rep.cost_strategies():
+        methods = {s: rep.summary[s] for s in rep.cost_strategies()}
+        figure(
+            figures.plot_cost,
+            (methods, rep.scenario, [d / "cost.png", d / "cost.pdf"]),
+            {
+                "cost.png": f"cost: final average accuracy against training time per task and "
+                f"peak memory, one marker per method with {conf} CI bars, to choose a method "
+                "on cost as well as accuracy",
+                "cost.pdf": "the same figure as PDF",
+            },
+        )
+        text("cost.csv", render.cost_csv(rep),
+             "data of the cost figure: final accuracy, seconds per task, peak memory (MB)")
     for s, m in rep.acc_mean.items():
         n = len(rep.seeds[s])
         name = f"acc_matrix_{safe_name(s)}.png"

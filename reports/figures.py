@@ -90,31 +90,161 @@ def _annotated_heatmap(ax, m: np.ndarray, fmt, vmin: float, vmax: float, cmap: s
     return im
 
 
+#: line styles and markers that tell apart strategies sharing one of the 10 colours
+_LINES = ("-", "--", ":")
+_MARKERS = ("o", "s", "^")
+#: above this many entries a legend goes under the axes (3 columns) instead of inside them
+_LEGEND_INSIDE = 6
+
+
+def strategy_style(k: int) -> dict[str, str]:
+    """Colour, line style and marker of the k-th strategy of a figure: the 10 default colours,
+    then again with another line style and marker (the suite compares about 20 strategies)."""
+    return {"color": f"C{k % 10}", "linestyle": _LINES[(k // 10) % len(_LINES)],
+            "marker": _MARKERS[(k // 10) % len(_MARKERS)]}
+
+
+def _legend_rows(n: int) -> int:
+    """Rows of a legend of ``n`` entries placed under the axes (0: inside the axes)."""
+    return 0 if n <= _LEGEND_INSIDE else math.ceil(n / 3)
+
+
 def plot_rho_vs_t(
     rho: Mapping[str, Sequence[Stat]], n_tasks: int, paths: Sequence[Path]
 ) -> list[Path]:
-    """ρ^{≤t} against t, one line per strategy with its CI band, dashed zero line."""
+    """ρ^{≤t} against t, one line per strategy with its CI band, dashed zero line. Every
+    strategy of ``rho`` is drawn; with many the legend moves under the axes."""
     t = np.arange(1, n_tasks + 1)
-    with _figure(COLUMN_IN, 2.4, (0.62, 0.45, 0.1, 0.1)) as fig:
+    rows = _legend_rows(len(rho) + 1)
+    below = 0.16 * rows + (0.2 if rows else 0.0)
+    with _figure(COLUMN_IN, 2.4 + below, (0.62, 0.45 + below, 0.1, 0.1)) as fig:
         ax = fig.add_subplot()
         ax.axhline(0.0, color="black", linestyle="--", linewidth=0.8, label="joint (ρ = 0)")
         for k, (s, stats) in enumerate(rho.items()):
             mean = np.array([st.mean for st in stats])
             half = np.array([st.half for st in stats])
-            color = f"C{k % 10}"
+            style = strategy_style(k)
             lw = 1.6 if s == "hat" else 1.0
-            ax.plot(t, mean, marker="o", markersize=3, linewidth=lw, color=color, label=s)
+            ax.plot(t, mean, markersize=3, linewidth=lw, label=s, **style)
             ok = np.isfinite(half) & np.isfinite(mean)
             if ok.any():
-                ax.fill_between(
-                    t, mean - half, mean + half, where=ok, color=color, alpha=0.2, linewidth=0
-                )
+                ax.fill_between(t, mean - half, mean + half, where=ok, color=style["color"],
+                                alpha=0.2 if len(rho) <= 10 else 0.1, linewidth=0)
         ax.set_xlabel("number of tasks learned $t$")
         ax.set_ylabel(r"forgetting ratio $\rho^{\leq t}$")
         ax.set_xticks(t if n_tasks <= 10 else t[:: math.ceil(n_tasks / 10)])
         ax.set_xlim(0.8, n_tasks + 0.2)
-        ax.legend(loc="best", frameon=False, ncol=2 if len(rho) > 3 else 1)
+        if rows:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45 / 2.4 - 0.05),
+                      frameon=False, ncol=3, fontsize=FONT_PT - 1, handlelength=2.2)
+        else:
+            ax.legend(loc="best", frameon=False, ncol=2 if len(rho) > 3 else 1)
         return _save(fig, paths)
+
+
+#: the cost figure's panels: (metric of the x axis, its label)
+COST_PANELS = (("seconds_per_task", "training time per task (s)"),
+               ("peak_memory_mb", "peak memory (MB)"),
+               ("state_mb", "state held between tasks (MB)"))
+
+
+def cost_points(
+    summary: Mapping[str, Mapping[str, Stat]], x_metric: str
+) -> list[tuple[str, float, float, float, float]]:
+    """One panel's points of the cost figure: ``(strategy, x, x_half, accuracy %, acc_half
+    %)`` for each strategy of ``summary`` (in its order) with a final accuracy and a value of
+    ``x_metric``; half-widths NaN when undefined (a single seed)."""
+    out = []
+    for s, m in summary.items():
+        acc, x = m["final_acc"], m[x_metric]
+        if acc.n == 0 or x.n == 0:
+            continue
+        out.append((s, x.mean, x.half, 100 * acc.mean, 100 * acc.half))
+    return out
+
+
+def plot_cost(
+    summary: Mapping[str, Mapping[str, Stat]], scenario: str, paths: Sequence[Path]
+) -> list[Path]:
+    """What a method costs for its accuracy: final average accuracy (%) against training
+    seconds per task, peak memory and the state held between tasks (MB), one panel each
+    (:data:`COST_PANELS`) that has data (records written before ``peak_memory_mb`` and
+    ``state_mb`` existed give the time panel alone), one labelled marker per strategy with
+    its CI bars on both axes (:func:`cost_points`); an axis whose values span more than two
+    orders of magnitude is logarithmic."""
+    styles = {s: strategy_style(k) for k, s in enumerate(summary)}
+    panels = [(metric, label, cost_points(summary, metric)) for metric, label in COST_PANELS]
+    panels = [p for p in panels if p[2]] or [(*COST_PANELS[0], [])]
+    width = min(DOUBLE_IN, 0.75 + 2.1 * len(panels))
+    with _figure(width, 2.75, (0.55, 0.45, 0.1, 0.42)) as fig:
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False,
+                            gridspec_kw={"wspace": 0.08})[0]
+        for ax, (_metric, label, points) in zip(axes, panels, strict=True):
+            for s, x, xh, y, yh in points:
+                st = styles[s]
+                ax.errorbar(x, y, xerr=None if math.isnan(xh) else xh,
+                            yerr=None if math.isnan(yh) else yh, color=st["color"],
+                            marker=st["marker"], markersize=4, linestyle="none",
+                            elinewidth=0.8, capsize=1.5)
+            if not points:
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center",
+                        va="center", color="grey")
+            elif _log_scale([p[1] for p in points]):
+                ax.set_xscale("log")
+            _label_points(ax, [(s, x, y) for s, x, _, y, _ in points], styles)
+            ax.set_xlabel(label)
+            ax.grid(True, linewidth=0.3, alpha=0.5)
+        axes[0].set_ylabel("final average accuracy (%)")
+        fig.suptitle(f"{scenario}: accuracy against cost\n(mean ± CI over seeds; up and left "
+                     "is better)", fontsize=FONT_PT)
+        return _save(fig, paths)
+
+
+#: label offsets (points) tried in turn, nearest first, so that labels do not overlap
+_OFFSETS = [(dx, dy) for r in (4, 9, 15, 22, 30)
+            for dx, dy in ((r, r / 2), (r, -r), (-r, r / 2), (-r, -r), (0, r), (0, -1.6 * r))]
+
+
+def _label_points(ax, points: Sequence[tuple[str, float, float]], styles) -> None:
+    """Write each point's name next to it, at the first offset of :data:`_OFFSETS` whose box
+    (estimated from the text length) stays inside the axes and overlaps neither a label
+    placed before nor a marker; a line joins a label placed far from its point."""
+    ax.autoscale_view()
+    size = FONT_PT - 2
+    scale = 72.0 / ax.figure.dpi  # display pixels -> points
+    x0, y0, x1, y1 = (v * scale for v in ax.get_window_extent().extents)
+    where = [(name, *(v * scale for v in ax.transData.transform((x, y))))
+             for name, x, y in points]
+    obstacles = [(px - 3, py - 3, px + 3, py + 3) for _, px, py in where]
+
+    def box(px: float, py: float, dx: float, dy: float, w: float) -> tuple[float, ...]:
+        left = px + dx if dx >= 0 else px + dx - w
+        return (left, py + dy, left + w, py + dy + size)
+
+    def free(b: tuple[float, ...]) -> bool:
+        inside = x0 <= b[0] and b[2] <= x1 and y0 <= b[1] and b[3] <= y1
+        return inside and not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]
+                                  for o in obstacles)
+
+    for (name, x, y), (_, px, py) in sorted(zip(points, where, strict=True),
+                                            key=lambda p: -p[1][2]):
+        w = 0.62 * size * len(name) + 1
+        dx, dy = next(((dx, dy) for dx, dy in _OFFSETS if free(box(px, py, dx, dy, w))),
+                      _OFFSETS[0])
+        obstacles.append(box(px, py, dx, dy, w))
+        far = math.hypot(dx, dy) > 10
+        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points",
+                    ha="left" if dx >= 0 else "right", va="bottom", fontsize=size,
+                    color=styles[name]["color"],
+                    arrowprops={"arrowstyle": "-", "color": styles[name]["color"],
+                                "linewidth": 0.4, "shrinkA": 0, "shrinkB": 2}
+                    if far else None)
+
+
+def _log_scale(values: Sequence[float]) -> bool:
+    """A log axis when positive values span more than two orders of magnitude."""
+    pos = [v for v in values if v > 0]
+    return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) > 100
 
 
 def plot_acc_matrix(m: np.ndarray, title: str, path: Path) -> list[Path]:

@@ -26,6 +26,7 @@ __all__ = [
     "DEGENERATE_ATOL",
     "REDUCTION_MIN_BASELINE",
     "VALIDATION_CRITERION",
+    "agnostic_final_accuracy",
     "best_baseline",
     "bwt",
     "final_average_accuracy",
@@ -33,6 +34,8 @@ __all__ = [
     "forgetting_ratio",
     "forgetting_reduction",
     "forgetting_reduction_abs",
+    "forward_transfer",
+    "intransigence",
     "reduction_is_relative",
     "mean_ci",
     "mean_forgetting_ratio",
@@ -192,10 +195,90 @@ def forgetting(acc: object) -> float:
     return float(np.mean(drops))
 
 
+def _same_shape(acc: np.ndarray, ref: object, name: str) -> np.ndarray:
+    r = _square(ref, name)
+    if r.shape != acc.shape:
+        raise ValueError(f"{name} shape {r.shape} differs from acc shape {acc.shape}: both "
+                         "must come from runs of the same scenario (same T)")
+    return r
+
+
+def forward_transfer(acc: object, single_acc: object) -> float:
+    """Forward transfer (Lopez-Paz & Ranzato 2017, §5.1) against single-task models.
+
+    ``FWT = 1/(T-1) * sum_{t=2..T} (acc[t, t] - single_acc[t, t])`` (1-based t, as the paper:
+    the first task has no earlier task to transfer from): how much better task t is learned
+    after tasks 1..t-1 than by a model trained on task t alone from the same initialisation
+    (positive = earlier tasks help, negative = they get in the way).
+
+    The paper's FWT averages ``R_{t-1,t} - b_t``, the zero-shot accuracy on task t *before*
+    training it minus a reference ``b_t``. In the suite's multi-head protocol a task's head
+    does not exist before its training, so ``R_{t-1,t}`` is undefined; the accuracy right
+    after training task t takes its place, and ``b_t`` is ``single_acc[t, t]``: the
+    ``single`` reference record (row t: task t trained alone, same initialisation and seed).
+
+    Only the diagonals are read. NaN when T = 1 (no task after the first); NaN entries
+    propagate. Raises ValueError unless both are T×T matrices of the same T.
+    """
+    a = _square(acc, "acc")
+    s = _same_shape(a, single_acc, "single_acc")
+    n = a.shape[0]
+    if n < 2:
+        return math.nan
+    idx = np.arange(1, n)
+    return float((a[idx, idx] - s[idx, idx]).mean())
+
+
+def intransigence(acc: object, joint_acc: object) -> float:
+    """Intransigence (Chaudhry et al. 2018, RWalk §4, ``I_k = a*_k - a_{k,k}``), averaged over
+    the tasks ``k = 1..T``.
+
+    ``I = 1/T * sum_k (joint_acc[k, k] - acc[k, k])``: ``a*_k`` is the accuracy on task k of
+    the joint reference trained on tasks 1..k (row k of the ``joint`` record), ``a_{k,k}`` the
+    evaluated run's accuracy on task k right after training it. Positive = the run learns new
+    tasks less well than joint training would (it resists new knowledge); 0 for the joint
+    reference against itself; negative = it learns them better.
+
+    Only the diagonals are read; NaN entries propagate. Raises ValueError unless both are T×T
+    matrices of the same T.
+    """
+    a = _square(acc, "acc")
+    j = _same_shape(a, joint_acc, "joint_acc")
+    return float((np.diag(j) - np.diag(a)).mean())
+
+
+def agnostic_final_accuracy(agnostic: object) -> float:
+    """Task-agnostic average accuracy after the last task: the mean of the last row of a
+    record's ``agnostic_accuracy`` (row t, after training task t, holds the accuracies on
+    tasks 0..t of one prediction over every class seen, without the task label).
+
+    NaN entries propagate. Raises ValueError unless ``agnostic`` is T ≥ 1 rows, row t holding
+    t+1 numbers (a lower-triangular matrix as rows).
+    """
+    if isinstance(agnostic, np.ndarray):
+        agnostic = agnostic.tolist()
+    if not isinstance(agnostic, Sequence) or isinstance(agnostic, str) or not agnostic:
+        raise ValueError("agnostic must be T >= 1 rows, row t holding t+1 accuracies; got "
+                         f"{type(agnostic).__name__} {agnostic!r:.60}")
+    rows = []
+    for t, row in enumerate(agnostic):
+        try:
+            r = None if isinstance(row, str) else np.asarray(row, dtype=float)
+        except (TypeError, ValueError):
+            r = None
+        if r is None or r.shape != (t + 1,):
+            got = "no list of numbers" if r is None else f"shape {r.shape}"
+            raise ValueError(f"agnostic row {t} must hold {t + 1} accuracies (tasks 0..{t}), "
+                             f"got {got}")
+        rows.append(r)
+    return float(rows[-1].mean())
+
+
 def best_baseline(
-    rho_by_strategy: Mapping[str, float], exclude: Sequence[str] = ("hat", "joint")
+    rho_by_strategy: Mapping[str, float], exclude: Sequence[str] = ("hat", "joint", "single")
 ) -> str | None:
-    """The baseline with the least forgetting: the strategy, not in ``exclude``, with mean ρ
+    """The baseline with the least forgetting: the strategy, not in ``exclude`` (by default
+    HAT and the references), with mean ρ
     closest to 0, i.e. the smallest |ρ| (this is the highest ρ whenever all ρ ≤ 0, the usual
     case). NaN entries are ignored; ties go to the alphabetically first name. Returns None when
     no baseline has a defined ρ.

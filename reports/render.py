@@ -18,7 +18,9 @@ from typing import Any
 
 from . import metrics
 from .tables import (
+    COST_METRICS,
     DUPLICATE_RULE,
+    SUMMARY_METRICS,
     Capacity,
     Duplicate,
     Grid,
@@ -159,7 +161,7 @@ def reduction_text(r: dict[str, Any], latex: bool = False) -> str:
 
 REDUCTION_RULE = (
     "HAT reduction = 100·(1 − |ρ_hat| / |ρ_best baseline|), best baseline = the strategy other "
-    "than hat and joint with the smallest |ρ|; when that baseline's |ρ| < "
+    "than hat and the references (joint, single) with the smallest |ρ|; when that baseline's |ρ| < "
     f"{metrics.REDUCTION_MIN_BASELINE:g} (it forgets less than "
     f"{metrics.REDUCTION_MIN_BASELINE:.0%} of what joint training gains over chance) a "
     "percentage of it is not meaningful, and the row gives Δ|ρ| = |ρ_best baseline| − "
@@ -265,39 +267,87 @@ def reduction_csv(rep: ScenarioReport) -> str:
     return _csv(REDUCTION_HEADER, rep.reduction)
 
 
-# --- accuracy / BWT / forgetting --------------------------------------------------------------
+# --- summary: accuracy, BWT, forgetting, transfer, cost ------------------------------------------
 
 SUMMARY_HEADER = ["strategy", "metric", "mean", "ci_half", "ci_low", "ci_high", "n_seeds",
                   "n_diverged"]
+#: column label of each summary metric
 SUMMARY_LABELS = {
     "final_acc": "final accuracy (%)",
     "bwt": "BWT (pp)",
     "forgetting": "forgetting (pp)",
+    "fwt": "FWT (pp)",
+    "intransigence": "intransigence (pp)",
+    "agnostic_acc": "task-agnostic accuracy (%)",
+    "seconds_per_task": "time per task (s)",
+    "peak_memory_mb": "peak memory (MB)",
+    "state_mb": "state held (MB)",
+    "memory_samples": "rehearsal samples",
 }
+#: (scale, digits) of each summary metric's Markdown cells
+SUMMARY_FORMAT = {m: (100.0, 1) for m in SUMMARY_METRICS} | {
+    "seconds_per_task": (1.0, 2), "peak_memory_mb": (1.0, 0), "state_mb": (1.0, 1),
+    "memory_samples": (1.0, 0)}
+SUMMARY_TEXT = (
+    "final accuracy: mean of the last row of the accuracy matrix; BWT: mean over earlier tasks"
+    " of final minus just-learned accuracy; forgetting: mean over earlier tasks of the best"
+    " accuracy before the last task minus the final accuracy; FWT (Lopez-Paz & Ranzato 2017):"
+    " mean over tasks 2..T of the accuracy on task t right after learning it minus that of a"
+    " model trained on task t alone from the same initialisation (the `single` record of the"
+    " seed; positive: earlier tasks help); intransigence (Chaudhry et al. 2018): mean over"
+    " tasks 1..T of joint training's accuracy on task t after tasks 1..t minus the accuracy on"
+    " task t right after learning it (positive: learns new tasks less well than joint"
+    " training); task-agnostic accuracy: the final accuracy when one prediction ranges over"
+    " every class seen and no task label is given (n/a: the strategy has no task-agnostic"
+    " prediction, e.g. hat, packnet); time per task: mean training seconds per task; peak"
+    " memory: the largest over tasks of the peak memory of a task's training (CUDA: the"
+    " allocator's peak; CPU: the growth of the process's resident set size, sampled per epoch,"
+    " a rough figure); state held: the largest over tasks of the tensors the strategy keeps"
+    " between tasks (model, optimizer state, every plugin's tensors such as Fisher matrices,"
+    " teachers, rehearsal memories; exact and machine-independent);{samples} –: no data (the"
+    " records"
+    " predate the field, or the reference record of the seed is missing). (n=k): only k seeds"
+    " have a value. pp = percentage points."
+)
+SAMPLES_TEXT = (" rehearsal samples: the most samples the rehearsal memory held (n/a: no rehearsal"
+                " memory).")
+
+
+def _summary_metrics(rep: ScenarioReport) -> list[str]:
+    """The summary's columns: every metric, rehearsal samples only when a strategy has some."""
+    return [m for m in SUMMARY_METRICS if m != "memory_samples" or rep.has_memory_samples()]
 
 
 def summary_md(rep: ScenarioReport) -> str:
-    """Final average accuracy, BWT and forgetting per strategy (mean ± CI), in percent."""
-    header = ["strategy", "seeds"] + list(SUMMARY_LABELS.values())
+    """Per strategy (mean ± CI over seeds): final average accuracy, BWT, forgetting, FWT and
+    intransigence in percent, the task-agnostic final accuracy, training seconds per task,
+    peak memory and (when any) rehearsal samples; ``single`` (FWT's reference) has no row."""
+    cols = _summary_metrics(rep)
+    header = ["strategy", "seeds"] + [SUMMARY_LABELS[m] for m in cols]
     rows = []
     single = False
     for s, by_metric in rep.summary.items():
         cells = []
-        for m in SUMMARY_LABELS:
+        for m in cols:
             st = by_metric[m]
+            if st.n == 0:
+                cells.append(rep.summary_cell_blank(s, m))
+                continue
             single |= st.n == 1
-            cells.append(pm(st.mean, st.half, digits=1, scale=100.0))
+            scale, digits = SUMMARY_FORMAT[m]
+            cell = pm(st.mean, st.half, digits=digits, scale=scale)
+            cells.append(cell + (f" (n={st.n})" if st.n < len(rep.seeds[s]) else ""))
         rows.append([s, _seeds_cell(rep, s, len(rep.seeds[s]))] + cells)
-    for s in rep.only_diverged():
-        rows.append([s, _seeds_cell(rep, s, 0)] + [DIVERGED] * len(SUMMARY_LABELS))
+    for s in rep.only_diverged(summary=True):
+        rows.append([s, _seeds_cell(rep, s, 0)] + [DIVERGED] * len(cols))
     text = (
-        f"# {rep.scenario}: final accuracy, backward transfer, forgetting "
-        f"(mean ± {rep.confidence:.0%} CI over seeds)\n\n"
-        + _md_table(header, rows)
-        + "\nfinal accuracy: mean of the last row of the accuracy matrix; BWT: mean over earlier"
-        " tasks of final minus just-learned accuracy; forgetting: mean over earlier tasks of the"
-        " best accuracy before the last task minus the final accuracy. pp = percentage points.\n"
+        f"# {rep.scenario}: final accuracy, backward and forward transfer, forgetting, "
+        f"intransigence, cost (mean ± {rep.confidence:.0%} CI over seeds)\n\n"
+        + _md_table(header, rows) + "\n"
+        + SUMMARY_TEXT.format(samples=SAMPLES_TEXT if "memory_samples" in cols else "") + "\n"
     )
+    if rep.summary_notes:
+        text += "\n" + "\n".join(f"- {n}" for n in rep.summary_notes) + "\n"
     if single:
         text += "\n" + SINGLE_NOTE + "\n"
     if rep.diverged:
@@ -306,10 +356,22 @@ def summary_md(rep: ScenarioReport) -> str:
 
 
 def summary_csv(rep: ScenarioReport) -> str:
-    """``strategy,metric,mean,ci_half,ci_low,ci_high,n_seeds,n_diverged`` with metrics
-    ``final_acc``, ``bwt``, ``forgetting`` as fractions (not percent); a strategy whose every
-    run diverged has nan rows with ``n_seeds`` 0."""
+    """``strategy,metric,mean,ci_half,ci_low,ci_high,n_seeds,n_diverged`` for every metric of
+    :data:`reports.tables.SUMMARY_METRICS` (accuracies and transfers as fractions, not
+    percent; seconds; MB; samples); nan with ``n_seeds`` 0 where a strategy has no value (see
+    ``summary.md`` for n/a vs no data); a strategy whose every run diverged has nan rows."""
     return _csv(SUMMARY_HEADER, rep.summary_rows())
+
+
+COST_HEADER = ["strategy"] + [f"{m}{suffix}" for m in ("final_acc", *COST_METRICS)
+                              for suffix in ("", "_ci_half", "_n_seeds")]
+
+
+def cost_csv(rep: ScenarioReport) -> str:
+    """The cost figure's data: per method, final accuracy (fraction), training seconds per
+    task, peak memory and state held (MB), each with its CI half-width and seeds (nan: no
+    value)."""
+    return _csv(COST_HEADER, rep.cost_rows())
 
 
 # --- robustness grid ---------------------------------------------------------------------------

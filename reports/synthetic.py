@@ -19,9 +19,12 @@ from .metrics import VALIDATION_CRITERION
 
 __all__ = [
     "FORGET_RATE",
+    "NO_AGNOSTIC",
+    "REHEARSAL",
     "SPACES",
     "STRATEGY_PARAMS",
     "make_accuracy",
+    "make_costs",
     "make_hat_stats",
     "make_record",
     "make_selection",
@@ -32,6 +35,10 @@ __all__ = [
 
 #: accuracy lost per later task, per strategy (others: 0.05)
 FORGET_RATE = {"joint": 0.0, "hat": 0.004, "ewc": 0.03, "sgd": 0.1}
+#: strategies without a task-agnostic prediction: their ``agnostic_accuracy`` is null
+NO_AGNOSTIC = ("hat", "packnet", "pnn", "pathnet", "single")
+#: rehearsal memory size per strategy that keeps one (others: ``memory_samples`` null)
+REHEARSAL = {"replay": 200, "agem": 50, "der": 200, "icarl": 200, "gdumb": 200, "er-ace": 200}
 #: the synthetic records' own hyperparameters (others: none); also the selections' choice
 STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "hat": {"smax": 400.0, "c": 0.75},
@@ -54,19 +61,43 @@ def _rng(*key: object) -> np.random.Generator:
 def make_accuracy(strategy: str, n_tasks: int, seed: int, scenario: str = "") -> list[list[float]]:
     """T×T accuracies: task ``tau`` is learned to about 0.9-0.97 and loses
     ``FORGET_RATE[strategy]`` per later task (plus small seed noise); entries above the diagonal
-    (tasks not trained yet) sit near chance (0.5)."""
+    (tasks not trained yet) sit near chance (0.5). ``single`` (row t: task t trained alone)
+    is near chance off the diagonal."""
     rng = _rng(scenario, strategy, n_tasks, seed)
     rate = FORGET_RATE.get(strategy, 0.05)
     base = 0.97 - 0.01 * np.arange(n_tasks) - (0.0 if strategy == "joint" else 0.01)
     a = np.empty((n_tasks, n_tasks))
     for t in range(n_tasks):
         for tau in range(n_tasks):
-            if tau <= t:
+            if tau <= t and (strategy != "single" or tau == t):
                 v = base[tau] - rate * (t - tau) + rng.normal(0.0, 0.005)
             else:
                 v = 0.5 + rng.normal(0.0, 0.02)
             a[t, tau] = round(float(np.clip(v, 0.0, 1.0)), 6)
     return a.tolist()
+
+
+def make_costs(strategy: str, n_tasks: int, seed: int, scenario: str = "") -> dict[str, Any]:
+    """The per-run fields of issue 16 (docs/record-schema.md), deterministic per arguments:
+    ``seconds``, ``peak_memory_mb`` and ``state_mb`` per task (a strategy-dependent level,
+    plus seed noise for the first two),
+    ``memory_samples`` (null unless the strategy is in :data:`REHEARSAL`, then filling up to
+    its size) and ``agnostic_accuracy`` (null for :data:`NO_AGNOSTIC`, else row t holding
+    t+1 accuracies, lower for older tasks)."""
+    rng = _rng("costs", scenario, strategy, n_tasks, seed)
+    level = 1 + zlib.crc32(strategy.encode()) % 7
+    seconds = [round(0.2 * level + abs(rng.normal(0.0, 0.02)), 6) for _ in range(n_tasks)]
+    peak = [round(100.0 + 15.0 * level + 2.0 * t + rng.normal(0.0, 1.0), 3)
+            for t in range(n_tasks)]
+    state = [round(0.5 * level + 0.1 * t, 4) for t in range(n_tasks)]
+    size = REHEARSAL.get(strategy)
+    held = None if size is None else [min(size, 60 * (t + 1)) for t in range(n_tasks)]
+    agnostic = None
+    if strategy not in NO_AGNOSTIC:
+        agnostic = [[round(float(np.clip(0.9 - 0.1 * (t - u) + rng.normal(0.0, 0.01), 0, 1)), 6)
+                     for u in range(t + 1)] for t in range(n_tasks)]
+    return {"seconds": seconds, "peak_memory_mb": peak, "state_mb": state,
+            "memory_samples": held, "agnostic_accuracy": agnostic}
 
 
 def make_hat_stats(n_tasks: int, seed: int, layers: Sequence[str] = ("c1", "c2", "fc1")) -> dict:
@@ -133,9 +164,11 @@ def make_record(
     hat: Mapping[str, Any] | None = None,
     valid_accuracy: Sequence[Sequence[float]] | None = None,
     selection: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A complete schema-2 run record (docs/record-schema.md); ``valid_accuracy`` and
-    ``selection`` null unless given."""
+    ``selection`` null unless given; ``extra`` sets more fields (e.g. :func:`make_costs`'s;
+    without them the record is one written before issue 16)."""
     acc = (
         [list(map(float, r)) for r in accuracy]
         if accuracy is not None
@@ -166,6 +199,7 @@ def make_record(
         "versions": {"python": "3.11", "torch": "n/a", "avalanche": "n/a", "suite": "0.1.0"},
         "device": "cpu",
         "created": "2024-01-01T00:00:00Z",
+        **(dict(extra) if extra is not None else {}),
     }
 
 
@@ -177,11 +211,14 @@ def synthetic_records(
     grid: tuple[Sequence[float], Sequence[float]] | None = None,
     hat_stats: bool = False,
     selected: Iterable[str] = ("hat", "ewc", "lwf"),
+    costs: bool = False,
 ) -> list[dict[str, Any]]:
     """Records for every scenario (name -> T), strategy and seed; with ``grid = (smaxs, cs)``
     also tagged HAT grid points; with ``hat_stats`` HAT records carry mask statistics. Every
     record has a ``valid_accuracy``; untagged records of the ``selected`` strategies (those
-    with a space in :data:`SPACES`) carry a selection block (:func:`make_selection`)."""
+    with a space in :data:`SPACES`) carry a selection block (:func:`make_selection`). With
+    ``costs`` untagged records carry :func:`make_costs`'s fields (else they have none: older
+    records)."""
     scenarios = scenarios if scenarios is not None else {"syn-3": 3, "syn-5": 5}
     seeds, strategies = list(seeds), list(strategies)
     selected = set(selected) & set(SPACES)
@@ -194,8 +231,9 @@ def synthetic_records(
                           st: dict(STRATEGY_PARAMS.get(st, {}))}
                 hat = make_hat_stats(n, sd) if st == "hat" and hat_stats else None
                 valid = make_accuracy(st, n, sd, f"{sc}/valid")
+                extra = make_costs(st, n, sd, sc) if costs else None
                 out.append(make_record(sc, st, sd, n, params=params, hat=hat,
-                                       valid_accuracy=valid, selection=sel))
+                                       valid_accuracy=valid, selection=sel, extra=extra))
         if grid is not None:
             for smax in grid[0]:
                 for c in grid[1]:

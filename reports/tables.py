@@ -10,6 +10,19 @@ Which records count where:
   (``tag == ""``); tagged records are grid points and only feed the robustness heatmap.
 * A_J is the untagged ``joint`` record of the same scenario and seed; A_R is the evaluated
   record's own ``random_accuracy``. A seed without a joint record gets no ρ.
+* ``joint`` and ``single`` are references, not methods (:data:`REFERENCES`): neither has a
+  row in Table 1, the ρ figure or the cost figure, nor counts as a baseline. ``single`` (row
+  t: task t trained alone from the seed's initialisation) is only the reference of forward
+  transfer: it has no row in the summary table either.
+* The summary table adds, per strategy and seed: FWT (:func:`reports.metrics.
+  forward_transfer`, against the ``single`` record of the seed), intransigence
+  (:func:`reports.metrics.intransigence`, against the ``joint`` record), the task-agnostic
+  final accuracy (``agnostic_accuracy``; n/a when the record's is null: no task-agnostic
+  prediction), the mean training seconds per task (``seconds``), the peak memory (max over
+  tasks of ``peak_memory_mb``), the state held (max over tasks of ``state_mb``: exact tensor
+  MB) and the rehearsal samples held (max over tasks of ``memory_samples``; n/a when null).
+  Records written before these fields show "–" (no value), never an error; a seed without
+  its reference shows "–" in that column.
 * Records of one scenario must agree on T; a record with another T is left out (noted).
 * Records of one run (same scenario, strategy, seed and tag), see :data:`DUPLICATE_RULE`:
   identical copies count once; records whose results differ are never chosen by file name:
@@ -48,6 +61,11 @@ from .records import param_text
 
 __all__ = [
     "BASELINE_EXCLUDE",
+    "COST_METRICS",
+    "NO_DATA",
+    "NOT_APPLICABLE",
+    "REFERENCES",
+    "SUMMARY_METRICS",
     "DUPLICATE_RULE",
     "Capacity",
     "Duplicate",
@@ -66,8 +84,20 @@ __all__ = [
 
 HAT = "hat"
 JOINT = "joint"
+SINGLE = "single"
+#: reference runs, not methods: no row in Table 1, the ρ figure or the cost figure
+REFERENCES = (JOINT, SINGLE)
 #: strategies that are not baselines when choosing the best baseline
-BASELINE_EXCLUDE = (HAT, JOINT)
+BASELINE_EXCLUDE = (HAT, JOINT, SINGLE)
+#: the summary table's metrics, per strategy (mean over seeds), in column order
+SUMMARY_METRICS = ("final_acc", "bwt", "forgetting", "fwt", "intransigence", "agnostic_acc",
+                   "seconds_per_task", "peak_memory_mb", "state_mb", "memory_samples")
+#: the cost figure's axes: accuracy against these
+COST_METRICS = ("seconds_per_task", "peak_memory_mb", "state_mb")
+#: a summary cell of a strategy that has no such value (e.g. no task-agnostic prediction)
+NOT_APPLICABLE = "n/a"
+#: a summary cell without data: the records predate the field, or the reference is missing
+NO_DATA = "–"
 RUN_CMD = commands.RUN
 #: how records of one run with different results are resolved (index.md quotes it)
 DUPLICATE_RULE = (
@@ -246,7 +276,8 @@ class ScenarioReport:
     table_ts: list[int]  # 1-based t shown in Table 1
     best: dict[int, list[str]]  # table t -> strategies in bold (|ρ| smallest)
     reduction: list[dict[str, Any]]  # per table t: best_baseline, rho_baseline, rho_hat, pct
-    summary: dict[str, dict[str, Stat]]  # strategy -> final_acc / bwt / forgetting
+    #: strategy (not single) -> each of :data:`SUMMARY_METRICS` (a Stat with n = 0: no value)
+    summary: dict[str, dict[str, Stat]]
     acc_mean: dict[str, np.ndarray]
     grid: Grid | None
     capacity: Capacity | None
@@ -260,14 +291,49 @@ class ScenarioReport:
     #: untagged strategy -> seeds of its diverged runs (no numbers; left out of the means)
     diverged: dict[str, list[int]] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
+    #: strategy -> metric -> what a summary cell without value shows (:data:`NOT_APPLICABLE`
+    #: or :data:`NO_DATA`), for the metrics of :attr:`summary` that have no value
+    summary_blank: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: lines under the summary table: missing references and the commands that produce them
+    summary_notes: list[str] = field(default_factory=list)
 
-    def only_diverged(self, rho: bool = False) -> list[str]:
+    def only_diverged(self, rho: bool = False, summary: bool = False) -> list[str]:
         """Strategies whose every untagged run diverged (not in :attr:`strategies`); with
-        ``rho``, those that would have a row in Table 1 (not joint, and Table 1 exists)."""
+        ``rho``, those that would have a row in Table 1 (not a reference, and Table 1
+        exists); with ``summary``, those that would have a row in the summary (not single)."""
         out = [s for s in _order(set(self.diverged)) if s not in self.strategies]
         if rho:
-            out = [s for s in out if s != JOINT] if self.rho else []
+            out = [s for s in out if s not in REFERENCES] if self.rho else []
+        if summary:
+            out = [s for s in out if s != SINGLE]
         return out
+
+    def has_memory_samples(self) -> bool:
+        """Whether a strategy of the summary holds rehearsal samples (its column is shown)."""
+        return any(m["memory_samples"].n > 0 for m in self.summary.values())
+
+    def summary_cell_blank(self, strategy: str, metric: str) -> str:
+        """What the summary shows for a metric without value: n/a or –."""
+        return self.summary_blank.get(strategy, {}).get(metric, NO_DATA)
+
+    def cost_strategies(self) -> list[str]:
+        """Methods (not references) of the cost figure: a final accuracy and a training time."""
+        return [s for s, m in self.summary.items()
+                if s not in REFERENCES and m["final_acc"].n > 0
+                and m["seconds_per_task"].n > 0]
+
+    def cost_rows(self) -> list[dict[str, Any]]:
+        """The cost figure's data: per method, mean and CI half-width of the final accuracy,
+        the training seconds per task, the peak memory and the state held (MB), and the seeds
+        behind each."""
+        rows = []
+        for s in self.cost_strategies():
+            row: dict[str, Any] = {"strategy": s}
+            for m in ("final_acc", *COST_METRICS):
+                st = self.summary[s][m]
+                row.update({m: st.mean, f"{m}_ci_half": st.half, f"{m}_n_seeds": st.n})
+            rows.append(row)
+        return rows
 
     def rho_rows(self, all_t: bool = False) -> list[dict[str, Any]]:
         """Rows ``strategy, t, mean, ci_half, ci_low, ci_high, n_seeds, n_diverged`` of
@@ -286,8 +352,8 @@ class ScenarioReport:
     def summary_rows(self) -> list[dict[str, Any]]:
         rows = []
         nan = Stat(math.nan, math.nan, 0)
-        for s in [*self.summary, *self.only_diverged()]:
-            for m in ("final_acc", "bwt", "forgetting"):
+        for s in [*self.summary, *self.only_diverged(summary=True)]:
+            for m in SUMMARY_METRICS:
                 st = self.summary[s][m] if s in self.summary else nan
                 rows.append({"strategy": s, "metric": m, **st.columns(),
                              "n_diverged": len(self.diverged.get(s, []))})
@@ -301,8 +367,9 @@ def _stat(values: list[float], confidence: float) -> Stat:
 
 
 def _order(strategies: set[str]) -> list[str]:
-    mid = sorted(s for s in strategies if s not in (HAT, JOINT))
-    return ([HAT] if HAT in strategies else []) + mid + ([JOINT] if JOINT in strategies else [])
+    """HAT first, the other methods sorted by name, then the references (joint, single)."""
+    mid = sorted(s for s in strategies if s != HAT and s not in REFERENCES)
+    return ([HAT] if HAT in strategies else []) + mid + [s for s in REFERENCES if s in strategies]
 
 
 def _seeds_arg(seeds: list[int]) -> str:
@@ -443,13 +510,13 @@ def compute_scenario(
     # --- ρ per strategy (Table 1, figure) --------------------------------------------------
     rho: dict[str, list[Stat]] = {}
     for s in strategies:
-        if s == JOINT:
+        if s in REFERENCES:
             continue
         curves = [c for c in (rho_curve(r) for r in by_strategy[s].values()) if c is not None]
         if curves:
             arr = np.vstack(curves)
             rho[s] = [_stat(list(arr[:, t]), confidence) for t in range(n_tasks)]
-    others = [s for s in strategies if s != JOINT]
+    others = [s for s in strategies if s not in REFERENCES]
     other_seeds = {sd for s in others for sd in seeds[s]}
     joint_div = set(diverged.get(JOINT, []))
     if others and joint_div & other_seeds:
@@ -478,7 +545,7 @@ def compute_scenario(
     reduction: list[dict[str, Any]] = []
     for t in table_ts:
         means = {s: st[t - 1].mean for s, st in rho.items()}
-        b = metrics.best_baseline(means, exclude=(JOINT,))
+        b = metrics.best_baseline(means, exclude=REFERENCES)
         best[t] = [] if b is None else [s for s in means if abs(means[s]) == abs(means[b])]
         if rho:
             base = metrics.best_baseline(means, exclude=BASELINE_EXCLUDE)
@@ -509,7 +576,7 @@ def compute_scenario(
     if not [s for s in (*strategies, *diverged) if s not in BASELINE_EXCLUDE]:
         missing.append(
             Missing(
-                "no baseline records (a strategy other than hat and joint): HAT's "
+                "no baseline records (a strategy other than hat, joint and single): HAT's "
                 "reduction of forgetting cannot be computed",
                 command(["<baseline, e.g. ewc>"], all_seeds),
             )
@@ -529,17 +596,29 @@ def compute_scenario(
             )
         )
 
-    # --- final accuracy / BWT / forgetting ------------------------------------------------------
+    # --- summary: accuracy, BWT, forgetting, transfer, cost --------------------------------------
     summary: dict[str, dict[str, Stat]] = {}
+    summary_blank: dict[str, dict[str, str]] = {}
     acc_mean: dict[str, np.ndarray] = {}
+    singles = by_strategy.get(SINGLE, {})
     for s in strategies:
         mats = [acc[id(r)] for r in by_strategy[s].values()]
-        summary[s] = {
-            "final_acc": _stat([metrics.final_average_accuracy(m) for m in mats], confidence),
-            "bwt": _stat([metrics.bwt(m) for m in mats], confidence),
-            "forgetting": _stat([metrics.forgetting(m) for m in mats], confidence),
-        }
         acc_mean[s] = np.mean(np.stack(mats), axis=0)
+        if s == SINGLE:
+            continue
+        values: dict[str, list[float]] = defaultdict(list)
+        blanks: dict[str, set[str]] = defaultdict(set)
+        for r in by_strategy[s].values():
+            refs = {SINGLE: singles.get(r["seed"]), JOINT: joint.get(r["seed"])}
+            for m, (v, why) in _run_metrics(r, acc, refs, notes).items():
+                values[m].append(v)
+                if why:
+                    blanks[m].add(why)
+        summary[s] = {m: _stat(values[m], confidence) for m in SUMMARY_METRICS}
+        summary_blank[s] = {m: NOT_APPLICABLE if blanks[m] == {NOT_APPLICABLE} else NO_DATA
+                            for m in SUMMARY_METRICS if summary[s][m].n == 0}
+    summary_notes = _reference_notes(summary, seeds, singles, diverged.get(SINGLE, []),
+                                     command)
 
     # --- hyperparameters: table, sensitivity ------------------------------------------------
     hyper = _hyperparameters(by_strategy, strategies, notes)
@@ -575,7 +654,96 @@ def compute_scenario(
         sensitivity=_sensitivity(all_records, records, notes),
         diverged=diverged,
         duplicates=duplicates,
+        summary_blank=summary_blank,
+        summary_notes=summary_notes,
     )
+
+
+def _per_task(rec: dict, key: str, n_tasks: int) -> list[float] | None:
+    """A record's per-task list ``key`` as floats (None entries as NaN); None when the field
+    is absent or null or not a list of ``n_tasks`` numbers."""
+    v = rec.get(key)
+    if not isinstance(v, list) or len(v) != n_tasks:
+        return None
+    out = []
+    for x in v:
+        if x is None:
+            out.append(math.nan)
+        elif _num(x) is None:
+            return None
+        else:
+            out.append(float(x))
+    return out
+
+
+def _run_metrics(
+    rec: dict, acc: dict[int, np.ndarray], refs: dict[str, dict | None], notes: list[str]
+) -> dict[str, tuple[float, str]]:
+    """Each of :data:`SUMMARY_METRICS` of one run: (value, "") or (NaN, what its summary cell
+    shows without value: :data:`NOT_APPLICABLE` when the record says the strategy has no such
+    value, :data:`NO_DATA` when the field or the reference record is missing)."""
+    a = acc[id(rec)]
+    n = a.shape[0]
+    nan = math.nan
+    out: dict[str, tuple[float, str]] = {
+        "final_acc": (metrics.final_average_accuracy(a), ""),
+        "bwt": (metrics.bwt(a), ""),
+        "forgetting": (metrics.forgetting(a), ""),
+    }
+    single, joint = refs[SINGLE], refs[JOINT]
+    out["fwt"] = ((metrics.forward_transfer(a, acc[id(single)]), "") if single is not None
+                  else (nan, NO_DATA))
+    out["intransigence"] = ((metrics.intransigence(a, acc[id(joint)]), "") if joint is not None
+                            else (nan, NO_DATA))
+    src = rec.get("_source", "?")
+    if "agnostic_accuracy" not in rec:
+        out["agnostic_acc"] = (nan, NO_DATA)
+    elif rec["agnostic_accuracy"] is None:
+        out["agnostic_acc"] = (nan, NOT_APPLICABLE)
+    else:
+        agn = rec["agnostic_accuracy"]
+        try:
+            if not isinstance(agn, list) or len(agn) != n:
+                raise ValueError(f"{n} rows expected")
+            out["agnostic_acc"] = (metrics.agnostic_final_accuracy(agn), "")
+        except ValueError as e:
+            notes.append(f"{src}: malformed agnostic_accuracy ({e}); left out")
+            out["agnostic_acc"] = (nan, NO_DATA)
+    secs = _per_task(rec, "seconds", n)
+    out["seconds_per_task"] = ((float(np.mean(secs)), "") if secs is not None
+                               and all(math.isfinite(x) for x in secs) else (nan, NO_DATA))
+    for key in ("peak_memory_mb", "state_mb"):
+        finite = [x for x in _per_task(rec, key, n) or [] if math.isfinite(x)]
+        out[key] = (max(finite), "") if finite else (nan, NO_DATA)
+    if "memory_samples" in rec and rec["memory_samples"] is None:
+        out["memory_samples"] = (nan, NOT_APPLICABLE)
+    else:
+        held = _per_task(rec, "memory_samples", n)
+        held = [x for x in held or [] if math.isfinite(x)]
+        out["memory_samples"] = (max(held), "") if held else (nan, NO_DATA)
+    return out
+
+
+def _reference_notes(
+    summary: dict[str, dict[str, Stat]],
+    seeds: dict[str, list[int]],
+    singles: dict[int, dict],
+    single_diverged: list[int],
+    command: Callable[[Sequence[str], Sequence[int]], str],
+) -> list[str]:
+    """Lines under the summary table naming the seeds whose FWT lacks its ``single``
+    reference, with the command that trains it."""
+    wanted = sorted({sd for s in summary for sd in seeds[s]})
+    lacking = [sd for sd in wanted if sd not in singles and sd not in single_diverged]
+    notes = []
+    if single_diverged:
+        notes.append(f"single diverged for seed(s) {_seeds_arg(single_diverged)}: those seeds "
+                     "have no FWT")
+    if lacking:
+        notes.append(f"FWT needs the `single` record of the same seed (each task trained alone "
+                     f"from the seed's initialisation); none for seed(s) {_seeds_arg(lacking)}: "
+                     f"run `{command([SINGLE], lacking)}`")
+    return notes
 
 
 def trained_alone(rec: dict) -> bool:

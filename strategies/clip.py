@@ -32,6 +32,16 @@ REFERENCE_CLIPGRAD: dict[str, float] = {
     "ewc": 100.0,  # ewc.py
     "lwf": 100.0,  # lwf.py
     "si": 10000.0,  # not in the reference: plain SGD's value
+    # rehearsal baselines, not in the reference: plain SGD's value
+    "replay": 10000.0,
+    "agem": 10000.0,
+    "der": 10000.0,
+    "er-ace": 10000.0,
+    "gdumb": 10000.0,
+    # PackNet, iCaRL (not in the reference) and the single-task reference: plain SGD's value
+    "packnet": 10000.0,
+    "icarl": 10000.0,
+    "single": 10000.0,
 }
 
 

@@ -3,7 +3,9 @@
 Each entry has a typed parameter dataclass (defaults = the paper's values, hat-reference
 §2), a one-line description and a ``build`` function returning an Avalanche strategy.
 ``joint`` is the forgetting-ratio reference: the runner trains it from scratch on tasks
-1..t for every t (Avalanche's ``JointTraining``, with per-sample heads). ``pnn`` and
+1..t for every t (Avalanche's ``JointTraining``, with per-sample heads); ``single`` is the
+forward-transfer reference: task t alone, from the initialisation every run of the seed
+starts from. ``pnn`` and
 ``pathnet`` replace the shared network they are given by their own one, built from its trunk's
 description (same layers, narrower columns or modules) with one head per head of the shared
 network, and use an optimizer of the same type and settings over it.
@@ -21,17 +23,24 @@ from avalanche.training import Naive
 from avalanche.training.supervised.joint_training import JointTraining
 from torch import nn
 
+from .agem import AGEM, AGEMConfig
 from .clip import REFERENCE_CLIPGRAD
 from .config import ConfigError, check_range, from_overrides, public_key, to_public_dict
+from .der import DER, DERConfig
+from .er_ace import ERACE, ERACEConfig
 from .ewc import EWC
+from .gdumb import GDumb, GDumbConfig
 from .hat import HAT, HATConfig
+from .icarl import ICaRL, ICaRLConfig
 from .imm import IMM, IMMMeanConfig, IMMModeConfig
 from .lfl import LessForgetfulLearning, LFLConfig
 from .loop import SGD, use_lean_loop
 from .lwf import LwF
+from .packnet import PackNet, PackNetConfig, PackNetNet
 from .pathnet import PathNet, PathNetConfig, PathNetNet
 from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork
 from .recipe import same_optimizer
+from .replay import Replay, ReplayConfig
 from .sgd_f import SGDFrozen
 from .si import SynapticIntelligence
 
@@ -174,6 +183,9 @@ class StrategySpec:
     gated: bool = False
     #: trained from scratch on tasks 1..t for every t (the reference A_J)
     joint: bool = False
+    #: trained from scratch on task t alone for every t, from the same initialisation as
+    #: every run of the seed (the single-task reference of forward transfer)
+    single: bool = False
     #: the reference code's gradient-norm bound for this approach (``train.clipgrad``);
     #: None: ``REFERENCE_CLIPGRAD[name]`` (10000, plain SGD's, for names it lacks)
     clipgrad: float | None = None
@@ -242,6 +254,14 @@ def _pathnet(ctx: BuildContext, p: PathNetConfig):
                    path_epochs=p.path_epochs, **_own_model(ctx, model))
 
 
+def _packnet(ctx: BuildContext, p: PackNetConfig):
+    # wraps the shared network's trunk in place (its Linear/Conv/BatchNorm layers); same heads
+    model = ctx.model if isinstance(ctx.model, PackNetNet) else PackNetNet.from_multihead(
+        ctx.model)
+    return PackNet(prune_ratio=p.prune_ratio, post_prune_epochs=p.post_prune_epochs,
+                   post_prune_lr_scale=p.post_prune_lr_scale, **_own_model(ctx, model))
+
+
 # Search spaces of ``python -m benchmark tune`` (values ascending). The reference code's grids
 # (joansj/hat, src/approaches/*.py comments) where it has one; otherwise documented ranges:
 #: HAT: the reference's c and smax grids (hat.py), the paper's Fig. 5
@@ -260,6 +280,20 @@ IMM_MEAN_SPACE = {"lambda": (1e-6, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)}
 IMM_MODE_SPACE = {"lambda": (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10)}
 LFL_SPACE = {"lambda": (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1)}
 PATHNET_SPACE = {"generations": (5, 10, 20, 50, 100, 200)}
+#: PackNet (not in the reference): the paper's prune ratios 0.5 and 0.75 and a range around
+#: them; retraining after the prune or not (the reference's 10 epochs)
+PACKNET_SPACE = {"prune_ratio": (0.25, 0.5, 0.75, 0.9), "post_prune_epochs": (0, 10)}
+#: iCaRL: no search space: its only parameter, the memory budget K, is a resource held equal
+#: across the rehearsal methods, not selected on validation (a larger memory scores higher)
+#: Rehearsal (replay, agem, der, er-ace, gdumb): memory sizes are budgets held equal, never
+#: searched. ER, ER-ACE: the memory batch relative to the training batch (1 = the papers');
+#: DER++: the values its paper's best α, β take over its benchmarks and buffer sizes
+#: (Buzzega et al. 2020, mammoth utils/best_args.py); A-GEM: the reference-gradient sample
+#: around the reference code's 256; GDumb: nothing to select (its only parameter is the memory)
+REPLAY_SPACE = {"mem_batch_ratio": (0.25, 0.5, 1, 2, 4)}
+ER_ACE_SPACE = {"mem_batch_ratio": (0.25, 0.5, 1, 2, 4)}
+DER_SPACE = {"alpha": (0.1, 0.2, 0.5, 1), "beta": (0.5, 1)}
+AGEM_SPACE = {"sample_size": (16, 32, 64, 128, 256)}
 
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
@@ -301,11 +335,46 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
                      "earlier tasks' paths frozen", PathNetConfig, _pathnet,
                      space=PATHNET_SPACE),
+        StrategySpec("packnet", "PackNet (Mallya & Lazebnik 2018): after each task its smallest "
+                     "weights are pruned for later tasks, the rest retrained and frozen",
+                     PackNetConfig, _packnet, space=PACKNET_SPACE),
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
                      "column per task with lateral adapters", PNNConfig, _pnn),
+        StrategySpec("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
+                     "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
+                     ICaRLConfig,
+                     lambda ctx, p: ICaRL(mem_size=p.mem_size, **ctx.common()),
+                     clipgrad=10000.0),
+        StrategySpec("replay", "Experience replay (Chaudhry et al. 2019): each batch with a "
+                     "memory batch; memory balanced over experiences, Avalanche's semantics",
+                     ReplayConfig,
+                     lambda ctx, p: Replay(mem_size=p.mem_size,
+                                           mem_batch_ratio=p.mem_batch_ratio, **ctx.common()),
+                     space=REPLAY_SPACE),
+        StrategySpec("agem", "A-GEM (Chaudhry et al. 2019): the gradient projected when it "
+                     "conflicts with a memory sample's", AGEMConfig,
+                     lambda ctx, p: AGEM(patterns_per_experience=p.patterns_per_experience,
+                                         sample_size=p.sample_size, **ctx.common()),
+                     space=AGEM_SPACE),
+        StrategySpec("der", "DER++ (Buzzega et al. 2020): replay of labels and of the logits "
+                     "stored at insertion, reservoir memory", DERConfig,
+                     lambda ctx, p: DER(mem_size=p.mem_size, alpha=p.alpha, beta=p.beta,
+                                        mem_batch_ratio=p.mem_batch_ratio, **ctx.common()),
+                     space=DER_SPACE),
+        StrategySpec("er-ace", "ER-ACE (Caccia et al. 2022): replay with the current batch's "
+                     "loss over its own classes only; class-balanced memory", ERACEConfig,
+                     lambda ctx, p: ERACE(mem_size=p.mem_size,
+                                          mem_batch_ratio=p.mem_batch_ratio, **ctx.common()),
+                     space=ER_ACE_SPACE),
+        StrategySpec("gdumb", "GDumb (Prabhu et al. 2020): retrained from its initialisation "
+                     "on a class-balanced memory alone at every task", GDumbConfig,
+                     lambda ctx, p: GDumb(mem_size=p.mem_size, **ctx.common())),
         StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "
                      "each t: the forgetting-ratio reference A_J", NoParams,
                      lambda ctx, p: JointTraining(**ctx.common()), joint=True),
+        StrategySpec("single", "task t alone, from the same initialisation, for each t: the "
+                     "single-task reference of forward transfer (not a method)", NoParams,
+                     lambda ctx, p: Naive(**ctx.common()), single=True),
     ]
 }
 

@@ -175,3 +175,129 @@ def test_validation_criterion_is_the_mean_of_the_last_row(valid):
 def test_validation_criterion_rejects_non_square(bad):
     with pytest.raises(ValueError, match="valid_acc must be a non-empty T×T matrix"):
         metrics.validation_criterion(bad)
+
+
+# --- forward transfer, intransigence, task-agnostic accuracy (issue 16) ------------------------
+
+# single-task references: row t = task t trained alone (only the diagonal is read)
+S3 = [[0.85, 0.50, 0.50], [0.50, 0.70, 0.50], [0.50, 0.50, 0.99]]
+J3 = [[0.92, 0.10, 0.10], [0.93, 0.90, 0.10], [0.91, 0.88, 0.97]]
+
+
+def test_forward_transfer_by_hand():
+    # tasks 2..T (1-based): (0.80 - 0.70) + (0.95 - 0.99), over T - 1 = 2; task 1 is left out
+    assert metrics.forward_transfer(A3, S3) == pytest.approx((0.10 - 0.04) / 2)
+    assert metrics.forward_transfer(ACC, [[0.1, 0.2], [0.3, 0.90]]) == pytest.approx(0.05)
+    assert math.isnan(metrics.forward_transfer([[0.9]], [[0.8]]))  # no task after the first
+
+
+def test_intransigence_by_hand():
+    # every task k = 1..T: a*_k (joint after tasks 1..k, on task k) - a_{k,k}
+    want = ((0.92 - 0.90) + (0.90 - 0.80) + (0.97 - 0.95)) / 3
+    assert metrics.intransigence(A3, J3) == pytest.approx(want)
+    assert metrics.intransigence([[0.9]], [[0.95]]) == pytest.approx(0.05)  # defined at T = 1
+    # the paper's JOINT above: 0.95 - 0.90 and 0.92 - 0.95
+    assert metrics.intransigence(ACC, JOINT) == pytest.approx((0.05 - 0.03) / 2)
+
+
+def test_forward_transfer_ignores_the_first_task_intransigence_does_not():
+    changed = [row[:] for row in A3]
+    changed[0][0] = 0.10
+    assert metrics.forward_transfer(changed, S3) == pytest.approx(metrics.forward_transfer(A3, S3))
+    assert metrics.intransigence(changed, J3) == pytest.approx(
+        metrics.intransigence(A3, J3) + 0.80 / 3)
+
+
+def _square_pair(n_max: int = 6):
+    mat = lambda n: st.lists(  # noqa: E731
+        st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n), min_size=n, max_size=n)
+    return st.integers(1, n_max).flatmap(lambda n: st.tuples(mat(n), mat(n), mat(n)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(_square_pair(), st.floats(-0.5, 0.5))
+def test_transfer_properties(mats, delta):
+    acc, ref, other = (np.asarray(m) for m in mats)
+    n = acc.shape[0]
+    # a run equal to its reference: no transfer, no intransigence
+    fwt_self = metrics.forward_transfer(acc, acc)
+    assert math.isnan(fwt_self) if n == 1 else fwt_self == 0.0
+    assert metrics.intransigence(acc, acc) == 0.0
+    # only the diagonals count: off-diagonal entries of either matrix change nothing
+    mixed_acc = np.where(np.eye(n, dtype=bool), acc, other)
+    mixed_ref = np.where(np.eye(n, dtype=bool), ref, other.T)
+    assert metrics.intransigence(mixed_acc, mixed_ref) == pytest.approx(
+        metrics.intransigence(acc, ref))
+    # signs: learning every task delta better raises FWT and lowers intransigence by delta
+    better = acc + delta * np.eye(n)
+    assert metrics.intransigence(better, ref) == pytest.approx(
+        metrics.intransigence(acc, ref) - delta)
+    if n > 1:
+        assert metrics.forward_transfer(mixed_acc, mixed_ref) == pytest.approx(
+            metrics.forward_transfer(acc, ref))
+        assert metrics.forward_transfer(better, ref) == pytest.approx(
+            metrics.forward_transfer(acc, ref) + delta)
+        # antisymmetric in its arguments; with a joint J and single S on tasks 2..T:
+        # (T-1)·FWT(acc, S) + Σ (J_tt - acc_tt) = Σ (J_tt - S_tt), whatever acc is
+        assert metrics.forward_transfer(ref, acc) == pytest.approx(
+            -metrics.forward_transfer(acc, ref))
+        joint, single = other, ref
+        lhs = (n - 1) * metrics.forward_transfer(acc, single) + sum(
+            joint[t, t] - acc[t, t] for t in range(1, n))
+        assert lhs == pytest.approx(sum(joint[t, t] - single[t, t] for t in range(1, n)))
+
+
+@pytest.mark.parametrize("fn", [metrics.forward_transfer, metrics.intransigence])
+def test_transfer_metrics_reject_mismatched_shapes(fn):
+    with pytest.raises(ValueError, match="differs from acc shape"):
+        fn(A3, ACC)
+    with pytest.raises(ValueError, match="acc must be a non-empty T×T matrix"):
+        fn([[0.9, 0.5]], [[0.9, 0.5]])
+    with pytest.raises(ValueError, match="must be a non-empty T×T matrix"):
+        fn(ACC, [0.9, 0.5])
+
+
+def test_transfer_metrics_propagate_nan_without_warnings():
+    acc = [[0.9, 0.5], [0.7, float("nan")]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(metrics.forward_transfer(acc, ACC))
+        assert math.isnan(metrics.intransigence(acc, JOINT))
+        assert math.isnan(metrics.agnostic_final_accuracy([[0.9], [float("nan"), 0.5]]))
+
+
+def test_agnostic_final_accuracy_by_hand():
+    # the last row: task-agnostic accuracy on tasks 1..T after the last task
+    assert metrics.agnostic_final_accuracy([[0.9], [0.4, 0.8], [0.3, 0.5, 0.7]]) == (
+        pytest.approx(0.5))
+    assert metrics.agnostic_final_accuracy([[0.6]]) == pytest.approx(0.6)
+    assert metrics.agnostic_final_accuracy(np.array([[0.2]])) == pytest.approx(0.2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 7).flatmap(lambda n: st.tuples(*(
+    st.lists(st.floats(0.0, 1.0), min_size=t + 1, max_size=t + 1) for t in range(n)))))
+def test_agnostic_final_accuracy_is_the_mean_of_the_last_row(rows):
+    value = metrics.agnostic_final_accuracy(list(rows))
+    assert value == pytest.approx(sum(rows[-1]) / len(rows[-1]))
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ([], "T >= 1 rows"),
+        ("0.5", "T >= 1 rows"),
+        (None, "T >= 1 rows"),
+        (ACC, "row 0 must hold 1 accuracies"),  # a square matrix is not triangular
+        ([[0.9], [0.5]], "row 1 must hold 2 accuracies"),
+        ([[0.9], ["a", "b"]], r"row 1 .* no list of numbers"),
+        ([0.9, 0.5], "row 0 must hold 1"),
+    ],
+)
+def test_agnostic_final_accuracy_rejects_other_shapes(bad, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.agnostic_final_accuracy(bad)
+
+
+def test_best_baseline_excludes_the_references_by_default():
+    assert metrics.best_baseline({"single": -0.001, "joint": 0.0, "ewc": -0.1}) == "ewc"

@@ -14,11 +14,11 @@ import torch
 from benchmark import cli, parallel
 from benchmark import grid as gridlib
 from benchmark.parallel import RunsFailed, WorkerSettings, run_pool, run_ray
-from benchmark.records import read_record, record_name, record_path
+from benchmark.records import TIMING_FIELDS, read_record, record_name, record_path
 from benchmark.runner import run_all
 
 BASE = ["--no-progress", "--wandb", "disabled", "--threads", "1"]
-TIMINGS = ("seconds", "created")
+TIMINGS = TIMING_FIELDS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as the workers: --threads 1

@@ -42,13 +42,15 @@ def _plan(path: Path, *extra, out: Path):
 
 def test_the_presets_exist():
     assert set(PAPER) == {"pmnist", "cifar", "mixture", "robustness", "compression", "resnet"}
-    assert set(EMBEDDED) == set(PAPER)
+    # modern.yaml: the baselines after 2018, on the digits only (no paper setup to twin)
+    assert set(EMBEDDED) == set(PAPER) | {"modern"}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_preset_parses_and_validates(path, tmp_path):
     data = cli.load_preset(path)
-    assert isinstance(data.get("description"), str) and data["scenario"] in SCENARIOS
+    assert isinstance(data.get("description"), str)
+    assert all(n in SCENARIOS for n in data["scenario"].split(","))
     names = list(data["strategies"])
     assert names and all(n in STRATEGIES or n in NEW_BASELINES for n in names)
     try:
@@ -56,7 +58,7 @@ def test_preset_parses_and_validates(path, tmp_path):
     except DatasetMissingError:
         # a paper preset without its data here: the dataset check comes last, after every
         # name and value has been validated
-        assert not SCENARIOS[data["scenario"]].embedded
+        assert not all(SCENARIOS[n].embedded for n in data["scenario"].split(","))
     else:
         assert len(plan.experiments) >= len(names)
     assert not (tmp_path / "o").exists()
@@ -134,9 +136,10 @@ def test_embedded_twins_are_scaled_down():
         f"digits:{a}-{a + 1}" for a in range(0, 10, 2)]
     for name, path in EMBEDDED.items():
         data = cli.load_preset(path)
-        assert SCENARIOS[data["scenario"]].embedded
-        # the ResNet twin: 3 seeds, the closing note of issue 14 reports over them
-        seeds = 3 if name == "resnet" else 2
+        assert all(SCENARIOS[n].embedded for n in data["scenario"].split(","))
+        # the ResNet and modern presets: 3 seeds, the closing notes of issues 14 and 16
+        # report over them
+        seeds = 3 if name in ("resnet", "modern") else 2
         assert data["epochs"] <= 100 and len(cli.parse_seeds(data["seeds"])) <= seeds
 
 
@@ -217,3 +220,24 @@ def test_other_twins_run(name, tmp_path, capsys):
         d = tmp_path / "report" / "split-digits"
         for name in ("compression_alone.png", "monitoring.png"):
             assert (d / name).stat().st_size > 0, name
+
+
+def test_modern_preset_runs_the_new_baselines_with_their_references(tmp_path):
+    data = cli.load_preset(EMBEDDED["modern"])
+    new = {"packnet", "replay", "agem", "der", "er-ace", "icarl", "gdumb"}
+    assert new <= set(data["strategies"])
+    assert {"hat", "naive", "joint", "single"} <= set(data["strategies"])
+    plan = _plan(EMBEDDED["modern"], out=Path("o"))
+    assert {e.scenario for e in plan.experiments} == {"split-digits", "permuted-digits"}
+    assert len(plan.experiments) == 2 * len(data["strategies"]) * 3
+    # a tiny run of some of them: the report has FWT, intransigence and task-agnostic cells
+    out = tmp_path / "res"
+    _run(EMBEDDED["modern"], out, "--strategies", "hat,icarl,joint,single", "--scenario",
+         "split-digits")
+    result = build_report(load_records(out), tmp_path / "report", workers=1)
+    summary = (tmp_path / "report" / "split-digits" / "summary.md").read_text()
+    assert "FWT" in summary and "intransigence" in summary and "task-agnostic" in summary
+    hat_row = next(line for line in summary.splitlines() if line.startswith("| hat |"))
+    assert "n/a" in hat_row  # no task-agnostic prediction
+    assert "single" not in result.reports["split-digits"].rho
+    assert (tmp_path / "report" / "split-digits" / "cost.png").stat().st_size > 0

@@ -16,13 +16,13 @@ from avalanche.training.supervised.joint_training import JointTraining
 from benchmark import runner
 from benchmark.errors import RunsFailed
 from benchmark.networks import CifarResNet
-from benchmark.records import is_complete, read_record, record_path, validate_record
+from benchmark.records import TIMING_FIELDS, is_complete, read_record, record_path, validate_record
 from benchmark.runner import Experiment, RunHooks, resolve, run_all, run_experiment
 from benchmark.scenarios import get_scenario, random_accuracy
 from strategies import STRATEGIES, ConfigError, HATNet, TrainConfig, get_strategy
 
 FAST = {"train": {"epochs": 2}}
-TIMINGS = ("seconds", "created")
+TIMINGS = TIMING_FIELDS
 
 
 @pytest.fixture(autouse=True, scope="module")

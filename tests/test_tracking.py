@@ -144,25 +144,28 @@ def _run_cli(out: Path, strategies: str, mode: str | None = "offline") -> tuple[
 # ------------------------------------------------------------------ one offline benchmark
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """joint, naive and hat on split-digits (seed 0, 2 epochs), tracked offline. joint runs
-    first, so naive and hat get the forgetting ratio."""
+    """joint, single, naive and hat on split-digits (seed 0, 2 epochs), tracked offline.
+    joint and single run first, so naive and hat get the forgetting ratio, intransigence and
+    forward transfer."""
     root = tmp_path_factory.mktemp("tracking")
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, root)
         out = root / "out"
-        rc, warned = _run_cli(out, "joint,naive,hat")
+        rc, warned = _run_cli(out, ",".join(RUN))
     assert rc == 0
-    records = {s: read_record(record_path(out, SCENARIO, s, 0)) for s in ("joint", "naive", "hat")}
+    records = {s: read_record(record_path(out, SCENARIO, s, 0)) for s in RUN}
     runs = {r.run.job_type: r for r in offline_runs(out)}
     return {"out": out, "records": records, "runs": runs, "warnings": warned}
 
 
 STRATS = ("joint", "naive", "hat")
+#: what the bench runs, in this order: the references first
+RUN = ("joint", "single", "naive", "hat")
 
 
 def test_one_offline_run_per_experiment_under_out(bench):
     assert bench["warnings"] == []
-    assert sorted(bench["runs"]) == sorted(STRATS)
+    assert sorted(bench["runs"]) == sorted(RUN)
     for s, run in bench["runs"].items():
         assert run.folder.parent == bench["out"] / "wandb"
         assert run.run.display_name == f"{s}-{SCENARIO}-s0"
@@ -236,6 +239,34 @@ def test_summary_values_computed_from_record(bench, strategy):
         for t, value in enumerate(rho):
             assert _same(run.summary[f"forgetting_ratio/after_{t + 1}"], value)
         assert _same(run.summary["forgetting_ratio"], rho[-1])
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_summary_transfer_and_cost_computed_from_records(bench, strategy):
+    """Issue 16: FWT against the single run, intransigence against the joint run (both
+    finished before), task-agnostic final accuracy where the strategy has one, cost."""
+    rec, run = bench["records"][strategy], bench["runs"][strategy]
+    acc = rec["accuracy"]
+    n = len(acc)
+    single = bench["records"]["single"]["accuracy"]
+    fwt = sum(acc[t][t] - single[t][t] for t in range(1, n)) / (n - 1)
+    if strategy == "joint":
+        # finished before single: its FWT is the report's alone; intransigence: the reference
+        assert not {"forward_transfer", "intransigence"} & set(run.summary)
+    else:
+        assert run.summary["forward_transfer"] == pytest.approx(fwt)
+        joint = bench["records"]["joint"]["accuracy"]
+        assert run.summary["intransigence"] == pytest.approx(
+            sum(joint[k][k] - acc[k][k] for k in range(n)) / n)
+    if strategy == "hat":  # no task-agnostic prediction
+        assert rec["agnostic_accuracy"] is None and "agnostic_final_accuracy" not in run.summary
+    else:
+        last = rec["agnostic_accuracy"][-1]
+        assert run.summary["agnostic_final_accuracy"] == pytest.approx(sum(last) / len(last))
+    assert run.summary["seconds_per_task"] == pytest.approx(sum(rec["seconds"]) / n)
+    assert run.summary["peak_memory_mb"] == pytest.approx(max(rec["peak_memory_mb"]))
+    assert "memory_samples" not in run.summary  # no rehearsal memory
+    assert "forward_transfer" not in bench["runs"]["single"].summary
 
 
 def test_hat_mask_statistics_logged(bench):
@@ -588,3 +619,60 @@ def _log_bytes_with_exit() -> bytes:
             if not payload:
                 break
     return bytes(out)
+
+
+# ------------------------------------------------------------------ summary without W&B
+def _write(out: Path, rec: dict) -> None:
+    from benchmark.records import write_record
+
+    write_record(record_path(out, rec["scenario"], rec["strategy"], rec["seed"],
+                             rec["tag"]), rec)
+
+
+def test_summary_uses_only_references_of_the_same_scenario_seed_and_no_tag(tmp_path):
+    from reports.synthetic import make_costs, make_record
+
+    def rec(strategy, seed=0, tag="", scenario=SCENARIO):
+        return make_record(scenario, strategy, seed, 3, tag=tag,
+                           extra=make_costs(strategy, 3, seed, scenario))
+
+    run = rec("replay")
+    before = tracking._summary(run, tmp_path)  # the references have not finished yet
+    assert not {"forward_transfer", "intransigence", "forgetting_ratio"} & set(before)
+    for other in (rec("single", seed=1), rec("joint", seed=1), rec("single", tag="x.a=1"),
+                  rec("joint", scenario="permuted-digits")):
+        _write(tmp_path, other)
+    assert tracking._summary(run, tmp_path).keys() == before.keys()
+    single, joint = rec("single"), rec("joint")
+    _write(tmp_path, single)
+    _write(tmp_path, joint)
+    after = tracking._summary(run, tmp_path)
+    a, s, j = run["accuracy"], single["accuracy"], joint["accuracy"]
+    assert after["forward_transfer"] == pytest.approx(((a[1][1] - s[1][1])
+                                                       + (a[2][2] - s[2][2])) / 2)
+    assert after["intransigence"] == pytest.approx(sum(j[k][k] - a[k][k] for k in range(3)) / 3)
+    assert after["forward_transfer"] != pytest.approx(tracking._summary(
+        rec("replay", seed=1), tmp_path).get("forward_transfer", math.nan))
+    # the cost and task-agnostic values, from the record alone
+    assert before["memory_samples"] == max(run["memory_samples"])
+    assert before["state_mb"] == pytest.approx(max(run["state_mb"]))
+    assert before["peak_memory_mb"] == pytest.approx(max(run["peak_memory_mb"]))
+    assert before["seconds_per_task"] == pytest.approx(sum(run["seconds"]) / 3)
+    last = run["agnostic_accuracy"][-1]
+    assert before["agnostic_final_accuracy"] == pytest.approx(sum(last) / len(last))
+
+
+def test_summary_of_an_older_record_has_no_new_values(tmp_path):
+    """A record written before issue 16 (no agnostic_accuracy, peak_memory_mb, state_mb,
+    memory_samples) and one whose lists have a null entry (a diverged number)."""
+    from reports.synthetic import make_record
+
+    old = make_record(SCENARIO, "naive", 0, 3)
+    summary = tracking._summary(old, tmp_path)
+    assert summary["seconds_per_task"] == pytest.approx(0.1)
+    assert not {"agnostic_final_accuracy", "peak_memory_mb", "state_mb", "memory_samples"} & (
+        set(summary))
+    partial = dict(old, peak_memory_mb=[None, 30.0, 20.0], memory_samples=None,
+                   agnostic_accuracy=None)
+    summary = tracking._summary(partial, tmp_path)
+    assert summary["peak_memory_mb"] == 30.0 and "memory_samples" not in summary

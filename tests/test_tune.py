@@ -58,7 +58,9 @@ def test_every_search_space_is_valid_and_holds_the_default():
             assert list(values) == sorted(values), (spec.name, key)
             assert canonical_value(spec.name, key, defaults[key]) in canon, (spec.name, key)
     tunable = {s for s in STRATEGIES if STRATEGIES[s].space}
-    assert tunable == {"ewc", "lwf", "si", "hat", "imm-mean", "imm-mode", "lfl", "pathnet"}
+    # memory budgets (icarl, gdumb: their only parameter) are held equal, never selected
+    assert tunable == {"ewc", "lwf", "si", "hat", "imm-mean", "imm-mode", "lfl", "pathnet",
+                       "packnet", "replay", "agem", "der", "er-ace"}
     # the reference code's grids
     assert len(tune.space_points(tune.default_space("hat"))) == 48
     assert len(tune.space_points(tune.default_space("lwf"))) == 28
