@@ -637,6 +637,8 @@ def test_every_strategy_trains_a_resnet_or_refuses_it(strategy, family, monkeypa
 
     monkeypatch.setattr(runner, "build_model", spy)
     over = {"train": {"epochs": "1", "batch_size": "16"}, "model": RESNET_MODEL[family]}
+    if strategy == "packnet":  # (its 10 retraining epochs after pruning: one is enough here)
+        over["packnet"] = {"post_prune_epochs": "1"}
     exp = Experiment("split-digits", strategy, 0, over)
     if strategy in runner.LAYERWISE_FAMILIES:
         with pytest.raises(ConfigError, match=f"^{strategy} rebuilds the trunk"):
