@@ -66,7 +66,7 @@ else
 	@echo "# make paper RUN=1 runs them (datasets under data/, or add --download to PAPER_FLAGS)"
 endif
 
-# Speed benchmark (issue 6): HAT vs Naive and suite vs a raw loop, side by side, in one run.
+# Speed benchmark: HAT vs Naive and suite vs a raw loop, side by side, in one run.
 bench: $(STAMP)
 	$(PY) scripts/bench.py --out $(RESULTS)/bench.json
 

@@ -1,6 +1,6 @@
 import sys
 
-from ._startup import prestart_workers
+from .run.workers import prestart_workers
 
 prestart_workers(sys.argv[1:])
 

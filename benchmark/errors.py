@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from reports.text import one_line
+
 
 class BenchmarkError(Exception):
     """An error caused by the user's input or environment, with the fix in its message."""
@@ -44,7 +46,4 @@ class RunsFailed(Exception):
 
 def brief(err: BaseException) -> str:
     """``Type: message`` on one line (at most 300 characters of message)."""
-    text = " ".join(str(err).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return one_line(err, limit=300)

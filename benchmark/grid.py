@@ -24,11 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from reports.records import param_text
+from reports.schema import param_text
 from strategies import STRATEGIES, TrainConfig
-from strategies.config import from_overrides, public_key
+from strategies.common.config import from_overrides, public_key
 
 from .errors import BenchmarkError
+from .experiment import Experiment, ScenarioConfig
 from .networks import ModelConfig
 
 #: grid/--set sections that apply to every strategy
@@ -96,8 +97,6 @@ def _config_class(section: str) -> type:
     if section == "model":
         return ModelConfig
     if section == "scenario":
-        from .runner import ScenarioConfig
-
         return ScenarioConfig
     if section in STRATEGIES:
         return STRATEGIES[section].params
@@ -180,9 +179,7 @@ def expand(scenario: str, strategies: Sequence[str], seeds: Sequence[int],
            grid: Mapping[str, Sequence[str]] | None = None) -> list:
     """strategies × seeds × grid points as experiments; seeds outermost (one scenario build
     per seed in a sequential run), then strategies, then grid points (keys sorted, values in
-    the given order). Without a grid: exactly ``runner.experiments_for``."""
-    from .runner import Experiment
-
+    the given order). Without a grid: exactly ``experiment.experiments_for``."""
     grid = grid or {}
     exps = []
     for seed in seeds:

@@ -1,4 +1,4 @@
-"""The paper's networks (hat-reference §3) and two ResNets, plain or HAT-gated, sized from
+"""The paper's networks (docs/hat-reference.md §3) and two ResNets, plain or HAT-gated, sized from
 the scenario.
 
 Baselines and HAT share the same trunk: ``build_model`` builds one trunk module and either
@@ -99,7 +99,7 @@ Family = Literal["mlp", "alexnet", "resnet18", "resnet32"]
 FAMILIES: tuple[str, ...] = typing.get_args(Family)
 RESNETS = ("resnet18", "resnet32")
 #: ``model.hidden`` when not given: MLP width, AlexNet fc width, ResNet-32 base width (the
-#: MLP's is 100 on the embedded scenarios, see ``benchmark.runner``); ResNet-18 has none
+#: MLP's is 100 on the embedded scenarios, see ``benchmark.experiment``); ResNet-18 has none
 DEFAULT_HIDDEN = {"mlp": 2000, "alexnet": 2048, "resnet32": 16}
 #: ResNet-32's residual blocks per stage when ``model.blocks`` is not given (6·5 + 2 = 32)
 DEFAULT_BLOCKS = 5

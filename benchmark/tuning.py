@@ -6,7 +6,7 @@ through the usual grid machinery (each point's record written atomically, so a k
 resumes), then selects, per strategy, the point with the best **validation** criterion and
 writes it as a preset for ``run --config`` (``configs/tuned/<scenario>.yaml``).
 
-Protocol (README "Hyperparameter selection"):
+Protocol (docs/tuning.md):
 
 - criterion of a point: the mean over tuning seeds of ``reports.metrics.validation_criterion``
   (the mean validation accuracy over all tasks after the last task), each task's validation
@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
+from reports.io import write_text
 from reports.metrics import validation_criterion
-from reports.render import write_text
 from strategies import STRATEGIES
 
 from . import __version__

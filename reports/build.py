@@ -19,9 +19,10 @@ Layout under ``out``::
     <scenario>/sensitivity.{png,pdf,csv} validation criterion over each search space, when a
                                       record has a selection or grid records valid_accuracy
 
-Files of these names left over from an earlier report that this run does not produce are
-removed, so ``index.md`` and the folder agree. :func:`check_output` says, before anything is
-written, whether ``out`` can hold the report.
+:data:`ARTIFACTS` is the one list of these files (pattern, condition, renderer, caption):
+it drives the writing, ``index.md`` and the removal of files of these names left over from an
+earlier report that this run does not produce, so ``index.md`` and the folder agree.
+:func:`check_output` says, before anything is written, whether ``out`` can hold the report.
 """
 
 from __future__ import annotations
@@ -34,29 +35,22 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import figures, render
-from .records import ReportError
+from .io import write_text
+from .load import ReportError
 from .tables import Duplicate, Missing, ScenarioReport, compute_report
 
-__all__ = ["BuildResult", "build_report", "check_output", "default_workers", "safe_name"]
-
-_OWNED = (
-    "rho_table.*",
-    "rho_reduction.csv",
-    "rho_vs_t.*",
-    "acc_matrix_*.png",
-    "summary.*",
-    "cost.*",
-    "robustness.*",
-    "capacity.png",
-    "compression.*",
-    "compression_alone.*",
-    "monitoring.*",
-    "hyperparameters.*",
-    "sensitivity.*",
-)
-
+__all__ = [
+    "ARTIFACTS",
+    "Artifact",
+    "BuildResult",
+    "build_report",
+    "check_output",
+    "default_workers",
+    "safe_name",
+]
 
 def safe_name(name: str) -> str:
     """A file-name-safe version of a scenario or strategy name."""
@@ -76,174 +70,219 @@ class BuildResult:
         return self.out / "index.md"
 
 
-def _scenario_files(
-    rep: ScenarioReport, d: Path, jobs: list[tuple[Callable, tuple]]
-) -> list[tuple[Path, str]]:
-    """Write one scenario's text files and queue its figures on ``jobs`` (function, args);
-    returns (path, caption) pairs of everything, figures included."""
-    items: list[tuple[Path, str]] = []
-    conf = f"{rep.confidence:.0%}"
+# --- the artifacts of a scenario ------------------------------------------------------------
 
-    def text(name: str, content: str, caption: str) -> None:
-        items.append((render.write_text(d / name, content), caption))
+#: a caption: fixed text, or text from the scenario's report
+Caption = str | Callable[[ScenarioReport], str]
+#: a figure job: the function that draws it and its arguments (run in a worker process)
+Job = tuple[Callable, tuple]
 
-    def figure(fn: Callable, args: tuple, captions: dict[str, str]) -> None:
-        jobs.append((fn, args))
-        items.extend((d / name, cap) for name, cap in captions.items())
 
-    if rep.rho:
-        cols = " and ".join(f"t = {t}" for t in rep.table_ts)
-        text(
-            "rho_table.md",
-            render.rho_table_md(rep),
-            f"Table 1: forgetting ratio ρ≤t at {cols} per strategy (mean ± {conf} CI over "
-            "seeds), best in bold, with HAT's reduction of forgetting vs the best baseline",
-        )
-        text("rho_table.tex", render.rho_table_tex(rep), "Table 1 as LaTeX (booktabs)")
-        text("rho_table.csv", render.rho_table_csv(rep), "Table 1 as CSV (plain numbers)")
-        text(
-            "rho_reduction.csv",
-            render.reduction_csv(rep),
-            "HAT's reduction of forgetting (%) against the best baseline, per t of Table 1",
-        )
-        figure(
-            figures.plot_rho_vs_t,
-            (rep.rho, rep.n_tasks, [d / "rho_vs_t.png", d / "rho_vs_t.pdf"]),
-            {
-                "rho_vs_t.png": f"forgetting ratio ρ≤t against t with {conf} CI bands; "
-                "dashed: joint training (ρ = 0)",
-                "rho_vs_t.pdf": "the same figure as PDF",
-            },
-        )
-        text(
-            "rho_vs_t.csv",
-            render.rho_table_csv(rep, all_t=True),
-            "data of the figure: ρ≤t for every t",
-        )
-    if rep.summary:
-        text(
-            "summary.md",
-            render.summary_md(rep),
-            f"final average accuracy, BWT, forgetting, FWT, intransigence, task-agnostic "
-            f"accuracy, training time per task and peak memory per strategy (mean ± {conf} "
-            "CI)",
-        )
-        text("summary.csv", render.summary_csv(rep), "the same as CSV (fractions)")
-    if rep.cost_strategies():
-        methods = {s: rep.summary[s] for s in rep.cost_strategies()}
-        figure(
-            figures.plot_cost,
-            (methods, rep.scenario, [d / "cost.png", d / "cost.pdf"]),
-            {
-                "cost.png": f"cost: final average accuracy against training time per task and "
-                f"peak memory, one marker per method with {conf} CI bars, to choose a method "
-                "on cost as well as accuracy",
-                "cost.pdf": "the same figure as PDF",
-            },
-        )
-        text("cost.csv", render.cost_csv(rep),
-             "data of the cost figure: final accuracy, seconds per task, peak memory (MB)")
-    for s, m in rep.acc_mean.items():
-        n = len(rep.seeds[s])
-        name = f"acc_matrix_{safe_name(s)}.png"
-        title = f"{rep.scenario}: {s} (mean over {n} seed{'s' if n != 1 else ''})"
-        figure(
-            figures.plot_acc_matrix,
-            (m, title, d / name),
-            {
-                name: f"accuracy matrix of {s}: row t after training task t, column τ the "
-                f"evaluated task, mean over {n} seed(s)"
-            },
-        )
-    if rep.grid is not None:
-        what = "ρ≤T" if rep.grid.metric == "rho" else "final accuracy (no joint records for ρ)"
-        figure(
-            figures.plot_grid,
-            (rep.grid, rep.scenario, d / "robustness.png"),
-            {"robustness.png": f"HAT robustness: {what} over the smax × c grid"},
-        )
-        text(
-            "robustness.md",
-            render.grid_md(rep.grid, rep.scenario),
-            "the robustness grid as a table (mean ± CI)",
-        )
-        text("robustness.csv", render.grid_csv(rep.grid), "the robustness grid as CSV")
-    if rep.capacity is not None:
-        cap = rep.capacity
-        figure(
-            figures.plot_capacity,
-            (cap, rep.scenario, d / "capacity.png"),
-            {
-                "capacity.png": "HAT capacity: fraction of each layer's units used per task, "
-                "and how much of it earlier tasks already used"
-            },
-        )
-        figure(
-            figures.plot_compression,
-            (cap, rep.scenario, d / "compression.png"),
-            {"compression.png": "HAT compression: fraction of units and weights kept per task"},
-        )
-        text(
-            "compression.md",
-            render.compression_md(cap, rep.scenario),
-            "HAT compression per task and layer as a table",
-        )
-        text("compression.csv", render.compression_csv(cap), "the compression table as CSV")
-    if rep.compression is not None:
-        comp = rep.compression
-        figure(
-            figures.plot_compression_alone,
-            (comp, rep.scenario, d / "compression_alone.png"),
-            {
-                "compression_alone.png": "HAT compression, each task trained alone (the "
-                "paper's compression experiment): fraction of the network's units and weights "
-                "its binary mask keeps"
-            },
-        )
-        text(
-            "compression_alone.md",
-            render.compression_alone_md(comp, rep.scenario),
-            "compression per task trained alone, per layer and overall, as a table",
-        )
-        text("compression_alone.csv", render.compression_alone_csv(comp),
-             "compression per task trained alone as CSV (fractions)")
-    if rep.monitoring is not None:
-        mon = rep.monitoring
-        figure(
-            figures.plot_monitoring,
-            (mon, rep.scenario, d / "monitoring.png"),
-            {
-                "monitoring.png": "HAT monitoring: per layer, the fraction of units the task "
-                "being trained uses (capacity) and the fraction of those reused from earlier "
-                "tasks, epoch by epoch over the task sequence"
-            },
-        )
-        text("monitoring.csv", render.monitoring_csv(mon),
-             "data of the monitoring figure: task, epoch, layer, used, reuse, seeds")
-    if rep.hyperparameters:
-        text(
-            "hyperparameters.md",
-            render.hyperparameters_md(rep),
-            "hyperparameters each strategy ran with, and their source: selected on validation "
-            "data (preset, seeds, epochs, criterion value) or defaults / set by hand",
-        )
-        text("hyperparameters.csv", render.hyperparameters_csv(rep),
-             "the hyperparameter table as CSV (one column per hyperparameter)")
-    if rep.sensitivity:
-        figure(
-            figures.plot_sensitivity,
-            (rep.sensitivity, rep.scenario, [d / "sensitivity.png", d / "sensitivity.pdf"]),
-            {
-                "sensitivity.png": "hyperparameter sensitivity: per strategy, the validation "
-                "criterion (mean validation accuracy over all tasks after the last task) over "
-                "its whole search space, the chosen point marked; a flat panel is a method "
-                "robust to its hyperparameters",
-                "sensitivity.pdf": "the same figure as PDF",
-            },
-        )
-        text("sensitivity.csv", render.sensitivity_csv(rep.sensitivity),
+@dataclass(frozen=True)
+class Text:
+    """A text file: its name, its renderer and its caption in ``index.md``."""
+
+    name: str
+    render: Callable[[ScenarioReport], str]
+    caption: Caption
+
+
+@dataclass(frozen=True)
+class Figure:
+    """The files one drawing writes (e.g. PNG and PDF): their names and captions, and the job
+    that draws them into the given paths."""
+
+    names: tuple[str, ...]
+    draw: Callable[[ScenarioReport, list[Path]], Job]
+    captions: tuple[Caption, ...]
+
+
+@dataclass(frozen=True)
+class StrategyFigure:
+    """One figure per strategy of the report (``{name}``: the strategy's file-safe name)."""
+
+    name: str
+    draw: Callable[[ScenarioReport, str, Path], Job]
+    caption: Callable[[ScenarioReport, str], str]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Files of a scenario's report that exist under one condition. ``pattern`` (a glob)
+    names every file of the artifact: those this report does not write are removed (left
+    over from an earlier report)."""
+
+    pattern: str
+    when: Callable[[ScenarioReport], bool]
+    files: tuple[Text | Figure | StrategyFigure, ...]
+
+
+def _conf(rep: ScenarioReport) -> str:
+    return f"{rep.confidence:.0%}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _one(draw: str, *data: Callable[[ScenarioReport], Any]):
+    """A figure job calling ``figures.<draw>(*data(rep), path)`` into its one file (the
+    function is looked up when the job is made)."""
+    return lambda rep, paths: (getattr(figures, draw), (*(f(rep) for f in data), paths[0]))
+
+
+def _many(draw: str, *data: Callable[[ScenarioReport], Any]):
+    """A figure job calling ``figures.<draw>(*data(rep), paths)`` into all its files."""
+    return lambda rep, paths: (getattr(figures, draw), (*(f(rep) for f in data), paths))
+
+
+def _scenario(rep: ScenarioReport) -> str:
+    return rep.scenario
+
+
+_SAME_AS_PDF = "the same figure as PDF"
+
+#: every file of a scenario's report, in the order of ``index.md``
+ARTIFACTS: tuple[Artifact, ...] = (
+    Artifact("rho_table.*", lambda rep: bool(rep.rho), (
+        Text("rho_table.md", render.rho_table_md, lambda rep: (
+            f"Table 1: forgetting ratio ρ≤t at "
+            f"{' and '.join(f't = {t}' for t in rep.table_ts)} per strategy (mean ± "
+            f"{_conf(rep)} CI over seeds), best in bold, with HAT's reduction of forgetting vs "
+            "the best baseline")),
+        Text("rho_table.tex", render.rho_table_tex, "Table 1 as LaTeX (booktabs)"),
+        Text("rho_table.csv", render.rho_table_csv, "Table 1 as CSV (plain numbers)"),
+    )),
+    Artifact("rho_reduction.csv", lambda rep: bool(rep.rho), (
+        Text("rho_reduction.csv", render.reduction_csv,
+             "HAT's reduction of forgetting (%) against the best baseline, per t of Table 1"),
+    )),
+    Artifact("rho_vs_t.*", lambda rep: bool(rep.rho), (
+        Figure(("rho_vs_t.png", "rho_vs_t.pdf"),
+               _many("plot_rho_vs_t", lambda rep: rep.rho, lambda rep: rep.n_tasks),
+               (lambda rep: f"forgetting ratio ρ≤t against t with {_conf(rep)} CI bands; "
+                "dashed: joint training (ρ = 0)", _SAME_AS_PDF)),
+        Text("rho_vs_t.csv", lambda rep: render.rho_table_csv(rep, all_t=True),
+             "data of the figure: ρ≤t for every t"),
+    )),
+    Artifact("summary.*", lambda rep: bool(rep.summary), (
+        Text("summary.md", render.summary_md, lambda rep: (
+            "final average accuracy, BWT, forgetting, FWT, intransigence, task-agnostic "
+            "accuracy, training time per task and peak memory per strategy (mean ± "
+            f"{_conf(rep)} CI)")),
+        Text("summary.csv", render.summary_csv, "the same as CSV (fractions)"),
+    )),
+    Artifact("cost.*", lambda rep: bool(rep.cost_strategies()), (
+        Figure(("cost.png", "cost.pdf"),
+               _many("plot_cost",
+                     lambda rep: {s: rep.summary[s] for s in rep.cost_strategies()}, _scenario),
+               (lambda rep: "cost: final average accuracy against training time per task and "
+                f"peak memory, one marker per method with {_conf(rep)} CI bars, to choose a "
+                "method on cost as well as accuracy", _SAME_AS_PDF)),
+        Text("cost.csv", render.cost_csv,
+             "data of the cost figure: final accuracy, seconds per task, peak memory (MB)"),
+    )),
+    Artifact("acc_matrix_*.png", lambda rep: bool(rep.acc_mean), (
+        StrategyFigure(
+            "acc_matrix_{name}.png",
+            lambda rep, s, path: (figures.plot_acc_matrix, (
+                rep.acc_mean[s],
+                f"{rep.scenario}: {s} (mean over {_seeds(len(rep.seeds[s]))})", path)),
+            lambda rep, s: f"accuracy matrix of {s}: row t after training task t, column τ the "
+            f"evaluated task, mean over {len(rep.seeds[s])} seed(s)"),
+    )),
+    Artifact("robustness.*", lambda rep: rep.grid is not None, (
+        Figure(("robustness.png",),
+               _one("plot_grid", lambda rep: rep.grid, _scenario),
+               (lambda rep: "HAT robustness: "
+                + ("ρ≤T" if rep.grid.metric == "rho" else
+                   "final accuracy (no joint records for ρ)") + " over the smax × c grid",)),
+        Text("robustness.md", lambda rep: render.grid_md(rep.grid, rep.scenario),
+             "the robustness grid as a table (mean ± CI)"),
+        Text("robustness.csv", lambda rep: render.grid_csv(rep.grid),
+             "the robustness grid as CSV"),
+    )),
+    Artifact("capacity.png", lambda rep: rep.capacity is not None, (
+        Figure(("capacity.png",),
+               _one("plot_capacity", lambda rep: rep.capacity, _scenario),
+               ("HAT capacity: fraction of each layer's units used per task, and how much of it "
+                "earlier tasks already used",)),
+    )),
+    Artifact("compression.*", lambda rep: rep.capacity is not None, (
+        Figure(("compression.png",),
+               _one("plot_compression", lambda rep: rep.capacity, _scenario),
+               ("HAT compression: fraction of units and weights kept per task",)),
+        Text("compression.md", lambda rep: render.compression_md(rep.capacity, rep.scenario),
+             "HAT compression per task and layer as a table"),
+        Text("compression.csv", lambda rep: render.compression_csv(rep.capacity),
+             "the compression table as CSV"),
+    )),
+    Artifact("compression_alone.*", lambda rep: rep.compression is not None, (
+        Figure(("compression_alone.png",),
+               _one("plot_compression_alone", lambda rep: rep.compression, _scenario),
+               ("HAT compression, each task trained alone (the paper's compression "
+                "experiment): fraction of the network's units and weights its binary mask "
+                "keeps",)),
+        Text("compression_alone.md",
+             lambda rep: render.compression_alone_md(rep.compression, rep.scenario),
+             "compression per task trained alone, per layer and overall, as a table"),
+        Text("compression_alone.csv", lambda rep: render.compression_alone_csv(rep.compression),
+             "compression per task trained alone as CSV (fractions)"),
+    )),
+    Artifact("monitoring.*", lambda rep: rep.monitoring is not None, (
+        Figure(("monitoring.png",),
+               _one("plot_monitoring", lambda rep: rep.monitoring, _scenario),
+               ("HAT monitoring: per layer, the fraction of units the task being trained uses "
+                "(capacity) and the fraction of those reused from earlier tasks, epoch by "
+                "epoch over the task sequence",)),
+        Text("monitoring.csv", lambda rep: render.monitoring_csv(rep.monitoring),
+             "data of the monitoring figure: task, epoch, layer, used, reuse, seeds"),
+    )),
+    Artifact("hyperparameters.*", lambda rep: bool(rep.hyperparameters), (
+        Text("hyperparameters.md", render.hyperparameters_md,
+             "hyperparameters each strategy ran with, and their source: selected on "
+             "validation data (preset, seeds, epochs, criterion value) or defaults / set by "
+             "hand"),
+        Text("hyperparameters.csv", render.hyperparameters_csv,
+             "the hyperparameter table as CSV (one column per hyperparameter)"),
+    )),
+    Artifact("sensitivity.*", lambda rep: bool(rep.sensitivity), (
+        Figure(("sensitivity.png", "sensitivity.pdf"),
+               _many("plot_sensitivity", lambda rep: rep.sensitivity, _scenario),
+               ("hyperparameter sensitivity: per strategy, the validation criterion (mean "
+                "validation accuracy over all tasks after the last task) over its whole search "
+                "space, the chosen point marked; a flat panel is a method robust to its "
+                "hyperparameters", _SAME_AS_PDF)),
+        Text("sensitivity.csv", lambda rep: render.sensitivity_csv(rep.sensitivity),
              "data of the sensitivity figure: one row per point (strategy, params, value, "
-             "chosen, source, n_seeds)")
+             "chosen, source, n_seeds)"),
+    )),
+)
+
+
+def _caption(caption: Caption, rep: ScenarioReport) -> str:
+    return caption if isinstance(caption, str) else caption(rep)
+
+
+def _scenario_files(rep: ScenarioReport, d: Path, jobs: list[Job]) -> list[tuple[Path, str]]:
+    """Write one scenario's text files (:data:`ARTIFACTS`) and queue its figures on ``jobs``;
+    returns (path, caption) pairs of everything, figures included, in index order."""
+    items: list[tuple[Path, str]] = []
+    for artifact in ARTIFACTS:
+        if not artifact.when(rep):
+            continue
+        for f in artifact.files:
+            if isinstance(f, Text):
+                items.append((write_text(d / f.name, f.render(rep)), _caption(f.caption, rep)))
+            elif isinstance(f, Figure):
+                paths = [d / name for name in f.names]
+                jobs.append(f.draw(rep, paths))
+                items += [(p, _caption(c, rep)) for p, c in zip(paths, f.captions, strict=True)]
+            else:
+                for s in rep.acc_mean:
+                    path = d / f.name.format(name=safe_name(s))
+                    jobs.append(f.draw(rep, s, path))
+                    items.append((path, f.caption(rep, s)))
     return items
 
 
@@ -282,7 +321,7 @@ def check_output(out: str | Path, scenarios: list[str] | None = None) -> None:
         raise ReportError(f"cannot write the report to {out}: {out / 'index.md'} is a folder")
 
 
-def _call(job: tuple[Callable, tuple]) -> list[Path]:
+def _call(job: Job) -> list[Path]:
     fn, args = job
     return fn(*args)
 
@@ -295,7 +334,7 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _render_all(jobs: list[tuple[Callable, tuple]], workers: int) -> None:
+def _render_all(jobs: list[Job], workers: int) -> None:
     """Draw the figures, in ``workers`` forked processes when that pays off (Linux)."""
     workers = min(workers, len(jobs))
     if workers < 2 or len(jobs) < 4 or "fork" not in mp.get_all_start_methods():
@@ -312,8 +351,9 @@ def _render_all(jobs: list[tuple[Callable, tuple]], workers: int) -> None:
 
 
 def _remove_stale(d: Path, keep: set[Path]) -> None:
-    for pattern in _OWNED:
-        for p in d.glob(pattern):
+    """Remove the files of :data:`ARTIFACTS` in ``d`` that are not in ``keep``."""
+    for artifact in ARTIFACTS:
+        for p in d.glob(artifact.pattern):
             if p.is_file() and p not in keep:
                 p.unlink()
 
@@ -329,7 +369,7 @@ def build_report(
     result = BuildResult(out=out, reports=reports)
     sections = []
     notes: list[str] = []
-    jobs: list[tuple[Callable, tuple]] = []
+    jobs: list[Job] = []
     dirs: list[tuple[Path, list[tuple[Path, str]]]] = []
     for scenario, rep in reports.items():
         rel = safe_name(scenario)
@@ -344,7 +384,6 @@ def build_report(
     _render_all(jobs, default_workers() if workers is None else workers)
     for d, written in dirs:
         _remove_stale(d, {p for p, _ in written})
-    render.write_text(result.index,
-                      render.index_md(sections, result.missing, notes, result.duplicates))
+    write_text(result.index, render.index_md(sections, result.missing, notes, result.duplicates))
     result.files.append(result.index)
     return result

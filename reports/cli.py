@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import metrics
-from .records import ReportError, load_records
+from .load import ReportError, load_records
+from .text import warning_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr if file is None else file)
+    print(warning_line(message), file=sys.stderr if file is None else file)
 
 
 def _fmt(x: float, spec: str) -> str:

@@ -6,7 +6,7 @@ their ``train.epochs``, ``--config`` the tuned preset their ``selection`` names,
 and ``--device`` when they agree on other than the command's defaults (1, cpu), and a
 ``--set`` for every value of their ``params`` that differs from what the run would use
 without it. Those defaults come from :mod:`reports.run_defaults` (the suite's ``TrainConfig``,
-``ModelConfig``, scenario registry and strategy defaults; ``tests/test_reports_commands.py``
+``ModelConfig``, scenario registry and strategy defaults; ``tests/reports/test_commands.py``
 checks it against them, since the report never imports ``benchmark`` or ``strategies``). A
 value whose default is not known there (an unknown scenario or strategy) is always spelled
 out: an extra ``--set`` of a default changes nothing.
@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import param_text
 from .run_defaults import DEFAULTS
+from .schema import param_text
 
 __all__ = ["default_params", "results_folder", "run_command"]
 

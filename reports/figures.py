@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .render import atomic_path
-from .tables import Capacity, Grid, Monitoring, Sensitivity, Stat, param_text
+from .io import atomic_path
+from .schema import param_text
+from .tables import Capacity, Grid, Monitoring, Sensitivity, Stat
 
 COLUMN_IN = 3.3
 DOUBLE_IN = 6.9

@@ -1,7 +1,8 @@
 """Text renderings (Markdown, LaTeX, CSV) of the data computed in :mod:`reports.tables`.
 
-Every function returns a string; :func:`write_text` writes it atomically. CSV files hold plain
-numbers (full precision, ``nan`` where undefined); Markdown/LaTeX hold rounded, human text.
+Every function returns a string; :func:`reports.io.write_text` writes it atomically. CSV files
+hold plain numbers (full precision, ``nan`` where undefined); Markdown/LaTeX hold rounded,
+human text.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,53 +28,16 @@ from .tables import (
     Sensitivity,
 )
 
-SINGLE = "†"
-SINGLE_NOTE = f"{SINGLE} a single seed: no confidence interval (a CI needs >= 2 seeds)."
+SINGLE_SEED = "†"
+SINGLE_SEED_NOTE = f"{SINGLE_SEED} a single seed: no confidence interval (a CI needs >= 2 seeds)."
 #: what a table shows instead of numbers for a strategy whose every run diverged
 DIVERGED = "diverged"
-
-
-# --- files ----------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder (created) that replaces ``path`` when the block
-    ends without error, with the usual file permissions; removed on error. The one atomic
-    writer for run records, report files and figures."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (``atomic_path``, with fsync). Run records are
-    written with it too."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(path)
 
 
 # --- number formatting ----------------------------------------------------------------------
 
 
-def _num(x: float) -> str:
+def _csv_number(x: float) -> str:
     """Full-precision CSV number; ``nan`` when undefined."""
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
 
@@ -87,7 +48,7 @@ def pm(mean: float, half: float, digits: int = 3, scale: float = 1.0, latex: boo
         return "n/a"
     m = f"{mean * scale:.{digits}f}"
     if math.isnan(half):
-        return f"${m}^{{\\dagger}}$" if latex else m + SINGLE
+        return f"${m}^{{\\dagger}}$" if latex else m + SINGLE_SEED
     h = f"{half * scale:.{digits}f}"
     return f"${m} \\pm {h}$" if latex else f"{m} ± {h}"
 
@@ -99,7 +60,7 @@ def _csv(header: list[str], rows: Iterable[dict[str, Any]]) -> str:
     for r in rows:
         w.writerow(
             [
-                _num(r[k]) if isinstance(r[k], float) else ("" if r[k] is None else r[k])
+                _csv_number(r[k]) if isinstance(r[k], float) else ("" if r[k] is None else r[k])
                 for k in header
             ]
         )
@@ -210,7 +171,7 @@ def rho_table_md(rep: ScenarioReport) -> str:
         " Bold: closest to 0. " + REDUCTION_RULE + "\n"
     )
     if _has_single(rep):
-        text += "\n" + SINGLE_NOTE + "\n"
+        text += "\n" + SINGLE_SEED_NOTE + "\n"
     if rep.diverged:
         text += "\n" + diverged_note(rep) + "\n"
     return text
@@ -245,7 +206,7 @@ def rho_table_tex(rep: ScenarioReport) -> str:
         lines.append(" & ".join(["HAT reduction of forgetting"] + cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     if _has_single(rep):
-        lines.append("% " + SINGLE_NOTE.replace(SINGLE, "\\dag"))
+        lines.append("% " + SINGLE_SEED_NOTE.replace(SINGLE_SEED, "\\dag"))
     if any(r.get("measure") == "difference" for r in rep.reduction):
         lines.append("% " + REDUCTION_RULE)
     if rep.diverged:
@@ -349,7 +310,7 @@ def summary_md(rep: ScenarioReport) -> str:
     if rep.summary_notes:
         text += "\n" + "\n".join(f"- {n}" for n in rep.summary_notes) + "\n"
     if single:
-        text += "\n" + SINGLE_NOTE + "\n"
+        text += "\n" + SINGLE_SEED_NOTE + "\n"
     if rep.diverged:
         text += "\n" + diverged_note(rep) + "\n"
     return text

@@ -78,7 +78,7 @@ def make_accuracy(strategy: str, n_tasks: int, seed: int, scenario: str = "") ->
 
 
 def make_costs(strategy: str, n_tasks: int, seed: int, scenario: str = "") -> dict[str, Any]:
-    """The per-run fields of issue 16 (docs/record-schema.md), deterministic per arguments:
+    """The optional per-run cost fields (docs/record-schema.md), deterministic per arguments:
     ``seconds``, ``peak_memory_mb`` and ``state_mb`` per task (a strategy-dependent level,
     plus seed noise for the first two),
     ``memory_samples`` (null unless the strategy is in :data:`REHEARSAL`, then filling up to
@@ -168,7 +168,7 @@ def make_record(
 ) -> dict[str, Any]:
     """A complete schema-2 run record (docs/record-schema.md); ``valid_accuracy`` and
     ``selection`` null unless given; ``extra`` sets more fields (e.g. :func:`make_costs`'s;
-    without them the record is one written before issue 16)."""
+    without them the record is one written before those fields existed)."""
     acc = (
         [list(map(float, r)) for r in accuracy]
         if accuracy is not None

@@ -8,9 +8,9 @@ from the first of these that holds one:
 3. the run's config merged with its summary, when together they carry the record's fields
    (``scenario``, ``strategy``, ``seed``, ``task_names``, ``accuracy``, ``random_accuracy``).
 
-Records go through the same validation as files (:func:`reports.records.record_problem`); a run
+Records go through the same validation as files (:func:`reports.schema.record_problem`); a run
 without a usable record is skipped with one warning naming it. Being offline or not logged in
-raises :class:`reports.records.ReportError` with a one-line message.
+raises :class:`reports.load.ReportError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .records import RecordWarning, ReportError, normalise, record_problem
+from .load import RecordWarning, ReportError, normalise
+from .schema import WANDB_ARTIFACT_TYPES_READ, WANDB_RECORD_KEY, record_problem
+from .text import first_line
 
 __all__ = ["ARTIFACT_TYPES", "RECORD_KEY", "load_wandb_records"]
 
-ARTIFACT_TYPES = ("run-record", "run_record")
-RECORD_KEY = "run_record"
+ARTIFACT_TYPES = WANDB_ARTIFACT_TYPES_READ
+RECORD_KEY = WANDB_RECORD_KEY
 TIMEOUT_S = 15
 
 
@@ -117,7 +119,7 @@ def load_wandb_records(project: str, api: Any = None) -> list[dict[str, Any]]:
         except Exception as e:  # noqa: BLE001 - one broken run must not stop the report
             found = []
             warnings.warn(
-                f"skipping {name}: cannot read it ({_first_line(e)})", RecordWarning, stacklevel=2
+                f"skipping {name}: cannot read it ({first_line(e)})", RecordWarning, stacklevel=2
             )
             continue
         if not found:
@@ -128,7 +130,7 @@ def load_wandb_records(project: str, api: Any = None) -> list[dict[str, Any]]:
             )
         for i, rec in enumerate(found):
             src = name if len(found) == 1 else f"{name}#{i}"
-            problem = record_problem(rec) if rec is not None else "invalid JSON"
+            problem = record_problem(rec, strict=False) if rec is not None else "invalid JSON"
             if problem:
                 warnings.warn(
                     f"skipping {src}: not a run record ({problem})", RecordWarning, stacklevel=2
@@ -138,13 +140,8 @@ def load_wandb_records(project: str, api: Any = None) -> list[dict[str, Any]]:
     return out
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _offline_message(project: str, e: BaseException) -> str:
     return (
-        f"cannot read W&B project '{project}': {_first_line(e)} "
+        f"cannot read W&B project '{project}': {first_line(e)} "
         "(check the network and `wandb login`, or report from local records with --results)"
     )

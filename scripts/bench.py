@@ -66,7 +66,7 @@ def _data(case: str, seed: int = 0):
     """Two tasks' training tensors (x, y): real digits for ``digits``, else random."""
     c = CASES[case]
     if c.get("scenario"):
-        from benchmark.scenarios import get_scenario
+        from benchmark.data.scenarios import get_scenario
 
         tasks = get_scenario(c["scenario"]).build(seed, ROOT / "data").tasks[:2]
         n = c["n"]
@@ -80,7 +80,7 @@ def _data(case: str, seed: int = 0):
 def _steps_per_epoch(case: str) -> int:
     n = len(_data(case)[1][1])
     if CASES[case].get("recipe"):
-        from strategies.recipe import split_indices
+        from strategies.training.recipe import split_indices
 
         n = len(split_indices(n, VALID_FRACTION, 0, 1)[0])
     return -(-n // 64)
@@ -178,7 +178,7 @@ def suite_epochs(case: str, strategy: str, epochs: int, device,
     strat = spec.build(ctx, config)
     strat.plugins = [p for p in strat.plugins if p is not evaluator]  # as the runner does
     if not hasattr(config, "clipgrad"):  # the runner's per-strategy clipping (HAT: its own)
-        from strategies.clip import GradientClipPlugin
+        from strategies.training.clipping import GradientClipPlugin
 
         strat.plugins.append(GradientClipPlugin(spec.clipgrad))
     bench = _stream(case)
@@ -211,7 +211,7 @@ def raw_epochs(case: str, epochs: int, device) -> list[float]:
     pass after each epoch and a copy of the weights when it improves."""
     import copy
 
-    from strategies.recipe import split_indices
+    from strategies.training.recipe import split_indices
 
     torch.manual_seed(0)
     model = _model(case, False, device)
@@ -305,7 +305,7 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per round")
@@ -320,6 +320,11 @@ def main() -> int:
                    help="samples per task instead of the case's (a quick smoke run)")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--side", help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> int:
+    p = _parser()
     args = p.parse_args()
     if args.samples is not None:
         if args.samples < 1:
@@ -332,7 +337,6 @@ def main() -> int:
         child(args)
         return 0
     device = torch.device(args.device)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results: dict = {"device": args.device, "machine": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "threads": args.threads,
                      "torch": torch.__version__, "rounds": args.rounds, "reps": args.reps,
@@ -344,36 +348,7 @@ def main() -> int:
     for case in args.cases.split(","):
         if case not in CASES:
             p.error(f"--cases: unknown case {case!r}; choose among {', '.join(CASES)}")
-        sides = ["naive", "hat", "raw"]
-        samples: dict[str, list[float]] = {s: [] for s in sides}
-        # timing: interleaved rounds in this process (A, B, C, A, B, C, …)
-        for _ in range(args.rounds):
-            for side in sides:
-                samples[side] += run_case(case, side, args.warmup + args.reps, device)[
-                    args.warmup:]
-        case_res = {s: _stats(samples[s], 0) for s in sides}
-        # memory and evaluation throughput: one fresh process per side
-        for side in sides:
-            cmd = [sys.executable, __file__, "--case", case, "--side", side,
-                   "--device", args.device, "--threads", str(args.threads)]
-            if args.samples is not None:
-                cmd += ["--samples", str(args.samples)]
-            proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
-                                  cwd=ROOT)
-            case_res[side].update(json.loads(proc.stdout.strip().splitlines()[-1]))
-        if args.breakdown:
-            case_res["breakdown_ms_per_step"] = breakdown(case, args.warmup + args.reps, device)
-        case_res["hat_over_naive"] = case_res["hat"]["median"] / case_res["naive"]["median"]
-        case_res["suite_over_raw"] = case_res["naive"]["median"] / case_res["raw"]["median"]
-        # spread of the ratio: the same ratio from each round's own epochs
-        case_res["hat_over_naive_rounds"] = _round_ratios(samples["hat"], samples["naive"],
-                                                          args.reps)
-        case_res["suite_over_raw_rounds"] = _round_ratios(samples["naive"], samples["raw"],
-                                                          args.reps)
-        targets = TARGETS_GPU if device.type == "cuda" else TARGETS.get(case)
-        if targets is not None:
-            case_res["targets"] = {"hat_over_naive": targets[0], "suite_over_raw": targets[1]}
-        results["cases"][case] = case_res
+        results["cases"][case] = _measure_case(case, args, device)
     mlp = results["cases"].get("mlp", {})
     results["hat_over_naive"] = mlp.get("hat_over_naive")
     results["suite_over_raw"] = mlp.get("suite_over_raw")
@@ -381,6 +356,49 @@ def main() -> int:
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(args.out)
+    _print_report(results, args)
+    return 0
+
+
+def _measure_case(case: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """One case: epoch times (interleaved rounds in this process), memory and evaluation
+    throughput (a fresh process per side), the step breakdown and the ratios."""
+    sides = ["naive", "hat", "raw"]
+    samples: dict[str, list[float]] = {s: [] for s in sides}
+    # timing: interleaved rounds in this process (A, B, C, A, B, C, …)
+    for _ in range(args.rounds):
+        for side in sides:
+            samples[side] += run_case(case, side, args.warmup + args.reps, device)[
+                args.warmup:]
+    case_res = {s: _stats(samples[s], 0) for s in sides}
+    # memory and evaluation throughput: one fresh process per side
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for side in sides:
+        cmd = [sys.executable, __file__, "--case", case, "--side", side,
+               "--device", args.device, "--threads", str(args.threads)]
+        if args.samples is not None:
+            cmd += ["--samples", str(args.samples)]
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
+                              cwd=ROOT)
+        case_res[side].update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if args.breakdown:
+        case_res["breakdown_ms_per_step"] = breakdown(case, args.warmup + args.reps, device)
+    case_res["hat_over_naive"] = case_res["hat"]["median"] / case_res["naive"]["median"]
+    case_res["suite_over_raw"] = case_res["naive"]["median"] / case_res["raw"]["median"]
+    # spread of the ratio: the same ratio from each round's own epochs
+    case_res["hat_over_naive_rounds"] = _round_ratios(samples["hat"], samples["naive"],
+                                                      args.reps)
+    case_res["suite_over_raw_rounds"] = _round_ratios(samples["naive"], samples["raw"],
+                                                      args.reps)
+    targets = TARGETS_GPU if device.type == "cuda" else TARGETS.get(case)
+    if targets is not None:
+        case_res["targets"] = {"hat_over_naive": targets[0], "suite_over_raw": targets[1]}
+    return case_res
+
+
+def _print_report(results: dict, args: argparse.Namespace) -> None:
+    """The tables of ``results``: epoch times, the ratios against their targets, the step
+    breakdowns."""
     where = results.get("gpu", results["machine"])
     print(f"device {results['device']} ({where}), torch threads {args.threads}, "
           f"{args.rounds} rounds x {args.reps} timed epochs")
@@ -416,7 +434,6 @@ def main() -> int:
             a, b = bd["naive"][name], bd["hat"][name]
             print(f"{name:<16} {a:>8.3f} {b:>8.3f} {b - a:>+10.3f}")
     print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

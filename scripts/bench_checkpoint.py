@@ -32,10 +32,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (_startup: jax's import skipped, as by the command line)
-from benchmark import _startup, checkpoints, runner  # noqa: E402,F401
-from benchmark.runner import Experiment  # noqa: E402
-from benchmark.scenarios import Scenario, TaskData  # noqa: E402
+# (workers first: jax's import skipped, as by the command line)
+from benchmark.run import workers  # noqa: E402,F401,I001
+from benchmark import checkpoints  # noqa: E402
+from benchmark.checkpoints import store  # noqa: E402
+from benchmark.experiment import Experiment  # noqa: E402
+from benchmark.run import runner  # noqa: E402
+from benchmark.data.scenarios import Scenario, TaskData  # noqa: E402
 from strategies import STRATEGIES  # noqa: E402
 
 #: network -> (the scenario whose network and input shape it is, input shape)
@@ -66,7 +69,7 @@ def measure(net: str, strategy: str, n_train: int, n_test: int, device: str) -> 
     scenario = random_scenario(scenario_name, shape, n_train, n_test)
     exp = Experiment(scenario_name, strategy, 0, {"train": {"epochs": 1, "recipe": "fixed"}})
     rows: list[dict] = []
-    real_capture, real_write = runner.capture_strategy, checkpoints.write
+    real_capture, real_write = runner.capture_strategy, store.write
 
     def capture(strategy_, own):
         start = time.perf_counter()
@@ -81,13 +84,13 @@ def measure(net: str, strategy: str, n_train: int, n_test: int, device: str) -> 
                         size_mb=path.stat().st_size / 2**20)
         return path
 
-    runner.capture_strategy, checkpoints.write = capture, write
+    runner.capture_strategy, store.write = capture, write
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ck = checkpoints.RunCheckpoints.for_run(Path(tmp), exp, device)
             runner.run_experiment(exp, scenario, device=device, checkpoint=ck)
     finally:
-        runner.capture_strategy, checkpoints.write = real_capture, real_write
+        runner.capture_strategy, store.write = real_capture, real_write
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Record the expected accuracy matrices that tests/test_expected_results.py checks.
+"""Record the expected accuracy matrices that tests/system/test_expected_results.py checks.
 
 Run only when a change is *meant* to change results (say so in the commit):
     python scripts/record_expected.py
@@ -15,7 +15,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmark.runner import Experiment, run_experiment  # noqa: E402
+from benchmark.experiment import Experiment  # noqa: E402
+from benchmark.run.runner import run_experiment  # noqa: E402
 
 CSV = ROOT / "tests" / "expected_results.csv"
 #: (scenario, strategy, seed, overrides): small, fast, deterministic runs

@@ -1,14 +1,18 @@
 """Strategy registry: one place mapping names to constructors with the paper's defaults.
 
-Each entry has a typed parameter dataclass (defaults = the paper's values, hat-reference
-§2), a one-line description and a ``build`` function returning an Avalanche strategy.
-``joint`` is the forgetting-ratio reference: the runner trains it from scratch on tasks
-1..t for every t (Avalanche's ``JointTraining``, with per-sample heads); ``single`` is the
-forward-transfer reference: task t alone, from the initialisation every run of the seed
-starts from. ``pnn`` and
-``pathnet`` replace the shared network they are given by their own one, built from its trunk's
-description (same layers, narrower columns or modules) with one head per head of the shared
-network, and use an optimizer of the same type and settings over it.
+Each entry (``StrategySpec``) has a typed parameter dataclass (defaults = the paper's values,
+docs/hat-reference.md §2), a one-line description, a ``build`` function returning an Avalanche
+strategy, and every fact the benchmark needs about the method: its reference clipping bound,
+search space, accepted trunk families, whether it clips itself or needs a gated model, whether
+it has a task-agnostic prediction or a rehearsal memory. Adding a method is its file plus one
+entry (``register`` adds one from outside this module).
+
+``joint`` is the forgetting-ratio reference: the runner trains it from scratch on tasks 1..t
+for every t (Avalanche's ``JointTraining``, with per-sample heads); ``single`` is the
+forward-transfer reference: task t alone, from the initialisation every run of the seed starts
+from. ``pnn`` and ``pathnet`` replace the shared network they are given by their own one,
+built from its trunk's description (same layers, narrower columns or modules) with one head
+per head of the shared network, and use an optimizer of the same type and settings over it.
 """
 
 from __future__ import annotations
@@ -16,135 +20,38 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from avalanche.training import Naive
 from avalanche.training.supervised.joint_training import JointTraining
 from torch import nn
 
-from .agem import AGEM, AGEMConfig
-from .clip import REFERENCE_CLIPGRAD
-from .config import ConfigError, check_range, from_overrides, public_key, to_public_dict
-from .der import DER, DERConfig
-from .er_ace import ERACE, ERACEConfig
-from .ewc import EWC
-from .gdumb import GDumb, GDumbConfig
+from .baselines.ewc import EWC, EWCConfig
+from .baselines.imm import IMM, IMMMeanConfig, IMMModeConfig
+from .baselines.lfl import LessForgetfulLearning, LFLConfig
+from .baselines.lwf import LwF, LwFConfig
+from .baselines.packnet import PackNet, PackNetConfig, PackNetNet
+from .baselines.pathnet import PathNet, PathNetConfig, PathNetNet
+from .baselines.pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork
+from .baselines.sgd_frozen import SGDFrozen
+from .baselines.si import SIConfig, SynapticIntelligence
+from .common.config import ConfigError, from_overrides, public_key, to_public_dict
 from .hat import HAT, HATConfig
-from .icarl import ICaRL, ICaRLConfig
-from .imm import IMM, IMMMeanConfig, IMMModeConfig
-from .lfl import LessForgetfulLearning, LFLConfig
-from .loop import SGD, use_lean_loop
-from .lwf import LwF
-from .packnet import PackNet, PackNetConfig, PackNetNet
-from .pathnet import PathNet, PathNetConfig, PathNetNet
-from .pnn import PNNConfig, ProgressiveNet, ProgressiveNeuralNetwork
-from .recipe import same_optimizer
-from .replay import Replay, ReplayConfig
-from .sgd_f import SGDFrozen
-from .si import SynapticIntelligence
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters shared by all strategies (the paper's recipe by default)."""
-
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    #: maximum epochs per experience (exactly this many with recipe=fixed)
-    epochs: int = 200
-    recipe: Literal["paper", "fixed"] = "paper"
-    #: None: the scenario's default (10% for most, 15% for mixture)
-    valid_fraction: float | None = None
-    patience: int = 5
-    lr_factor: float = 3.0
-    lr_min: float = 1e-4
-    eval_batch_size: int = 256
-    #: global gradient-norm bound before every step; None: the strategy's reference value
-    #: (``StrategySpec.clipgrad``: 100 for EWC and LwF, 10000 for SGD, joint and HAT, ...)
-    clipgrad: float | None = None
-
-    def __post_init__(self):
-        check_range("train.lr", self.lr, 0, low_open=True)
-        check_range("train.momentum", self.momentum, 0, 1, high_open=True)
-        check_range("train.weight_decay", self.weight_decay, 0)
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if self.epochs < 1:
-            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.valid_fraction is not None:
-            check_range("train.valid_fraction", self.valid_fraction, 0, 1, high_open=True)
-        if self.patience < 1:
-            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
-        check_range("train.lr_factor", self.lr_factor, 1, low_open=True,
-                    hint=" (the learning rate is divided by it)")
-        check_range("train.lr_min", self.lr_min, 0, low_open=True)
-        if self.clipgrad is not None:
-            check_range("train.clipgrad", self.clipgrad, 0, low_open=True)
-
-    def check_combination(self) -> None:
-        """Checks across fields (``resolve`` calls it on the whole config; single keys, e.g.
-        a grid's values, are validated alone by ``__post_init__``)."""
-        if self.recipe == "paper" and self.valid_fraction == 0:
-            raise ConfigError(
-                "train.valid_fraction=0 leaves no validation data for the paper's recipe; "
-                "use train.recipe=fixed to train without validation"
-            )
-
-
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.optimizer``."""
-    if cfg.optimizer == "sgd":
-        return SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+from .rehearsal.agem import AGEM, AGEMConfig
+from .rehearsal.der import DER, DERConfig
+from .rehearsal.er_ace import ERACE, ERACEConfig
+from .rehearsal.gdumb import GDumb, GDumbConfig
+from .rehearsal.icarl import ICaRL, ICaRLConfig
+from .rehearsal.replay import Replay, ReplayConfig
+from .training.lean_loop import use_lean_loop
+from .training.recipe import same_optimizer
+from .training.train_config import TrainConfig, make_optimizer  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
 class NoParams:
     """A strategy without hyperparameters of its own."""
-
-
-@dataclass(frozen=True)
-class EWCConfig:
-    lambda_: float = 5000.0
-    mode: Literal["separate", "online"] = "separate"
-    decay_factor: float | None = None
-
-    def __post_init__(self):
-        check_range("ewc.lambda", self.lambda_, 0)
-        if self.decay_factor is not None:
-            check_range("ewc.decay_factor", self.decay_factor, 0, 1)
-
-    def check_combination(self) -> None:
-        if self.decay_factor is not None and self.mode != "online":
-            raise ConfigError("ewc.decay_factor needs ewc.mode=online")
-
-
-@dataclass(frozen=True)
-class LwFConfig:
-    alpha: float = 2.0
-    temperature: float = 1.0
-
-    def __post_init__(self):
-        check_range("lwf.alpha", self.alpha, 0)
-        check_range("lwf.temperature", self.temperature, 0, low_open=True,
-                    hint=" (the distillation divides the logits by it)")
-
-
-@dataclass(frozen=True)
-class SIConfig:
-    lambda_: float = 1.0
-    eps: float = 1e-7
-
-    def __post_init__(self):
-        check_range("si.lambda", self.lambda_, 0)
-        check_range("si.eps", self.eps, 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -186,16 +93,30 @@ class StrategySpec:
     #: trained from scratch on task t alone for every t, from the same initialisation as
     #: every run of the seed (the single-task reference of forward transfer)
     single: bool = False
-    #: the reference code's gradient-norm bound for this approach (``train.clipgrad``);
-    #: None: ``REFERENCE_CLIPGRAD[name]`` (10000, plain SGD's, for names it lacks)
-    clipgrad: float | None = None
+    #: the reference code's global gradient-norm bound for this approach (the default of
+    #: ``train.clipgrad``; joansj/hat, ``src/approaches/*.py``); 10000 is plain SGD's, also
+    #: taken by the approaches the reference lacks
+    clipgrad: float = 10000.0
+    #: clips inside its own plugin, with its config's ``clipgrad`` (HAT: between its gradient
+    #: conditioning and the step), instead of through ``GradientClipPlugin``
+    clips_itself: bool = False
+    #: keyword arguments of the network builder taken from the strategy's config (a gated
+    #: model's ``HATNet.wrap`` options); None: none
+    model_options: Callable[[Any], dict[str, Any]] | None = None
+    #: the trunk families (``model.family``) it accepts; None: every family
+    families: tuple[str, ...] | None = None
     #: search space for ``python -m benchmark tune``: public parameter name -> values
     #: (the reference code's grids where it has one); empty: nothing to select
     space: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    #: in the default strategy list of ``python -m benchmark tune``
+    tune_by_default: bool = False
+    #: has a task-agnostic prediction (a plugin's ``agnostic_scores`` or a shared trunk's heads
+    #: concatenated); False: the record's ``agnostic_accuracy`` is null
+    task_agnostic: bool = True
+    #: keeps a rehearsal memory (the record's ``memory_samples`` is not null)
+    rehearsal: bool = False
 
     def __post_init__(self):
-        if self.clipgrad is None:
-            object.__setattr__(self, "clipgrad", REFERENCE_CLIPGRAD.get(self.name, 10000.0))
         fields = {public_key(f.name) for f in dataclasses.fields(self.params)}
         unknown = sorted(set(self.space) - fields)
         if unknown:
@@ -211,6 +132,11 @@ class StrategySpec:
     def defaults(self) -> dict[str, Any]:
         return to_public_dict(self.params())
 
+    @property
+    def reference_only(self) -> bool:
+        """A reference (joint, single), not a method: kept out of the method tables."""
+        return self.joint or self.single
+
 
 def _ewc(ctx: BuildContext, p: EWCConfig):
     decay = None
@@ -224,6 +150,11 @@ def _ewc(ctx: BuildContext, p: EWCConfig):
 def _hat(ctx: BuildContext, p: HATConfig):
     kw = ctx.common()
     return HAT(**{k: getattr(p, k) for k in p.__dataclass_fields__}, **kw)
+
+
+def _hat_model_options(p: HATConfig) -> dict[str, Any]:
+    """``HATNet.wrap``'s options from HAT's config."""
+    return dict(smax=p.smax, binary_masks=not p.soft_masks, embedding_init=p.embedding_init)
 
 
 def _own_model(ctx: BuildContext, model: nn.Module) -> dict[str, Any]:
@@ -295,26 +226,40 @@ ER_ACE_SPACE = {"mem_batch_ratio": (0.25, 0.5, 1, 2, 4)}
 DER_SPACE = {"alpha": (0.1, 0.2, 0.5, 1), "beta": (0.5, 1)}
 AGEM_SPACE = {"sample_size": (16, 32, 64, 128, 256)}
 
+#: trunk families that PNN and PathNet rebuild layer by layer (a chain of Linear/Conv2d layers,
+#: no BatchNorm or residual blocks)
+LAYERWISE = ("mlp", "alexnet")
+
+# ``clipgrad``: the reference's bound per approach (src/approaches/<file>): 100 in ewc.py and
+# lwf.py, 200 in lfl.py, 1000 in imm_mode.py and pathnet.py, 10000 in sgd.py, sgd_frozen.py,
+# joint.py, hat.py, progressive.py and imm_mean.py; plain SGD's 10000 for the approaches the
+# reference lacks (SI, PackNet, the rehearsal methods, the single-task reference)
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
     for s in [
         StrategySpec("naive", "SGD fine-tuning, no protection (the paper's SGD)", NoParams,
-                     lambda ctx, p: Naive(**ctx.common())),
+                     lambda ctx, p: Naive(**ctx.common()),
+                     tune_by_default=True),
         StrategySpec("ewc", "Elastic Weight Consolidation (Kirkpatrick et al. 2017), "
                      "Avalanche's with the Fisher on the training part only",
-                     EWCConfig, _ewc, space=EWC_SPACE),
+                     EWCConfig, _ewc, space=EWC_SPACE,
+                     clipgrad=100.0, tune_by_default=True),
         StrategySpec("lwf", "Learning without Forgetting (Li & Hoiem 2016), Avalanche's with the "
                      "teacher in eval mode",
                      LwFConfig,
                      lambda ctx, p: LwF(alpha=p.alpha, temperature=p.temperature,
-                                        **ctx.common()), space=LWF_SPACE),
+                                        **ctx.common()), space=LWF_SPACE,
+                     clipgrad=100.0, tune_by_default=True),
         StrategySpec("si", "Synaptic Intelligence (Zenke et al. 2017), Avalanche's plugin with "
                      "a CPU fix; not in the HAT paper", SIConfig,
                      lambda ctx, p: SynapticIntelligence(si_lambda=p.lambda_, eps=p.eps,
                                                          **ctx.common()),
-                     space=SI_SPACE),
+                     space=SI_SPACE,
+                     tune_by_default=True),
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
-                     gated=True, space=HAT_SPACE),
+                     gated=True, space=HAT_SPACE,
+                     clips_itself=True, model_options=_hat_model_options, tune_by_default=True,
+                     task_agnostic=False),
         StrategySpec("sgd-f", "SGD fine-tuning of the first task, then only new heads train "
                      "(the trunk is frozen)", NoParams,
                      lambda ctx, p: SGDFrozen(**ctx.common())),
@@ -326,57 +271,80 @@ STRATEGIES: dict[str, StrategySpec] = {
                      "L2-transfer, then a Fisher-weighted merge of the trunks", IMMModeConfig,
                      lambda ctx, p: IMM(mode="mode", lambda_=p.lambda_, eps=p.eps,
                                         fisher_batch=p.fisher_batch, **ctx.common()),
-                     space=IMM_MODE_SPACE),
+                     space=IMM_MODE_SPACE,
+                     clipgrad=1000.0),
         StrategySpec("lfl", "Less-Forgetful Learning (Jung et al. 2016): features kept close "
                      "to the previous model's", LFLConfig,
                      lambda ctx, p: LessForgetfulLearning(lambda_=p.lambda_, features=p.features,
                                                            **ctx.common()),
-                     space=LFL_SPACE),
+                     space=LFL_SPACE,
+                     clipgrad=200.0),
         StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
                      "earlier tasks' paths frozen", PathNetConfig, _pathnet,
-                     space=PATHNET_SPACE),
+                     space=PATHNET_SPACE,
+                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False),
         StrategySpec("packnet", "PackNet (Mallya & Lazebnik 2018): after each task its smallest "
                      "weights are pruned for later tasks, the rest retrained and frozen",
-                     PackNetConfig, _packnet, space=PACKNET_SPACE),
+                     PackNetConfig, _packnet, space=PACKNET_SPACE,
+                     task_agnostic=False),
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
-                     "column per task with lateral adapters", PNNConfig, _pnn),
+                     "column per task with lateral adapters", PNNConfig, _pnn,
+                     families=LAYERWISE, task_agnostic=False),
         StrategySpec("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
                      "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
                      ICaRLConfig,
-                     lambda ctx, p: ICaRL(mem_size=p.mem_size, **ctx.common()),
-                     clipgrad=10000.0),
+                     lambda ctx, p: ICaRL(config=p, **ctx.common()),
+                     rehearsal=True),
         StrategySpec("replay", "Experience replay (Chaudhry et al. 2019): each batch with a "
                      "memory batch; memory balanced over experiences, Avalanche's semantics",
                      ReplayConfig,
-                     lambda ctx, p: Replay(mem_size=p.mem_size,
-                                           mem_batch_ratio=p.mem_batch_ratio, **ctx.common()),
-                     space=REPLAY_SPACE),
+                     lambda ctx, p: Replay(config=p, **ctx.common()),
+                     space=REPLAY_SPACE,
+                     rehearsal=True),
         StrategySpec("agem", "A-GEM (Chaudhry et al. 2019): the gradient projected when it "
                      "conflicts with a memory sample's", AGEMConfig,
-                     lambda ctx, p: AGEM(patterns_per_experience=p.patterns_per_experience,
-                                         sample_size=p.sample_size, **ctx.common()),
-                     space=AGEM_SPACE),
+                     lambda ctx, p: AGEM(config=p, **ctx.common()),
+                     space=AGEM_SPACE,
+                     rehearsal=True),
         StrategySpec("der", "DER++ (Buzzega et al. 2020): replay of labels and of the logits "
                      "stored at insertion, reservoir memory", DERConfig,
-                     lambda ctx, p: DER(mem_size=p.mem_size, alpha=p.alpha, beta=p.beta,
-                                        mem_batch_ratio=p.mem_batch_ratio, **ctx.common()),
-                     space=DER_SPACE),
+                     lambda ctx, p: DER(config=p, **ctx.common()),
+                     space=DER_SPACE,
+                     rehearsal=True),
         StrategySpec("er-ace", "ER-ACE (Caccia et al. 2022): replay with the current batch's "
                      "loss over its own classes only; class-balanced memory", ERACEConfig,
-                     lambda ctx, p: ERACE(mem_size=p.mem_size,
-                                          mem_batch_ratio=p.mem_batch_ratio, **ctx.common()),
-                     space=ER_ACE_SPACE),
+                     lambda ctx, p: ERACE(config=p, **ctx.common()),
+                     space=ER_ACE_SPACE,
+                     rehearsal=True),
         StrategySpec("gdumb", "GDumb (Prabhu et al. 2020): retrained from its initialisation "
                      "on a class-balanced memory alone at every task", GDumbConfig,
-                     lambda ctx, p: GDumb(mem_size=p.mem_size, **ctx.common())),
+                     lambda ctx, p: GDumb(config=p, **ctx.common()),
+                     rehearsal=True),
         StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "
                      "each t: the forgetting-ratio reference A_J", NoParams,
-                     lambda ctx, p: JointTraining(**ctx.common()), joint=True),
+                     lambda ctx, p: JointTraining(**ctx.common()), joint=True,
+                     tune_by_default=True),
         StrategySpec("single", "task t alone, from the same initialisation, for each t: the "
                      "single-task reference of forward transfer (not a method)", NoParams,
-                     lambda ctx, p: Naive(**ctx.common()), single=True),
+                     lambda ctx, p: Naive(**ctx.common()), single=True,
+                     task_agnostic=False),
     ]
 }
+
+
+#: the reference clipping bound of every registered strategy (``StrategySpec.clipgrad``)
+REFERENCE_CLIPGRAD: dict[str, float] = {name: s.clipgrad for name, s in STRATEGIES.items()}
+
+
+def register(spec: StrategySpec, *, replace: bool = False) -> StrategySpec:
+    """Add ``spec`` to the registry (its name must be new unless ``replace``): the strategy is
+    then known to every command (``run``, ``tune``, the checkpoints, the report). Processes
+    that run experiments must register it too (e.g. by importing the module that does)."""
+    if spec.name in STRATEGIES and not replace:
+        raise ConfigError(f"strategy '{spec.name}' is already registered")
+    STRATEGIES[spec.name] = spec
+    REFERENCE_CLIPGRAD[spec.name] = spec.clipgrad
+    return spec
 
 
 def get_strategy(name: str) -> StrategySpec:

@@ -1,9 +1,17 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules (helpers that are plain functions live in
+``tests/support/``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from tests.support.wandb_offline import isolate
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "issue(number): the issue whose request the test checks (for the link only)")
 
 
 @pytest.fixture
@@ -26,3 +34,11 @@ def in_tmp(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     yield work
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """``tmp_path``, with W&B isolated in it: no server, no credentials (see
+    :func:`tests.support.wandb_offline.isolate`)."""
+    isolate(monkeypatch, tmp_path)
+    return tmp_path

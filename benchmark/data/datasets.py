@@ -62,7 +62,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import DatasetMissingError
+from reports.text import one_line
+
+from ..errors import DatasetMissingError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff")
 
@@ -212,7 +214,7 @@ class Source:
                 self.fetch(Path(data_root))
             except Exception as exc:  # network, checksum, disk: all end as one clear error
                 raise self.error(
-                    data_root, f"download via torchvision failed ({_brief(exc)})", False
+                    data_root, f"download via torchvision failed ({one_line(exc, 200)})", False
                 ) from exc
             absent = self.missing(data_root)
         if absent:
@@ -230,19 +232,13 @@ class Source:
         except DatasetMissingError:
             raise
         except Exception as exc:
-            raise self.error(data_root, f"found but could not be read ({_brief(exc)})") from exc
+            why = f"found but could not be read ({one_line(exc, 200)})"
+            raise self.error(data_root, why) from exc
         n = raw.n_classes
         for y in (raw.train_y, raw.test_y):
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
                 raise self.error(data_root, f"labels outside 0..{n - 1}: the files look corrupted")
         return raw
-
-
-def _brief(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _mnist_like(cls_name: str, name: str):

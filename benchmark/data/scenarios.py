@@ -3,23 +3,27 @@
 Every scenario is a sequence of tasks; each task has its own label space, remapped to
 ``0..n_classes-1`` (in increasing order of the source labels), and its own test set. Tensors
 are float32, normalised per source dataset (scaled to [0, 1], then standardised per channel
-with the mean/std of that dataset's training split; details in :mod:`benchmark.datasets`).
+with the mean/std of that dataset's training split; details in
+:mod:`benchmark.data.datasets`).
 
-==================  =====  ==================  =========  =======================================
-name                tasks  input_shape         network    the seed drives
-==================  =====  ==================  =========  =======================================
-split-digits        5 x 2  (1, 8, 8)           mlp        nothing in the data (pairs fixed 0/1..8/9)
-permuted-digits     5 x10  (1, 8, 8)           mlp        pixel permutations (task 1 permuted too)
-mnist2              2 x 5  (1, 28, 28)         mlp        nothing in the data (0-4 then 5-9)
-pmnist              10x10  (1, 28, 28)         mlp        pixel permutations (task 1 permuted too)
-cifar               10     (3, 32, 32)         alexnet    task order (5 x 2 CIFAR-10, 5 x 20 C-100)
-mixture             8      (3, 32, 32)         alexnet    task order (one task per dataset)
-split-mnist         5 x 2  (1, 28, 28)         mlp        nothing in the data (pairs fixed)
-permuted-mnist      10x10  (1, 28, 28)         mlp        pixel permutations (same data as pmnist)
-split-fmnist        5 x 2  (1, 28, 28)         mlp        nothing in the data (pairs fixed)
-split-cifar10       5 x 2  (3, 32, 32)         alexnet    nothing in the data (pairs fixed)
-split-cifar100      10x10  (3, 32, 32)         alexnet    nothing in the data (blocks 0-9, ...)
-==================  =====  ==================  =========  =======================================
+==================  =====  =========  =======================================
+name                tasks  network    the seed drives
+==================  =====  =========  =======================================
+split-digits        5 x 2  mlp        nothing in the data (pairs fixed 0/1..8/9)
+permuted-digits     5 x10  mlp        pixel permutations (task 1 permuted too)
+mnist2              2 x 5  mlp        nothing in the data (0-4 then 5-9)
+pmnist              10x10  mlp        pixel permutations (task 1 permuted too)
+cifar               10     alexnet    task order (5 x 2 CIFAR-10, 5 x 20 C-100)
+mixture             8      alexnet    task order (one task per dataset)
+split-mnist         5 x 2  mlp        nothing in the data (pairs fixed)
+permuted-mnist      10x10  mlp        pixel permutations (same data as pmnist)
+split-fmnist        5 x 2  mlp        nothing in the data (pairs fixed)
+split-cifar10       5 x 2  alexnet    nothing in the data (pairs fixed)
+split-cifar100      10x10  alexnet    nothing in the data (blocks 0-9, ...)
+==================  =====  =========  =======================================
+
+Each spec declares the ``input_shape`` (C, H, W) of its tasks (:class:`ScenarioSpec`), known
+before any data are read.
 
 The seed also drives initialisation, validation split and batch order, but those belong to the
 runner. ``valid_fraction`` (share of each task's training data the runner holds out) is 0.1,
@@ -52,9 +56,10 @@ from pathlib import Path
 
 import torch
 
-from benchmark import datasets as ds
-from benchmark.errors import DatasetMissingError, UnknownNameError
 from reports.metrics import random_stratified_accuracy
+
+from ..errors import DatasetMissingError, UnknownNameError
+from . import datasets as ds
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,9 @@ class ScenarioSpec:
     n_tasks: int
     embedded: bool  # True when the data ship with the suite's dependencies (no download)
     network: str  # default network family: "mlp" or "alexnet"
+    input_shape: tuple[int, int, int]  # (C, H, W) of every task's inputs
     builder: Callable[[int, Path], Scenario] = field(repr=False)
-    sources: tuple[str, ...] = ()  # keys of benchmark.datasets.SOURCES read from data_root
+    sources: tuple[str, ...] = ()  # keys of benchmark.data.datasets.SOURCES read from data_root
     valid_fraction: float = 0.1  # the valid_fraction of the scenarios it builds
 
     def check_available(self, data_root: Path, download: bool = False) -> None:
@@ -267,42 +273,57 @@ def _mixture(seed: int, data_root: Path) -> Scenario:
 # Registry
 
 
+#: input shapes (C, H, W) of the scenarios' tasks
+_DIGITS, _MNIST, _RGB32 = (1, 8, 8), (1, 28, 28), (3, 32, 32)
+
+
 def _specs() -> list[ScenarioSpec]:
     S = ScenarioSpec
     return [
         S("split-digits",
           "sklearn digits 8x8 (embedded), 5 tasks of class pairs 0/1..8/9 in fixed order; "
           "fixed stratified 70/30 split",
-          5, True, "mlp", _split_digits),
+          n_tasks=5, embedded=True, network="mlp", input_shape=_DIGITS,
+          builder=_split_digits),
         S("permuted-digits",
           "sklearn digits 8x8 (embedded), 5 tasks of 10 classes, each a seeded pixel "
           "permutation (first task too); seed: permutations",
-          5, True, "mlp", _permuted_digits),
+          n_tasks=5, embedded=True, network="mlp", input_shape=_DIGITS,
+          builder=_permuted_digits),
         S("mnist2", "paper: MNIST digits 0-4 then 5-9 (2 tasks of 5 classes)",
-          2, False, "mlp", _mnist2, ("mnist",)),
+          n_tasks=2, embedded=False, network="mlp", input_shape=_MNIST,
+          builder=_mnist2, sources=("mnist",)),
         S("pmnist", "paper: 10 tasks, each a seeded pixel permutation of MNIST",
-          10, False, "mlp", _permuted_builder("pmnist", 10), ("mnist",)),
+          n_tasks=10, embedded=False, network="mlp", input_shape=_MNIST,
+          builder=_permuted_builder("pmnist", 10), sources=("mnist",)),
         S("cifar",
           "paper: CIFAR-10 in 5 tasks of 2 classes + CIFAR-100 in 5 tasks of 20, "
           "task order shuffled by the seed",
-          10, False, "alexnet", _cifar, ("cifar10", "cifar100")),
+          n_tasks=10, embedded=False, network="alexnet", input_shape=_RGB32,
+          builder=_cifar, sources=("cifar10", "cifar100")),
         S("mixture",
           "paper: 8 datasets at 3x32x32 (CIFAR-10/100, MNIST, SVHN, Fashion-MNIST, GTSRB, "
           "FaceScrub, notMNIST), one task each, order shuffled by the seed, 15% validation",
-          8, False, "alexnet", _mixture, MIXTURE_SOURCES, MIXTURE_VALID_FRACTION),
+          n_tasks=8, embedded=False, network="alexnet", input_shape=_RGB32,
+          builder=_mixture, sources=MIXTURE_SOURCES, valid_fraction=MIXTURE_VALID_FRACTION),
         S("split-mnist", "standard: MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
-          5, False, "mlp", _split_builder("split-mnist", "mnist", 2), ("mnist",)),
+          n_tasks=5, embedded=False, network="mlp", input_shape=_MNIST,
+          builder=_split_builder("split-mnist", "mnist", 2), sources=("mnist",)),
         S("permuted-mnist",
           "standard: 10 seeded pixel permutations of MNIST (same data as pmnist)",
-          10, False, "mlp", _permuted_builder("permuted-mnist", 10), ("mnist",)),
+          n_tasks=10, embedded=False, network="mlp", input_shape=_MNIST,
+          builder=_permuted_builder("permuted-mnist", 10), sources=("mnist",)),
         S("split-fmnist",
           "standard: Fashion-MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
-          5, False, "mlp", _split_builder("split-fmnist", "fmnist", 2), ("fmnist",)),
+          n_tasks=5, embedded=False, network="mlp", input_shape=_MNIST,
+          builder=_split_builder("split-fmnist", "fmnist", 2), sources=("fmnist",)),
         S("split-cifar10", "standard: CIFAR-10 in 5 tasks of class pairs 0/1..8/9 (fixed order)",
-          5, False, "alexnet", _split_builder("split-cifar10", "cifar10", 2), ("cifar10",)),
+          n_tasks=5, embedded=False, network="alexnet", input_shape=_RGB32,
+          builder=_split_builder("split-cifar10", "cifar10", 2), sources=("cifar10",)),
         S("split-cifar100",
           "standard: CIFAR-100 in 10 tasks of 10 classes 0-9..90-99 (fixed order)",
-          10, False, "alexnet", _split_builder("split-cifar100", "cifar100", 10), ("cifar100",)),
+          n_tasks=10, embedded=False, network="alexnet", input_shape=_RGB32,
+          builder=_split_builder("split-cifar100", "cifar100", 10), sources=("cifar100",)),
     ]
 
 
@@ -332,7 +353,7 @@ def describe_scenarios() -> list[dict]:
 
 
 def random_accuracy(task: TaskData) -> float:
-    """Expected test accuracy of a stratified random classifier (hat-reference §5).
+    """Expected test accuracy of a stratified random classifier (docs/hat-reference.md §5).
 
     It predicts label c with the training frequency p_train(c), so its expected accuracy is
     sum_c p_train(c) * p_test(c).

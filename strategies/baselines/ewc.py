@@ -28,6 +28,7 @@ half the backward graph.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,12 +36,37 @@ from avalanche.training.plugins import EWCPlugin as AvalancheEWCPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.autograd.function import once_differentiable
 
-from .recipe import loss_added_by
+from ..common.config import ConfigError, check_range
+from ..training.recipe import loss_added_by
+
+
+@dataclass(frozen=True)
+class EWCConfig:
+    """EWC: the penalty's weight λ (default: the paper's 5000), Avalanche's mode (one
+    (Fisher, weights) pair per earlier task, or one running pair) and, for ``online``, the
+    decay of the running Fisher (None: 1)."""
+
+    lambda_: float = 5000.0
+    mode: Literal["separate", "online"] = "separate"
+    decay_factor: float | None = None
+
+    def __post_init__(self):
+        check_range("ewc.lambda", self.lambda_, 0)
+        if self.decay_factor is not None:
+            check_range("ewc.decay_factor", self.decay_factor, 0, 1)
+
+    def check_combination(self) -> None:
+        if self.decay_factor is not None and self.mode != "online":
+            raise ConfigError("ewc.decay_factor needs ewc.mode=online")
 
 
 class EWCPlugin(AvalancheEWCPlugin):
     """Avalanche's ``EWCPlugin`` with the Fisher on the training part of the experience."""
 
+    #: per-experience scratch, left out of checkpoints: the training subset (read in
+    #: ``after_training_exp`` of the same experience) and the stacked Fishers and anchors
+    #: (rebuilt from ``importances``/``saved_params``)
+    checkpoint_transient = ("_train_part", "_stack")
     _stack: tuple | None = None
     #: True: the penalty through autograd's operations (for tests); False: the same value
     #: and gradients from one node (``_Penalty``)

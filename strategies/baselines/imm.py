@@ -27,9 +27,10 @@ Differences from the reference implementation (joansj/hat, approaches/imm_*.py),
 - its Fisher divides by the summed Fisher with a ``(F == 0)`` guard, which sends parameters
   without Fisher information to 0; here ``eps`` is added to every Fisher term instead.
 
-Hyperparameters (hat-reference §2): IMM-mean lambda = 1e-4 (the reference's best of its grid).
-IMM-mode: hat-reference gives "0.01/1": 0.01 is the reference implementation's default and 1 is
-what its grid-search comment reports as best; the default here is 0.01 (set
+Hyperparameters (docs/hat-reference.md §2): IMM-mean lambda = 1e-4 (the reference's best of
+its grid). IMM-mode: docs/hat-reference.md gives "0.01/1": 0.01 is the reference
+implementation's default and 1 is what its grid-search comment reports as best; the default
+here is 0.01 (set
 ``imm-mode.lambda=1`` for the other reading).
 
 The L2-transfer term is part of the validation loss (``validation_penalty``), as in the
@@ -51,9 +52,9 @@ from avalanche.models import avalanche_forward
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError, check_range
-from .data import TensorLoader, materialize
-from .sgd_f import experience_task, multihead_parts
+from ..common.config import ConfigError, check_range
+from ..common.multihead import experience_task, multihead_parts
+from ..training.tensor_data import TensorLoader, training_part
 
 MergeMode = Literal["mean", "mode"]
 
@@ -175,7 +176,7 @@ class IMMPlugin(SupervisedPlugin):
         params = self._trunk(strategy.model)
         fisher = None
         if self.mode == "mode":
-            data = materialize(strategy.adapted_dataset, strategy.device)
+            data = training_part(strategy)
             fisher = diagonal_fisher(strategy.model, params, data, self.fisher_batch,
                                      strategy._criterion)
             self.last_fisher = fisher

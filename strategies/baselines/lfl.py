@@ -1,6 +1,6 @@
 """Less-Forgetful Learning (Jung et al., 2016) for task-incremental multi-head models.
 
-From the second task on, the loss adds lambda * sum((h - h_old)^2) / 2 (hat-reference §2:
+From the second task on, the loss adds lambda * sum((h - h_old)^2) / 2 (docs/hat-reference.md §2:
 lambda = 0.05), where h are the features the current model computes for the current
 mini-batch and h_old those of the model as it was after the previous task (a frozen copy), on
 the same inputs. As in the HAT reference implementation the squared distance is summed over
@@ -38,8 +38,8 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError, check_range
-from .sgd_f import experience_task, multihead_parts
+from ..common.config import ConfigError, check_range
+from ..common.multihead import experience_task, multihead_parts
 
 FeatureMode = Literal["eval", "train"]
 

@@ -26,13 +26,29 @@ reference's ``eval()`` includes it: teacher and current model on the validation 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from avalanche.models import avalanche_forward
 from avalanche.training.plugins import LwFPlugin as AvalancheLwFPlugin
 from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.templates import SupervisedTemplate
 
-from .models import MultiHeadNet, single_task
+from ..common.config import check_range
+from ..common.multihead import MultiHeadNet, single_task
+
+
+@dataclass(frozen=True)
+class LwFConfig:
+    """LwF: the distillation's weight α and its temperature T."""
+
+    alpha: float = 2.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        check_range("lwf.alpha", self.alpha, 0)
+        check_range("lwf.temperature", self.temperature, 0, low_open=True,
+                    hint=" (the distillation divides the logits by it)")
 
 
 class _Distillation(LearningWithoutForgetting):

@@ -86,11 +86,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .config import ConfigError, check_range
-from .loop import set_training
-from .models import MultiHeadNet
-from .recipe import _Snapshot, same_optimizer
-from .sgd_f import BaselineError, FreezingPlugin, experience_task, freeze_all_but
+from ..common.config import ConfigError, check_range
+from ..common.multihead import (
+    BaselineError,
+    FreezingPlugin,
+    MultiHeadNet,
+    experience_task,
+    freeze_all_but,
+)
+from ..training.lean_loop import set_training
+from ..training.recipe import ModelSnapshot, same_optimizer
 
 #: Avalanche's owner map is uint8 with 255 marking pruned weights: at most 254 tasks
 MAX_TASKS = 254
@@ -417,7 +422,7 @@ class PackNetPlugin(FreezingPlugin):
         if recipe is not None:
             best_loss = recipe.validation_loss(strategy)
             self.post_prune_losses.append(best_loss)
-            best = _Snapshot(model)
+            best = ModelSnapshot(model)
         optimizer = strategy.optimizer
         lr = (self._lr if self._lr is not None else optimizer.param_groups[0]["lr"])
         strategy.optimizer = same_optimizer(optimizer, model, lr * self.config.post_prune_lr_scale)

@@ -46,19 +46,20 @@ import torch
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError, check_range
-from .data import TensorLoader, materialize
-from .models import MultiHeadNet, add_head
-from .pnn import TrunkPlan, fit_fraction, meta_param_count
-from .recipe import same_optimizer
-from .sgd_f import (
+from ..common.config import ConfigError, check_range
+from ..common.multihead import (
     BaselineError,
     FreezingPlugin,
+    MultiHeadNet,
+    add_head,
     drop_optimizer_state,
     experience_task,
     freeze_all_but,
     multihead_parts,
 )
+from ..training.recipe import same_optimizer
+from ..training.tensor_data import TensorLoader, training_part
+from .trunk_plan import TrunkPlan, fit_fraction, meta_param_count
 
 Path = list[list[int]]
 
@@ -260,7 +261,7 @@ class PathNetPlugin(FreezingPlugin):
             )
         if self.trained_tasks:
             drop_optimizer_state(strategy.optimizer, model.reinit_free_modules())
-        data = materialize(strategy.adapted_dataset, strategy.device)
+        data = training_part(strategy)
         model.set_path(task, self._evolve(strategy, model, task, data))
         self._frozen = freeze_all_but(model, model.trainable_parameters(task),
                                       strategy.optimizer)

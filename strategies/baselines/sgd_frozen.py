@@ -1,6 +1,6 @@
 """SGD-F: plain fine-tuning on the first task, then only each new task's head trains.
 
-The HAT paper's "SGD with frozen layers" baseline (hat-reference §2). Own implementation:
+The HAT paper's "SGD with frozen layers" baseline (docs/hat-reference.md §2). Own implementation:
 Avalanche has no such strategy.
 
 After the first experience the trunk is frozen with ``requires_grad = False``; during every
@@ -12,103 +12,21 @@ protection holds with the optimizer state carried across experiences (stock Aval
 optimizers rebuilt over ``model.parameters()`` (the training recipe), and the trunk and old
 heads stay bit-identical.
 
-The helpers here (``experience_task``, ``freeze_all_but``) are shared by the other
-parameter-isolation baselines (PNN, PathNet).
+The freezing helpers (``experience_task``, ``freeze_all_but``, ``FreezingPlugin``) are in
+``strategies.common.multihead``, shared with the other parameter-isolation baselines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-import torch
-from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
-from torch import nn
 
-
-class BaselineError(ValueError):
-    """A stream or model that a baseline cannot work with; the message says what to change."""
-
-
-def experience_task(strategy) -> int:
-    """The single task label of the strategy's current experience, or a clear error."""
-    exp = strategy.experience
-    labels = getattr(exp, "task_labels", None)
-    if labels is None or len(labels) != 1:
-        raise BaselineError(
-            f"experience {getattr(exp, 'current_experience', '?')} has task labels {labels}; "
-            "this baseline needs a task-incremental stream with one task label per experience"
-        )
-    return int(labels[0])
-
-
-def multihead_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleDict]:
-    """``(trunk, heads)`` of a ``MultiHeadNet``-like model, or a clear error."""
-    trunk = getattr(model, "trunk", None)
-    heads = getattr(model, "heads", None)
-    if not isinstance(trunk, nn.Module) or not isinstance(heads, nn.ModuleDict):
-        raise BaselineError(
-            f"{type(model).__name__} has no 'trunk' module and 'heads' ModuleDict; this "
-            "baseline needs a multi-head model such as strategies.MultiHeadNet"
-        )
-    return trunk, heads
-
-
-def drop_optimizer_state(optimizer: torch.optim.Optimizer | None, params) -> None:
-    """Forget the optimizer state (momentum, moments) of ``params``."""
-    if optimizer is None:
-        return
-    for p in params:
-        optimizer.state.pop(p, None)
-
-
-def freeze_all_but(
-    model: nn.Module, trainable: Iterable[nn.Parameter],
-    optimizer: torch.optim.Optimizer | None = None,
-) -> list[nn.Parameter]:
-    """Only ``trainable`` keeps ``requires_grad``; the rest lose grad and optimizer state.
-
-    Returns the frozen parameters.
-    """
-    keep = {id(p) for p in trainable}
-    frozen = []
-    for p in model.parameters():
-        train = id(p) in keep
-        p.requires_grad_(train)
-        if not train:
-            p.grad = None
-            frozen.append(p)
-    drop_optimizer_state(optimizer, frozen)
-    return frozen
-
-
-class FreezingPlugin(SupervisedPlugin):
-    """Base of the parameter-isolation baselines: frozen tensors never reach the optimizer.
-
-    Subclasses set ``self._frozen`` in ``before_training_exp`` (see ``freeze_all_but``);
-    the trained task labels are checkpointed with ``state_dict``.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.trained_tasks: list[int] = []
-        self._frozen: list[nn.Parameter] = []
-
-    def before_update(self, strategy, **kwargs):
-        # another plugin may have produced gradients for frozen tensors: drop them so that no
-        # optimizer touches these tensors (momentum and weight decay included)
-        for p in self._frozen:
-            p.grad = None
-
-    def after_training_exp(self, strategy, **kwargs):
-        self.trained_tasks.append(experience_task(strategy))
-        self._frozen = []
-
-    def state_dict(self) -> dict:
-        return {"trained_tasks": list(self.trained_tasks)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trained_tasks = [int(t) for t in state["trained_tasks"]]
+from ..common.multihead import (
+    BaselineError,
+    FreezingPlugin,
+    experience_task,
+    freeze_all_but,
+    multihead_parts,
+)
 
 
 class FreezeTrunkPlugin(FreezingPlugin):

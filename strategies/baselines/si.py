@@ -24,12 +24,27 @@ only), as one autograd node (``_Surrogate``) whose backward runs the kernels aut
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from avalanche.training.plugins import SynapticIntelligencePlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.autograd.function import once_differentiable
 
-from .recipe import loss_added_by
+from ..common.config import check_range
+from ..training.recipe import loss_added_by
+
+
+@dataclass(frozen=True)
+class SIConfig:
+    """SI: the surrogate loss's weight λ and the damping ε of the importances."""
+
+    lambda_: float = 1.0
+    eps: float = 1e-7
+
+    def __post_init__(self):
+        check_range("si.lambda", self.lambda_, 0)
+        check_range("si.eps", self.eps, 0, low_open=True)
 
 
 def _own_copies(snapshots: dict, live: set[int]) -> None:
@@ -43,6 +58,10 @@ def _own_copies(snapshots: dict, live: set[int]) -> None:
 class SIPlugin(SynapticIntelligencePlugin):
     """``SynapticIntelligencePlugin`` whose weight snapshots are real copies."""
 
+    #: per-experience scratch, left out of checkpoints: the flat copies of θ* and Ω (rebuilt
+    #: from ``ewc_data`` in ``before_training_exp``) and θ before the last update (set every
+    #: iteration)
+    checkpoint_transient = ("_old", "_theta_star", "_importance")
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
         self._live = {p.data_ptr() for p in strategy.model.parameters()}

@@ -48,6 +48,12 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
                       f"{value!r}{hint}")
 
 
+def check_count(name: str, value: Any, low: int = 1) -> None:
+    """ConfigError unless ``value`` is an integer ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def public_key(field_name: str) -> str:
     """``lambda_`` -> ``lambda``: Python keywords get a trailing underscore in fields."""
     return field_name[:-1] if field_name.endswith("_") else field_name
@@ -126,3 +132,20 @@ def from_overrides(cls: type[C], overrides: Mapping[str, Any], section: str) -> 
 def to_public_dict(config: Any) -> dict[str, Any]:
     """Config as a plain dict with public keys (for run records and W&B)."""
     return {public_key(f.name): getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def config_of(cls: type[C], config: C | None, overrides: Mapping[str, Any]) -> C:
+    """``config``, or ``cls(**overrides)`` (validated by ``cls``), for a plugin that takes
+    either its Config or the Config's fields as keywords (not both)."""
+    if config is None:
+        return cls(**overrides)
+    if overrides:
+        raise ConfigError(f"pass either a {cls.__name__} or keyword overrides, not both")
+    return config
+
+
+def split_config(cls: type[C], config: C | None, kwargs: dict[str, Any]) -> C:
+    """``config_of`` over the entries of ``kwargs`` named after ``cls``'s fields, removed from
+    ``kwargs`` (a strategy's other keywords are the template's)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return config_of(cls, config, {k: kwargs.pop(k) for k in list(kwargs) if k in names})

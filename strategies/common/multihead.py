@@ -1,15 +1,22 @@
-"""Multi-head task-incremental networks: a shared trunk and one linear head per task.
+"""Multi-head task-incremental networks: a shared trunk and one linear head per task, and the
+helpers the baselines share to work with them.
 
 ``MultiHeadNet`` is an Avalanche ``MultiTaskModule``: ``avalanche_forward(model, x, t)`` and
 ``forward_all_tasks`` work. Heads are added explicitly (``add_task``) or by Avalanche's model
 adaptation when a training experience brings a new task label.
+
+For the baselines: ``experience_task`` (the current experience's one task label),
+``multihead_parts`` (a model's trunk and heads), ``freeze_all_but`` and ``FreezingPlugin``
+(parameter isolation: frozen tensors lose their gradient and optimizer state, so no optimizer
+touches them), and ``BaselineError`` for a stream or model a baseline cannot work with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiTaskModule
 from torch import nn
 
@@ -174,3 +181,89 @@ class MultiHeadNet(MultiTaskModule):
                 if task not in self.heads:
                     self.add_task(int(task), value.shape[0])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# ------------------------------------------------------------------ baseline helpers
+class BaselineError(ValueError):
+    """A stream or model that a baseline cannot work with; the message says what to change."""
+
+
+def experience_task(strategy) -> int:
+    """The single task label of the strategy's current experience, or a clear error."""
+    exp = strategy.experience
+    labels = getattr(exp, "task_labels", None)
+    if labels is None or len(labels) != 1:
+        raise BaselineError(
+            f"experience {getattr(exp, 'current_experience', '?')} has task labels {labels}; "
+            "this baseline needs a task-incremental stream with one task label per experience"
+        )
+    return int(labels[0])
+
+
+def multihead_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleDict]:
+    """``(trunk, heads)`` of a ``MultiHeadNet``-like model, or a clear error."""
+    trunk = getattr(model, "trunk", None)
+    heads = getattr(model, "heads", None)
+    if not isinstance(trunk, nn.Module) or not isinstance(heads, nn.ModuleDict):
+        raise BaselineError(
+            f"{type(model).__name__} has no 'trunk' module and 'heads' ModuleDict; this "
+            "baseline needs a multi-head model such as strategies.MultiHeadNet"
+        )
+    return trunk, heads
+
+
+def drop_optimizer_state(optimizer: torch.optim.Optimizer | None, params) -> None:
+    """Forget the optimizer state (momentum, moments) of ``params``."""
+    if optimizer is None:
+        return
+    for p in params:
+        optimizer.state.pop(p, None)
+
+
+def freeze_all_but(
+    model: nn.Module, trainable: Iterable[nn.Parameter],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[nn.Parameter]:
+    """Only ``trainable`` keeps ``requires_grad``; the rest lose grad and optimizer state.
+
+    Returns the frozen parameters.
+    """
+    keep = {id(p) for p in trainable}
+    frozen = []
+    for p in model.parameters():
+        train = id(p) in keep
+        p.requires_grad_(train)
+        if not train:
+            p.grad = None
+            frozen.append(p)
+    drop_optimizer_state(optimizer, frozen)
+    return frozen
+
+
+class FreezingPlugin(SupervisedPlugin):
+    """Base of the parameter-isolation baselines: frozen tensors never reach the optimizer.
+
+    Subclasses set ``self._frozen`` in ``before_training_exp`` (see ``freeze_all_but``);
+    the trained task labels are checkpointed with ``state_dict``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.trained_tasks: list[int] = []
+        self._frozen: list[nn.Parameter] = []
+
+    def before_update(self, strategy, **kwargs):
+        # another plugin may have produced gradients for frozen tensors: drop them so that no
+        # optimizer touches these tensors (momentum and weight decay included)
+        for p in self._frozen:
+            p.grad = None
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.trained_tasks.append(experience_task(strategy))
+        self._frozen = []
+
+    def state_dict(self) -> dict:
+        return {"trained_tasks": list(self.trained_tasks)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trained_tasks = [int(t) for t in state["trained_tasks"]]

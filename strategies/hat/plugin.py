@@ -1,6 +1,6 @@
-"""HAT as an Avalanche plugin and strategy (Serrà et al., ICML 2018).
+"""HAT as an Avalanche plugin (Serrà et al., ICML 2018): the paper's mechanism.
 
-One training step (``../shared/docs/hat-reference.md`` §1):
+One training step (docs/hat-reference.md §1):
 forward at s (Eq. 3 annealing) → CE + c·R (Eq. 5) → backward → condition weight/bias
 gradients with the cumulative mask (Eq. 2, 4) → compensate embedding gradients (Eq. 6, cosh
 clamp) → clip the global gradient norm → optimizer step → restore protected entries → clamp
@@ -19,57 +19,17 @@ bit-identical.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
-from torch.nn import CrossEntropyLoss
 
-from .config import ConfigError, check_range
-from .hat_layers import EmbeddingInit, HATError, HATLinear, HATNet, _HATMixin, find_hat_model
-from .loop import SGD, clip_grad_norm
-
-Anneal = Literal["reference", "paper"]
-
-
-@dataclass(frozen=True)
-class HATConfig:
-    """HAT hyperparameters; defaults are the paper's (smax = 400, c = 0.75)."""
-
-    smax: float = 400.0
-    c: float = 0.75
-    #: "reference": s from i/N (sample index of the batch start / samples);
-    #: "paper": s from (b−1)/(B−1) (batch index / batches), Eq. 3.
-    anneal: Anneal = "reference"
-    #: False: binary masks (gate > 0.5) for evaluation and conditioning, exact protection.
-    #: True: sigmoid(smax·e) masks as in the reference implementation.
-    soft_masks: bool = False
-    clipgrad: float = 10000.0
-    thres_cosh: float = 50.0
-    thres_emb: float = 6.0
-    embedding_init: EmbeddingInit = "normal"
-    #: on CPU, flush denormal floats to zero while training an experience
-    #: (``torch.set_flush_denormal``; the previous mode is restored after it):
-    #: gates σ(s·e) of unused units reach ~1e-40, and denormal activations and gradients
-    #: make CPU matrix products 2–3× slower. No effect on GPU.
-    flush_denormal: bool = True
-
-    def __post_init__(self):
-        if not (self.smax > 0 and math.isfinite(self.smax)):
-            raise ConfigError(f"hat.smax must be > 0 (the paper uses 400), got {self.smax}")
-        if not (self.c >= 0 and math.isfinite(self.c)):
-            raise ConfigError(f"hat.c must be >= 0 (the paper uses 0.75), got {self.c}")
-        for name in ("clipgrad", "thres_cosh", "thres_emb"):
-            check_range(f"hat.{name}", getattr(self, name), 0, low_open=True)
-        if self.anneal not in ("reference", "paper"):
-            raise ConfigError(f"hat.anneal must be 'reference' or 'paper', got {self.anneal!r}")
-        if self.embedding_init not in ("normal", "uniform"):
-            raise ConfigError(
-                f"hat.embedding_init must be 'normal' or 'uniform', got {self.embedding_init!r}"
-            )
+from ..common.config import ConfigError
+from ..training.lean_loop import clip_grad_norm
+from .config import Anneal, HATConfig
+from .fast_paths import FastPaths, is_plain_sgd
+from .layers import HATError, HATMixin
+from .net import HATNet, find_hat_model
 
 
 # ------------------------------------------------------------------ formulas
@@ -136,83 +96,9 @@ def compensation_factors(
     return num
 
 
-def weights_used_once(loss: torch.Tensor, weights: list[torch.Tensor]) -> bool:
-    """Whether each of ``weights`` reaches ``loss`` through exactly one graph edge.
-
-    Then a gated layer's weight gradient is (∂L/∂z)ᵀx from its own forward alone, which
-    HATPlugin's shortcuts rely on.
-    """
-    if loss.grad_fn is None:
-        return False
-    want = {id(w): 0 for w in weights}
-    seen, stack = {loss.grad_fn}, [loss.grad_fn]
-    while stack:
-        for child, _ in stack.pop().next_functions:
-            if child is None:
-                continue
-            var = getattr(child, "variable", None)
-            if var is not None and id(var) in want:
-                want[id(var)] += 1
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return all(n == 1 for n in want.values())
-
-
 def flushing_denormals() -> bool:
     """Whether denormal floats are flushed to zero now (``torch.set_flush_denormal``)."""
     return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0 == 0).item())
-
-
-def _row_factor(layer: _HATMixin) -> torch.Tensor | None:
-    """The first gated layer's factor, 1 − a_out_i for its weights' rows and its bias (Eq. 2,
-    no input gate), when it is binary (then multiplying ∂L/∂z instead of ∂L/∂W gives the
-    same numbers); else None."""
-    row = 1 - layer.cumulative
-    return row if bool(((row == 0) | (row == 1)).all()) else None
-
-
-#: a shortcut through ∂L/∂z and x (conditioning rows, the clipping bound) runs on a layer only
-#: when the elements it reads, times this, are at most the elements of the weight gradient it
-#: spares: on small layers the hook and its norms cost more than the pass they save
-SHORTCUT_GAIN = 2.0
-
-
-def _shortcut_pays(layer: _HATMixin, batch_size: int, reads_input: bool) -> bool:
-    """Whether reading ∂L/∂z (and x when ``reads_input``) pays against one pass over the
-    layer's weight gradient; layers never probed (sizes unknown) take the shortcut."""
-    if layer.sample_sizes is None:
-        return True
-    n_in, n_out = layer.sample_sizes
-    elements = n_out + (n_in if reads_input else 0)
-    return SHORTCUT_GAIN * batch_size * elements <= layer.weight.numel()
-
-
-#: protected fraction up to which zero-filling the protected entries of a gradient (by flat
-#: index) beats multiplying it by its factor: measured crossover ≈ 0.25 on the reference CPU
-FILL_MAX_FRACTION = 0.2
-
-
-def _protected_entries(factor: torch.Tensor) -> torch.Tensor | None:
-    """Flat indices of the zeros of a binary factor when they are few, else None.
-
-    Zeroing them gives the numbers multiplying by the factor gives (a product with 1 is
-    exact; a product with 0 is 0, only its sign may differ), in a pass over those entries only.
-    """
-    flat = factor.reshape(-1)
-    zero = flat == 0
-    # counts, not a float32 mean (2 zeros in 10 would read as 0.2000000030 > 0.2)
-    binary = bool((zero | (flat == 1)).all())
-    if not binary or int(zero.sum()) > FILL_MAX_FRACTION * len(flat):
-        return None
-    return zero.nonzero().squeeze(1)
-
-
-def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
-    """Plain SGD leaves an entry with zero gradient exactly unchanged."""
-    return type(optimizer) in (torch.optim.SGD, SGD) and all(
-        g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in optimizer.param_groups
-    )
 
 
 # -------------------------------------------------------------------- plugin
@@ -251,21 +137,15 @@ class HATPlugin(SupervisedPlugin):
         self._n_samples = 0
         self._free: list[torch.Tensor] = []
         self._n_free = 0.0
-        self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self._fills: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []
         self._keep: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._frozen: list[nn.Parameter] = []
         self._saved: list[torch.Tensor] = []
-        self._layers: list[_HATMixin] = []
-        self._rows: list[tuple[_HATMixin, list[tuple[nn.Parameter, torch.Tensor]]]] = []
+        self._layers: list[HATMixin] = []
         self._embs: list[nn.Parameter] = []
         self._params: list[nn.Parameter] = []
         self._net: HATNet | None = None
-        self._fast = False
-        self._watched: list[nn.Parameter] = []
-        self._unbounded: list[nn.Parameter] = []
-        self._bounded: list[_HATMixin] = []
-        self._hooked: list[_HATMixin] = []
+        #: this experience's CPU-exact shortcuts (``fast_paths``)
+        self._shortcuts = FastPaths()
         self._unflush = False
 
     # ----------------------------------------------------------- lifecycle
@@ -348,56 +228,11 @@ class HATPlugin(SupervisedPlugin):
     def _plan_conditioning(
         self, hat: HATNet, fast: bool, batch_size: int
     ) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        """Split the (parameter, factor) pairs of Eq. 2 between the layers' ∂L/∂z hooks, a
-        zero fill of the few protected entries and a multiply, and switch the clipping bound
-        on; returns all pairs.
-
-        The shortcuts run on CPU only: on accelerators the passes they save cost less than
-        the extra kernel launches and host synchronisation they need.
-        """
-        factors = {id(p): f for p, f in hat.conditioning_factors()}
-        self._pairs, self._rows, self._fills = [], [], []
-        for layer in self._layers:
-            own = [(p, factors[id(p)]) for p in (layer.weight, layer.bias) if p is not None]
-            own = [(p, f) for p, f in own if not bool((f == 1).all())]
-            # the hook needs an input without gradient (an ungated input: the data)
-            # and pays when ∂L/∂z is well smaller than ∂L/∂W (a linear layer; not a conv's maps)
-            hook = (own and fast and layer.__dict__["_input_owner"] is None
-                    and isinstance(layer, HATLinear)
-                    and _shortcut_pays(layer, batch_size, reads_input=False))
-            row = _row_factor(layer) if hook else None
-            layer.row_grad_factor = row
-            bound = fast and _shortcut_pays(layer, batch_size, reads_input=True)
-            layer.grad_bounds = [] if bound else None
-            if row is not None:
-                self._rows.append((layer, own))
-                continue
-            for p, f in own:
-                idx = _protected_entries(f) if fast else None
-                if idx is None:
-                    self._pairs.append((p, f))
-                else:
-                    self._fills.append((p, f, idx))
-        # the shortcuts assume their layers' weights and biases get gradients from those
-        # layers only; the clipping bound covers the bounded weights, the other gradients
-        # are measured
-        self._bounded = [layer for layer in self._layers if layer.grad_bounds is not None]
-        self._hooked = [layer for layer in self._layers
-                        if layer.grad_bounds is not None or layer.row_grad_factor is not None]
-        self._fast = fast and bool(self._hooked)
-        self._watched = [
-            p for layer in self._hooked for p in (layer.weight, layer.bias) if p is not None
-        ]
-        weights = {id(layer.weight) for layer in self._bounded}
-        self._unbounded = [p for p in self._params if id(p) not in weights]
-        return (self._pairs + [(p, f) for p, f, _ in self._fills]
-                + [pf for _, own in self._rows for pf in own])
-
-    def _reset_layers(self) -> None:
-        for layer in self._layers:
-            layer.row_grad_factor = None
-            layer.grad_bounds = None
-            layer.rows_missed = layer.grads_fresh = False
+        """Plan this experience's shortcuts (``FastPaths.plan``; none unless ``fast``) and
+        return every (parameter, factor) pair of Eq. 2."""
+        self._shortcuts = FastPaths.plan(self._layers, hat.conditioning_factors(),
+                                         self._params, fast, batch_size)
+        return self._shortcuts.pairs()
 
     def _clear_optimizer_state(self, optimizer) -> None:
         """Zero the optimizer state (momentum, moments) of protected entries."""
@@ -423,10 +258,7 @@ class HATPlugin(SupervisedPlugin):
         )
         hat.s = s
         self.last_s = s
-        for layer in self._layers:
-            layer.rows_missed = layer.grads_fresh = False
-            if layer.grad_bounds is not None:
-                layer.grad_bounds.clear()
+        self._shortcuts.start_step()
 
     def before_backward(self, strategy, **kwargs):
         gates = self._net.last_gates
@@ -450,53 +282,21 @@ class HATPlugin(SupervisedPlugin):
     @torch.no_grad()
     def after_backward(self, strategy, **kwargs):
         cfg = self.config
-        # the shortcuts hold when every gated weight and bias reached the loss once, through
-        # its layer, in this step alone (no other loss term, no accumulated gradient); a
-        # graph walk checks it every step (10–70 µs on the MLP). Else: the reference operations.
-        trusted = (
-            self._fast
-            and all(layer.grads_fresh for layer in self._hooked)
-            and weights_used_once(strategy.loss, self._watched)
-        )
-        pairs = self._pairs + [
-            pf for layer, own in self._rows if layer.rows_missed or not trusted for pf in own
-        ]
-        for p, f, idx in self._fills:  # binary factor, few zeros: fill them (same numbers)
-            if p.grad is not None:
-                if p.grad.is_contiguous():
-                    p.grad.view(-1).index_fill_(0, idx, 0.0)
-                else:
-                    pairs.append((p, f))
-        pairs = [(p.grad, f) for p, f in pairs if p.grad is not None]
+        # the shortcuts hold when this step's graph allows them; else the reference operations
+        trusted = self._shortcuts.trusted(strategy.loss)
+        pairs = self._shortcuts.gradient_factors(trusted)
         if pairs:  # Eq. 2 / 4
             torch._foreach_mul_([g for g, _ in pairs], [f for _, f in pairs])
         embs = [e for e in self._embs if e.grad is not None]
         if embs:  # Eq. 6
             factors = compensation_factors(embs, self.last_s, cfg.smax, cfg.thres_cosh)
             torch._foreach_mul_([e.grad for e in embs], factors)
-        if not (trusted and self._bounded and self._norm_below(cfg.clipgrad)):
+        if not (trusted and self._shortcuts.norm_below(cfg.clipgrad)):
             clip_grad_norm(self._params, cfg.clipgrad)
-
-    def _norm_below(self, max_norm: float) -> bool:
-        """True when bounds prove the global gradient norm ≤ ``max_norm`` (clipping: no-op).
-
-        Gated weights: ‖∂L/∂W‖ ≤ ‖∂L/∂z‖·‖x‖·√(kernel area), logged by the layers' hooks;
-        every other gradient (biases, embeddings, head) exactly. Conditioning only lowers
-        the norm. A margin keeps float rounding on the safe side. False: clip exactly.
-        """
-        sq = 0.0
-        for layer in self._bounded:
-            if len(layer.grad_bounds) != 1:
-                return False
-            sq += layer.grad_bounds[0] ** 2
-        small = [p.grad for p in self._unbounded if p.grad is not None]
-        if small:  # one read of the host: squares summed in double precision
-            sq += float(torch.stack(torch._foreach_norm(small)).double().square().sum())
-        return math.sqrt(sq) <= max_norm * (1 - 1e-4)
 
     @torch.no_grad()
     def before_update(self, strategy, **kwargs):
-        if _is_plain_sgd(strategy.optimizer):
+        if is_plain_sgd(strategy.optimizer):
             self._saved = []
             return
         self._saved = [p.detach().clone() for p, _ in self._keep] + [
@@ -526,11 +326,9 @@ class HATPlugin(SupervisedPlugin):
         hat.update_cumulative(self.task)
         hat.s = self.config.smax
         self.trained_tasks.append(self.task)
-        self._reset_layers()
-        self._pairs, self._keep, self._frozen, self._rows, self._fills = [], [], [], [], []
-        self._embs, self._params, self._watched, self._unbounded = [], [], [], []
-        self._bounded, self._hooked = [], []
-        self._fast = False
+        self._shortcuts.clear()
+        self._shortcuts = FastPaths()
+        self._keep, self._frozen, self._embs, self._params = [], [], [], []
 
     # ---------------------------------------------------- recipe protocol
     @torch.no_grad()
@@ -545,7 +343,7 @@ class HATPlugin(SupervisedPlugin):
     @torch.no_grad()
     def epoch_metrics(self) -> dict[str, float | list[float]]:
         """Values the runner logs per epoch: the last step's s and R, and HAT's monitoring
-        (hat-reference §4) for the task being trained, at s = smax, per gated layer (the
+        (docs/hat-reference.md §4) for the task being trained, at s = smax, per gated layer (the
         layers of one gate group repeat its values):
         ``hat_used``, the fraction of the layer's units the task's mask keeps (mask > 0.5),
         and ``hat_reuse``, the fraction of those that earlier tasks already use (their
@@ -570,54 +368,3 @@ class HATPlugin(SupervisedPlugin):
 
     def load_state_dict(self, state: dict) -> None:
         self.trained_tasks = [int(t) for t in state["trained_tasks"]]
-
-
-# ------------------------------------------------------------------ strategy
-class HAT(SupervisedTemplate):
-    """Hard Attention to the Task: a ``SupervisedTemplate`` with ``HATPlugin``.
-
-    ``model`` must be a ``HATNet`` (see ``HATNet.wrap``).
-    """
-
-    def __init__(
-        self,
-        *,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        criterion=None,
-        smax: float = 400.0,
-        c: float = 0.75,
-        anneal: Anneal = "reference",
-        soft_masks: bool = False,
-        clipgrad: float = 10000.0,
-        thres_cosh: float = 50.0,
-        thres_emb: float = 6.0,
-        embedding_init: EmbeddingInit = "normal",
-        flush_denormal: bool = True,
-        train_mb_size: int = 64,
-        train_epochs: int = 1,
-        eval_mb_size: int | None = None,
-        device: str | torch.device = "cpu",
-        plugins: list | None = None,
-        **base_kwargs,
-    ):
-        find_hat_model(model)
-        self.hat_plugin = HATPlugin(
-            HATConfig(
-                smax=smax, c=c, anneal=anneal, soft_masks=soft_masks, clipgrad=clipgrad,
-                thres_cosh=thres_cosh, thres_emb=thres_emb, embedding_init=embedding_init,
-                flush_denormal=flush_denormal,
-            )
-        )
-        plugins = [*(plugins or []), self.hat_plugin]
-        super().__init__(
-            model=model,
-            optimizer=optimizer,
-            criterion=criterion if criterion is not None else CrossEntropyLoss(),
-            train_mb_size=train_mb_size,
-            train_epochs=train_epochs,
-            eval_mb_size=eval_mb_size or train_mb_size,
-            device=device,
-            plugins=plugins,
-            **base_kwargs,
-        )

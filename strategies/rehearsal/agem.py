@@ -47,11 +47,11 @@ from dataclasses import dataclass
 import torch
 from avalanche.models import avalanche_forward
 from avalanche.training.plugins import AGEMPlugin as AvalancheAGEMPlugin
-from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor
 
-from .buffer import GroupMemory, random_subset, training_part
-from .replay import check_count
+from ..common.config import check_count, config_of
+from .base import RehearsalPlugin, RehearsalStrategy
+from .memory import GroupMemory, random_subset
 
 
 @dataclass(frozen=True)
@@ -90,23 +90,20 @@ def _flat(grads, params) -> Tensor:
                       for g, p in zip(grads, params, strict=True)])
 
 
-class AGEMPlugin(AvalancheAGEMPlugin):
+class AGEMPlugin(RehearsalPlugin, AvalancheAGEMPlugin):
     """Avalanche's ``AGEMPlugin`` on a tensor memory filled from the training part, applying
     the whole projected gradient."""
 
-    def __init__(self, patterns_per_experience: int = 50, sample_size: int = 64):
-        AGEMConfig(patterns_per_experience, sample_size)  # validates
-        super().__init__(patterns_per_experience, sample_size)
-        self.memory = GroupMemory()  # groups: experiences, in training order
-        self.n_experiences = 0
+    def __init__(self, config: AGEMConfig | None = None, **overrides):
+        config = config_of(AGEMConfig, config, overrides)
+        # groups: experiences, in training order
+        super().__init__(config, GroupMemory(), config.patterns_per_experience,
+                         config.sample_size)
         #: g_ref of the current step (flat, over ``model.parameters()``), or None
         self.reference_gradients: Tensor | None = None
         #: how many steps projected their gradient (a diagnostic)
         self.projections = 0
         self._reached: list[bool] = []
-
-    def memory_samples(self) -> int:
-        return len(self.memory)
 
     def _params(self, strategy) -> list[torch.nn.Parameter]:
         return [p for p in strategy.model.parameters() if p.requires_grad]
@@ -149,24 +146,17 @@ class AGEMPlugin(AvalancheAGEMPlugin):
     def after_training_exp(self, strategy, **kwargs):
         """``patterns_per_experience`` training samples of the experience, uniformly, join
         the memory as a new group."""
-        x, y, t = training_part(strategy)
+        x, y, t = self.training_part(strategy)
         idx = random_subset(len(y), self.patterns_per_experience, y.device)
         self.memory.add(x[idx], y[idx], t[idx], self.n_experiences)
         self.n_experiences += 1
         self.reference_gradients = None
 
-    def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict(), "n_experiences": self.n_experiences}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.memory.load_state_dict(state["memory"])
-        self.n_experiences = int(state["n_experiences"])
+class AGEM(RehearsalStrategy):
+    """A-GEM as a strategy (keyword-only, like Avalanche's wrappers) using ``AGEMPlugin``:
+    ``config=AGEMConfig(...)`` or its fields as keywords."""
 
-
-class AGEM(SupervisedTemplate):
-    """A-GEM as a strategy (keyword-only, like Avalanche's wrappers) using ``AGEMPlugin``."""
-
-    def __init__(self, *, patterns_per_experience: int = 50, sample_size: int = 64,
-                 plugins=None, **kwargs):
-        self.agem_plugin = AGEMPlugin(patterns_per_experience, sample_size)
-        super().__init__(plugins=[*(plugins or []), self.agem_plugin], **kwargs)
+    config_class = AGEMConfig
+    plugin_class = AGEMPlugin
+    plugin_attribute = "agem_plugin"

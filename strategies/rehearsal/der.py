@@ -41,8 +41,8 @@ departs from the paper:
 - Its own ``training_epoch`` bypasses the suite's lean loop; its memory loader is an
   iterator over a ``DataLoader`` (per-sample reads).
 
-Here the memory is ``strategies.buffer.ReservoirMemory`` (tensors; draws from the global torch
-generator).
+Here the memory is ``strategies.rehearsal.memory.ReservoirMemory`` (tensors; draws from the
+global torch generator).
 """
 
 from __future__ import annotations
@@ -51,15 +51,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
-from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor
 
-from .buffer import ReservoirMemory
-from .config import check_range
-from .models import single_task
-from .replay import check_count, memory_batch_size
+from ..common.config import check_count, check_range, config_of
+from ..common.multihead import single_task
+from .base import RehearsalPlugin, RehearsalStrategy, memory_batch_size
+from .memory import ReservoirMemory
 
 
 @dataclass(frozen=True)
@@ -92,23 +90,20 @@ def logit_mse(out: Tensor, stored: Tensor, widths: Tensor | None) -> Tensor:
     return diff.pow(2).sum() / inside.sum()
 
 
-class DERPlugin(SupervisedPlugin):
+class DERPlugin(RehearsalPlugin):
     """DER++'s memory terms (added to the loss before the backward pass) and reservoir
-    memory of (x, y, t, logits at insertion)."""
+    memory of (x, y, t, logits at insertion), filled over the stream (no experience count)."""
 
-    def __init__(self, mem_size: int = 200, alpha: float = 0.2, beta: float = 1.0,
-                 mem_batch_ratio: float = 1.0):
-        super().__init__()
-        DERConfig(mem_size, alpha, beta, mem_batch_ratio)  # validates
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.mem_batch_ratio = float(mem_batch_ratio)
-        self.memory = ReservoirMemory(mem_size)
+    counts_experiences = False
+
+    def __init__(self, config: DERConfig | None = None, **overrides):
+        config = config_of(DERConfig, config, overrides)
+        super().__init__(config, ReservoirMemory(config.mem_size))
+        self.alpha = float(config.alpha)
+        self.beta = float(config.beta)
+        self.mem_batch_ratio = float(config.mem_batch_ratio)
         #: the last step's terms (tensors), for inspection: {"mse": ..., "ce": ...}
         self.last_terms: dict[str, Tensor] = {}
-
-    def memory_samples(self) -> int:
-        return len(self.memory)
 
     def memory_terms(self, strategy) -> tuple[Tensor, Tensor] | None:
         """``(MSE(h(x′), z′), CE(f(x″), y″))`` on two fresh memory batches; None while the
@@ -141,18 +136,11 @@ class DERPlugin(SupervisedPlugin):
             widths = (out != float("-inf")).sum(1)
         self.memory.add(strategy.mb_x, strategy.mb_y, t, out, widths)
 
-    def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.memory.load_state_dict(state["memory"])
-
-
-class DER(SupervisedTemplate):
+class DER(RehearsalStrategy):
     """DER++ (DER with ``beta=0``) as a strategy (keyword-only, like Avalanche's wrappers)
-    using ``DERPlugin``."""
+    using ``DERPlugin``: ``config=DERConfig(...)`` or its fields as keywords."""
 
-    def __init__(self, *, mem_size: int = 200, alpha: float = 0.2, beta: float = 1.0,
-                 mem_batch_ratio: float = 1.0, plugins=None, **kwargs):
-        self.der_plugin = DERPlugin(mem_size, alpha, beta, mem_batch_ratio)
-        super().__init__(plugins=[*(plugins or []), self.der_plugin], **kwargs)
+    config_class = DERConfig
+    plugin_class = DERPlugin
+    plugin_attribute = "der_plugin"

@@ -49,29 +49,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
-from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor
 
-from .buffer import ClassBalancedMemory, training_part
-from .config import check_range
-from .models import single_task
-from .replay import check_count, memory_batch_size
+from ..common.config import config_of
+from ..common.multihead import single_task
+from .base import MemoryBatchConfig, RehearsalPlugin, RehearsalStrategy, memory_batch_size
+from .memory import ClassBalancedMemory
 
 
 @dataclass(frozen=True)
-class ERACEConfig:
+class ERACEConfig(MemoryBatchConfig):
     """ER-ACE: memory size (samples, balanced over classes), memory batch size as a multiple
     of ``train.batch_size`` (defaults: Avalanche's 200, the paper's equal batch sizes)."""
 
-    mem_size: int = 200
-    mem_batch_ratio: float = 1.0
-
-    def __post_init__(self):
-        check_count("er-ace.mem_size", self.mem_size)
-        check_range("er-ace.mem_batch_ratio", self.mem_batch_ratio, 0, low_open=True,
-                    hint=" (the memory batch is this times train.batch_size)")
+    section = "er-ace"
 
 
 def present_class_ce(out: Tensor, y: Tensor, t: Tensor) -> Tensor:
@@ -89,16 +81,14 @@ def present_class_ce(out: Tensor, y: Tensor, t: Tensor) -> Tensor:
     return F.cross_entropy(masked, y)
 
 
-class ERACEPlugin(SupervisedPlugin):
+class ERACEPlugin(RehearsalPlugin):
     """ER-ACE's class-balanced memory (filled from the training part at the start of every
     experience) and asymmetric loss (``ace_loss``; ``ERACE.criterion`` uses it)."""
 
-    def __init__(self, mem_size: int = 200, mem_batch_ratio: float = 1.0):
-        super().__init__()
-        ERACEConfig(mem_size, mem_batch_ratio)  # validates
-        self.mem_batch_ratio = float(mem_batch_ratio)
-        self.memory = ClassBalancedMemory(mem_size)
-        self.n_experiences = 0
+    def __init__(self, config: ERACEConfig | None = None, **overrides):
+        config = config_of(ERACEConfig, config, overrides)
+        super().__init__(config, ClassBalancedMemory(config.mem_size))
+        self.mem_batch_ratio = float(config.mem_batch_ratio)
         #: the last step's two terms, for inspection: {"current": ..., "memory": ...}
         self.last_terms: dict[str, Tensor] = {}
 
@@ -107,11 +97,8 @@ class ERACEPlugin(SupervisedPlugin):
         """Whether the memory holds an earlier experience (the asymmetric loss is used)."""
         return self.n_experiences > 1 and len(self.memory) > 0
 
-    def memory_samples(self) -> int:
-        return len(self.memory)
-
     def before_training_exp(self, strategy, **kwargs):
-        x, y, t = training_part(strategy)
+        x, y, t = self.training_part(strategy)
         self.memory.add(x, y, t)
         self.n_experiences += 1
 
@@ -124,23 +111,16 @@ class ERACEPlugin(SupervisedPlugin):
         self.last_terms = {"current": current.detach(), "memory": memory.detach()}
         return (current + memory) / 2
 
-    def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict(), "n_experiences": self.n_experiences}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.memory.load_state_dict(state["memory"])
-        self.n_experiences = int(state["n_experiences"])
-
-
-class ERACE(SupervisedTemplate):
+class ERACE(RehearsalStrategy):
     """ER-ACE as a strategy (keyword-only, like Avalanche's wrappers) using
-    ``ERACEPlugin``: its training criterion is the asymmetric loss once the memory holds an
-    earlier experience (evaluation and the recipe's validation use the plain one)."""
+    ``ERACEPlugin`` (``config=ERACEConfig(...)`` or its fields as keywords): its training
+    criterion is the asymmetric loss once the memory holds an earlier experience (evaluation
+    and the recipe's validation use the plain one)."""
 
-    def __init__(self, *, mem_size: int = 200, mem_batch_ratio: float = 1.0, plugins=None,
-                 **kwargs):
-        self.ace_plugin = ERACEPlugin(mem_size, mem_batch_ratio)
-        super().__init__(plugins=[*(plugins or []), self.ace_plugin], **kwargs)
+    config_class = ERACEConfig
+    plugin_class = ERACEPlugin
+    plugin_attribute = "ace_plugin"
 
     def criterion(self):
         if self.is_training and self.ace_plugin.active:

@@ -38,12 +38,12 @@ from dataclasses import dataclass
 
 import torch
 from avalanche.training.plugins import GDumbPlugin as AvalancheGDumbPlugin
-from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor
 
-from .buffer import ClassBalancedMemory, training_part
-from .data import TensorLoader
-from .replay import check_count
+from ..common.config import check_count, config_of
+from ..training.tensor_data import TensorLoader
+from .base import RehearsalPlugin, RehearsalStrategy
+from .memory import ClassBalancedMemory
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,18 @@ class GDumbConfig:
         check_count("gdumb.mem_size", self.mem_size)
 
 
-class GDumbPlugin(AvalancheGDumbPlugin):
+class GDumbPlugin(RehearsalPlugin, AvalancheGDumbPlugin):
     """Avalanche's ``GDumbPlugin`` with a (task, label)-balanced tensor memory filled from
     the training part and an in-place reset to the initial weights."""
 
-    def __init__(self, mem_size: int = 200):
-        GDumbConfig(mem_size)  # validates
-        super().__init__(mem_size)
+    counts_experiences = False
+
+    def __init__(self, config: GDumbConfig | None = None, **overrides):
+        config = config_of(GDumbConfig, config, overrides)
+        super().__init__(config, ClassBalancedMemory(config.mem_size), config.mem_size)
         self.storage_policy = None  # replaced by ``memory``
-        self.memory = ClassBalancedMemory(mem_size)
         #: the model's state before its first experience (entries created later: as created)
         self.init_state: dict[str, Tensor] | None = None
-
-    def memory_samples(self) -> int:
-        return len(self.memory)
 
     def before_train_dataset_adaptation(self, strategy, **kwargs):
         pass  # (Avalanche's deep copy of the model: replaced by ``reset``)
@@ -102,22 +100,23 @@ class GDumbPlugin(AvalancheGDumbPlugin):
         """Update the memory with the training part; train on the memory alone."""
         self._record_new(strategy.model)
         strategy.optimizer.state.clear()
-        x, y, t = training_part(strategy)
+        x, y, t = self.training_part(strategy)
         self.memory.add(x, y, t)
         strategy.dataloader = TensorLoader(self.memory.tensors, strategy.train_mb_size,
                                            shuffle=True)
 
     def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict(), "init_state": self.init_state}
+        return {**super().state_dict(), "init_state": self.init_state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.memory.load_state_dict(state["memory"])
+        super().load_state_dict(state)
         self.init_state = state["init_state"]
 
 
-class GDumb(SupervisedTemplate):
-    """GDumb as a strategy (keyword-only, like Avalanche's wrappers) using ``GDumbPlugin``."""
+class GDumb(RehearsalStrategy):
+    """GDumb as a strategy (keyword-only, like Avalanche's wrappers) using ``GDumbPlugin``:
+    ``config=GDumbConfig(...)`` or ``mem_size=`` as a keyword."""
 
-    def __init__(self, *, mem_size: int = 200, plugins=None, **kwargs):
-        self.gdumb_plugin = GDumbPlugin(mem_size)
-        super().__init__(plugins=[*(plugins or []), self.gdumb_plugin], **kwargs)
+    config_class = GDumbConfig
+    plugin_class = GDumbPlugin
+    plugin_attribute = "gdumb_plugin"

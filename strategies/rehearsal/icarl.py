@@ -81,14 +81,19 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.models import NCMClassifier
 from avalanche.training.storage_policy import HerdingSelectionStrategy
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from .config import ConfigError
-from .data import TensorLoader, materialize
-from .loop import set_training
-from .models import MultiHeadNet, TaskNotTrainedError, single_task
-from .sgd_f import BaselineError, experience_task
+from ..common.config import ConfigError, config_of, split_config
+from ..common.multihead import (
+    BaselineError,
+    MultiHeadNet,
+    TaskNotTrainedError,
+    experience_task,
+    single_task,
+)
+from ..training.lean_loop import set_training
+from ..training.tensor_data import TensorLoader
+from .base import RehearsalStrategy, training_part
 
 #: ε of the feature normalisation (an all-zero feature vector stays zero)
 NORM_EPS = 1e-12
@@ -173,10 +178,10 @@ class ICaRLPlugin(SupervisedPlugin):
     #: per-experience scratch (None between experiences), left out of checkpoints
     checkpoint_transient = ("teacher", "_current", "_loader", "_logits")
 
-    def __init__(self, mem_size: int = 200):
+    def __init__(self, config: ICaRLConfig | None = None, **overrides):
         super().__init__()
-        ICaRLConfig(mem_size)  # validation
-        self.mem_size = int(mem_size)
+        self.config = config_of(ICaRLConfig, config, overrides)
+        self.mem_size = int(self.config.mem_size)
         self.exemplars: dict[tuple[int, int], torch.Tensor] = {}
         self.ncm: dict[int, NCMClassifier] = {}
         self.has_mean: dict[int, torch.Tensor] = {}
@@ -222,7 +227,7 @@ class ICaRLPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs):
         model = self._model(strategy)
         task = experience_task(strategy)
-        x, y, _ = materialize(strategy.adapted_dataset, strategy.device)  # the training part
+        x, y, _ = training_part(strategy)
         y = y.long()
         new_classes = torch.unique(y).tolist()
         old = {k for k in self.exemplars if k[0] != task}
@@ -432,15 +437,19 @@ class ICaRLPlugin(SupervisedPlugin):
         return torch.cat(cols, dim=1) if cols else x.new_zeros((len(x), 0))
 
 
-class ICaRL(SupervisedTemplate):
-    """iCaRL as a strategy (keyword-only, like Avalanche's wrappers) using ``ICaRLPlugin``:
-    its training pass computes every seen head and the paper's loss; its evaluation pass
-    returns the task-aware nearest-mean-of-exemplars scores."""
+class ICaRL(RehearsalStrategy):
+    """iCaRL as a strategy (keyword-only, like Avalanche's wrappers) using ``ICaRLPlugin``
+    (``config=ICaRLConfig(...)`` or ``mem_size=``): its training pass computes every seen
+    head and the paper's loss; its evaluation pass returns the task-aware
+    nearest-mean-of-exemplars scores."""
 
-    def __init__(self, *, mem_size: int = 200, plugins=None, **kwargs):
-        self.icarl_plugin = ICaRLPlugin(mem_size)
+    config_class = ICaRLConfig
+    plugin_class = ICaRLPlugin
+    plugin_attribute = "icarl_plugin"
+
+    def __init__(self, *, config: ICaRLConfig | None = None, **kwargs):
         kwargs["criterion"] = ICaRLClassificationLoss()  # the paper's loss, not the caller's
-        super().__init__(plugins=[*(plugins or []), self.icarl_plugin], **kwargs)
+        super().__init__(config=split_config(ICaRLConfig, config, kwargs), **kwargs)
 
     def forward(self):
         if self.is_training:

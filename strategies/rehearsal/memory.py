@@ -19,11 +19,6 @@ run repeats exactly, on any device. Everything a memory holds is tensors and Pyt
   its share keeps them all and the spare share goes to the others.
 - ``ReservoirMemory``: reservoir sampling over a stream of batches (Vitter's algorithm R, as
   in DER's code), with each sample's logits kept beside it (DER++).
-- ``training_part(strategy)``: the current experience's training samples as tensors, i.e.
-  ``strategy.adapted_dataset`` after the recipe's validation split. Avalanche's plugins read
-  ``strategy.experience.dataset``, which still holds the validation samples: those would be
-  rehearsed (trained on), and the validation accuracy the tuner selects on would be
-  contaminated.
 """
 
 from __future__ import annotations
@@ -33,14 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .data import materialize
-
 Batch = tuple[Tensor, Tensor, Tensor]
-
-
-def training_part(strategy) -> Batch:
-    """``(x, y, t)`` of the experience's training samples (after the recipe's split)."""
-    return materialize(strategy.adapted_dataset, strategy.device)
 
 
 def random_subset(n: int, k: int, device: torch.device | str = "cpu") -> Tensor:

@@ -13,9 +13,9 @@ second experience on every step carries one.
 Avalanche defect fixed: its buffer is filled from ``strategy.experience.dataset``, which
 includes the recipe's validation split: validation samples of earlier tasks would be
 trained on and the validation accuracy matrix the tuner selects on would be contaminated.
-``ReplayPlugin`` fills from the training part (``strategies.buffer.training_part``).
+``ReplayPlugin`` fills from the training part (``RehearsalPlugin.training_part``).
 
-Speed, not semantics: the memory is tensors (``strategies.buffer.GroupMemory``) and each
+Speed, not semantics: the memory is tensors (``strategies.rehearsal.memory.GroupMemory``) and each
 step's memory batch is drawn by indexing, uniformly without replacement (the paper's
 ``Sample(M)``), instead of Avalanche's ``ReplayDataLoader`` (per-sample reads, a cycling
 shuffled loader over the memory). An experience with fewer training samples than its share
@@ -29,37 +29,20 @@ from dataclasses import dataclass
 
 import torch
 from avalanche.training.plugins import ReplayPlugin as AvalancheReplayPlugin
-from avalanche.training.templates import SupervisedTemplate
 
-from .buffer import GroupMemory, balanced_quotas, training_part
-from .config import ConfigError, check_range
-
-
-def check_count(name: str, value, low: int = 1) -> None:
-    """ConfigError unless ``value`` is an integer ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def memory_batch_size(ratio: float, train_mb_size: int) -> int:
-    """Samples per memory batch: ``ratio`` times the training batch, at least one."""
-    return max(1, round(ratio * train_mb_size))
+from ..common.config import config_of
+from .base import MemoryBatchConfig, RehearsalPlugin, RehearsalStrategy, memory_batch_size
+from .memory import GroupMemory, balanced_quotas
 
 
 @dataclass(frozen=True)
-class ReplayConfig:
+class ReplayConfig(MemoryBatchConfig):
     """ER: memory size in samples (in all, balanced over experiences); memory batch size
     as a multiple of ``train.batch_size``. Defaults: 200 samples (the tiny-memory regime of
     Chaudhry et al. 2019 and Avalanche's default ``mem_size``), a memory batch as large as
     the training batch (the paper's and Avalanche's)."""
 
-    mem_size: int = 200
-    mem_batch_ratio: float = 1.0
-
-    def __post_init__(self):
-        check_count("replay.mem_size", self.mem_size)
-        check_range("replay.mem_batch_ratio", self.mem_batch_ratio, 0, low_open=True,
-                    hint=" (the memory batch is this times train.batch_size)")
+    section = "replay"
 
 
 class MemoryMixLoader:
@@ -81,19 +64,15 @@ class MemoryMixLoader:
                    torch.cat((t.expand(len(y)), mt.to(t.device)))]
 
 
-class ReplayPlugin(AvalancheReplayPlugin):
+class ReplayPlugin(RehearsalPlugin, AvalancheReplayPlugin):
     """Avalanche's ``ReplayPlugin`` on a tensor memory filled from the training part."""
 
-    def __init__(self, mem_size: int = 200, mem_batch_ratio: float = 1.0):
-        ReplayConfig(mem_size, mem_batch_ratio)  # validates
-        super().__init__(mem_size=mem_size)
+    def __init__(self, config: ReplayConfig | None = None, **overrides):
+        config = config_of(ReplayConfig, config, overrides)
+        # groups: experiences, in training order
+        super().__init__(config, GroupMemory(), mem_size=config.mem_size)
         self.storage_policy = None  # replaced by ``memory``
-        self.mem_batch_ratio = float(mem_batch_ratio)
-        self.memory = GroupMemory()  # groups: experiences, in training order
-        self.n_experiences = 0
-
-    def memory_samples(self) -> int:
-        return len(self.memory)
+        self.mem_batch_ratio = float(config.mem_batch_ratio)
 
     def before_training_exp(self, strategy, **kwargs):
         """From the second experience on, every batch carries a memory batch."""
@@ -105,24 +84,17 @@ class ReplayPlugin(AvalancheReplayPlugin):
     def after_training_exp(self, strategy, **kwargs):
         """The experience's training part joins the memory as a new group; every group is
         cut to its share (uniformly at random)."""
-        x, y, t = training_part(strategy)
+        x, y, t = self.training_part(strategy)
         self.memory.add(x, y, t, self.n_experiences)
         self.n_experiences += 1
         counts = self.memory.counts(self.n_experiences)
         self.memory.shrink(balanced_quotas(counts, self.mem_size))
 
-    def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict(), "n_experiences": self.n_experiences}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.memory.load_state_dict(state["memory"])
-        self.n_experiences = int(state["n_experiences"])
+class Replay(RehearsalStrategy):
+    """ER as a strategy (keyword-only, like Avalanche's wrappers) using ``ReplayPlugin``:
+    ``config=ReplayConfig(...)`` or its fields as keywords."""
 
-
-class Replay(SupervisedTemplate):
-    """ER as a strategy (keyword-only, like Avalanche's wrappers) using ``ReplayPlugin``."""
-
-    def __init__(self, *, mem_size: int = 200, mem_batch_ratio: float = 1.0, plugins=None,
-                 **kwargs):
-        self.replay_plugin = ReplayPlugin(mem_size, mem_batch_ratio)
-        super().__init__(plugins=[*(plugins or []), self.replay_plugin], **kwargs)
+    config_class = ReplayConfig
+    plugin_class = ReplayPlugin
+    plugin_attribute = "replay_plugin"

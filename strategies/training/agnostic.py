@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .loop import set_training
-from .models import MultiHeadNet
+from ..common.hooks import hooks, is_task_agnostic
+from ..common.multihead import MultiHeadNet
+from .lean_loop import set_training
 
 Scorer = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
@@ -29,13 +30,11 @@ Scorer = Callable[[torch.Tensor, list[int]], torch.Tensor]
 def agnostic_scorer(strategy) -> Scorer | None:
     """``scores(x, tasks)`` -> (N, Σ classes of ``tasks``) for ``strategy``, columns task by
     task in the order of ``tasks``; None when the strategy has no task-agnostic prediction."""
-    plugins = list(getattr(strategy, "plugins", []))
-    if any(getattr(p, "task_agnostic", True) is False for p in plugins):
+    if not is_task_agnostic(strategy):
         return None
-    for p in plugins:
-        own = getattr(p, "agnostic_scores", None)
-        if own is not None:
-            return lambda x, tasks, _own=own: _own(strategy, x, list(tasks))
+    own = next(iter(hooks(strategy, "agnostic_scores")), None)
+    if own is not None:
+        return lambda x, tasks: own(strategy, x, list(tasks))
     model = strategy.model
     if not (isinstance(model, MultiHeadNet) and model.shared_trunk):
         return None

@@ -2,7 +2,7 @@
 
 Every approach of the reference (joansj/hat, ``src/approaches/*.py``) clips the global gradient
 norm of the model's parameters (``torch.nn.utils.clip_grad_norm``) between ``loss.backward()``
-and ``optimizer.step()``, with its own bound ``clipgrad`` (``REFERENCE_CLIPGRAD``). In
+and ``optimizer.step()``, with its own bound ``clipgrad`` (``StrategySpec.clipgrad``). In
 Avalanche's ``SGDUpdate.training_epoch`` that place is ``before_update``: it runs after
 ``backward`` and every plugin's ``after_backward`` (e.g. HAT's gradient conditioning) and
 right before ``optimizer_step``.
@@ -16,33 +16,7 @@ from __future__ import annotations
 import torch
 from avalanche.core import SupervisedPlugin
 
-from .loop import clip_grad_norm
-
-#: the reference's ``clipgrad`` per approach, keyed by the suite's registry names
-REFERENCE_CLIPGRAD: dict[str, float] = {
-    "naive": 10000.0,  # sgd.py
-    "sgd-f": 10000.0,  # sgd_frozen.py
-    "joint": 10000.0,  # joint.py
-    "hat": 10000.0,  # hat.py
-    "pnn": 10000.0,  # progressive.py
-    "imm-mean": 10000.0,  # imm_mean.py
-    "imm-mode": 1000.0,  # imm_mode.py
-    "pathnet": 1000.0,  # pathnet.py
-    "lfl": 200.0,  # lfl.py
-    "ewc": 100.0,  # ewc.py
-    "lwf": 100.0,  # lwf.py
-    "si": 10000.0,  # not in the reference: plain SGD's value
-    # rehearsal baselines, not in the reference: plain SGD's value
-    "replay": 10000.0,
-    "agem": 10000.0,
-    "der": 10000.0,
-    "er-ace": 10000.0,
-    "gdumb": 10000.0,
-    # PackNet, iCaRL (not in the reference) and the single-task reference: plain SGD's value
-    "packnet": 10000.0,
-    "icarl": 10000.0,
-    "single": 10000.0,
-}
+from .lean_loop import clip_grad_norm
 
 
 class GradientClipPlugin(SupervisedPlugin):
@@ -50,7 +24,7 @@ class GradientClipPlugin(SupervisedPlugin):
 
     ``clip_grad_norm_`` multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``:
     gradients below the bound are multiplied by exactly 1.0 (unchanged bit for bit), a pass
-    that ``strategies.loop.clip_grad_norm`` skips on CPU.
+    that ``lean_loop.clip_grad_norm`` skips on CPU.
     """
 
     def __init__(self, max_norm: float):

@@ -1,4 +1,4 @@
-"""The paper's training recipe as a plugin usable by every strategy (hat-reference §2).
+"""The paper's training recipe as a plugin usable by every strategy (docs/hat-reference.md §2).
 
 Per experience: hold out ``valid_fraction`` of the training data (seeded), start from the
 initial learning rate with a freshly built optimizer, and after every epoch compute the
@@ -32,9 +32,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
 from torch import nn
 
-from .config import ConfigError, check_range
-from .data import TensorLoader, materialize
-from .loop import set_training
+from ..common.config import ConfigError, check_range
+from ..common.hooks import hooks
+from .lean_loop import set_training
+from .tensor_data import TensorLoader, materialize
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def loss_added_by(before_backward, strategy) -> float:
     return float(probe.loss)
 
 
-class _Snapshot:
+class ModelSnapshot:
     """The best weights so far: a copy of the model's state, refreshed in place (one
     multi-tensor copy instead of a deep copy) while its keys, shapes and dtypes stay."""
 
@@ -167,14 +168,9 @@ class TrainingRecipePlugin(SupervisedPlugin):
             return
         rebuild_optimizer(strategy, self.lr)  # the reference starts every task afresh
         self._best_loss = math.inf
-        self._best_state = _Snapshot(strategy.model)
+        self._best_state = ModelSnapshot(strategy.model)
         self._patience = self.config.patience
         self._done = False
-
-    def _hooks(self, strategy, name: str) -> list:
-        """The bound method ``name`` of every other plugin that has one."""
-        hooks = (getattr(p, name, None) for p in strategy.plugins if p is not self)
-        return [h for h in hooks if h is not None]
 
     @torch.no_grad()
     def validation_loss(self, strategy) -> float:
@@ -188,7 +184,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
         model = strategy.model
         was_training = model.training
         set_training(model, False)
-        batch_hooks = self._hooks(strategy, "validation_batch_penalty")
+        batch_hooks = hooks(strategy, "validation_batch_penalty", exclude=[self])
         x, y, t = materialize(self.valid_data, strategy.device)
         total, n = 0.0, 0
         for xb, yb, tb in TensorLoader((x, y, t), strategy.eval_mb_size or 256, shuffle=False):
@@ -199,7 +195,7 @@ class TrainingRecipePlugin(SupervisedPlugin):
             total += float(batch_loss) * len(yb)
             n += len(yb)
         loss = total / max(n, 1)
-        for penalty in self._hooks(strategy, "validation_penalty"):
+        for penalty in hooks(strategy, "validation_penalty", exclude=[self]):
             loss += float(penalty(strategy))
         set_training(model, was_training)
         return loss

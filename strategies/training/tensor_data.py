@@ -106,3 +106,11 @@ class FastDataPlugin(SupervisedPlugin):
         # the experience's dataset object is stable across evaluations: cache on it
         tensors = materialize(strategy.experience.dataset, strategy.device)
         strategy.dataloader = TensorLoader(tensors, strategy.eval_mb_size, shuffle=False)
+
+
+def training_part(strategy) -> tuple[torch.Tensor, ...]:
+    """``(x, y, t)`` of the current experience's training samples: ``strategy.adapted_dataset``
+    after the recipe's validation split, never the validation part. (Avalanche's plugins read
+    ``strategy.experience.dataset``, which still holds the validation samples: those would be
+    trained on, and the validation accuracy the tuner selects on would be contaminated.)"""
+    return materialize(strategy.adapted_dataset, strategy.device)

@@ -1,8 +1,9 @@
-"""Per-experience checkpoints and resuming inside a run (benchmark/checkpoints.py), in-process:
+"""Per-experience checkpoints and resuming inside a run (benchmark/checkpoints/), in-process:
 what a checkpoint holds (the live run's state, restored into a freshly built strategy), atomic
 writes, state that cannot be checkpointed, settings refused on resume, ``--restart``,
 ``--keep-checkpoints``, removal after the record, the W&B run continued (a fake wandb), and
-``tune`` resuming. The kill tests in real processes are in ``test_checkpoints_kill.py``.
+``tune`` resuming. The kill tests in real processes are in
+``tests/system/test_checkpoints_kill.py``.
 """
 
 from __future__ import annotations
@@ -18,27 +19,22 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from benchmark import checkpoints, cli, runner, tracking
-from benchmark.checkpoints import TIMING_KEYS, CheckpointError
+from benchmark import checkpoints, cli, tracking
+from benchmark.checkpoints import CheckpointError
+from benchmark.checkpoints import state as checkpoint_state
+from benchmark.checkpoints import store as checkpoint_store
+from benchmark.experiment import Experiment
 from benchmark.records import read_record, record_path
-from benchmark.runner import Experiment
+from benchmark.run import executors, runner
 from strategies import STRATEGIES
+from tests.support.cli import tree
+from tests.support.records import comparable
+from tests.support.runs import BASE_ONE_THREAD as BASE
 
 SCENARIO = "split-digits"
-BASE = ["--no-progress", "--wandb", "disabled", "--threads", "1"]
-
-
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """One torch thread, as the command line's default ``--threads 1``."""
-
-
-def comparable(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in TIMING_KEYS}
-
-
-def tree(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
 
 
 class Stop(Exception):
@@ -55,12 +51,12 @@ def stop_after(monkeypatch, task: int, exc: type[BaseException] = KeyboardInterr
         if done == task:
             raise exc
 
-    monkeypatch.setattr(checkpoints, "after_save", after_save)
+    monkeypatch.setattr(checkpoint_store, "after_save", after_save)
 
 
 def run(exp: Experiment, out: Path, **kw) -> dict:
     path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
-    return runner.run_and_write(exp, path, None, out=out, data_root=Path("data"),
+    return executors.run_and_write(exp, path, None, out=out, data_root=Path("data"),
                                 device="cpu", log=kw.pop("log", lambda m: None), **kw)
 
 
@@ -111,13 +107,13 @@ def _same(a: Any, b: Any, ka, kb, where: str, depth: int = 0) -> None:
 
 def assert_same_state(live, own_live, restored, own_restored) -> None:
     """The restored strategy continues from where the live one was."""
-    ka, kb = checkpoints._Relink(live), checkpoints._Relink(restored)
+    ka, kb = checkpoint_state._Relink(live), checkpoint_state._Relink(restored)
     sa, sb = live.model.state_dict(), restored.model.state_dict()
     assert list(sa) == list(sb)
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"model {k}"
-    _same(checkpoints._module_attributes(live.model),
-          checkpoints._module_attributes(restored.model), ka, kb, "model attributes")
+    _same(checkpoint_state._module_attributes(live.model),
+          checkpoint_state._module_attributes(restored.model), ka, kb, "model attributes")
     names_a = {id(p): n for n, p in live.model.named_parameters()}
     names_b = {id(p): n for n, p in restored.model.named_parameters()}
     assert type(live.optimizer) is type(restored.optimizer)
@@ -127,12 +123,12 @@ def assert_same_state(live, own_live, restored, own_restored) -> None:
     state_b = {names_b[id(p)]: s for p, s in restored.optimizer.state.items()}
     _same(state_a, state_b, ka, kb, "optimizer state")
     assert (list(live.optimized_param_id or {}) == list(restored.optimized_param_id or {}))
-    kept_a = checkpoints._kept_plugins(live, own_live)
-    kept_b = checkpoints._kept_plugins(restored, own_restored)
+    kept_a = checkpoint_state._kept_plugins(live, own_live)
+    kept_b = checkpoint_state._kept_plugins(restored, own_restored)
     assert [type(p) for _, p in kept_a] == [type(p) for _, p in kept_b]
     assert len(kept_a) >= 2  # the strategy's own plugin(s) and Avalanche's clock at least
     for (_, pa), (_, pb) in zip(kept_a, kept_b, strict=True):
-        skip = checkpoints._transient(pa)
+        skip = checkpoint_state._transient(pa)
         _same({k: v for k, v in vars(pa).items() if k not in skip},
               {k: v for k, v in vars(pb).items() if k not in skip}, ka, kb,
               type(pa).__name__)
@@ -295,7 +291,7 @@ def _generator():
 def test_state_that_cannot_be_restored_fails_naming_the_plugin(value, why):
     strategy, own = _built_strategy()
     if value == "experience":
-        from benchmark.scenarios import get_scenario, to_benchmark
+        from benchmark.data.scenarios import get_scenario, to_benchmark
 
         value = to_benchmark(get_scenario(SCENARIO).build(0, Path("data"))).train_stream[0]
     strategy.plugins.append(Holder(value))
@@ -385,7 +381,7 @@ def test_checkpoints_written_per_task_removed_after_the_record_or_kept(
         assert [p.name for p in Path(folder).iterdir()] == [path.name]  # the previous gone
         return path
 
-    monkeypatch.setattr(checkpoints, "write", write)
+    monkeypatch.setattr(checkpoint_store, "write", write)
     args = ["run", *BASE, "--scenario", SCENARIO, "--strategies", "si", "--epochs", "1"]
     assert cli.main([*args, "--out", "a"]) == 0
     assert written == [1, 2, 3, 4, 5]
@@ -486,11 +482,11 @@ def test_wandb_run_resumes_with_its_id_and_continues_its_history(tmp_path, monke
     with monkeypatch.context() as mp:
         stop_after(mp, 2)
         with pytest.raises(KeyboardInterrupt):
-            runner.run_all([exp], out, progress=False, tracker_factory=factory(),
+            executors.run_all([exp], out, progress=False, tracker_factory=factory(),
                            log=lambda m: None)
     assert len(fake.runs) == 1 and fake.runs[0].exit_codes == [1]  # aborted
     assert "resume" not in fake.runs[0].kwargs
-    runner.run_all([exp], out, progress=False, tracker_factory=factory(), log=lambda m: None)
+    executors.run_all([exp], out, progress=False, tracker_factory=factory(), log=lambda m: None)
     first, second = fake.runs
     assert second.id == first.id and second.kwargs["resume"] == "allow"
     assert second.exit_codes == [0]

@@ -1,4 +1,4 @@
-"""Tests of the command line (benchmark/cli.py), called in-process: an end-to-end run on the
+"""Tests of the command line (benchmark/cli/), called in-process: an end-to-end run on the
 embedded digits, resuming, ``list``, presets, and every bad input → exit 2, one ``error:``
 line on stderr, nothing written."""
 
@@ -11,34 +11,15 @@ import pytest
 import torch
 import yaml
 
-from benchmark import cli, runner
+from benchmark import cli
+from benchmark.data.scenarios import SCENARIOS
 from benchmark.records import read_record, record_path
-from benchmark.scenarios import SCENARIOS
+from benchmark.run import executors
 from strategies import STRATEGIES
-
-BASE = ["--no-progress", "--wandb", "disabled"]
-
+from tests.support.cli import assert_usage_error, run_cli, tree
+from tests.support.runs import BASE
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
-
-
-def run_cli(*args) -> int:
-    return cli.main(["run", *BASE, *map(str, args)])
-
-
-def tree(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def assert_usage_error(capsys, code: int, *fragments: str) -> str:
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error:"), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def assert_nothing_written(out: Path, cwd: Path):
@@ -85,13 +66,13 @@ def test_resume_runs_only_the_missing_record(tmp_path, capsys, monkeypatch):
     missing = record_path(out, "split-digits", "naive", 1)
     missing.unlink()
     ran = []
-    original = runner.run_experiment
+    original = executors.run_experiment
 
     def counting(exp, *args, **kwargs):
         ran.append(exp.seed)
         return original(exp, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_experiment", counting)
+    monkeypatch.setattr(executors, "run_experiment", counting)
     assert run_cli(*argv) == 0
     assert ran == [1]
     assert read_record(missing)["seed"] == 1
@@ -248,7 +229,7 @@ def test_validation_happens_before_any_training(tmp_path, capsys, in_tmp, monkey
     def must_not_run(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(runner, "run_experiment", must_not_run)
+    monkeypatch.setattr(executors, "run_experiment", must_not_run)
     # the second strategy's bad parameter must stop the first strategy's run too
     _bad(tmp_path, capsys, in_tmp, ["--strategies", "naive,ewc", "--set", "ewc.mode=weird"],
          "ewc.mode")

@@ -1,4 +1,4 @@
-"""Issue 15, items 4, 5, 6 and 8: bad inputs that used to fail at run time (or be accepted)
+"""The command line's input checks: bad inputs that used to fail at run time (or be accepted)
 are refused up front with one line and exit 2, writing nothing; every numeric parameter is
 finite and in range; a diverged run is written as strict JSON; silent defaults are errors or
 one-line warnings; the run record says which torch thread count trained it."""
@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli import assert_usage_error, run_cli, tree
 
 from benchmark import cli
+from benchmark.data.scenarios import SCENARIOS
+from benchmark.experiment import INPUT_SHAPES
 from benchmark.networks import (
     MAX_PARAMETERS,
     ModelConfig,
@@ -26,13 +27,12 @@ from benchmark.networks import (
     trunk_parameters,
 )
 from benchmark.records import RecordError, read_record, record_path, validate_record, write_record
-from benchmark.runner import INPUT_SHAPES
-from benchmark.scenarios import SCENARIOS
 from strategies import STRATEGIES, ConfigError, TrainConfig
-from strategies.config import from_overrides, public_key
-from strategies.recipe import RecipeConfig
+from strategies.common.config import from_overrides, public_key
+from strategies.training.recipe import RecipeConfig
+from tests.support.cli import assert_usage_error, run_cli, tree
 
-pytestmark = pytest.mark.usefixtures("in_tmp")
+pytestmark = [pytest.mark.usefixtures("in_tmp"), pytest.mark.issue(15)]
 
 
 def bad(tmp_path, capsys, in_tmp, args, *fragments, epochs=True) -> str:

@@ -13,15 +13,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark import cli
 from benchmark import grid as gridlib
 from benchmark.errors import BenchmarkError
+from benchmark.experiment import experiments_for
 from benchmark.records import record_name
-from benchmark.runner import experiments_for
 from strategies import ConfigError
-
-BASE = ["--no-progress", "--wandb", "disabled"]
-
+from tests.support.cli import plan_command, run_cli
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
@@ -169,10 +166,6 @@ def test_parse_grid():
 # ----------------------------------------------------------------------------- CLI
 
 
-def run_cli(*args) -> int:
-    return cli.main(["run", *BASE, *map(str, args)])
-
-
 @pytest.mark.parametrize("args,fragment", [
     (["--grid", "hat.smax=25,-1"], "hat.smax"),
     (["--grid", "hat.smax=abc"], "hat.smax"),
@@ -197,10 +190,6 @@ def test_bad_grid_or_jobs_is_a_usage_error(tmp_path, capsys, in_tmp, args, fragm
     assert not out.exists() and list(in_tmp.iterdir()) == []
 
 
-def _plan(*argv):
-    return cli.plan_run(cli.build_parser().parse_args(["run", *map(str, argv)]))
-
-
 def test_preset_grid_and_command_line_layers(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text(yaml.safe_dump({
@@ -208,7 +197,7 @@ def test_preset_grid_and_command_line_layers(tmp_path):
         "set": {"hat.c": 1.5, "train.lr": 0.01},
         "grid": {"hat.smax": [25, 100.0], "train.epochs": "1,2"}, "jobs": 3,
         "out": str(tmp_path / "o")}))
-    plan = _plan("--config", preset)
+    plan = plan_command("--config", preset)
     assert plan.jobs == 3
     assert plan.grid == {"hat.smax": ["25", "100"], "train.epochs": ["1", "2"]}
     assert len(plan.experiments) == 2 * (2 + 4)
@@ -219,8 +208,8 @@ def test_preset_grid_and_command_line_layers(tmp_path):
     assert all(e.overrides["hat"]["c"] == "1.5" for e in hat)
     # the command line replaces the preset's entry per key: --grid for a fixed value, --set or
     # --epochs for a grid key
-    plan = _plan("--config", preset, "--grid", "hat.c=0.1,4", "--epochs", "3", "--set",
-                 "hat.smax=50", "--jobs", "1")
+    plan = plan_command("--config", preset, "--grid", "hat.c=0.1,4", "--epochs", "3",
+                        "--set", "hat.smax=50", "--jobs", "1")
     assert plan.jobs == 1 and plan.grid == {"hat.c": ["0.1", "4"]}
     hat = [e for e in plan.experiments if e.strategy == "hat" and e.seed == 0]
     assert [e.tag for e in hat] == ["hat.c=0.1", "hat.c=4"]
@@ -248,10 +237,10 @@ def test_bad_preset_grid(tmp_path, capsys, in_tmp, data, fragment):
 
 
 def test_strategy_grid_keys_of_strategies_not_run_are_validated_and_ignored():
-    plan = _plan("--strategies", "naive", "--grid", "hat.smax=25,50", "--out", "o")
+    plan = plan_command("--strategies", "naive", "--grid", "hat.smax=25,50", "--out", "o")
     assert [(e.strategy, e.tag) for e in plan.experiments] == [("naive", "")]
     with pytest.raises(ConfigError):
-        _plan("--strategies", "naive", "--grid", "hat.smax=0", "--out", "o")
+        plan_command("--strategies", "naive", "--grid", "hat.smax=0", "--out", "o")
     assert not Path("o").exists()
 
 
@@ -266,9 +255,9 @@ def test_grid_point_count_matches_the_paper_robustness_grid():
 
 
 def test_a_fixed_task_to_train_alone_is_tagged():
-    plan = _plan("--strategies", "hat", "--set", "scenario.task=digits:2-3", "--out", "o")
+    plan = plan_command("--strategies", "hat", "--set", "scenario.task=digits:2-3", "--out", "o")
     [exp] = plan.experiments
     assert exp.tag == "scenario.task=digits:2-3"
     assert exp.overrides["scenario"] == {"task": "digits:2-3"}
     with pytest.raises(BenchmarkError, match="digits:0-1"):
-        _plan("--set", "scenario.task=nope", "--out", "o")
+        plan_command("--set", "scenario.task=nope", "--out", "o")

@@ -1,4 +1,4 @@
-"""The run record's issue-16 fields: the single-task reference (``single``), task-agnostic
+"""The run record's measurements: the single-task reference (``single``), task-agnostic
 accuracy (``strategies/agnostic.py``), the cost fields (``peak_memory_mb``, ``state_mb``,
 ``memory_samples``) and their validation; and presets naming several scenarios."""
 
@@ -16,24 +16,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from benchmark import cli
+from benchmark.experiment import Experiment
 from benchmark.records import RecordError, validate_record
-from benchmark.runner import Experiment, held_tensors_mb, memory_samples, run_experiment
+from benchmark.run.measures import held_tensors_mb, memory_samples
+from benchmark.run.runner import run_experiment
 from strategies import HATNet, MultiHeadNet
-from strategies.agnostic import agnostic_accuracy, agnostic_scorer
-
-FAST = {"train": {"epochs": 2}}
-_cache: dict = {}
-
+from strategies.training.agnostic import agnostic_accuracy, agnostic_scorer
+from tests.support.runs import FAST, run_cached
 
 # one torch thread (conftest's fixture): much faster for these tiny networks on shared cores
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cached(scenario: str, strategy: str) -> dict:
-    key = (scenario, strategy)
-    if key not in _cache:
-        _cache[key] = run_experiment(Experiment(scenario, strategy, 0, FAST))
-    return _cache[key]
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.issue(16)]
 
 
 # ------------------------------------------------------------------ single-task reference
@@ -200,7 +192,7 @@ def test_memory_samples_sum_the_plugins_memories():
     ("memory_samples", [1.5] * 5, "memory_samples"),
     ("memory_samples", [10] * 4, "memory_samples"),
 ])
-def test_bad_issue16_fields_are_refused(field, value, match):
+def test_bad_measurement_fields_are_refused(field, value, match):
     rec = dict(run_cached("split-digits", "naive"))
     validate_record(rec)
     rec[field] = value

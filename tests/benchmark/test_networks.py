@@ -264,7 +264,7 @@ def test_model_config_accepts_valid_values(kwargs):
 
 
 def test_model_config_from_strings():
-    from strategies.config import from_overrides
+    from strategies.common.config import from_overrides
 
     cfg = from_overrides(ModelConfig, {"family": "alexnet", "hidden": "64", "layers": "3",
                                        "dropout": "0.25"}, "model")
@@ -599,7 +599,7 @@ def test_stacked_heads_equal_the_per_task_heads(widths, seed):
     """A mixed-task batch through the stacked heads gives each sample its own head's logits
     (-inf beyond it) and the heads the gradients the per-task loop gives (float rounding
     aside), heads absent from the batch none."""
-    from strategies.models import MultiHeadNet
+    from strategies.common.multihead import MultiHeadNet
 
     torch.manual_seed(seed)
     net = MultiHeadNet(nn.Sequential(nn.Linear(5, 7), nn.ReLU()), 7, widths).eval()

@@ -8,24 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import _startup, cli
 from benchmark.errors import BenchmarkError
-from benchmark.parallel import expected_cost, longest_first
-from benchmark.runner import Experiment
+from benchmark.experiment import Experiment
+from benchmark.run import workers
+from benchmark.run.executors import expected_cost, longest_first
+from tests.support import ROOT
+from tests.support.cli import plan_command
 
-ROOT = Path(__file__).resolve().parents[1]
 TUNED = sorted((ROOT / "configs" / "tuned").glob("*.yaml"))
-
-
-def _plan(*argv):
-    return cli.plan_run(cli.build_parser().parse_args(["run", *map(str, argv)]))
 
 
 def test_several_presets_make_one_plan_with_each_presets_runs(tmp_path):
     assert len(TUNED) >= 2
     argv = [a for p in TUNED for a in ("--config", p)]
-    plan = _plan(*argv, "--seeds", "0,1", "--jobs", "2", "--out", tmp_path)
-    singles = [_plan("--config", p, "--seeds", "0,1", "--jobs", "2", "--out", tmp_path)
+    plan = plan_command(*argv, "--seeds", "0,1", "--jobs", "2", "--out", tmp_path)
+    singles = [plan_command("--config", p, "--seeds", "0,1", "--jobs", "2", "--out", tmp_path)
                for p in TUNED]
     assert plan.experiments == [e for s in singles for e in s.experiments]
     assert plan.jobs == 2 and plan.out == tmp_path
@@ -37,8 +34,8 @@ def test_several_presets_make_one_plan_with_each_presets_runs(tmp_path):
 
 
 def test_comma_separated_scenarios_make_one_plan(tmp_path):
-    plan = _plan("--scenario", "split-digits,permuted-digits", "--strategies", "naive,hat",
-                 "--out", tmp_path)
+    plan = plan_command("--scenario", "split-digits,permuted-digits", "--strategies",
+                        "naive,hat", "--out", tmp_path)
     assert [(e.scenario, e.strategy) for e in plan.experiments] == [
         ("split-digits", "naive"), ("split-digits", "hat"),
         ("permuted-digits", "naive"), ("permuted-digits", "hat")]
@@ -50,7 +47,7 @@ def test_comma_separated_scenarios_make_one_plan(tmp_path):
 ])
 def test_bad_scenario_lists_are_one_clear_error(tmp_path, argv, words):
     with pytest.raises(BenchmarkError, match=words):
-        _plan(*argv, "--out", tmp_path)
+        plan_command(*argv, "--out", tmp_path)
 
 
 def test_presets_that_disagree_or_overlap_are_refused(tmp_path):
@@ -59,11 +56,11 @@ def test_presets_that_disagree_or_overlap_are_refused(tmp_path):
     b.write_text(yaml.safe_dump({"scenario": "permuted-digits", "strategies": ["naive"],
                                  "out": str(tmp_path / "elsewhere")}))
     with pytest.raises(BenchmarkError, match="give one out for all"):
-        _plan("--config", a, "--config", b)
+        plan_command("--config", a, "--config", b)
     with pytest.raises(BenchmarkError, match="both run naive seed 0 on split-digits"):
-        _plan("--config", a, "--config", a, "--out", tmp_path)
+        plan_command("--config", a, "--config", a, "--out", tmp_path)
     with pytest.raises(BenchmarkError, match="drop --scenario"):
-        _plan("--config", a, "--config", b, "--scenario", "split-digits", "--out", tmp_path)
+        plan_command("--config", a, "--config", b, "--scenario", "split-digits", "--out", tmp_path)
 
 
 def test_longest_runs_go_first():
@@ -81,7 +78,7 @@ def test_longest_runs_go_first():
     (["run", "--jobs", "3"], 3), (["run", "--jobs=2"], 2), (["run"], 1),
     (["run", "--jobs", "x"], 1)])
 def test_jobs_are_read_before_the_parser(argv, jobs):
-    assert _startup._jobs(argv) == jobs
+    assert workers._jobs(argv) == jobs
 
 
 def test_the_command_line_marks_unused_solvers_absent():
@@ -89,7 +86,7 @@ def test_the_command_line_marks_unused_solvers_absent():
     import subprocess
     import sys
 
-    code = ("import benchmark._startup\n"
+    code = ("import benchmark.run.workers\n"
             "for name in ('jax', 'jaxopt'):\n"
             "    try:\n"
             "        __import__(name)\n"

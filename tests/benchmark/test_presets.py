@@ -12,14 +12,16 @@ import pytest
 import yaml
 
 from benchmark import cli
+from benchmark.data.scenarios import MIXTURE_SOURCES, SCENARIOS
 from benchmark.errors import BenchmarkError, DatasetMissingError
 from benchmark.records import read_record, record_name
-from benchmark.scenarios import MIXTURE_SOURCES, SCENARIOS
 from reports.build import build_report
-from reports.records import load_records
+from reports.load import load_records
 from strategies import STRATEGIES
+from tests.support import ROOT
+from tests.support.cli import plan_command
+from tests.support.runs import BASE
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 PAPER = {p.stem: p for p in (CONFIGS / "paper").glob("*.yaml")}
@@ -28,16 +30,11 @@ EMBEDDED = {p.stem: p for p in (CONFIGS / "embedded").glob("*.yaml")}
 NEW_BASELINES = ("sgd-f", "imm-mean", "imm-mode", "lfl", "pathnet", "pnn")
 ALL = ("hat", "naive", "sgd-f", "ewc", "imm-mean", "imm-mode", "lwf", "lfl", "pathnet", "pnn",
        "si", "joint")
-BASE = ["--no-progress", "--wandb", "disabled"]
-
-
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def _plan(path: Path, *extra, out: Path):
-    args = cli.build_parser().parse_args(
-        ["run", "--config", str(path), "--out", str(out), *map(str, extra)])
-    return cli.plan_run(args)
+    return plan_command("--config", path, "--out", out, *extra)
 
 
 def test_the_presets_exist():

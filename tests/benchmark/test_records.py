@@ -20,7 +20,7 @@ from benchmark.records import (
     validate_record,
     write_record,
 )
-from reports import render
+from reports import io as report_io
 
 T = 3
 
@@ -214,7 +214,7 @@ def _exploding_fsync(fd):
 
 def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch):
     path = tmp_path / "runs" / "a.json"
-    monkeypatch.setattr(render.os, "fsync", _exploding_fsync)
+    monkeypatch.setattr(report_io.os, "fsync", _exploding_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_record(path, good_record())
     assert not path.exists()
@@ -228,7 +228,7 @@ def test_failure_mid_write_keeps_the_existing_record(tmp_path, monkeypatch):
     before = path.read_bytes()
     new = good_record()
     new["seed"] = 7
-    monkeypatch.setattr(render.os, "fsync", _exploding_fsync)
+    monkeypatch.setattr(report_io.os, "fsync", _exploding_fsync)
     with pytest.raises(OSError):
         write_record(path, new)
     assert path.read_bytes() == before
@@ -241,7 +241,7 @@ def test_interrupt_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     path = tmp_path / "a.json"
-    monkeypatch.setattr(render.os, "fsync", interrupted)
+    monkeypatch.setattr(report_io.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_record(path, good_record())
     assert _files(tmp_path) == []
@@ -255,7 +255,7 @@ def test_failed_replace_leaves_no_temporary_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("replace failed")
 
-    monkeypatch.setattr(render.os, "replace", failing_replace)
+    monkeypatch.setattr(report_io.os, "replace", failing_replace)
     with pytest.raises(OSError, match="replace failed"):
         write_record(path, good_record(4))
     assert path.read_bytes() == before

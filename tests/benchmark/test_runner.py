@@ -1,6 +1,7 @@
-"""Tests of the experiment runner (benchmark/runner.py) on the embedded digits scenarios:
-determinism, the accuracy matrix, HAT's protection, joint training, recorded parameters, and
-``run_all``'s skip / resume / interruption behaviour. Few epochs, one CPU thread."""
+"""Tests of the experiment runner (benchmark/run/runner.py, executors.py) on the embedded
+digits scenarios: determinism, the accuracy matrix, HAT's protection, joint training, recorded
+parameters, and ``run_all``'s skip / resume / interruption behaviour. Few epochs, one CPU
+thread."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ import torch
 import torchvision
 from avalanche.training.supervised.joint_training import JointTraining
 
-from benchmark import runner
+from benchmark import experiment
+from benchmark.data.scenarios import get_scenario, random_accuracy
 from benchmark.errors import RunsFailed
+from benchmark.experiment import Experiment, resolve
 from benchmark.networks import CifarResNet
-from benchmark.records import TIMING_FIELDS, is_complete, read_record, record_path, validate_record
-from benchmark.runner import Experiment, RunHooks, resolve, run_all, run_experiment
-from benchmark.scenarios import get_scenario, random_accuracy
+from benchmark.records import is_complete, read_record, record_path, validate_record
+from benchmark.run import executors, runner
+from benchmark.run.executors import run_all
+from benchmark.run.runner import RunHooks, run_experiment
+from reports.schema import field_names
 from strategies import STRATEGIES, ConfigError, HATNet, TrainConfig, get_strategy
-
-FAST = {"train": {"epochs": 2}}
-TIMINGS = TIMING_FIELDS
+from tests.support.records import comparable
+from tests.support.runs import FAST, run_cached
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,22 +37,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-_cache: dict = {}
-
-
-def run_cached(scenario: str, strategy: str, seed: int = 0, overrides=None) -> dict:
-    """run_experiment, memoised for tests that only read the record."""
-    overrides = overrides or FAST
-    key = (scenario, strategy, seed, json.dumps(overrides, sort_keys=True))
-    if key not in _cache:
-        _cache[key] = run_experiment(Experiment(scenario, strategy, seed, overrides))
-    return _cache[key]
-
-
-def without_timings(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in TIMINGS}
-
-
 # ----------------------------------------------------------------------------- determinism
 
 
@@ -57,7 +45,7 @@ def test_same_seed_gives_identical_record(strategy):
     a = run_experiment(Experiment("split-digits", strategy, 3, FAST))
     b = run_experiment(Experiment("split-digits", strategy, 3, FAST))
     assert set(a) == set(b)
-    assert without_timings(a) == without_timings(b)
+    assert comparable(a) == comparable(b)
     # history entries are compared fully: they hold no timing fields
     assert a["history"] == b["history"]
     assert all(len(h) == e for h, e in zip(a["history"], a["epochs"], strict=True))
@@ -73,7 +61,7 @@ def test_different_seed_gives_different_accuracy():
 def test_prebuilt_scenario_gives_the_same_record():
     scen = get_scenario("split-digits").build(0)
     rec = run_experiment(Experiment("split-digits", "naive", 0, FAST), scen)
-    assert without_timings(rec) == without_timings(run_cached("split-digits", "naive", 0))
+    assert comparable(rec) == comparable(run_cached("split-digits", "naive", 0))
 
 
 # ----------------------------------------------------------------------------- the record
@@ -83,6 +71,7 @@ def test_prebuilt_scenario_gives_the_same_record():
 def test_record_shape_and_ranges(strategy):
     rec = run_cached("split-digits", strategy)
     validate_record(rec)
+    assert tuple(rec) == field_names()  # the record contract's fields, in its order
     scen = get_scenario("split-digits").build(0)
     n = scen.n_tasks
     assert n == 5
@@ -403,8 +392,8 @@ def test_run_all_writes_records_and_skips_complete_ones(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("run_experiment called for a complete record")
 
-    monkeypatch.setattr(runner, "run_experiment", must_not_run)
-    monkeypatch.setattr(runner, "get_scenario", must_not_run)  # not even the data are built
+    monkeypatch.setattr(executors, "run_experiment", must_not_run)
+    monkeypatch.setattr(executors, "get_scenario", must_not_run)  # not even the data are built
     log.clear()
     again = run_all(_exps(), out, progress=False, log=log.append)
     assert again == paths
@@ -427,7 +416,7 @@ def test_run_all_reruns_a_corrupt_record(tmp_path, monkeypatch):
         ran.append(exp.strategy)
         return original(exp, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_experiment", counting)
+    monkeypatch.setattr(executors, "run_experiment", counting)
     log: list[str] = []
     run_all(_exps(), out, progress=False, log=log.append)
     assert ran == ["naive"]
@@ -479,7 +468,7 @@ def test_interruption_keeps_earlier_finished_records(tmp_path):
 
 
 def test_experiments_for_orders_seeds_outermost():
-    exps = runner.experiments_for("split-digits", ["naive", "hat"], [0, 1], FAST, tag="x")
+    exps = experiment.experiments_for("split-digits", ["naive", "hat"], [0, 1], FAST, tag="x")
     assert [(e.seed, e.strategy) for e in exps] == [(0, "naive"), (0, "hat"), (1, "naive"),
                                                     (1, "hat")]
     assert all(e.tag == "x" and e.overrides == FAST for e in exps)
@@ -576,7 +565,7 @@ def test_layerwise_strategies_refuse_resnets(strategy, family):
     assert msg.startswith(f"{strategy} rebuilds the trunk layer by layer")
     assert "model.family mlp or alexnet only, not " + family in msg and "\n" not in msg
     for ok in ("mlp", "alexnet"):
-        assert runner.LAYERWISE_FAMILIES[strategy] == ("mlp", "alexnet")
+        assert get_strategy(strategy).families == ("mlp", "alexnet")
         _resolve("cifar", strategy, model={"family": ok})
 
 
@@ -604,7 +593,7 @@ def test_record_keeps_only_the_model_keys_that_apply(model, keys):
     folders stay resumable); ResNet records add theirs."""
     exp = Experiment("split-digits", "naive", 0, {"model": model} if model else {})
     spec = get_scenario("split-digits")
-    params = runner.record_params(exp, resolve(exp, spec.valid_fraction, spec.embedded,
+    params = experiment.record_params(exp, resolve(exp, spec.valid_fraction, spec.embedded,
                                                spec.network))
     assert set(params["model"]) == keys
     assert None not in params["model"].values()
@@ -640,7 +629,7 @@ def test_every_strategy_trains_a_resnet_or_refuses_it(strategy, family, monkeypa
     if strategy == "packnet":  # (its 10 retraining epochs after pruning: one is enough here)
         over["packnet"] = {"post_prune_epochs": "1"}
     exp = Experiment("split-digits", strategy, 0, over)
-    if strategy in runner.LAYERWISE_FAMILIES:
+    if get_strategy(strategy).families is not None:
         with pytest.raises(ConfigError, match=f"^{strategy} rebuilds the trunk"):
             run_experiment(exp, tiny_digits())
         assert built == []

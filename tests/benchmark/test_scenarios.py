@@ -1,5 +1,5 @@
-"""Tests of the scenario registry and the source-dataset loaders (benchmark/scenarios.py,
-benchmark/datasets.py). No download: torchvision's MNIST path runs on tiny IDX files written
+"""Tests of the scenario registry and the source-dataset loaders (benchmark/data/scenarios.py,
+benchmark/data/datasets.py). No download: torchvision's MNIST path runs on tiny IDX files written
 here; CIFAR/SVHN/GTSRB (checksummed by torchvision) are replaced by in-memory fakes where only
 the composition logic is under test."""
 
@@ -14,9 +14,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from benchmark import datasets as ds
-from benchmark.errors import DatasetMissingError, UnknownNameError
-from benchmark.scenarios import (
+from benchmark.data import datasets as ds
+from benchmark.data.scenarios import (
     MIXTURE_SOURCES,
     SCENARIOS,
     TaskData,
@@ -25,6 +24,7 @@ from benchmark.scenarios import (
     random_accuracy,
     to_benchmark,
 )
+from benchmark.errors import DatasetMissingError, UnknownNameError
 
 ALL_NAMES = {
     "split-digits", "permuted-digits", "mnist2", "pmnist", "cifar", "mixture",
@@ -120,6 +120,18 @@ def test_registry_entries_and_listing():
     assert SCENARIOS["cifar"].network == "alexnet" and SCENARIOS["pmnist"].network == "mlp"
     assert set(SCENARIOS["mixture"].sources) == set(MIXTURE_SOURCES) and len(MIXTURE_SOURCES) == 8
     assert SCENARIOS["mixture"].valid_fraction == 0.15 and SCENARIOS["cifar"].valid_fraction == 0.1
+
+
+def test_specs_declare_their_input_shape():
+    """Each spec's input shape is known before any data are read, and is the built one's."""
+    digits, mnist, rgb = (1, 8, 8), (1, 28, 28), (3, 32, 32)
+    assert {name: spec.input_shape for name, spec in SCENARIOS.items()} == {
+        "split-digits": digits, "permuted-digits": digits, "mnist2": mnist, "pmnist": mnist,
+        "split-mnist": mnist, "permuted-mnist": mnist, "split-fmnist": mnist, "cifar": rgb,
+        "mixture": rgb, "split-cifar10": rgb, "split-cifar100": rgb,
+    }
+    for name in ("split-digits", "permuted-digits"):
+        assert get_scenario(name).build(0).input_shape == SCENARIOS[name].input_shape
 
 
 def test_unknown_scenario_lists_valid_names():
@@ -347,6 +359,7 @@ def test_mnist2_on_idx_files(mnist_root):
     root, files = mnist_root
     sc = get_scenario("mnist2").build(0, root)
     assert sc.n_tasks == 2 and sc.input_shape == (1, 28, 28) and sc.classes_per_task == [5, 5]
+    assert sc.input_shape == get_scenario("mnist2").input_shape
     assert [t.classes for t in sc.tasks] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     images, labels = files["train"]
     scaled = images.astype(np.float64) / 255
@@ -365,6 +378,7 @@ def test_pmnist_on_idx_files(mnist_root):
     spec = get_scenario("pmnist")
     sc = spec.build(0, root)
     assert sc.n_tasks == 10 and sc.input_shape == (1, 28, 28) and sc.classes_per_task == [10] * 10
+    assert sc.input_shape == spec.input_shape
     raw = ds.load_source("mnist", root)
     mean, std = ds.channel_stats(raw.train_x)
     base = ds.normalise(raw.train_x, mean, std)
@@ -385,6 +399,7 @@ def test_split_mnist_and_fmnist_on_idx_files(tmp_path):
     for name in ("split-mnist", "split-fmnist"):
         sc = get_scenario(name).build(0, tmp_path)
         assert sc.n_tasks == 5 and sc.input_shape == (1, 28, 28)
+        assert sc.input_shape == get_scenario(name).input_shape
         assert sc.classes_per_task == [2] * 5
         for i, t in enumerate(sc.tasks):
             assert t.classes == (2 * i, 2 * i + 1)
@@ -476,6 +491,7 @@ def test_cifar_composition_and_order(monkeypatch, tmp_path):
     spec.check_available(tmp_path)
     sc = spec.build(0, tmp_path)
     assert sc.n_tasks == 10 and sc.input_shape == (3, 32, 32) and sc.valid_fraction == 0.1
+    assert sc.input_shape == spec.input_shape
     assert sorted(sc.classes_per_task) == [2] * 5 + [20] * 5
     names = [t.name for t in sc.tasks]
     assert set(names) == {f"cifar10:{2 * i}-{2 * i + 1}" for i in range(5)} | {
@@ -499,6 +515,7 @@ def test_mixture_composition(monkeypatch, tmp_path):
     spec = get_scenario("mixture")
     sc = spec.build(3, tmp_path)
     assert sc.n_tasks == 8 and sc.input_shape == (3, 32, 32) and sc.valid_fraction == 0.15
+    assert sc.input_shape == spec.input_shape
     by_name = {t.name: t for t in sc.tasks}
     assert set(by_name) == set(MIXTURE_SOURCES)
     for name, (n, _) in shapes.items():
@@ -513,7 +530,7 @@ def test_mixture_composition(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers of benchmark.datasets
+# helpers of benchmark.data.datasets
 
 
 def test_channel_stats_exact_and_rgb32():

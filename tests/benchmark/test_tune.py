@@ -1,4 +1,4 @@
-"""Hyperparameter selection on validation data (benchmark/tune.py, ``python -m benchmark tune``)
+"""Hyperparameter selection on validation data (benchmark/tuning.py, ``python -m benchmark tune``)
 and the presets it writes (``run --config``)."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from benchmark import cli, tune
+from benchmark import cli
+from benchmark import tuning as tune
+from benchmark.data.scenarios import SCENARIOS, get_scenario
+from benchmark.experiment import Experiment, resolve
 from benchmark.grid import canonical_value
 from benchmark.records import read_record
-from benchmark.runner import Experiment, resolve
-from benchmark.scenarios import SCENARIOS, get_scenario
 from strategies import STRATEGIES, ConfigError
 
 
@@ -93,8 +94,8 @@ def test_clipgrad_defaults_to_each_strategy_reference_value():
 
 
 def test_the_runner_clips_with_the_strategy_bound(monkeypatch, one_thread):
-    from benchmark import runner
-    from strategies.clip import GradientClipPlugin
+    from benchmark.run import runner
+    from strategies.training.clipping import GradientClipPlugin
 
     seen = []
     orig = GradientClipPlugin.before_update
@@ -246,7 +247,7 @@ def test_valid_accuracy_is_measured_on_exactly_the_recipes_held_out_samples(monk
                                                                              one_thread):
     """The validation matrix and the recipe's early stopping see the same samples: those the
     recipe held out of each task's training data."""
-    from benchmark import runner
+    from benchmark.run import runner
     from strategies import TrainingRecipePlugin, materialize
 
     held_out = []

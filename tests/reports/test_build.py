@@ -3,17 +3,15 @@ computed here independently (plain Python, not reports.metrics)."""
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import statistics
-from pathlib import Path
 
 import pytest
-from scipy import stats
 
 from reports.cli import main
 from reports.synthetic import make_record, synthetic_records, write_records
+from tests.support.records import hand_ci, read_csv
 
 SCENARIOS = {"syn-3": 3, "syn-5": 5}
 STRATEGIES = ("hat", "ewc", "sgd", "joint")
@@ -33,14 +31,6 @@ def hand_rho_curve(acc, joint, rnd):
     return out
 
 
-def hand_ci(values):
-    n = len(values)
-    if n < 2:
-        return statistics.fmean(values), math.nan
-    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return statistics.fmean(values), half
-
-
 def hand_final(acc):
     return sum(acc[-1]) / len(acc)
 
@@ -53,11 +43,6 @@ def hand_bwt(acc):
 def hand_forgetting(acc):
     n = len(acc)
     return sum(max(acc[t][u] for t in range(u, n - 1)) - acc[-1][u] for u in range(n - 1)) / (n - 1)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def by_key(records):
@@ -191,7 +176,7 @@ def test_summary_csv_equals_hand_computation(full):
     out, recs = full
     funcs = {"final_acc": hand_final, "bwt": hand_bwt, "forgetting": hand_forgetting}
     rows = read_csv(out / "syn-5" / "summary.csv")
-    assert len(rows) == len(STRATEGIES) * 10  # tests/test_reports_cost.py checks the other 7
+    assert len(rows) == len(STRATEGIES) * 10  # test_summary.py checks the other 7
     for row in rows:
         if row["metric"] not in funcs:
             continue
@@ -327,7 +312,7 @@ def test_figures_and_text_files_get_the_usual_permissions(tmp_path):
     import numpy as np
 
     from reports.figures import plot_acc_matrix
-    from reports.render import write_text
+    from reports.io import write_text
 
     (tmp_path / "plain.txt").write_text("x")
     usual = (tmp_path / "plain.txt").stat().st_mode & 0o777
@@ -341,7 +326,7 @@ def test_figures_and_text_files_get_the_usual_permissions(tmp_path):
 def test_compression_uses_the_newest_of_duplicate_records_whatever_their_layers():
     """The layer list comes from the de-duplicated records: a newer duplicate with other
     layers replaces the older one instead of leaving no record (and crashing)."""
-    from reports.tables import _compression
+    from reports.tables.hat import compression
 
     def rec(created, layers):
         n = len(layers)
@@ -351,7 +336,7 @@ def test_compression_uses_the_newest_of_duplicate_records_whatever_their_layers(
                         "units_kept": [0.5]}}
 
     notes: list[str] = []
-    cap = _compression([rec("2026-01-01", ["l1"]), rec("2026-02-01", ["l1", "l2"])], notes)
+    cap = compression([rec("2026-01-01", ["l1"]), rec("2026-02-01", ["l1", "l2"])], notes)
     assert cap is not None and cap.layers == ["l1", "l2"] and cap.tasks == ["a"] and cap.n == 1
     assert any("duplicate record" in n for n in notes)
 
@@ -360,7 +345,7 @@ def test_compression_takes_each_layers_kept_weights_from_the_record_when_given()
     """Residual networks: a layer's input gate is not the previous layer's, so the chain
     product of ``used`` is wrong there; the record's ``layer_weights_kept`` is used instead
     (older records without it keep the chain product)."""
-    from reports.tables import _compression
+    from reports.tables.hat import compression
 
     def rec(seed, given):
         hat = {"layers": ["conv1", "block.conv2", "block.shortcut"],
@@ -370,7 +355,27 @@ def test_compression_takes_each_layers_kept_weights_from_the_record_when_given()
         return {"strategy": "hat", "seed": seed, "tag": "alone-a", "created": "2026-01-01",
                 "_source": str(seed), "task_names": ["a"], "hat": hat}
 
-    cap = _compression([rec(0, True)], [])
+    cap = compression([rec(0, True)], [])
     assert cap.layer_weights_kept[:, 0].tolist() == [0.5, 0.0625, 0.125]
-    chain = _compression([rec(0, False)], [])
+    chain = compression([rec(0, False)], [])
     assert chain.layer_weights_kept[:, 0].tolist() == [0.5, 0.125, 0.0625]
+
+
+def test_every_file_of_the_report_belongs_to_one_artifact(tmp_path):
+    """ARTIFACTS drives writing, index.md and stale-file removal: every written file matches
+    exactly one artifact's pattern, and index.md links every file."""
+    import fnmatch
+
+    from reports.build import ARTIFACTS, build_report
+    from reports.synthetic import synthetic_records
+
+    recs = synthetic_records({"syn-3": 3}, ("hat", "ewc", "joint"), (0, 1), hat_stats=True,
+                             costs=True, grid=([25.0, 400.0], [0.5, 2.5]))
+    result = build_report(recs, tmp_path / "r", workers=1)
+    index = result.index.read_text(encoding="utf-8")
+    for p in result.files:
+        if p == result.index:
+            continue
+        owners = [a.pattern for a in ARTIFACTS if fnmatch.fnmatch(p.name, a.pattern)]
+        assert len(owners) == 1, (p.name, owners)
+        assert f"syn-3/{p.name}" in index

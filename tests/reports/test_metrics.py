@@ -177,7 +177,7 @@ def test_validation_criterion_rejects_non_square(bad):
         metrics.validation_criterion(bad)
 
 
-# --- forward transfer, intransigence, task-agnostic accuracy (issue 16) ------------------------
+# --- forward transfer, intransigence, task-agnostic accuracy -------------------------------------
 
 # single-task references: row t = task t trained alone (only the diagonal is read)
 S3 = [[0.85, 0.50, 0.50], [0.50, 0.70, 0.50], [0.50, 0.50, 0.99]]

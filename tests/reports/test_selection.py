@@ -3,7 +3,6 @@ sensitivity figure and its CSV, against values written or computed here."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -15,16 +14,12 @@ import pytest
 
 from reports.cli import main
 from reports.figures import log_axis, plot_sensitivity
-from reports.records import RecordWarning, load_records
+from reports.load import RecordWarning, load_records
 from reports.synthetic import make_accuracy, make_record, synthetic_records, write_records
 from reports.tables import compute_report
+from tests.support.records import read_csv
 
 SEEDS = (0, 1)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def selection(space: dict, chosen: dict, values: dict[tuple, float], **extra) -> dict:
@@ -275,7 +270,8 @@ def test_sensitivity_panels_for_one_two_three_keys_and_text_values(tmp_path):
 
 
 def _write_csv(tmp_path: Path, rep) -> Path:
-    from reports.render import sensitivity_csv, write_text
+    from reports.io import write_text
+    from reports.render import sensitivity_csv
 
     return write_text(tmp_path / "s.csv", sensitivity_csv(rep.sensitivity))
 

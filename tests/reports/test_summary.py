@@ -1,24 +1,22 @@
-"""Issue 16 in the report: FWT, intransigence, task-agnostic accuracy, training time, peak
-memory and rehearsal samples in the summary; the cost figure; the references (joint, single)
+"""The summary's transfer and cost columns: FWT, intransigence, task-agnostic accuracy,
+training time, peak memory and rehearsal samples; the cost figure; the references (joint, single)
 kept out of Table 1, the ρ figure and the cost figure. Numbers are checked against values
 computed here in plain Python (not reports.metrics); figures through the data they are given.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import statistics
 from pathlib import Path
 
 import pytest
-from scipy import stats
 
 from reports import build, figures
 from reports.cli import main
 from reports.synthetic import make_costs, make_record, synthetic_records, write_records
 from reports.tables import SUMMARY_METRICS, compute_report
+from tests.support.records import hand_ci, read_csv
 
 SC = "c4"
 T = 4
@@ -26,17 +24,7 @@ SEEDS = (0, 1, 2)
 METHODS = ("hat", "ewc", "replay", "sgd", "packnet")
 STRATEGIES = (*METHODS, "joint", "single")
 
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def hand_ci(values):
-    if len(values) < 2:
-        return statistics.fmean(values), math.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return statistics.fmean(values), half
+pytestmark = pytest.mark.issue(16)
 
 
 def close(got: str | float, want: float, tol: float = 1e-9) -> bool:
@@ -83,7 +71,7 @@ def full(tmp_path_factory):
     write_records(root, records)
     out = root / "report"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(figures, "plot_acc_matrix", _no_figure)  # tested in test_reports.py
+        mp.setattr(figures, "plot_acc_matrix", _no_figure)  # tested in test_build.py
         assert main(["--results", str(root), "--out", str(out), "--jobs", "1"]) == 0
     return out, {(r["strategy"], r["seed"]): r for r in records}
 
@@ -176,8 +164,8 @@ def test_cost_files_written_indexed_and_csv_equals_hand(full):
 
 
 def test_figures_get_every_method_and_no_reference(tmp_path, monkeypatch):
-    """The ρ figure and the cost figure are given every method (about 20 of them once issue 16
-    lands), never joint or single; the cost points are the summary's numbers."""
+    """The ρ figure and the cost figure are given every method (about 20 of them), never joint
+    or single; the cost points are the summary's numbers."""
     many = ("hat", "agem", "der", "er-ace", "ewc", "gdumb", "icarl", "imm-mean", "imm-mode",
             "lfl", "lwf", "naive", "packnet", "pathnet", "pnn", "replay", "sgd-f", "si")
     write_records(tmp_path, synthetic_records({"m": 3}, (*many, "joint", "single"), (0, 1),
@@ -195,7 +183,7 @@ def test_figures_get_every_method_and_no_reference(tmp_path, monkeypatch):
     for name in ("plot_rho_vs_t", "plot_cost"):
         monkeypatch.setattr(figures, name, spy(name))
     monkeypatch.setattr(figures, "plot_acc_matrix", _no_figure)  # 20 of them: slow
-    from reports.records import load_records
+    from reports.load import load_records
 
     result = build.build_report(load_records(tmp_path), tmp_path / "r", workers=1)
     rep = result.reports["m"]
@@ -219,7 +207,7 @@ def test_figures_get_every_method_and_no_reference(tmp_path, monkeypatch):
 
 
 def test_older_records_show_no_data_and_how_to_get_fwt(tmp_path, monkeypatch):
-    """Records written before issue 16 (no agnostic_accuracy, peak_memory_mb,
+    """Records written before the cost fields (no agnostic_accuracy, peak_memory_mb,
     memory_samples) and no single records: "–" cells, no crash, the command for single."""
     monkeypatch.setattr(figures, "plot_acc_matrix", _no_figure)
     write_records(tmp_path, synthetic_records({"old": 3}, ("hat", "ewc", "joint"), SEEDS,

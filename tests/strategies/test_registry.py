@@ -7,17 +7,6 @@ import dataclasses
 import pytest
 import torch
 from avalanche.training.templates import SupervisedTemplate
-from helpers_strategies import (
-    MLP_SHAPE,
-    ChangeRecorder,
-    fast_plugins,
-    hat_net,
-    keep_subnormals,  # noqa: F401  (autouse fixture)
-    make_stream,
-    mlp_trunk,
-    multihead_net,
-    quiet_evaluator,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,11 +18,22 @@ from strategies import (
     TrainConfig,
     TrainingRecipePlugin,
     get_strategy,
-    loop,
     make_optimizer,
 )
-from strategies.config import from_overrides
+from strategies.common.config import from_overrides
 from strategies.registry import BuildContext
+from strategies.training import lean_loop
+from tests.support.trunks import (
+    MLP_SHAPE,
+    ChangeRecorder,
+    fast_plugins,
+    hat_net,
+    keep_subnormals,  # noqa: F401  (autouse fixture)
+    make_stream,
+    mlp_trunk,
+    multihead_net,
+    quiet_evaluator,
+)
 
 EXPECTED = {"naive", "ewc", "lwf", "si", "hat", "joint"}
 
@@ -214,7 +214,7 @@ def test_train_config_validation(kw):
 
 
 @pytest.mark.parametrize(
-    ("opt", "cls"), [("sgd", loop.SGD), ("adam", torch.optim.Adam),
+    ("opt", "cls"), [("sgd", lean_loop.SGD), ("adam", torch.optim.Adam),
                      ("adamw", torch.optim.AdamW)],
 )
 def test_make_optimizer_uses_the_config(opt, cls):
@@ -235,7 +235,9 @@ def test_si_penalty_is_not_silently_zero_on_cpu():
     fine-tuning). With SIPlugin the second task trains differently from Naive, and the
     snapshots do not share storage with the parameters."""
     from avalanche.training import Naive
-    from helpers_strategies import (
+
+    from strategies.baselines.si import SIPlugin, SynapticIntelligence
+    from tests.support.trunks import (
         MLP_SHAPE,
         fast_plugins,
         make_stream,
@@ -243,8 +245,6 @@ def test_si_penalty_is_not_silently_zero_on_cpu():
         multihead_net,
         quiet_evaluator,
     )
-
-    from strategies.si import SIPlugin, SynapticIntelligence
 
     bm, _, _ = make_stream(2, MLP_SHAPE)
     finals = {}

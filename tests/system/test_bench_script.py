@@ -1,4 +1,4 @@
-"""scripts/bench.py (``make bench``) runs end to end and writes what issue 6 asks for.
+"""scripts/bench.py (``make bench``) runs end to end and writes its side-by-side ratios.
 
 A smoke run on few samples: the timings themselves are not checked here (they are measured
 side by side by the script, never by a timed unit test), only that every measured quantity
@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def test_bench_smoke_run_writes_ratios_and_breakdown(tmp_path):

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import _startup, checkpoints, cli
+from benchmark import checkpoints, cli
+from benchmark.experiment import Experiment
 from benchmark.records import read_record, record_name, record_path
-from benchmark.runner import Experiment
+from benchmark.run import workers
 from strategies import STRATEGIES
+from tests.support.records import comparable
 
 SCENARIO = "split-digits"
 EPOCHS = "2"
@@ -39,10 +41,6 @@ def argv(strategies, out: Path, *extra: str) -> list[str]:
     return ["run", "--scenario", SCENARIO, "--strategies", ",".join(strategies), "--seeds",
             "0", "--epochs", EPOCHS, "--out", str(out), "--threads", "1", "--wandb",
             "disabled", "--no-progress", *extra]
-
-
-def comparable(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in checkpoints.TIMING_KEYS}
 
 
 def stem(strategy: str) -> str:
@@ -61,23 +59,23 @@ def _command(args: list[str], cwd: str, log: str, kill_after: str | None,
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     if sigterm_at_task is not None:
-        from benchmark import runner
+        from benchmark.run import measures
 
-        real = runner._History.after_training_epoch
+        real = measures._History.after_training_epoch
 
         def after_training_epoch(self, strategy, **kw):
             real(self, strategy, **kw)
             if strategy.clock.train_exp_counter == sigterm_at_task and len(self.entries) == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # after the first epoch of the task
 
-        runner._History.after_training_epoch = after_training_epoch
+        measures._History.after_training_epoch = after_training_epoch
     sys.exit(cli.main(args))
 
 
 def _context():
     ctx = mp.get_context("forkserver")
     # (when another test started the server already, its preload imported the suite too)
-    ctx.set_forkserver_preload([*_startup.PRELOAD, "benchmark.cli"])
+    ctx.set_forkserver_preload([*workers.PRELOAD, "benchmark.cli"])
     return ctx
 
 
@@ -182,12 +180,12 @@ def test_sigterm_during_an_experience_leaves_a_usable_checkpoint(tmp_path, refer
 def test_jobs_path_resumes_too(tmp_path, reference, in_tmp):
     """``python -m benchmark run --jobs 2``: its workers SIGKILL themselves after task 2
     (the pool breaks, exit 1); the rerun with --jobs 2 resumes both runs."""
-    from test_hardening_processes import _env  # (here: the forked commands skip its imports)
+    from tests.support import subprocess_env  # (here: the forked commands skip its imports)
 
     names = ["naive", "hat"]
     out = tmp_path / "out"
     (tmp_path / "home").mkdir()
-    env = {**_env(tmp_path), checkpoints.KILL_ENV: "2"}
+    env = {**subprocess_env(tmp_path), checkpoints.KILL_ENV: "2"}
     proc = subprocess.run([sys.executable, "-m", "benchmark", *argv(names, out, "--jobs", "2")],
                           cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import csv
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from record_expected import CSV, RUNS, overrides_text  # noqa: E402
 
-from benchmark.runner import Experiment, run_experiment  # noqa: E402
+from benchmark.experiment import Experiment  # noqa: E402
+from benchmark.run.runner import run_experiment  # noqa: E402
 
 
 def _expected() -> dict:

@@ -1,4 +1,4 @@
-"""Tests of the parallel paths (benchmark/parallel.py): worker processes (``--jobs``) and Ray
+"""Tests of the parallel paths (benchmark/run/executors.py): worker processes (``--jobs``) and Ray
 tasks (``--ray``) give the same records as the sequential run; a failing run or Ctrl-C in the
 parent leaves only complete records, and rerunning finishes the grid."""
 
@@ -11,22 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import cli, parallel
+from benchmark import cli
 from benchmark import grid as gridlib
-from benchmark.parallel import RunsFailed, WorkerSettings, run_pool, run_ray
-from benchmark.records import TIMING_FIELDS, read_record, record_name, record_path
-from benchmark.runner import run_all
-
-BASE = ["--no-progress", "--wandb", "disabled", "--threads", "1"]
-TIMINGS = TIMING_FIELDS
-
+from benchmark.records import read_record, record_name, record_path
+from benchmark.run import executors as parallel
+from benchmark.run.executors import RunsFailed, WorkerSettings, run_all, run_pool, run_ray
+from tests.support.records import read_comparable
+from tests.support.runs import BASE_ONE_THREAD as BASE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as the workers: --threads 1
-
-
-def comparable(path: Path) -> dict:
-    rec = read_record(path)
-    return {k: v for k, v in rec.items() if k not in TIMINGS}
 
 
 def leftovers(out: Path) -> list[str]:
@@ -55,7 +48,7 @@ def sequential(tmp_path_factory):
         paths = run_all(_grid_exps(), out, progress=False, log=lambda m: None)
     finally:
         torch.set_num_threads(before)
-    return {p.name: comparable(p) for p in paths}
+    return {p.name: read_comparable(p) for p in paths}
 
 
 def test_two_workers_give_the_sequential_records_and_a_failed_run_is_retried(
@@ -86,7 +79,7 @@ def test_two_workers_give_the_sequential_records_and_a_failed_run_is_retried(
     done = sorted(p.name for p in (out / "runs").iterdir())
     assert done == sorted(n for n in sequential if n != blocked.name)
     for name in done:
-        assert comparable(out / "runs" / name) == sequential[name], name
+        assert read_comparable(out / "runs" / name) == sequential[name], name
 
     # rerun: only the failed point runs
     assert cli.main(argv) == 0
@@ -94,7 +87,7 @@ def test_two_workers_give_the_sequential_records_and_a_failed_run_is_retried(
     assert captured.out.count("skip ") == 2
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(sequential)
     for name, rec in sequential.items():
-        assert comparable(out / "runs" / name) == rec, name
+        assert read_comparable(out / "runs" / name) == rec, name
 
 
 def test_ctrl_c_in_the_parent_stops_the_workers_and_the_rerun_completes(tmp_path):
@@ -159,7 +152,7 @@ def test_ray_local_cluster_gives_the_sequential_records(tmp_path, sequential):
     assert sorted(p.name for p in paths) == sorted(sequential)
     assert len(lines) == len(sequential)
     for p in paths:
-        assert comparable(p) == sequential[p.name], p.name
+        assert read_comparable(p) == sequential[p.name], p.name
     assert leftovers(out) == []
 
 

@@ -1,11 +1,11 @@
-"""Issue 15, process handling and W&B: no worker outlives the command (SIGTERM or SIGKILL to
+"""Process handling and W&B in real processes: no worker outlives the command (SIGTERM or SIGKILL to
 the parent of a ``--jobs`` run), every record has a complete W&B run after a resume, a failing
 run is reported in one line by the sequential path as by the pool, and a W&B failure is
 decided once per command, leaves no folder of a run that did not start, and ``WANDB_DIR`` is
 honoured.
 
 The signal tests run the command line in a real subprocess; no test talks to a W&B server
-(see ``test_tracking._isolate``)."""
+(see ``tests/support/wandb_offline.isolate``)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,18 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_tracking import _isolate, offline_runs
 
-from benchmark import cli, runner, tracking
+from benchmark import cli, tracking
 from benchmark.records import read_record, record_name, record_path
+from benchmark.run import executors
+from benchmark.tracking import wandb_log
+from tests.support import ROOT, subprocess_env
+from tests.support.wandb_offline import offline_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("wandb")  # offline runs are read back with its protobuf classes
 SCENARIO = "split-digits"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.issue(15)]
 
 
 # ------------------------------------------------------------------ processes
@@ -78,14 +81,6 @@ def _workers(parent: int) -> list[int]:
     return [w for s in servers for w in kids.get(s, [])]
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["HOME"] = str(tmp_path / "home")
-    env.pop("WANDB_DIR", None)
-    return env
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_no_worker_outlives_its_command(tmp_path, sig):
@@ -94,7 +89,7 @@ def test_no_worker_outlives_its_command(tmp_path, sig):
            "--strategies", "naive,hat,ewc", "--seeds", "0-5", "--epochs", "200", "--jobs", "2",
            "--out", str(out), "--wandb", "disabled", "--no-progress"]
     (tmp_path / "home").mkdir()
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
     try:
@@ -137,7 +132,7 @@ def test_no_worker_outlives_its_command(tmp_path, sig):
 
 def test_sigterm_in_the_sequential_path_is_one_line(tmp_path, capsys, monkeypatch):
     """SIGTERM raises Terminated (a KeyboardInterrupt) in the command: one line, exit 143."""
-    real = runner.run_experiment
+    real = executors.run_experiment
 
     def run_then_term(*args, **kwargs):
         rec = real(*args, **kwargs)
@@ -147,7 +142,7 @@ def test_sigterm_in_the_sequential_path_is_one_line(tmp_path, capsys, monkeypatc
     def unhandled(signum, frame):  # without the command's handler: fail, do not end pytest
         raise AssertionError("SIGTERM was not handled by the command")
 
-    monkeypatch.setattr(runner, "run_experiment", run_then_term)
+    monkeypatch.setattr(executors, "run_experiment", run_then_term)
     before = signal.signal(signal.SIGTERM, unhandled)
     out = tmp_path / "res"
     try:
@@ -168,14 +163,14 @@ def test_a_failing_run_does_not_stop_a_sequential_command(tmp_path, capsys, monk
     written, the exit code is 1 at the end, and the rerun runs only the failed run."""
     out = tmp_path / "res"
     bad = record_path(out, SCENARIO, "naive", 1)
-    real = runner.run_experiment
+    real = executors.run_experiment
 
     def run(exp, *args, **kwargs):
         if exp.seed == 1:
             raise RuntimeError("simulated failure in the strategy")
         return real(exp, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_experiment", run)
+    monkeypatch.setattr(executors, "run_experiment", run)
     code = cli.main(["run", "--strategies", "naive", "--seeds", "1,0", "--epochs", "1",
                      "--out", str(out), "--wandb", "disabled", "--no-progress"])
     captured = capsys.readouterr()
@@ -201,12 +196,6 @@ def test_a_failing_run_does_not_stop_a_sequential_command(tmp_path, capsys, monk
 
 # ------------------------------------------------------------------ W&B
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    _isolate(monkeypatch, tmp_path)
-    return tmp_path
-
-
 def _cli(out: Path, *extra: str, seeds: str = "0") -> tuple[int, list[str]]:
     argv = ["run", "--scenario", SCENARIO, "--strategies", "naive", "--seeds", seeds,
             "--epochs", "1", "--out", str(out), "--no-progress", *extra]
@@ -220,7 +209,7 @@ def _cli(out: Path, *extra: str, seeds: str = "0") -> tuple[int, list[str]]:
 def test_interrupt_while_wandb_finishes_leaves_no_record_and_the_resume_tracks_it(
         isolated, monkeypatch, capsys):
     out = isolated / "out"
-    real, calls = tracking._finish_run, []
+    real, calls = wandb_log.finish_run, []
 
     def finish(run, exit_code):
         calls.append(exit_code)
@@ -228,12 +217,12 @@ def test_interrupt_while_wandb_finishes_leaves_no_record_and_the_resume_tracks_i
             raise KeyboardInterrupt  # Ctrl-C while the W&B run of seed 0 finishes
         return real(run, exit_code)
 
-    monkeypatch.setattr(tracking, "_finish_run", finish)
+    monkeypatch.setattr(wandb_log, "finish_run", finish)
     code, _ = _cli(out, "--wandb", "offline", seeds="0,1")
     assert code == 130
     assert capsys.readouterr().err.strip().splitlines() == [
         "interrupted: finished runs have records; rerun the command to resume"]
-    monkeypatch.setattr(tracking, "_finish_run", real)
+    monkeypatch.setattr(wandb_log, "finish_run", real)
     code, warned = _cli(out, "--wandb", "offline", seeds="0,1")
     assert code == 0 and warned == []
     records = sorted(p.name for p in (out / "runs").iterdir())
@@ -280,11 +269,11 @@ def test_workers_share_one_decision_and_one_warning(isolated, monkeypatch):
     shared = mp.get_context("spawn").Value("i", 0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a = tracking._Session("online", "p", None, isolated / "out", shared)
-        b = tracking._Session("online", "p", None, isolated / "out", shared)
+        a = tracking.Session("online", "p", None, isolated / "out", shared)
+        b = tracking.Session("online", "p", None, isolated / "out", shared)
         a.degrade(RuntimeError("no network"))
         b.degrade(RuntimeError("no network"))  # at the same time: no second warning
-        c = tracking._Session("online", "p", None, isolated / "out", shared)
+        c = tracking.Session("online", "p", None, isolated / "out", shared)
     assert (a.mode, b.mode, c.mode) == ("offline", "offline", "offline")
     assert len([w for w in caught if issubclass(w.category, tracking.TrackingWarning)]) == 1
 

@@ -1,5 +1,5 @@
-"""W&B tracking (benchmark/tracking.py): offline runs read back from their transaction logs,
-failures that degrade tracking without failing training, and the auto mode.
+"""W&B tracking (benchmark/tracking/tracker.py): offline runs read back from their transaction
+logs, failures that degrade tracking without failing training, runs complete on disk.
 
 No test talks to a W&B server: HOME and every wandb folder point into tmp, no API key is set,
 and WANDB_BASE_URL points at a closed local port.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import warnings
 from pathlib import Path
 
@@ -18,116 +17,20 @@ import pytest
 
 wandb = pytest.importorskip("wandb")
 
-from wandb.proto import wandb_internal_pb2  # noqa: E402
-
 from benchmark import tracking  # noqa: E402
 from benchmark.cli import main  # noqa: E402
 from benchmark.records import read_record, record_path  # noqa: E402
-from reports import metrics  # noqa: E402
-from reports.records import record_problem  # noqa: E402
+from benchmark.tracking import wandb_log  # noqa: E402
+from reports import load_records, metrics  # noqa: E402
+from reports.schema import record_problem  # noqa: E402
+from reports.tables import compute_report  # noqa: E402
+from tests.support.wandb_offline import (  # noqa: E402
+    isolate,
+    offline_runs,
+    read_transaction_log,
+)
 
 SCENARIO = "split-digits"
-
-
-# ------------------------------------------------------------------ transaction log reader
-def read_transaction_log(path: Path) -> list:
-    """The records of a ``run-<id>.wandb`` file: a 7-byte header (``:W&B``, magic, version),
-    then LevelDB-log blocks of 32 KiB whose chunks (crc32, length, type) carry serialized
-    ``wandb_internal_pb2.Record`` messages, possibly split over blocks."""
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", "not a W&B transaction log"
-    block, pos, parts, out = 32768, 7, [], []
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:  # block trailer: padding
-            pos += room
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:  # zero padding
-            pos += room
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 2):  # full, first
-            parts = [chunk]
-        elif kind in (3, 4):  # middle, last
-            parts.append(chunk)
-        else:
-            raise AssertionError(f"unknown chunk type {kind}")
-        if kind in (1, 4):
-            rec = wandb_internal_pb2.Record()
-            rec.ParseFromString(b"".join(parts))
-            out.append(rec)
-    return out
-
-
-def _key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
-
-
-class OfflineRun:
-    """What an offline run folder holds: run metadata, config, history, summary, artifacts."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        (log,) = self.folder.glob("run-*.wandb")
-        self.records = read_transaction_log(log)
-        kinds = [r.WhichOneof("record_type") for r in self.records]
-        assert kinds.count("run") == 1 and "exit" in kinds, f"incomplete log {log}: {kinds}"
-        (self.run,) = [r.run for r, k in zip(self.records, kinds, strict=True) if k == "run"]
-        self.config = {_key(u): json.loads(u.value_json) for u in self.run.config.update}
-        self.history, self.summary, self.artifacts, self.exit_codes = [], {}, [], []
-        for rec, kind in zip(self.records, kinds, strict=True):
-            if kind == "config":
-                for u in rec.config.update:
-                    self.config[_key(u)] = json.loads(u.value_json)
-                for r in rec.config.remove:
-                    self.config.pop(_key(r), None)
-            elif kind == "history":
-                self.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
-            elif kind == "summary":
-                for u in rec.summary.update:
-                    self.summary[_key(u)] = json.loads(u.value_json)
-            elif kind == "artifact":
-                self.artifacts.append(rec.artifact)
-            elif kind == "exit":
-                self.exit_codes.append(rec.exit.exit_code)
-        self.config.pop("_wandb", None)
-
-    def table(self, key: str) -> dict:
-        (path,) = (self.folder / "files" / "media" / "table").glob(f"{key}_*.table.json")
-        return json.loads(path.read_text())
-
-
-def offline_runs(out: Path) -> list[OfflineRun]:
-    return [OfflineRun(p) for p in sorted((Path(out) / "wandb").glob("offline-run-*"))]
-
-
-# ------------------------------------------------------------------ environment
-ENV_UNSET = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_ENTITY", "WANDB_PROJECT",
-             "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_NOTES", "WANDB_TAGS")
-
-
-def _isolate(mp: pytest.MonkeyPatch, root: Path) -> None:
-    home = root / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    mp.setenv("HOME", str(home))
-    mp.setenv("NETRC", str(home / ".netrc"))
-    mp.setenv("WANDB_CONFIG_DIR", str(home / "wandb-config"))
-    mp.setenv("WANDB_DATA_DIR", str(home / "wandb-data"))
-    mp.setenv("WANDB_CACHE_DIR", str(home / "wandb-cache"))
-    mp.setenv("WANDB_ARTIFACT_DIR", str(home / "wandb-artifacts"))
-    mp.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # closed port: nothing leaves
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_SILENT", "true")
-    for name in ENV_UNSET:
-        mp.delenv(name, raising=False)
-
-
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    _isolate(monkeypatch, tmp_path)
-    return tmp_path
 
 
 def _run_cli(out: Path, strategies: str, mode: str | None = "offline") -> tuple[int, list]:
@@ -144,23 +47,26 @@ def _run_cli(out: Path, strategies: str, mode: str | None = "offline") -> tuple[
 # ------------------------------------------------------------------ one offline benchmark
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """joint, single, naive and hat on split-digits (seed 0, 2 epochs), tracked offline.
-    joint and single run first, so naive and hat get the forgetting ratio, intransigence and
-    forward transfer."""
+    """joint, single, naive and hat on split-digits (seed 0, 2 epochs), tracked offline, and
+    the report computed from their records (the values that need other runs: the forgetting
+    ratio, intransigence and forward transfer)."""
     root = tmp_path_factory.mktemp("tracking")
     with pytest.MonkeyPatch.context() as mp:
-        _isolate(mp, root)
+        isolate(mp, root)
         out = root / "out"
         rc, warned = _run_cli(out, ",".join(RUN))
     assert rc == 0
     records = {s: read_record(record_path(out, SCENARIO, s, 0)) for s in RUN}
     runs = {r.run.job_type: r for r in offline_runs(out)}
-    return {"out": out, "records": records, "runs": runs, "warnings": warned}
+    report = compute_report(load_records(out))[SCENARIO]
+    return {"out": out, "records": records, "runs": runs, "warnings": warned, "report": report}
 
 
 STRATS = ("joint", "naive", "hat")
-#: what the bench runs, in this order: the references first
+#: what the bench runs, in this order: the references first (their order does not matter)
 RUN = ("joint", "single", "naive", "hat")
+#: W&B summary values that need other runs' records: the report's alone
+CROSS_RUN = ("forgetting_ratio", "forward_transfer", "intransigence")
 
 
 def test_one_offline_run_per_experiment_under_out(bench):
@@ -231,33 +137,33 @@ def test_summary_values_computed_from_record(bench, strategy):
     else:
         assert _same(run.summary["valid_criterion"],
                      metrics.validation_criterion(rec["valid_accuracy"]))
-    if strategy == "joint":
-        assert not any(k.startswith("forgetting_ratio") for k in run.summary)
-    else:
+    # the forgetting ratio needs the joint run's record: the report's, not the W&B summary's
+    assert not any(k.startswith("forgetting_ratio") for k in run.summary)
+    if strategy != "joint":
         rho = metrics.mean_forgetting_ratio(acc, bench["records"]["joint"]["accuracy"],
                                             rec["random_accuracy"])
+        report_rho = bench["report"].rho[strategy]
+        assert len(report_rho) == len(rho)
         for t, value in enumerate(rho):
-            assert _same(run.summary[f"forgetting_ratio/after_{t + 1}"], value)
-        assert _same(run.summary["forgetting_ratio"], rho[-1])
+            assert _same(report_rho[t].mean, value)
 
 
 @pytest.mark.parametrize("strategy", STRATS)
 def test_summary_transfer_and_cost_computed_from_records(bench, strategy):
-    """Issue 16: FWT against the single run, intransigence against the joint run (both
-    finished before), task-agnostic final accuracy where the strategy has one, cost."""
+    """FWT against the single run, intransigence against the joint run (in the report: they
+    need those runs' records), task-agnostic final accuracy where the strategy has one, cost
+    (in the W&B summary, from the run's own record)."""
     rec, run = bench["records"][strategy], bench["runs"][strategy]
     acc = rec["accuracy"]
     n = len(acc)
     single = bench["records"]["single"]["accuracy"]
     fwt = sum(acc[t][t] - single[t][t] for t in range(1, n)) / (n - 1)
-    if strategy == "joint":
-        # finished before single: its FWT is the report's alone; intransigence: the reference
-        assert not {"forward_transfer", "intransigence"} & set(run.summary)
-    else:
-        assert run.summary["forward_transfer"] == pytest.approx(fwt)
-        joint = bench["records"]["joint"]["accuracy"]
-        assert run.summary["intransigence"] == pytest.approx(
-            sum(joint[k][k] - acc[k][k] for k in range(n)) / n)
+    assert not {"forward_transfer", "intransigence"} & set(run.summary)
+    report = bench["report"].summary[strategy]
+    assert report["fwt"].mean == pytest.approx(fwt)
+    joint = bench["records"]["joint"]["accuracy"]
+    assert report["intransigence"].mean == pytest.approx(
+        sum(joint[k][k] - acc[k][k] for k in range(n)) / n)
     if strategy == "hat":  # no task-agnostic prediction
         assert rec["agnostic_accuracy"] is None and "agnostic_final_accuracy" not in run.summary
     else:
@@ -267,6 +173,16 @@ def test_summary_transfer_and_cost_computed_from_records(bench, strategy):
     assert run.summary["peak_memory_mb"] == pytest.approx(max(rec["peak_memory_mb"]))
     assert "memory_samples" not in run.summary  # no rehearsal memory
     assert "forward_transfer" not in bench["runs"]["single"].summary
+
+
+@pytest.mark.parametrize("strategy", RUN)
+def test_summary_is_the_runs_own(bench, strategy):
+    """Every summary value comes from the run's own record (the same whatever other runs
+    finished before it), none needs another run's."""
+    rec, run = bench["records"][strategy], bench["runs"][strategy]
+    own = tracking.run_summary(rec)
+    assert {k: run.summary.get(k) for k in own} == pytest.approx(own)
+    assert not [k for k in run.summary if k.startswith(CROSS_RUN)]
 
 
 def test_hat_mask_statistics_logged(bench):
@@ -308,9 +224,12 @@ def test_record_artifact_and_summary_reconstruct_the_record(bench, strategy):
     (entry,) = art.manifest.contents
     assert entry.path == record_path(bench["out"], SCENARIO, strategy, 0).name
     assert json.loads(Path(entry.local_path).read_text()) == rec
+    # the very text of the record file, not a serialisation of its own
+    assert Path(entry.local_path).read_bytes() == record_path(
+        bench["out"], SCENARIO, strategy, 0).read_bytes()
     from_summary = json.loads(run.summary[tracking.RECORD_KEY])
     assert from_summary == {k: v for k, v in rec.items() if k != "history"}
-    assert record_problem(from_summary) is None
+    assert record_problem(from_summary, strict=False) is None
 
 
 # ------------------------------------------------------------------ failures
@@ -415,7 +334,7 @@ def test_online_log_failure_replays_into_offline_run(isolated, monkeypatch):
 
 
 def test_abort_finishes_run_as_failed_and_never_raises(isolated):
-    from benchmark.runner import Experiment
+    from benchmark.experiment import Experiment
 
     factory = tracking.tracker_factory("offline", out=isolated / "out")
     tracker = factory(Experiment(SCENARIO, "naive", 0))
@@ -431,40 +350,6 @@ def test_abort_finishes_run_as_failed_and_never_raises(isolated):
     assert "valid/loss" not in run.history[0]
 
 
-# ------------------------------------------------------------------ mode selection
-def test_auto_mode_offline_without_api_key(isolated, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.delenv("WANDB_BASE_URL")
-    assert not tracking.api_key_configured()
-    assert tracking.resolve_mode(None) == "offline"
-    factory = tracking.tracker_factory(None, out=isolated / "out")
-    assert factory is not None and factory.mode == "offline"
-    assert tracking.tracker_factory("disabled") is None
-
-
-def test_auto_mode_online_with_api_key(isolated, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.delenv("WANDB_BASE_URL")
-    netrc = Path(isolated / "home" / ".netrc")
-    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {'a' * 40}\n")
-    netrc.chmod(0o600)
-    assert tracking.resolve_mode(None) == "online"
-    netrc.unlink()
-    assert tracking.resolve_mode(None) == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "b" * 40)
-    assert tracking.resolve_mode(None) == "online"
-    monkeypatch.setenv("WANDB_MODE", "disabled")  # an explicit environment choice wins
-    assert tracking.tracker_factory(None) is None
-
-
-def test_explicit_online_without_api_key_goes_offline_with_one_warning(isolated):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        factory = tracking.tracker_factory("online", out=isolated / "out")
-    assert factory.mode == "offline"
-    assert len([w for w in caught if issubclass(w.category, tracking.TrackingWarning)]) == 1
-
-
 class _Value:
     def __init__(self, name, value):
         self.name, self.value, self.x_plot = name, value, 3
@@ -473,7 +358,7 @@ class _Value:
 def test_avalanche_logger_forwards_numbers_only(isolated):
     from avalanche.logging import BaseLogger
 
-    from benchmark.runner import Experiment
+    from benchmark.experiment import Experiment
 
     factory = tracking.tracker_factory("offline", out=isolated / "out")
     tracker = factory(Experiment(SCENARIO, "naive", 0))
@@ -531,13 +416,13 @@ def late_log(monkeypatch):
             path.write_bytes(data)
 
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", finish)
-    monkeypatch.setattr(tracking, "_pause", pause)
+    monkeypatch.setattr(wandb_log, "_pause", pause)
     yield pauses
     assert [path for path, _ in pending] == []  # every late log was waited for
 
 
 def test_abort_returns_once_the_log_is_on_disk(isolated, late_log):
-    from benchmark.runner import Experiment
+    from benchmark.experiment import Experiment
 
     factory = tracking.tracker_factory("offline", out=isolated / "out")
     tracker = factory(Experiment(SCENARIO, "naive", 0))
@@ -563,9 +448,9 @@ def test_finished_runs_are_complete_on_disk(isolated, late_log):
 
 
 def test_log_wait_is_bounded_and_warns(isolated, monkeypatch):
-    from benchmark.runner import Experiment
+    from benchmark.experiment import Experiment
 
-    monkeypatch.setattr(tracking, "LOG_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(wandb_log, "LOG_TIMEOUT_S", 0.2)
     real_finish = wandb.sdk.wandb_run.Run.finish
 
     def finish(self, *args, **kwargs):  # the log never reaches the disk
@@ -582,97 +467,3 @@ def test_log_wait_is_bounded_and_warns(isolated, monkeypatch):
     (w,) = [w for w in caught if issubclass(w.category, tracking.TrackingWarning)]
     assert "not complete" in str(w.message)
     assert factory.mode == "offline"  # a late log is no W&B failure
-
-
-def test_log_completeness_check():
-    data = _log_bytes_with_exit()
-    assert tracking._log_has_exit(data)
-    for cut in range(len(data)):  # a log cut anywhere is incomplete
-        assert not tracking._log_has_exit(data[:cut]), cut
-    corrupt = bytearray(data)
-    corrupt[-1] ^= 0xFF  # the exit record fails its checksum
-    assert not tracking._log_has_exit(bytes(corrupt))
-
-
-def _log_bytes_with_exit() -> bytes:
-    """A transaction log (header, a 70 kB summary record spanning three blocks, an exit record)
-    written by the LevelDB-log rules independently of benchmark.tracking."""
-    import zlib
-
-    big = wandb_internal_pb2.Record()
-    big.summary.update.add(key="text", value_json=json.dumps("x" * 70_000))
-    end = wandb_internal_pb2.Record()
-    end.exit.exit_code = 0
-    out = bytearray(b":W&B\xe1\xbe\x00")
-    for payload in (big.SerializeToString(), end.SerializeToString()):
-        first = True
-        while True:
-            room = 32768 - len(out) % 32768
-            if room < 7:
-                out += bytes(room)
-                continue
-            chunk, payload = payload[: room - 7], payload[room - 7 :]
-            kind = (1 if not payload else 2) if first else (4 if not payload else 3)
-            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + chunk), len(chunk), kind)
-            out += chunk
-            first = False
-            if not payload:
-                break
-    return bytes(out)
-
-
-# ------------------------------------------------------------------ summary without W&B
-def _write(out: Path, rec: dict) -> None:
-    from benchmark.records import write_record
-
-    write_record(record_path(out, rec["scenario"], rec["strategy"], rec["seed"],
-                             rec["tag"]), rec)
-
-
-def test_summary_uses_only_references_of_the_same_scenario_seed_and_no_tag(tmp_path):
-    from reports.synthetic import make_costs, make_record
-
-    def rec(strategy, seed=0, tag="", scenario=SCENARIO):
-        return make_record(scenario, strategy, seed, 3, tag=tag,
-                           extra=make_costs(strategy, 3, seed, scenario))
-
-    run = rec("replay")
-    before = tracking._summary(run, tmp_path)  # the references have not finished yet
-    assert not {"forward_transfer", "intransigence", "forgetting_ratio"} & set(before)
-    for other in (rec("single", seed=1), rec("joint", seed=1), rec("single", tag="x.a=1"),
-                  rec("joint", scenario="permuted-digits")):
-        _write(tmp_path, other)
-    assert tracking._summary(run, tmp_path).keys() == before.keys()
-    single, joint = rec("single"), rec("joint")
-    _write(tmp_path, single)
-    _write(tmp_path, joint)
-    after = tracking._summary(run, tmp_path)
-    a, s, j = run["accuracy"], single["accuracy"], joint["accuracy"]
-    assert after["forward_transfer"] == pytest.approx(((a[1][1] - s[1][1])
-                                                       + (a[2][2] - s[2][2])) / 2)
-    assert after["intransigence"] == pytest.approx(sum(j[k][k] - a[k][k] for k in range(3)) / 3)
-    assert after["forward_transfer"] != pytest.approx(tracking._summary(
-        rec("replay", seed=1), tmp_path).get("forward_transfer", math.nan))
-    # the cost and task-agnostic values, from the record alone
-    assert before["memory_samples"] == max(run["memory_samples"])
-    assert before["state_mb"] == pytest.approx(max(run["state_mb"]))
-    assert before["peak_memory_mb"] == pytest.approx(max(run["peak_memory_mb"]))
-    assert before["seconds_per_task"] == pytest.approx(sum(run["seconds"]) / 3)
-    last = run["agnostic_accuracy"][-1]
-    assert before["agnostic_final_accuracy"] == pytest.approx(sum(last) / len(last))
-
-
-def test_summary_of_an_older_record_has_no_new_values(tmp_path):
-    """A record written before issue 16 (no agnostic_accuracy, peak_memory_mb, state_mb,
-    memory_samples) and one whose lists have a null entry (a diverged number)."""
-    from reports.synthetic import make_record
-
-    old = make_record(SCENARIO, "naive", 0, 3)
-    summary = tracking._summary(old, tmp_path)
-    assert summary["seconds_per_task"] == pytest.approx(0.1)
-    assert not {"agnostic_final_accuracy", "peak_memory_mb", "state_mb", "memory_samples"} & (
-        set(summary))
-    partial = dict(old, peak_memory_mb=[None, 30.0, 20.0], memory_samples=None,
-                   agnostic_accuracy=None)
-    summary = tracking._summary(partial, tmp_path)
-    assert summary["peak_memory_mb"] == 30.0 and "memory_samples" not in summary

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import torch
-from helpers_strategies import fast_plugins, make_stream, quiet_evaluator
 
 from benchmark.networks import alexnet_trunk
 from strategies import MultiHeadNet, TrainConfig, get_strategy
 from strategies.registry import BuildContext
+from tests.support.trunks import fast_plugins, make_stream, quiet_evaluator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -81,7 +81,7 @@ def test_step_time_on_the_alexnet_like_net(name):
     """Not an assertion: ms per training step at batch 64 for the 10th of 10 tasks, only what
     that task trains having ``requires_grad`` (as the plugins arrange)."""
     from strategies import PathNetNet, ProgressiveNet
-    from strategies.sgd_f import freeze_all_but
+    from strategies.common.multihead import freeze_all_but
 
     torch.manual_seed(0)
     base = alexnet(10)

@@ -1,4 +1,4 @@
-"""PackNet (strategies/packnet.py): exact protection of earlier tasks with every optimizer of the
+"""PackNet (strategies/baselines/packnet.py): exact protection of earlier tasks with every optimizer of the
 suite, ownership fractions matching the prune ratio, task t reading only the weights of tasks
 ≤ t, checkpoints, the runner on both embedded scenarios, and one clear error per bad input."""
 
@@ -8,23 +8,13 @@ import math
 
 import pytest
 import torch
-from helpers_strategies import (
-    CONV_SHAPE,
-    OPTIMIZERS,
-    RESNET32_SHAPE,
-    conv_bn_trunk,
-    fast_plugins,
-    logits,
-    make_stream,
-    multihead_net,
-    quiet_evaluator,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from benchmark.experiment import Experiment
 from benchmark.networks import CifarResNet, ModelConfig, build_model
-from benchmark.runner import Experiment, run_experiment
+from benchmark.run.runner import run_experiment
 from strategies import (
     STRATEGIES,
     ConfigError,
@@ -37,14 +27,25 @@ from strategies import (
     TrainingRecipePlugin,
     get_strategy,
 )
-from strategies.agnostic import agnostic_scorer
-from strategies.packnet import PackNetBatchNorm, PackNetLayer
+from strategies.baselines.packnet import PackNetBatchNorm, PackNetLayer
+from strategies.common.multihead import BaselineError
 from strategies.registry import BuildContext
-from strategies.sgd_f import BaselineError
+from strategies.training.agnostic import agnostic_scorer
+from tests.support.trunks import (
+    CONV_SHAPE,
+    MLP_SHAPE,
+    OPTIMIZERS,
+    RESNET32_SHAPE,
+    conv_bn_trunk,
+    fast_plugins,
+    logits,
+    make_stream,
+    multihead_net,
+    quiet_evaluator,
+)
 
 N_TASKS = 3
 ALEXNET_SHAPE = (3, 16, 16)
-MLP_SHAPE = (64,)
 
 
 # one torch thread (conftest's fixture): much faster for these tiny networks on shared cores

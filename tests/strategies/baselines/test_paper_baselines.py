@@ -11,16 +11,6 @@ import dataclasses
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
-from helpers_strategies import (
-    OPTIMIZERS,
-    TRUNKS,
-    clone_params,
-    fast_plugins,
-    logits,
-    make_stream,
-    multihead_net,
-    quiet_evaluator,
-)
 from torch import nn
 
 from strategies import (
@@ -34,8 +24,18 @@ from strategies import (
     TrainingRecipePlugin,
     get_strategy,
 )
-from strategies.imm import diagonal_fisher
+from strategies.baselines.imm import diagonal_fisher
 from strategies.registry import BuildContext
+from tests.support.trunks import (
+    OPTIMIZERS,
+    TRUNKS,
+    clone_params,
+    fast_plugins,
+    logits,
+    make_stream,
+    multihead_net,
+    quiet_evaluator,
+)
 
 BASELINES = ["sgd-f", "imm-mean", "imm-mode", "lfl", "pathnet", "pnn"]
 #: a PathNet small enough for a test (the paper's is 16/3/20)
@@ -300,7 +300,7 @@ def test_lfl_feature_pass_leaves_the_trunk_in_its_mode(mode):
     Sequential is always in training mode, so its mode must not be the one restored)."""
     from types import SimpleNamespace
 
-    from strategies.lfl import LFLPlugin
+    from strategies.baselines.lfl import LFLPlugin
 
     trunk = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Dropout(0.5), nn.Linear(3, 3),
                           nn.Dropout(0.5))

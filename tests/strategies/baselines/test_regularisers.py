@@ -18,15 +18,6 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
-from helpers_strategies import (
-    MLP_SHAPE,
-    fast_plugins,
-    logits,
-    make_stream,
-    mlp_trunk,
-    multihead_net,
-    quiet_evaluator,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,9 +36,18 @@ from strategies import (
     TrainingRecipePlugin,
     materialize,
 )
-from strategies.imm import IMMPlugin
-from strategies.recipe import split_indices
-from strategies.si import SIPlugin, SynapticIntelligence
+from strategies.baselines.imm import IMMPlugin
+from strategies.baselines.si import SIPlugin, SynapticIntelligence
+from strategies.training.recipe import split_indices
+from tests.support.trunks import (
+    MLP_SHAPE,
+    fast_plugins,
+    logits,
+    make_stream,
+    mlp_trunk,
+    multihead_net,
+    quiet_evaluator,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -432,7 +432,7 @@ def test_lwf_distillation_equals_avalanches_bit_for_bit(n_classes, batch, temper
                                                         seed):
     from avalanche.training.regularization import LearningWithoutForgetting
 
-    from strategies.lwf import _Distillation
+    from strategies.baselines.lwf import _Distillation
 
     g = torch.Generator().manual_seed(seed)
     out = (torch.randn(batch, n_classes, generator=g) * 5).requires_grad_()

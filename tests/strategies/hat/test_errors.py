@@ -9,18 +9,6 @@ from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datas
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.training import Naive
-from helpers_strategies import (
-    CONV_SHAPE,
-    MLP_SHAPE,
-    conv_trunk,
-    fast_plugins,
-    hat_net,
-    make_stream,
-    mlp_trunk,
-    multihead_net,
-    quiet_evaluator,
-    task_data,
-)
 from torch import nn
 
 from strategies import (
@@ -31,6 +19,18 @@ from strategies import (
     HATNet,
     HATPlugin,
     TaskNotTrainedError,
+)
+from tests.support.trunks import (
+    CONV_SHAPE,
+    MLP_SHAPE,
+    conv_trunk,
+    fast_plugins,
+    hat_net,
+    make_stream,
+    mlp_trunk,
+    multihead_net,
+    quiet_evaluator,
+    task_data,
 )
 
 

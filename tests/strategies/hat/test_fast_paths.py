@@ -1,4 +1,4 @@
-"""HATPlugin's exact shortcuts (issue 6) change no number.
+"""HATPlugin's exact shortcuts (its CPU fast paths) change no number.
 
 ``HATPlugin.fast_paths`` conditions the first layer through ∂L/∂z and skips the clipping
 pass when Cauchy–Schwarz bounds prove the norm below ``clipgrad``. With it on and off, the
@@ -12,7 +12,15 @@ import math
 
 import pytest
 import torch
-from helpers_strategies import (
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import strategies.hat.fast_paths as fast_paths
+import strategies.hat.plugin as hat_module
+from strategies import HAT, HATConv2d, HATLinear, HATPlugin
+from strategies.hat.fast_paths import protected_entries, weights_used_once
+from tests.support.trunks import (
     ALL_TRUNKS,
     MLP_SHAPE,
     OPTIMIZERS,
@@ -25,13 +33,6 @@ from helpers_strategies import (
     mlp_trunk,
     quiet_evaluator,
 )
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-import strategies.hat as hat_module
-from strategies import HAT, HATConv2d, HATLinear, HATPlugin
-from strategies.hat import _protected_entries, weights_used_once
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,8 +54,8 @@ class _Spy:
         real_after_backward = REAL_AFTER_BACKWARD
 
         def after_backward(plugin, strategy, **kw):
-            self.rows += any(not layer.rows_missed for layer, _ in plugin._rows)
-            self.fills += any(p.grad is not None for p, _, _ in plugin._fills)
+            self.rows += any(not layer.rows_missed for layer, _ in plugin._shortcuts.rows)
+            self.fills += any(p.grad is not None for p, _, _ in plugin._shortcuts.fills)
             return real_after_backward(plugin, strategy, **kw)
 
         monkeypatch.setattr(HATPlugin, "after_backward", after_backward)
@@ -74,7 +75,7 @@ def _train(trunk_name, opt_name, fast, monkeypatch, *, clipgrad=10000.0, soft=Fa
            extra=(), by_size=False):
     if not by_size:  # every layer takes the ∂L/∂z shortcuts, however small (the default
         # skips them where they cost more than they save: test_shortcuts_run_where_they_pay)
-        monkeypatch.setattr(hat_module, "SHORTCUT_GAIN", 0.0)
+        monkeypatch.setattr(fast_paths, "SHORTCUT_GAIN", 0.0)
     torch.manual_seed(0)
     make_trunk, shape = ALL_TRUNKS[trunk_name]
     bm, _, _ = make_stream(N_TASKS, shape)
@@ -103,7 +104,7 @@ def _assert_identical(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_fast_paths_give_bit_identical_parameters(trunk_name, opt_name, fill, monkeypatch):
     if fill == "all":  # every binary factor not hooked takes the zero-fill route
-        monkeypatch.setattr(hat_module, "FILL_MAX_FRACTION", 1.0)
+        monkeypatch.setattr(fast_paths, "FILL_MAX_FRACTION", 1.0)
     ref, ref_spy = _train(trunk_name, opt_name, False, monkeypatch)
     fast, fast_spy = _train(trunk_name, opt_name, True, monkeypatch)
     _assert_identical(ref, fast)
@@ -166,7 +167,7 @@ def test_shortcuts_run_where_they_pay(widths, batch, rows, bounded):
     assert (model.gated_layers[0].row_grad_factor is not None) == rows
     assert [i for i, layer in enumerate(model.gated_layers)
             if layer.grad_bounds is not None] == bounded
-    assert plugin._fast == (rows or bool(bounded))
+    assert plugin._shortcuts.active == (rows or bool(bounded))
 
 
 @settings(max_examples=60, deadline=None)
@@ -186,8 +187,8 @@ def test_protected_entries_are_the_zeros_of_a_binary_factor(data, shape, soft, s
     f = f.view(shape)
     if soft:
         f = f * 0.5 + 0.25  # values in (0, 1): not binary
-    idx = _protected_entries(f)
-    if soft or k / numel > hat_module.FILL_MAX_FRACTION:
+    idx = protected_entries(f)
+    if soft or k / numel > fast_paths.FILL_MAX_FRACTION:
         assert idx is None
         return
     assert idx is not None and len(idx) == k
@@ -296,7 +297,7 @@ def _penalty_plugin(scale: float, how: str):
 def test_extra_gradient_on_a_weight_disables_the_shortcuts(before_hat, how, monkeypatch):
     # an extra gradient whose norm alone exceeds clipgrad, on the hooked first layer: it must
     # be conditioned and clipped as the reference does, in any plugin order
-    monkeypatch.setattr(hat_module, "SHORTCUT_GAIN", 0.0)  # shortcuts on these small layers
+    monkeypatch.setattr(fast_paths, "SHORTCUT_GAIN", 0.0)  # shortcuts on these small layers
     torch.manual_seed(0)
     bm, _, _ = make_stream(2, MLP_SHAPE)
     results = []

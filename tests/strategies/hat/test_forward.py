@@ -7,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from avalanche.models import MultiTaskModule, avalanche_forward
-from helpers_strategies import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from strategies import HATNet
+from tests.support.trunks import (
     CONV_SHAPE,
     MLP_SHAPE,
     conv_trunk,
@@ -16,11 +21,6 @@ from helpers_strategies import (
     mlp_trunk,
     multihead_net,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from strategies import HATNet
 
 HEADS = [2, 3, 4]
 

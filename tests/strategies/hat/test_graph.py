@@ -1,15 +1,15 @@
-"""Gate groups from the traced module graph (issue 14: residual networks under HAT)."""
+"""Gate groups from the traced module graph (residual networks under HAT)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torchvision
-from helpers_strategies import TRUNKS
 from torch import nn
 
 from strategies import HATError
-from strategies.hat_graph import gate_groups
+from strategies.hat.graph import gate_groups
+from tests.support.trunks import TRUNKS
 
 
 def _gated(trunk: nn.Module) -> list[nn.Module]:

@@ -13,18 +13,6 @@ import math
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
-from helpers_strategies import (
-    CONV_SHAPE,
-    MLP_SHAPE,
-    conv_trunk,
-    fast_plugins,
-    flushing_denormals,
-    hat_net,
-    keep_subnormals,  # noqa: F401  (autouse fixture)
-    make_stream,
-    mlp_trunk,
-    quiet_evaluator,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -40,8 +28,20 @@ from strategies import (
     attention_regulariser,
     compensation_factor,
 )
+from tests.support.trunks import (
+    CONV_SHAPE,
+    MLP_SHAPE,
+    conv_trunk,
+    fast_plugins,
+    flushing_denormals,
+    hat_net,
+    keep_subnormals,  # noqa: F401  (autouse fixture)
+    make_stream,
+    mlp_trunk,
+    quiet_evaluator,
+)
 
-FAST = settings(max_examples=60, deadline=None)
+EXAMPLES = settings(max_examples=60, deadline=None)
 
 
 def _hand_s(smax: float, progress: float) -> float:
@@ -53,14 +53,14 @@ smaxes = st.floats(min_value=1.0, max_value=2000, allow_nan=False)  # smax >= 1:
 sizes = st.tuples(st.integers(1, 3000), st.integers(1, 256))
 
 
-@FAST
+@EXAMPLES
 @given(smax=smaxes, size=sizes, mode=st.sampled_from(["reference", "paper"]))
 def test_anneal_first_batch_is_exactly_one_over_smax(smax, size, mode):
     n, bs = size
     assert anneal_s(0, math.ceil(n / bs), n, bs, smax, mode) == 1 / smax
 
 
-@FAST
+@EXAMPLES
 @given(smax=smaxes, size=sizes)
 def test_anneal_paper_mode_reaches_smax_on_the_last_batch(smax, size):
     n, bs = size
@@ -77,7 +77,7 @@ def test_anneal_paper_mode_reaches_smax_on_the_last_batch(smax, size):
         assert last == 1 / smax
 
 
-@FAST
+@EXAMPLES
 @given(smax=smaxes, size=sizes)
 def test_anneal_reference_mode_uses_sample_index_over_n(smax, size):
     n, bs = size
@@ -90,7 +90,7 @@ def test_anneal_reference_mode_uses_sample_index_over_n(smax, size):
         assert anneal_s(n_batches - 1, n_batches, n, bs, smax, "reference") < smax
 
 
-@FAST
+@EXAMPLES
 @given(smax=smaxes, size=sizes, mode=st.sampled_from(["reference", "paper"]))
 def test_anneal_positive_bounded_and_monotone_within_an_epoch(smax, size, mode):
     n, bs = size
@@ -229,7 +229,7 @@ def test_attention_regulariser_no_free_unit_is_zero_with_finite_gradient():
 unit_vals = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 
-@FAST
+@EXAMPLES
 @given(data=st.data(), widths=st.lists(st.integers(1, 6), min_size=1, max_size=3))
 def test_attention_regulariser_matches_hand_formula(data, widths):
     gates = [data.draw(st.lists(unit_vals, min_size=w, max_size=w)) for w in widths]
@@ -396,7 +396,7 @@ def test_training_step_conditions_and_compensates_gradients():
 
 
 # ------------------------------------------------------------- compensation
-@FAST
+@EXAMPLES
 @given(
     e=st.lists(st.floats(-6, 6, allow_nan=False), min_size=1, max_size=8),
     smax=st.floats(1, 800),

@@ -12,7 +12,17 @@ import io
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
-from helpers_strategies import (
+from torch import nn
+
+from strategies import (
+    HAT,
+    HATError,
+    HATLinear,
+    HATNet,
+    RecipeConfig,
+    TrainingRecipePlugin,
+)
+from tests.support.trunks import (
     ALL_TRUNKS,
     CONV_SHAPE,
     MLP_SHAPE,
@@ -24,16 +34,6 @@ from helpers_strategies import (
     make_stream,
     mlp_trunk,
     quiet_evaluator,
-)
-from torch import nn
-
-from strategies import (
-    HAT,
-    HATError,
-    HATLinear,
-    HATNet,
-    RecipeConfig,
-    TrainingRecipePlugin,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

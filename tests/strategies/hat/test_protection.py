@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 from avalanche.training import Naive
-from helpers_strategies import (
+
+from strategies import HAT
+from tests.support.trunks import (
     ALL_TRUNKS,
     MLP_SHAPE,
     OPTIMIZERS,
@@ -25,8 +27,6 @@ from helpers_strategies import (
     multihead_net,
     quiet_evaluator,
 )
-
-from strategies import HAT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,7 +122,7 @@ def test_per_task_batchnorm_trains_its_task_and_then_stays_frozen(opt_name):
     """Each task's BatchNorm (affine parameters and running statistics) moves while its task
     trains and is bit-identical afterwards; a unit a task masks outputs exactly 0 after the
     norm (the gate comes after the normalisation)."""
-    from helpers_strategies import CONV_SHAPE, conv_bn_trunk
+    from tests.support.trunks import CONV_SHAPE, conv_bn_trunk
 
     torch.manual_seed(0)
     bm, _, test = make_stream(N_TASKS, CONV_SHAPE)

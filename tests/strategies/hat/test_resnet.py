@@ -2,7 +2,7 @@
 torchvision ResNet-18 in a stock Avalanche script.
 
 Bit-identical protection of earlier tasks under four optimizers, with a Naive control, is in
-``test_hat_protection`` (parametrised over the ResNets too).
+``test_protection`` (parametrised over the ResNets too).
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
-from helpers_strategies import (
+from torch import nn
+from torchvision.models import resnet18
+
+from strategies import HAT, HATError, HATNet, HATPlugin
+from strategies.hat.layers import HAT_LAYERS, HATBatchNorm2d
+from tests.support.trunks import (
     CONV_SHAPE,
     RESNET18_SHAPE,
     RESNETS,
@@ -24,11 +29,6 @@ from helpers_strategies import (
     make_stream,
     quiet_evaluator,
 )
-from torch import nn
-from torchvision.models import resnet18
-
-from strategies import HAT, HATError, HATNet, HATPlugin
-from strategies.hat_layers import HAT_LAYERS, HATBatchNorm2d
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""iCaRL (strategies/icarl.py): herding (Algorithm 4), the balanced memory of training-part
+"""iCaRL (strategies/rehearsal/icarl.py): herding (Algorithm 4), the balanced memory of training-part
 samples (Algorithms 2, 5), nearest-mean-of-exemplars scores (Algorithm 1) in both protocols,
 the paper's loss and its validation term, and runs through the runner. One CPU thread."""
 
@@ -14,15 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
-from helpers_strategies import fast_plugins, make_stream, quiet_evaluator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from benchmark import runner
+from benchmark.data.scenarios import get_scenario
+from benchmark.experiment import Experiment
 from benchmark.records import TIMING_FIELDS
-from benchmark.runner import Experiment, RunHooks, run_experiment
-from benchmark.scenarios import get_scenario
+from benchmark.run import runner
+from benchmark.run.runner import RunHooks, run_experiment
 from strategies import (
     ConfigError,
     ICaRL,
@@ -34,9 +34,10 @@ from strategies import (
     herding_order,
     materialize,
 )
-from strategies.recipe import split_indices
+from strategies.training.recipe import split_indices
+from tests.support.runs import FAST
+from tests.support.trunks import fast_plugins, make_stream, quiet_evaluator
 
-FAST = {"train": {"epochs": 2}}
 #: fields that differ between identical runs (times, the process's peak memory)
 TIMINGS = TIMING_FIELDS
 
@@ -380,7 +381,7 @@ def test_same_seed_same_record_and_memory(monkeypatch):
     buf = io.BytesIO()
     torch.save(plugin.__dict__, buf)
     buf.seek(0)
-    loaded = ICaRLPlugin(1)
+    loaded = ICaRLPlugin(mem_size=1)
     loaded.__dict__.update(torch.load(buf, weights_only=False))
     x = get_scenario("split-digits").build(3, Path("data")).tasks[0].test_x
     strategy.model.eval()

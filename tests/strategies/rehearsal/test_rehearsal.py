@@ -1,5 +1,5 @@
 """The rehearsal baselines (``replay``, ``agem``, ``der``, ``er-ace``, ``gdumb``) and their
-memories (strategies/buffer.py): each trains on both embedded scenarios through the runner;
+memories (strategies/rehearsal/memory.py): each trains on both embedded scenarios through the runner;
 the memories keep their invariants (size, balance, training samples only, determinism); each
 method's defining step matches a computation by hand."""
 
@@ -14,23 +14,15 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import AGEMPlugin as AvalancheAGEMPlugin
-from helpers_strategies import (
-    MLP_SHAPE,
-    fast_plugins,
-    keep_subnormals,  # noqa: F401  (autouse fixture)
-    make_stream,
-    mlp_trunk,
-    multihead_net,
-    quiet_evaluator,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from benchmark import runner
+from benchmark.data.scenarios import get_scenario
+from benchmark.experiment import Experiment
 from benchmark.records import validate_record
-from benchmark.runner import Experiment, run_experiment
-from benchmark.scenarios import get_scenario
+from benchmark.run import runner
+from benchmark.run.runner import run_experiment
 from strategies import (
     STRATEGIES,
     AGEMPlugin,
@@ -47,16 +39,25 @@ from strategies import (
     get_strategy,
     make_optimizer,
 )
-from strategies.buffer import (
+from strategies.registry import BuildContext
+from strategies.rehearsal.der import logit_mse
+from strategies.rehearsal.er_ace import present_class_ce
+from strategies.rehearsal.memory import (
     ClassBalancedMemory,
     GroupMemory,
     ReservoirMemory,
     balanced_quotas,
 )
-from strategies.der import logit_mse
-from strategies.er_ace import present_class_ce
-from strategies.recipe import split_indices
-from strategies.registry import BuildContext
+from strategies.training.recipe import split_indices
+from tests.support.trunks import (
+    MLP_SHAPE,
+    fast_plugins,
+    keep_subnormals,  # noqa: F401  (autouse fixture)
+    make_stream,
+    mlp_trunk,
+    multihead_net,
+    quiet_evaluator,
+)
 
 REHEARSAL = ("replay", "agem", "der", "er-ace", "gdumb")
 SCENARIOS = ("split-digits", "permuted-digits")
@@ -87,7 +88,7 @@ def scenario_data(name: str):
     return _scenarios[name]
 
 
-def run_cached(scenario: str, strategy: str, seed: int = 0):
+def run_with_strategy(scenario: str, strategy: str, seed: int = 0):
     """(record, trained strategy) of the runner's experiment, memoised."""
     key = (scenario, strategy, seed)
     if key not in _runs:
@@ -124,7 +125,7 @@ def memory_tensors(plugin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("strategy", REHEARSAL)
 def test_each_trains_on_both_embedded_scenarios_above_chance(strategy, scenario):
-    rec, _ = run_cached(scenario, strategy)
+    rec, _ = run_with_strategy(scenario, strategy)
     validate_record(rec)
     acc = np.asarray(rec["accuracy"])
     n = len(rec["task_names"])
@@ -149,7 +150,7 @@ def test_each_trains_on_both_embedded_scenarios_above_chance(strategy, scenario)
 def test_memories_hold_training_samples_only(strategy, scenario):
     """Every memory sample is a training-part sample of its own task (the recipe's
     ``split_indices``), with its label: never a validation or test sample."""
-    _, trained = run_cached(scenario, strategy)
+    _, trained = run_with_strategy(scenario, strategy)
     data = scenario_data(scenario)
     x, y, t = (v.cpu() for v in memory_tensors(plugin_of(trained, strategy)))
     assert len(y) > 0
@@ -168,7 +169,7 @@ def test_memories_hold_training_samples_only(strategy, scenario):
 
 @pytest.mark.parametrize("strategy", REHEARSAL)
 def test_memory_sizes_and_balance_after_a_run(strategy):
-    _, trained = run_cached("split-digits", strategy)
+    _, trained = run_with_strategy("split-digits", strategy)
     plugin = plugin_of(trained, strategy)
     _, y, t = (v.cpu() for v in memory_tensors(plugin))
     by_task = torch.bincount(t, minlength=5).tolist()
@@ -185,7 +186,7 @@ def test_memory_sizes_and_balance_after_a_run(strategy):
 
 @pytest.mark.parametrize("strategy", REHEARSAL)
 def test_runs_are_deterministic_under_a_seed(strategy):
-    rec, _ = run_cached("split-digits", strategy)
+    rec, _ = run_with_strategy("split-digits", strategy)
     exp = Experiment("split-digits", strategy, 0,
                      {"train": {"epochs": epochs("split-digits", strategy)}})
     again = run_experiment(exp, scenario_data("split-digits"))
@@ -689,5 +690,5 @@ def test_each_trains_on_cuda_with_its_memory_there(strategy):
         rec = run_experiment(exp, scenario_data("split-digits"), device="cuda")
     acc = np.asarray(rec["accuracy"])
     assert np.isfinite(acc).all() and acc[-1].mean() > 0.6
-    assert rec["memory_samples"] == run_cached("split-digits", strategy)[0]["memory_samples"]
+    assert rec["memory_samples"] == run_with_strategy("split-digits", strategy)[0]["memory_samples"]
     assert all(v.is_cuda for v in memory_tensors(plugin_of(built[-1], strategy)))

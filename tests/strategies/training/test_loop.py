@@ -6,7 +6,13 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training import Naive
-from helpers_strategies import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from strategies import HAT, GradientClipPlugin, TrainingRecipePlugin
+from strategies.training.lean_loop import SGD, clip_grad_norm, lean_training_epoch, use_lean_loop
+from tests.support.trunks import (
     MLP_SHAPE,
     fast_plugins,
     hat_net,
@@ -15,12 +21,6 @@ from helpers_strategies import (
     multihead_net,
     quiet_evaluator,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from strategies import HAT, GradientClipPlugin, TrainingRecipePlugin
-from strategies.loop import SGD, clip_grad_norm, lean_training_epoch, use_lean_loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -242,7 +242,7 @@ def test_set_training_sets_the_flags_module_train_sets(gated, start):
     import copy
 
     from benchmark.networks import ModelConfig, build_model
-    from strategies.loop import set_training
+    from strategies.training.lean_loop import set_training
 
     model = build_model(ModelConfig(family="mlp", hidden=8), (1, 8, 8), [2, 2], gated=gated)
     model.train(start)
@@ -256,7 +256,7 @@ def test_set_training_sets_the_flags_module_train_sets(gated, start):
 
 
 def test_set_training_calls_an_overridden_train():
-    from strategies.loop import set_training
+    from strategies.training.lean_loop import set_training
 
     class Frozen(nn.Linear):  # keeps itself in evaluation mode, like a frozen BN
         def train(self, mode=True):

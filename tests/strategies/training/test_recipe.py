@@ -14,7 +14,13 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training import Naive
-from helpers_strategies import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strategies import HAT, ConfigError, RecipeConfig, TrainingRecipePlugin
+from strategies.hat import attention_regulariser
+from strategies.training.recipe import split_indices
+from tests.support.trunks import (
     MLP_SHAPE,
     clone_params,
     fast_plugins,
@@ -25,12 +31,6 @@ from helpers_strategies import (
     multihead_net,
     quiet_evaluator,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from strategies import HAT, ConfigError, RecipeConfig, TrainingRecipePlugin
-from strategies.hat import attention_regulariser
-from strategies.recipe import split_indices
 
 
 class EpochRecorder(SupervisedPlugin):
@@ -286,10 +286,10 @@ def test_recipe_config_validation(kw, match):
 
 
 def test_best_weights_snapshot_is_a_copy_refreshed_in_place_and_follows_new_state():
-    from strategies.recipe import _Snapshot
+    from strategies.training.recipe import ModelSnapshot
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    snap = _Snapshot(net)
+    snap = ModelSnapshot(net)
     first = snap.state["0.weight"]
     with torch.no_grad():
         net[0].weight.add_(1.0)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from strategies.recipe import rebuild_optimizer
+from strategies.training.recipe import rebuild_optimizer
 
 OPTIMIZERS = [
     (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}),

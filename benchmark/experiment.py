@@ -1,0 +1,247 @@
+"""What one run is and what it uses: ``Experiment`` and its resolved settings.
+
+``resolve`` validates an experiment's overrides and fills the scenario's and the strategy's
+defaults (raises ``ConfigError``); ``record_params`` is the record's ``params``;
+``run_settings`` is everything a run's results depend on (params, versions, device, torch
+threads). The plan, the existing-record check, the checkpoint fingerprint and the run itself
+all compare against ``run_settings``, so "what does this run use?" has one answer.
+Pure: no training, no files written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from strategies import ConfigError, TrainConfig, get_strategy
+from strategies.common.config import from_overrides, to_public_dict
+from strategies.registry import STRATEGIES
+
+from .data.scenarios import MIXTURE_SOURCES, SCENARIOS, Scenario, get_scenario
+from .networks import DEFAULT_BLOCKS, DEFAULT_HIDDEN, RESNETS, ModelConfig, check_network
+from .records import versions
+
+Overrides = Mapping[str, Mapping[str, Any]]
+
+#: network defaults on the embedded scenarios (the MLP's width; other families keep theirs)
+EMBEDDED_MODEL = {"hidden": 100}
+#: each scenario's input shape (its spec's ``input_shape``), known before any data are read:
+#: the network is checked against it up front
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    name: spec.input_shape for name, spec in SCENARIOS.items()}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run: what ``run_experiment`` needs, all typed."""
+
+    scenario: str
+    strategy: str
+    seed: int
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tag: str = ""
+    #: how the strategy's hyperparameters were selected on validation (a tuned preset's block
+    #: for this strategy, see ``benchmark.tuning``), copied into the record; None: not selected
+    selection: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """``scenario.*`` overrides: what to take from the built scenario."""
+
+    #: train only this task (a task name of the scenario, e.g. ``mnist`` in ``mixture`` or
+    #: ``digits:0-1`` in ``split-digits``), alone: the paper's compression experiment
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    train: TrainConfig
+    model: ModelConfig
+    strategy: Any
+    scenario: ScenarioConfig = ScenarioConfig()
+
+
+def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
+            network: str, input_shape: Sequence[int] | None = None) -> ResolvedConfig:
+    """Validate every override and fill scenario defaults (raises ConfigError).
+
+    ``input_shape`` (the built scenario's, or ``INPUT_SHAPES``' before it is built): the
+    network is checked against it (``check_network``: the family takes that input, the trunk
+    stays within ``MAX_PARAMETERS``)."""
+    spec = get_strategy(exp.strategy)
+    unknown = set(exp.overrides) - {"train", "model", "scenario", exp.strategy}
+    if unknown:
+        # parameters of other strategies are ignored: they belong to their own runs
+        bad = sorted(unknown - set(STRATEGIES))
+        if bad:
+            raise ConfigError(
+                f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.* or "
+                f"<strategy>.* with a strategy among {', '.join(sorted(STRATEGIES))}"
+            )
+    train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
+    if train.valid_fraction is None:
+        train = replace(train, valid_fraction=scenario_valid_fraction)
+    train.check_combination()
+    model = _resolve_model(exp.strategy, dict(exp.overrides.get("model", {})), embedded,
+                           network)
+    if input_shape is not None:
+        check_network(model, input_shape)
+    strat_over = exp.overrides.get(exp.strategy, {})
+    strat = spec.config(strat_over)
+    if hasattr(strat, "check_combination"):
+        strat.check_combination()
+    train, strat = _resolve_clipgrad(spec, train, strat, exp.overrides.get("train", {}),
+                                     strat_over)
+    scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
+    return ResolvedConfig(train, model, strat, scen)
+
+
+def _resolve_model(strategy: str, model_over: Mapping[str, Any], embedded: bool,
+                   network: str) -> ModelConfig:
+    """``model.*`` overrides with the scenario's family and the family's defaults filled."""
+    model = from_overrides(ModelConfig, model_over, "model")
+    if model.family is None:
+        model = replace(model, family=network)
+    family = model.family
+    supported = get_strategy(strategy).families
+    if supported is not None and family not in supported:
+        raise ConfigError(
+            f"{strategy} rebuilds the trunk layer by layer (a chain of Linear/Conv2d layers, "
+            f"no BatchNorm or residual blocks) and supports model.family "
+            f"{' or '.join(supported)} only, not {family}; use one of those for {strategy}, "
+            "or leave it out of the strategies"
+        )
+    mlp_only = sorted(set(model_over) & {"layers", "dropout", "input_dropout"})
+    if family == "alexnet" and mlp_only:
+        raise ConfigError(
+            f"model.{mlp_only[0]} applies to the MLP only: the AlexNet-like network has fixed "
+            "depth and dropout (0.2, 0.2, 0.5 after the convolutions, 0.5 after the linear "
+            "layers); remove it, or use model.family=mlp"
+        )
+    if family in RESNETS and mlp_only:
+        raise ConfigError(
+            f"model.{mlp_only[0]} applies to the MLP only: {family} has no dropout and "
+            + ("model.blocks sets its depth" if family == "resnet32" else "a fixed depth")
+            + "; remove it, or use model.family=mlp"
+        )
+    if model.hidden is None and family != "resnet18":  # (resnet18: fixed widths)
+        default = DEFAULT_HIDDEN[family]
+        if family == "mlp" and embedded:
+            default = EMBEDDED_MODEL["hidden"]
+        model = replace(model, hidden=default)
+    if family == "resnet32" and model.blocks is None:
+        model = replace(model, blocks=DEFAULT_BLOCKS)
+    if family == "resnet18" and model.stem is None:
+        model = replace(model, stem="auto")
+    return model
+
+
+def _resolve_clipgrad(spec, train: TrainConfig, strat: Any, train_over: Mapping[str, Any],
+                      strat_over: Mapping[str, Any]) -> tuple[TrainConfig, Any]:
+    """``train.clipgrad``: None means the strategy's reference value (``spec.clipgrad``).
+
+    A strategy that clips inside its own plugin (``spec.clips_itself``: a ``clipgrad`` field
+    of its config, e.g. applied between its gradient conditioning and the step) takes
+    ``train.clipgrad`` as that value; giving both with different values is an error."""
+    if not spec.clips_itself:
+        if train.clipgrad is None:
+            train = replace(train, clipgrad=spec.clipgrad)
+        return train, strat
+    own = strat.clipgrad
+    if "clipgrad" in train_over and "clipgrad" in strat_over and train.clipgrad != own:
+        raise ConfigError(
+            f"train.clipgrad={train.clipgrad} and {spec.name}.clipgrad={own} disagree; give one"
+        )
+    if "clipgrad" in train_over:
+        return train, replace(strat, clipgrad=train.clipgrad)
+    return replace(train, clipgrad=own), strat
+
+
+def record_params(exp: Experiment, cfg: ResolvedConfig) -> dict[str, Any]:
+    """The record's ``params``: every hyperparameter the run uses."""
+    # model fields that do not apply to the family (ResNet-32's blocks, ResNet-18's stem and
+    # hidden) stay None and are left out: records of the other families keep their keys
+    params = {
+        "train": to_public_dict(cfg.train),
+        "model": {k: v for k, v in to_public_dict(cfg.model).items() if v is not None},
+        exp.strategy: to_public_dict(cfg.strategy),
+    }
+    if cfg.scenario != ScenarioConfig():
+        params["scenario"] = to_public_dict(cfg.scenario)
+    return params
+
+
+def select_task(scenario: Scenario, name: str | None) -> Scenario:
+    """``scenario`` reduced to its task ``name`` (``scenario.task``); unchanged for None."""
+    if name is None:
+        return scenario
+    tasks = [t for t in scenario.tasks if t.name == name]
+    if not tasks:
+        raise ConfigError(
+            f"scenario.task={name!r} is not a task of {scenario.name}; its tasks: "
+            f"{', '.join(t.name for t in scenario.tasks)}"
+        )
+    return replace(scenario, tasks=tasks)
+
+
+def known_task_names(scenario: str) -> list[str] | None:
+    """Task names of ``scenario`` when they are known without reading a dataset (embedded
+    scenarios, and the mixture's datasets); None otherwise (checked when the run starts)."""
+    spec = get_scenario(scenario)
+    if spec.embedded:
+        return [t.name for t in spec.build(0, Path("data")).tasks]
+    if scenario == "mixture":
+        return list(MIXTURE_SOURCES)
+    return None
+
+
+def resolve_for(exp: Experiment, scenario: Scenario | None = None,
+                input_shape: Sequence[int] | None = None) -> ResolvedConfig:
+    """``resolve`` with the defaults of ``exp``'s scenario: the built ``scenario``'s (its
+    validation fraction and input shape), or without it its spec's (no data are read; the
+    network is checked against ``input_shape`` when given: the spec's is ``INPUT_SHAPES``)."""
+    spec = get_scenario(exp.scenario)
+    if scenario is not None:
+        return resolve(exp, scenario.valid_fraction, spec.embedded, spec.network,
+                       scenario.input_shape)
+    return resolve(exp, spec.valid_fraction, spec.embedded, spec.network, input_shape)
+
+
+def run_settings(exp: Experiment, device: Any, threads: int,
+                 cfg: ResolvedConfig | None = None) -> dict[str, Any]:
+    """Everything the results of ``exp`` depend on, as JSON values: scenario, strategy, seed,
+    tag, the record's ``params``, the versions, the device and torch's thread count.
+
+    ``cfg``: the run's resolved config (resolved here from the scenario's defaults when
+    None). The existing-record check compares ``params`` against a record's, a checkpoint
+    is valid only for equal settings (its fingerprint)."""
+    return json.loads(json.dumps({
+        "scenario": exp.scenario,
+        "strategy": exp.strategy,
+        "seed": exp.seed,
+        "tag": exp.tag,
+        "params": run_params(exp, cfg),
+        "versions": versions(),
+        "device": str(torch.device(device)),
+        "threads": int(threads),
+    }))
+
+
+def run_params(exp: Experiment, cfg: ResolvedConfig | None = None) -> dict[str, Any]:
+    """``record_params`` as JSON values (as a written record holds them); ``cfg`` resolved
+    from the scenario's defaults when None."""
+    return json.loads(json.dumps(record_params(exp, resolve_for(exp) if cfg is None else cfg)))
+
+
+def experiments_for(
+    scenario: str, strategies: Iterable[str], seeds: Iterable[int], overrides: Overrides,
+    tag: str = "",
+) -> list[Experiment]:
+    """The product strategies × seeds, seeds outermost (one scenario build per seed)."""
+    return [Experiment(scenario, s, seed, overrides, tag) for seed in seeds for s in strategies]

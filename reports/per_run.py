@@ -1,0 +1,131 @@
+"""Per-run reductions: the values one run record gives on its own (final accuracy, BWT,
+forgetting, task-agnostic final accuracy, mean seconds per task, the most memory and rehearsal
+samples) and, given its reference records' matrices, FWT and intransigence.
+
+Used by the report's summary and cost tables and by the W&B tracker's per-run summary, so both
+reduce a record alike. Each value is ``(number, "")`` or ``(NaN, why)`` with ``why``
+:data:`NOT_APPLICABLE` (the record says the strategy has no such value) or :data:`NO_DATA`
+(the field, or the reference record, is missing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+
+__all__ = [
+    "NOT_APPLICABLE",
+    "NO_DATA",
+    "OWN_METRICS",
+    "Value",
+    "finite_float",
+    "own_metrics",
+    "per_task",
+    "run_metrics",
+]
+
+#: a summary cell of a metric the strategy does not have (e.g. no rehearsal memory)
+NOT_APPLICABLE = "n/a"
+#: a summary cell without data (older records, a reference record missing)
+NO_DATA = "–"
+
+#: (value, "") or (NaN, :data:`NOT_APPLICABLE` / :data:`NO_DATA`)
+Value = tuple[float, str]
+
+#: the metrics one record gives alone, in the order :func:`own_metrics` returns them
+OWN_METRICS = ("final_acc", "bwt", "forgetting", "agnostic_acc", "seconds_per_task",
+               "peak_memory_mb", "state_mb", "memory_samples")
+
+
+def finite_float(x: object) -> float | None:
+    """``x`` as a float when it is a finite number (not a boolean); else None."""
+    if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x):
+        return float(x)
+    return None
+
+
+def per_task(rec: Mapping[str, Any], key: str, n_tasks: int) -> list[float] | None:
+    """A record's per-task list ``key`` as floats (None entries as NaN); None when the field
+    is absent or null or not a list of ``n_tasks`` numbers."""
+    v = rec.get(key)
+    if not isinstance(v, list) or len(v) != n_tasks:
+        return None
+    out = []
+    for x in v:
+        if x is None:
+            out.append(math.nan)
+        elif finite_float(x) is None:
+            return None
+        else:
+            out.append(float(x))
+    return out
+
+
+def _agnostic(rec: Mapping[str, Any], n: int, notes: list[str] | None) -> Value:
+    if "agnostic_accuracy" not in rec:
+        return math.nan, NO_DATA
+    agn = rec["agnostic_accuracy"]
+    if agn is None:
+        return math.nan, NOT_APPLICABLE
+    try:
+        if not isinstance(agn, list) or len(agn) != n:
+            raise ValueError(f"{n} rows expected")
+        return metrics.agnostic_final_accuracy(agn), ""
+    except ValueError as e:
+        if notes is not None:
+            notes.append(f"{rec.get('_source', '?')}: malformed agnostic_accuracy ({e}); left out")
+        return math.nan, NO_DATA
+
+
+def _seconds(rec: Mapping[str, Any], n: int) -> Value:
+    secs = per_task(rec, "seconds", n)
+    if secs is not None and all(math.isfinite(x) for x in secs):
+        return float(np.mean(secs)), ""
+    return math.nan, NO_DATA
+
+
+def _largest(rec: Mapping[str, Any], key: str, n: int) -> Value:
+    finite = [x for x in per_task(rec, key, n) or [] if math.isfinite(x)]
+    return (max(finite), "") if finite else (math.nan, NO_DATA)
+
+
+def _memory_samples(rec: Mapping[str, Any], n: int) -> Value:
+    if "memory_samples" in rec and rec["memory_samples"] is None:
+        return math.nan, NOT_APPLICABLE
+    return _largest(rec, "memory_samples", n)
+
+
+def own_metrics(rec: Mapping[str, Any], acc: np.ndarray | None = None,
+                notes: list[str] | None = None) -> dict[str, Value]:
+    """The values of :data:`OWN_METRICS` from ``rec`` alone (``acc``: its accuracy matrix as
+    an array, computed when not given). A malformed ``agnostic_accuracy`` adds a line to
+    ``notes`` (when given) and counts as missing."""
+    a = np.asarray(rec["accuracy"], dtype=float) if acc is None else acc
+    n = a.shape[0]
+    return {
+        "final_acc": (metrics.final_average_accuracy(a), ""),
+        "bwt": (metrics.bwt(a), ""),
+        "forgetting": (metrics.forgetting(a), ""),
+        "agnostic_acc": _agnostic(rec, n, notes),
+        "seconds_per_task": _seconds(rec, n),
+        "peak_memory_mb": _largest(rec, "peak_memory_mb", n),
+        "state_mb": _largest(rec, "state_mb", n),
+        "memory_samples": _memory_samples(rec, n),
+    }
+
+
+def run_metrics(rec: Mapping[str, Any], acc: np.ndarray, single: np.ndarray | None,
+                joint: np.ndarray | None, notes: list[str] | None = None) -> dict[str, Value]:
+    """:func:`own_metrics` plus ``fwt`` (needs the seed's single-task reference matrix
+    ``single``) and ``intransigence`` (needs the joint reference ``joint``)."""
+    out = own_metrics(rec, acc, notes)
+    out["fwt"] = ((metrics.forward_transfer(acc, single), "") if single is not None
+                  else (math.nan, NO_DATA))
+    out["intransigence"] = ((metrics.intransigence(acc, joint), "") if joint is not None
+                            else (math.nan, NO_DATA))
+    return out
