@@ -1,6 +1,7 @@
-"""PackNet (strategies/baselines/packnet.py): exact protection of earlier tasks with every optimizer of the
-suite, ownership fractions matching the prune ratio, task t reading only the weights of tasks
-≤ t, checkpoints, the runner on both embedded scenarios, and one clear error per bad input."""
+"""PackNet (strategies/baselines/packnet.py): exact protection of earlier tasks with every
+optimizer of the suite, ownership fractions matching the prune ratio, task t reading only the
+weights of tasks ≤ t, checkpoints, the runner on both embedded scenarios, and one clear error
+per bad input."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""iCaRL (strategies/rehearsal/icarl.py): herding (Algorithm 4), the balanced memory of training-part
-samples (Algorithms 2, 5), nearest-mean-of-exemplars scores (Algorithm 1) in both protocols,
-the paper's loss and its validation term, and runs through the runner. One CPU thread."""
+"""iCaRL (strategies/rehearsal/icarl.py): herding (Algorithm 4), the balanced memory of
+training-part samples (Algorithms 2, 5), nearest-mean-of-exemplars scores (Algorithm 1) in both
+protocols, the paper's loss and its validation term, and runs through the runner. One CPU
+thread."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The rehearsal baselines (``replay``, ``agem``, ``der``, ``er-ace``, ``gdumb``) and their
-memories (strategies/rehearsal/memory.py): each trains on both embedded scenarios through the runner;
-the memories keep their invariants (size, balance, training samples only, determinism); each
-method's defining step matches a computation by hand."""
+memories (strategies/rehearsal/memory.py): each trains on both embedded scenarios through the
+runner; the memories keep their invariants (size, balance, training samples only, determinism);
+each method's defining step matches a computation by hand."""
 
 from __future__ import annotations
 
