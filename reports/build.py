@@ -140,6 +140,11 @@ def _scenario(rep: ScenarioReport) -> str:
     return rep.scenario
 
 
+def _png(stem: str, draw: str, data: Callable[[ScenarioReport], Any], caption: Caption) -> Figure:
+    """``<stem>.png`` alone, drawn by ``figures.<draw>(data(rep), rep.scenario, path)``."""
+    return Figure((f"{stem}.png",), _one(draw, data, _scenario), (caption,))
+
+
 _SAME_AS_PDF = "the same figure as PDF"
 
 #: every file of a scenario's report, in the order of ``index.md``
@@ -192,37 +197,32 @@ ARTIFACTS: tuple[Artifact, ...] = (
             f"evaluated task, mean over {len(rep.seeds[s])} seed(s)"),
     )),
     Artifact("robustness.*", lambda rep: rep.grid is not None, (
-        Figure(("robustness.png",),
-               _one("plot_grid", lambda rep: rep.grid, _scenario),
-               (lambda rep: "HAT robustness: "
-                + ("ρ≤T" if rep.grid.metric == "rho" else
-                   "final accuracy (no joint records for ρ)") + " over the smax × c grid",)),
+        _png("robustness", "plot_grid", lambda rep: rep.grid,
+             lambda rep: "HAT robustness: "
+             + ("ρ≤T" if rep.grid.metric == "rho" else
+                "final accuracy (no joint records for ρ)") + " over the smax × c grid"),
         Text("robustness.md", lambda rep: render.grid_md(rep.grid, rep.scenario),
              "the robustness grid as a table (mean ± CI)"),
         Text("robustness.csv", lambda rep: render.grid_csv(rep.grid),
              "the robustness grid as CSV"),
     )),
     Artifact("capacity.png", lambda rep: rep.capacity is not None, (
-        Figure(("capacity.png",),
-               _one("plot_capacity", lambda rep: rep.capacity, _scenario),
-               ("HAT capacity: fraction of each layer's units used per task, and how much of it "
-                "earlier tasks already used",)),
+        _png("capacity", "plot_capacity", lambda rep: rep.capacity,
+             "HAT capacity: fraction of each layer's units used per task, and how much of it "
+             "earlier tasks already used"),
     )),
     Artifact("compression.*", lambda rep: rep.capacity is not None, (
-        Figure(("compression.png",),
-               _one("plot_compression", lambda rep: rep.capacity, _scenario),
-               ("HAT compression: fraction of units and weights kept per task",)),
+        _png("compression", "plot_compression", lambda rep: rep.capacity,
+             "HAT compression: fraction of units and weights kept per task"),
         Text("compression.md", lambda rep: render.compression_md(rep.capacity, rep.scenario),
              "HAT compression per task and layer as a table"),
         Text("compression.csv", lambda rep: render.compression_csv(rep.capacity),
              "the compression table as CSV"),
     )),
     Artifact("compression_alone.*", lambda rep: rep.compression is not None, (
-        Figure(("compression_alone.png",),
-               _one("plot_compression_alone", lambda rep: rep.compression, _scenario),
-               ("HAT compression, each task trained alone (the paper's compression "
-                "experiment): fraction of the network's units and weights its binary mask "
-                "keeps",)),
+        _png("compression_alone", "plot_compression_alone", lambda rep: rep.compression,
+             "HAT compression, each task trained alone (the paper's compression experiment): "
+             "fraction of the network's units and weights its binary mask keeps"),
         Text("compression_alone.md",
              lambda rep: render.compression_alone_md(rep.compression, rep.scenario),
              "compression per task trained alone, per layer and overall, as a table"),
@@ -230,11 +230,10 @@ ARTIFACTS: tuple[Artifact, ...] = (
              "compression per task trained alone as CSV (fractions)"),
     )),
     Artifact("monitoring.*", lambda rep: rep.monitoring is not None, (
-        Figure(("monitoring.png",),
-               _one("plot_monitoring", lambda rep: rep.monitoring, _scenario),
-               ("HAT monitoring: per layer, the fraction of units the task being trained uses "
-                "(capacity) and the fraction of those reused from earlier tasks, epoch by "
-                "epoch over the task sequence",)),
+        _png("monitoring", "plot_monitoring", lambda rep: rep.monitoring,
+             "HAT monitoring: per layer, the fraction of units the task being trained uses "
+             "(capacity) and the fraction of those reused from earlier tasks, epoch by "
+             "epoch over the task sequence"),
         Text("monitoring.csv", lambda rep: render.monitoring_csv(rep.monitoring),
              "data of the monitoring figure: task, epoch, layer, used, reuse, seeds"),
     )),

@@ -6,6 +6,7 @@ functions, the import graph's cycles and the README's length.
 Function length counts the lines from ``def`` to the function's last line; branches are
 1 + if/for/while/except/with-comprehension/boolean operators (roughly McCabe). Imports include
 function-level ones, relative imports resolved. Reads source only: nothing is imported or run.
+tests/test_architecture.py checks the import rules and cycles with this module's graph code.
 """
 
 from __future__ import annotations
@@ -14,19 +15,14 @@ import argparse
 import ast
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ("strategies", "benchmark", "reports", "scripts")
 SUITE = ("strategies", "benchmark", "reports")
 BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler, ast.comprehension,
             ast.IfExp, ast.Match)
-
-
-def module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
 
 
 def sources(root: Path, packages: tuple[str, ...]) -> list[Path]:
@@ -56,67 +52,141 @@ def functions(root: Path) -> list[tuple[str, int, int]]:
     return found
 
 
-def imports(root: Path) -> dict[str, set[str]]:
-    """Module -> suite modules it imports (any depth, relative imports resolved)."""
-    modules = {module_name(p, root): p for p in sources(root, SUITE)}
-    graph: dict[str, set[str]] = defaultdict(set)
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")
-                    anchor = anchor[: len(anchor) - node.level + 1]
-                    base = ".".join([*anchor, base] if base else anchor)
-                # `from X import a`: the submodule X.a where there is one, else X itself
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                           for a in node.names]
-            for target in targets:
-                while target and target not in modules:
-                    target = target.rpartition(".")[0]
-                if target and target != name:
-                    graph[name].add(target)
-        graph.setdefault(name, set())
+@dataclass(frozen=True)
+class Import:
+    """One import statement of a suite module: what it names, resolved to a dotted name."""
+
+    module: str  #: the importing module
+    line: int
+    target: str  #: the imported module (or ``module.attribute`` for ``from module import x``)
+
+
+def module_files(root: Path, packages: tuple[str, ...] = SUITE) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of ``packages``."""
+    out = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def imports_of(name: str, path: Path) -> Iterator[Import]:
+    """Every import in the file, at any depth; ``from x import y`` yields ``x.y`` (a submodule
+    or an attribute: :func:`resolve` decides)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(name, node.lineno, alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                yield Import(name, node.lineno, f"{source}.{alias.name}")
+
+
+def resolve(target: str, modules: dict[str, Path]) -> str | None:
+    """The suite module an import loads: the longest prefix of ``target`` that is a module
+    (``from pkg import name`` loads ``pkg.name`` when it is a submodule, else ``pkg``)."""
+    parts = target.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in modules:
+            return prefix
+    return None
+
+
+def all_imports(modules: dict[str, Path]) -> tuple[Import, ...]:
+    """Every import of every module of ``modules`` (:func:`module_files`)."""
+    return tuple(imp for name, path in modules.items() for imp in imports_of(name, path))
+
+
+def import_graph(
+    modules: dict[str, Path], imports: Iterable[Import] | None = None
+) -> dict[str, set[str]]:
+    """Module -> the modules of ``modules`` it imports (itself excluded); ``imports``: those of
+    :func:`all_imports`, read here when not given."""
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for imp in all_imports(modules) if imports is None else imports:
+        target = resolve(imp.target, modules)
+        if target is not None and target != imp.module:
+            graph[imp.module].add(target)
     return graph
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components (iterative), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
-    found: list[list[str]] = []
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                out.append(sorted(component))
+    return out
 
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for nxt in graph.get(node, ()):
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in on_stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                top = stack.pop()
-                on_stack.discard(top)
-                component.append(top)
-                if top == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
 
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module."""
+    return [c for c in strongly_connected(graph) if len(c) > 1]
+
+
+def a_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
+    """One concrete cycle through the component's first module (shortest, by BFS)."""
+    start, members = component[0], set(component)
+    parents: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for child in sorted(graph[node] & members):
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(parents[path[-1]])
+                    return [start, *reversed(path[:-1]), start]
+                if child not in parents:
+                    parents[child] = node
+                    following.append(child)
+        frontier = following
+    raise AssertionError(f"no cycle in {component}")
 
 
 def main() -> None:
@@ -143,7 +213,7 @@ def main() -> None:
     for where, n, b in sorted(found, key=lambda f: -f[2])[: args.top]:
         print(f"    {b:4d} br. {n:4d} lines  {where}")
 
-    graph = imports(root)
+    graph = import_graph(module_files(root))
     loops = cycles(graph)
     print(f"\n## Import cycles among {len(graph)} suite modules: {len(loops)}")
     for loop in loops:

@@ -193,6 +193,16 @@ def _packnet(ctx: BuildContext, p: PackNetConfig):
                    post_prune_lr_scale=p.post_prune_lr_scale, **_own_model(ctx, model))
 
 
+def _rehearsal(
+    name: str, description: str, params: type, strategy: type,
+    space: Mapping[str, Sequence[Any]] | None = None,
+) -> StrategySpec:
+    """A rehearsal method's spec: built as ``strategy(config=p, **ctx.common())``."""
+    return StrategySpec(name, description, params,
+                        lambda ctx, p: strategy(config=p, **ctx.common()),
+                        space=space or {}, rehearsal=True)
+
+
 # Search spaces of ``python -m benchmark tune`` (values ascending). The reference code's grids
 # (joansj/hat, src/approaches/*.py comments) where it has one; otherwise documented ranges:
 #: HAT: the reference's c and smax grids (hat.py), the paper's Fig. 5
@@ -290,36 +300,21 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
                      "column per task with lateral adapters", PNNConfig, _pnn,
                      families=LAYERWISE, task_agnostic=False),
-        StrategySpec("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
-                     "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
-                     ICaRLConfig,
-                     lambda ctx, p: ICaRL(config=p, **ctx.common()),
-                     rehearsal=True),
-        StrategySpec("replay", "Experience replay (Chaudhry et al. 2019): each batch with a "
-                     "memory batch; memory balanced over experiences, Avalanche's semantics",
-                     ReplayConfig,
-                     lambda ctx, p: Replay(config=p, **ctx.common()),
-                     space=REPLAY_SPACE,
-                     rehearsal=True),
-        StrategySpec("agem", "A-GEM (Chaudhry et al. 2019): the gradient projected when it "
-                     "conflicts with a memory sample's", AGEMConfig,
-                     lambda ctx, p: AGEM(config=p, **ctx.common()),
-                     space=AGEM_SPACE,
-                     rehearsal=True),
-        StrategySpec("der", "DER++ (Buzzega et al. 2020): replay of labels and of the logits "
-                     "stored at insertion, reservoir memory", DERConfig,
-                     lambda ctx, p: DER(config=p, **ctx.common()),
-                     space=DER_SPACE,
-                     rehearsal=True),
-        StrategySpec("er-ace", "ER-ACE (Caccia et al. 2022): replay with the current batch's "
-                     "loss over its own classes only; class-balanced memory", ERACEConfig,
-                     lambda ctx, p: ERACE(config=p, **ctx.common()),
-                     space=ER_ACE_SPACE,
-                     rehearsal=True),
-        StrategySpec("gdumb", "GDumb (Prabhu et al. 2020): retrained from its initialisation "
-                     "on a class-balanced memory alone at every task", GDumbConfig,
-                     lambda ctx, p: GDumb(config=p, **ctx.common()),
-                     rehearsal=True),
+        _rehearsal("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
+                   "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
+                   ICaRLConfig, ICaRL),
+        _rehearsal("replay", "Experience replay (Chaudhry et al. 2019): each batch with a "
+                   "memory batch; memory balanced over experiences, Avalanche's semantics",
+                   ReplayConfig, Replay, REPLAY_SPACE),
+        _rehearsal("agem", "A-GEM (Chaudhry et al. 2019): the gradient projected when it "
+                   "conflicts with a memory sample's", AGEMConfig, AGEM, AGEM_SPACE),
+        _rehearsal("der", "DER++ (Buzzega et al. 2020): replay of labels and of the logits "
+                   "stored at insertion, reservoir memory", DERConfig, DER, DER_SPACE),
+        _rehearsal("er-ace", "ER-ACE (Caccia et al. 2022): replay with the current batch's "
+                   "loss over its own classes only; class-balanced memory", ERACEConfig,
+                   ERACE, ER_ACE_SPACE),
+        _rehearsal("gdumb", "GDumb (Prabhu et al. 2020): retrained from its initialisation "
+                   "on a class-balanced memory alone at every task", GDumbConfig, GDumb),
         StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "
                      "each t: the forgetting-ratio reference A_J", NoParams,
                      lambda ctx, p: JointTraining(**ctx.common()), joint=True,

@@ -6,75 +6,30 @@ module imports another (shared helpers are in ``tests/support/``)."""
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, load_script
+
+#: the import graph's code, shared with the script that reports the suite's shape
+arch = load_script("architecture_stats")
+imports_of, resolve = arch.imports_of, arch.resolve
+strongly_connected, a_cycle = arch.strongly_connected, arch.a_cycle
 
 PACKAGES = ("strategies", "benchmark", "reports")
-
-
-@dataclass(frozen=True)
-class Import:
-    """One import statement of a suite module: what it names, resolved to a dotted name."""
-
-    module: str  #: the importing module
-    line: int
-    target: str  #: the imported module (or ``module.attribute`` for ``from module import x``)
 
 
 @cache
 def module_files() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the suite's packages."""
-    out = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            out[".".join(parts)] = path
-    return out
-
-
-def imports_of(name: str, path: Path) -> Iterator[Import]:
-    """Every import in the file, at any depth; ``from x import y`` yields ``x.y`` (a submodule
-    or an attribute: :func:`resolve` decides)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield Import(name, node.lineno, alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                source = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                source = node.module or ""
-            for alias in node.names:
-                yield Import(name, node.lineno, f"{source}.{alias.name}")
-
-
-def resolve(target: str, modules: dict[str, Path]) -> str | None:
-    """The suite module an import loads: the longest prefix of ``target`` that is a module
-    (``from pkg import name`` loads ``pkg.name`` when it is a submodule, else ``pkg``)."""
-    parts = target.split(".")
-    for n in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:n])
-        if prefix in modules:
-            return prefix
-    return None
+    return arch.module_files(ROOT, PACKAGES)
 
 
 @cache
-def all_imports() -> tuple[Import, ...]:
-    return tuple(imp for name, path in module_files().items() for imp in imports_of(name, path))
+def all_imports() -> tuple[arch.Import, ...]:
+    return arch.all_imports(module_files())
 
 
 def top(name: str) -> str:
@@ -124,75 +79,7 @@ def test_no_test_module_imports_another():
 
 def import_graph() -> dict[str, set[str]]:
     """Suite module -> the suite modules it imports (itself excluded)."""
-    modules = module_files()
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for imp in all_imports():
-        target = resolve(imp.target, modules)
-        if target is not None and target != imp.module:
-            graph[imp.module].add(target)
-    return graph
-
-
-def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components (iterative), each sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph[root])))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                out.append(sorted(component))
-    return out
-
-
-def a_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
-    """One concrete cycle through the component's first module (shortest, by BFS)."""
-    start, members = component[0], set(component)
-    parents: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for node in frontier:
-            for child in sorted(graph[node] & members):
-                if child == start:
-                    path = [node]
-                    while path[-1] != start:
-                        path.append(parents[path[-1]])
-                    return [start, *reversed(path[:-1]), start]
-                if child not in parents:
-                    parents[child] = node
-                    following.append(child)
-        frontier = following
-    raise AssertionError(f"no cycle in {component}")
+    return arch.import_graph(module_files(), all_imports())
 
 
 def test_no_import_cycle_among_the_suite_modules():

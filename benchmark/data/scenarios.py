@@ -277,6 +277,16 @@ def _mixture(seed: int, data_root: Path) -> Scenario:
 _DIGITS, _MNIST, _RGB32 = (1, 8, 8), (1, 28, 28), (3, 32, 32)
 
 
+def _split(
+    name: str, description: str, source: str, size: int, *, n_tasks: int, network: str,
+    input_shape: tuple[int, int, int],
+) -> ScenarioSpec:
+    """A downloaded ``source`` in tasks of ``size`` consecutive classes (fixed order)."""
+    return ScenarioSpec(name, description, n_tasks=n_tasks, embedded=False, network=network,
+                        input_shape=input_shape, builder=_split_builder(name, source, size),
+                        sources=(source,))
+
+
 def _specs() -> list[ScenarioSpec]:
     S = ScenarioSpec
     return [
@@ -306,24 +316,21 @@ def _specs() -> list[ScenarioSpec]:
           "FaceScrub, notMNIST), one task each, order shuffled by the seed, 15% validation",
           n_tasks=8, embedded=False, network="alexnet", input_shape=_RGB32,
           builder=_mixture, sources=MIXTURE_SOURCES, valid_fraction=MIXTURE_VALID_FRACTION),
-        S("split-mnist", "standard: MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
-          n_tasks=5, embedded=False, network="mlp", input_shape=_MNIST,
-          builder=_split_builder("split-mnist", "mnist", 2), sources=("mnist",)),
+        _split("split-mnist", "standard: MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
+               "mnist", 2, n_tasks=5, network="mlp", input_shape=_MNIST),
         S("permuted-mnist",
           "standard: 10 seeded pixel permutations of MNIST (same data as pmnist)",
           n_tasks=10, embedded=False, network="mlp", input_shape=_MNIST,
           builder=_permuted_builder("permuted-mnist", 10), sources=("mnist",)),
-        S("split-fmnist",
-          "standard: Fashion-MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
-          n_tasks=5, embedded=False, network="mlp", input_shape=_MNIST,
-          builder=_split_builder("split-fmnist", "fmnist", 2), sources=("fmnist",)),
-        S("split-cifar10", "standard: CIFAR-10 in 5 tasks of class pairs 0/1..8/9 (fixed order)",
-          n_tasks=5, embedded=False, network="alexnet", input_shape=_RGB32,
-          builder=_split_builder("split-cifar10", "cifar10", 2), sources=("cifar10",)),
-        S("split-cifar100",
-          "standard: CIFAR-100 in 10 tasks of 10 classes 0-9..90-99 (fixed order)",
-          n_tasks=10, embedded=False, network="alexnet", input_shape=_RGB32,
-          builder=_split_builder("split-cifar100", "cifar100", 10), sources=("cifar100",)),
+        _split("split-fmnist",
+               "standard: Fashion-MNIST in 5 tasks of class pairs 0/1..8/9 (fixed order)",
+               "fmnist", 2, n_tasks=5, network="mlp", input_shape=_MNIST),
+        _split("split-cifar10",
+               "standard: CIFAR-10 in 5 tasks of class pairs 0/1..8/9 (fixed order)",
+               "cifar10", 2, n_tasks=5, network="alexnet", input_shape=_RGB32),
+        _split("split-cifar100",
+               "standard: CIFAR-100 in 10 tasks of 10 classes 0-9..90-99 (fixed order)",
+               "cifar100", 10, n_tasks=10, network="alexnet", input_shape=_RGB32),
     ]
 
 

@@ -54,50 +54,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..per_run import NO_DATA, NOT_APPLICABLE
 from ..schema import param_text
+from . import model
 from .forgetting import forgetting
 from .hat import capacity, compression, grid, monitoring
 from .hyperparameters import hyperparameters, selection_source, sensitivity
 from .missing import missing_runs, missing_selection
-from .model import (
-    BASELINE_EXCLUDE,
-    COST_METRICS,
-    DUPLICATE_RULE,
-    HAT,
-    REFERENCES,
-    SUMMARY_METRICS,
-    Capacity,
-    Duplicate,
-    Grid,
-    HyperRow,
-    Missing,
-    Monitoring,
-    ScenarioReport,
-    Sensitivity,
-    Stat,
-)
+from .model import *  # noqa: F403  (the data types and constants: the package exports them)
+from .model import HAT, Duplicate, ScenarioReport
 from .records import ScenarioRecords, scenario_records, trained_alone
 from .summary import summary
 
 __all__ = [
-    "BASELINE_EXCLUDE",
-    "COST_METRICS",
-    "DUPLICATE_RULE",
-    "NOT_APPLICABLE",
-    "NO_DATA",
-    "REFERENCES",
-    "SUMMARY_METRICS",
-    "Capacity",
-    "Duplicate",
-    "Grid",
-    "HyperRow",
-    "Missing",
-    "Monitoring",
+    *model.__all__,
     "ScenarioRecords",
-    "ScenarioReport",
-    "Sensitivity",
-    "Stat",
     "compute_report",
     "compute_scenario",
     "param_text",

@@ -17,7 +17,7 @@ from benchmark.records import read_record, record_path
 from benchmark.run import executors
 from strategies import STRATEGIES
 from tests.support.cli import assert_usage_error, run_cli, tree
-from tests.support.runs import BASE
+from tests.support.runs import BASE, count_runs
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
@@ -65,14 +65,7 @@ def test_resume_runs_only_the_missing_record(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     missing = record_path(out, "split-digits", "naive", 1)
     missing.unlink()
-    ran = []
-    original = executors.run_experiment
-
-    def counting(exp, *args, **kwargs):
-        ran.append(exp.seed)
-        return original(exp, *args, **kwargs)
-
-    monkeypatch.setattr(executors, "run_experiment", counting)
+    ran = count_runs(monkeypatch, lambda exp: exp.seed)
     assert run_cli(*argv) == 0
     assert ran == [1]
     assert read_record(missing)["seed"] == 1

@@ -26,7 +26,7 @@ from benchmark.run.runner import RunHooks, run_experiment
 from reports.schema import field_names
 from strategies import STRATEGIES, ConfigError, HATNet, TrainConfig, get_strategy
 from tests.support.records import comparable
-from tests.support.runs import FAST, run_cached
+from tests.support.runs import FAST, count_runs, run_cached
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -409,14 +409,7 @@ def test_run_all_reruns_a_corrupt_record(tmp_path, monkeypatch):
     naive_path.write_text(naive_path.read_text()[:100])  # truncated
     assert not is_complete(naive_path)
 
-    ran = []
-    original = runner.run_experiment
-
-    def counting(exp, *args, **kwargs):
-        ran.append(exp.strategy)
-        return original(exp, *args, **kwargs)
-
-    monkeypatch.setattr(executors, "run_experiment", counting)
+    ran = count_runs(monkeypatch, lambda exp: exp.strategy)
     log: list[str] = []
     run_all(_exps(), out, progress=False, log=log.append)
     assert ran == ["naive"]

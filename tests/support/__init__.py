@@ -1,8 +1,11 @@
 """Helpers shared by the test modules: plain functions and constants (fixtures are in
 ``tests/conftest.py``). No test module imports another test module."""
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 #: the repository's root folder (configs/, scripts/, the packages)
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,3 +25,15 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 
     env.setdefault("MPLCONFIGDIR", get_cachedir())
     return env
+
+
+def load_script(name: str) -> ModuleType:
+    """The module of ``scripts/<name>.py`` (the folder is no package), loaded once."""
+    key = f"_scripts_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "scripts" / f"{name}.py")
+        assert spec is not None and spec.loader is not None, name
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[key]

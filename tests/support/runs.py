@@ -4,8 +4,13 @@ the tests that only read a record."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from benchmark.experiment import Experiment
+from benchmark.run import executors
 from benchmark.run.runner import run_experiment
 
 #: no progress bar, no W&B
@@ -26,3 +31,17 @@ def run_cached(scenario: str, strategy: str, seed: int = 0, overrides=None) -> d
     if key not in _cache:
         _cache[key] = run_experiment(Experiment(scenario, strategy, seed, overrides))
     return _cache[key]
+
+
+def count_runs(monkeypatch: pytest.MonkeyPatch, key: Callable[[Experiment], Any]) -> list:
+    """From now on every experiment the executors run is run as usual and ``key(exp)`` appended
+    to the list returned."""
+    ran: list = []
+    original = executors.run_experiment
+
+    def counting(exp, *args, **kwargs):
+        ran.append(key(exp))
+        return original(exp, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "run_experiment", counting)
+    return ran

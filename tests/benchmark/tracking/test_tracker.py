@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -251,19 +252,30 @@ def test_init_failure_continues_without_tracking(isolated, monkeypatch):
     assert offline_runs(out) == []
 
 
-def test_online_init_failure_falls_back_to_offline(isolated, monkeypatch):
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # "logged in"; never checked: init fails
+def _run_online(isolated, monkeypatch, online_init: Callable) -> tuple[Path, int, list, list]:
+    """``naive,hat`` with ``--wandb online`` and an API key set ("logged in"; never checked):
+    ``online_init(real_init, *args, **kwargs)`` stands in for every online ``wandb.init``.
+    Returns the results folder, the exit code, the warnings and the modes asked of W&B."""
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     real_init, modes = wandb.init, []
 
     def init(*args, **kwargs):
         modes.append(kwargs.get("mode"))
         if kwargs.get("mode") == "online":
-            raise TimeoutError("simulated: no network")
+            return online_init(real_init, *args, **kwargs)
         return real_init(*args, **kwargs)
 
     monkeypatch.setattr(wandb, "init", init)
     out = isolated / "out"
     rc, warned = _run_cli(out, "naive,hat", mode="online")
+    return out, rc, warned, modes
+
+
+def test_online_init_failure_falls_back_to_offline(isolated, monkeypatch):
+    def no_network(real_init, *args, **kwargs):
+        raise TimeoutError("simulated: no network")
+
+    out, rc, warned, modes = _run_online(isolated, monkeypatch, no_network)
     assert rc == 0
     assert modes == ["online", "offline", "offline"]
     assert len(warned) == 1 and "offline" in str(warned[0].message)
@@ -307,18 +319,10 @@ class _FlakyRun:
 
 
 def test_online_log_failure_replays_into_offline_run(isolated, monkeypatch):
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    real_init, modes = wandb.init, []
+    def flaky(real_init, *args, **kwargs):  # stands in for an online run: offline, but flaky
+        return _FlakyRun(real_init(*args, **{**kwargs, "mode": "offline"}))
 
-    def init(*args, **kwargs):
-        modes.append(kwargs["mode"])
-        if kwargs["mode"] == "online":  # stands in for an online run: offline, but flaky
-            return _FlakyRun(real_init(*args, **{**kwargs, "mode": "offline"}))
-        return real_init(*args, **kwargs)
-
-    monkeypatch.setattr(wandb, "init", init)
-    out = isolated / "out"
-    rc, warned = _run_cli(out, "naive,hat", mode="online")
+    out, rc, warned, modes = _run_online(isolated, monkeypatch, flaky)
     assert rc == 0
     assert modes == ["online", "offline", "offline"]
     assert len(warned) == 1 and "offline" in str(warned[0].message)

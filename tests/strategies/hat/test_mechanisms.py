@@ -9,6 +9,7 @@ does during training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -264,16 +265,25 @@ class LossRecorder(SupervisedPlugin):
         self.rows.append((self._ce, float(strategy.loss.detach()), float(r)))
 
 
+def _two_tasks(recorder, trunk: Callable[[], nn.Module], shape, lr: float, **options):
+    """A stream of 2 tasks (32 training samples each), a HAT network on ``trunk()`` and a HAT
+    strategy training it by SGD(``lr``) in batches of 16 with ``recorder`` among its plugins
+    (``options``: HAT's other arguments); returns (stream, model, strategy)."""
+    bm, _, _ = make_stream(2, shape, n_train=32)
+    model = hat_net(trunk(), shape)
+    strategy = HAT(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr), train_mb_size=16,
+        plugins=fast_plugins(recorder), evaluator=quiet_evaluator(), **options,
+    )
+    return bm, model, strategy
+
+
 @pytest.mark.parametrize("c", [0.0, 0.75, 2.5])
 def test_training_loss_is_cross_entropy_plus_c_times_regulariser(c):
     torch.manual_seed(0)
-    bm, _, _ = make_stream(2, MLP_SHAPE, n_train=32)
-    model = hat_net(mlp_trunk(), MLP_SHAPE)
     rec = LossRecorder()
-    strategy = HAT(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), c=c, smax=20.0,
-        train_mb_size=16, train_epochs=2, plugins=fast_plugins(rec), evaluator=quiet_evaluator(),
-    )
+    bm, model, strategy = _two_tasks(rec, mlp_trunk, MLP_SHAPE, lr=0.1, c=c, smax=20.0,
+                                     train_epochs=2)
     for exp in bm.train_stream:
         strategy.train(exp)
     assert len(rec.rows) == 8
@@ -366,14 +376,9 @@ def test_training_step_conditions_and_compensates_gradients():
     the compensation factor, everything else untouched, old tasks' parameters no gradient."""
     torch.manual_seed(0)
     smax = 40.0
-    bm, _, _ = make_stream(2, CONV_SHAPE, n_train=32)
-    model = hat_net(conv_trunk(), CONV_SHAPE)
     rec = GradRecorder()
-    strategy = HAT(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), smax=smax,
-        train_mb_size=16, train_epochs=1, plugins=fast_plugins(rec),
-        evaluator=quiet_evaluator(),
-    )
+    bm, model, strategy = _two_tasks(rec, conv_trunk, CONV_SHAPE, lr=0.05, smax=smax,
+                                     train_epochs=1)
     strategy.train(bm.train_stream[0])
     factors = {id(p): f for p, f in model.conditioning_factors()}
     assert any(bool((f == 0).any()) for f in factors.values())  # something is protected
@@ -464,14 +469,9 @@ def test_embeddings_clamped_after_each_step():
 @pytest.mark.parametrize("clipgrad", [1e-3, 0.05])
 def test_global_gradient_norm_clipped_after_compensation(clipgrad):
     torch.manual_seed(0)
-    bm, _, _ = make_stream(2, MLP_SHAPE, n_train=32)
-    model = hat_net(mlp_trunk(), MLP_SHAPE)
     rec = GradRecorder()
-    strategy = HAT(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), clipgrad=clipgrad,
-        train_mb_size=16, train_epochs=1, plugins=fast_plugins(rec),
-        evaluator=quiet_evaluator(),
-    )
+    bm, model, strategy = _two_tasks(rec, mlp_trunk, MLP_SHAPE, lr=0.01, clipgrad=clipgrad,
+                                     train_epochs=1)
     for exp in bm.train_stream:
         strategy.train(exp)
 

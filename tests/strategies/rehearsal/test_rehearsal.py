@@ -406,12 +406,19 @@ def _flat_grads(model) -> torch.Tensor:
                       for p in model.parameters()])
 
 
-def test_agem_update_never_opposes_the_memory_gradient_on_a_multihead_model():
+def _agem_with_task_0_in_memory():
+    """The two-head net, a batch (x, y) of task 0 and an A-GEM plugin holding that batch as
+    its memory of one finished experience."""
     model = _two_head_net()
     x, y = torch.randn(16, 64), torch.zeros(16, dtype=torch.long)
     plugin = AGEMPlugin(patterns_per_experience=16, sample_size=16)
     plugin.memory.add(x, y, torch.zeros(16, dtype=torch.long), 0)
     plugin.n_experiences = 1
+    return model, plugin, x, y
+
+
+def test_agem_update_never_opposes_the_memory_gradient_on_a_multihead_model():
+    model, plugin, x, y = _agem_with_task_0_in_memory()
     _, raw = _agem_step(plugin, model, x, y, task=1)
     g_ref = plugin.reference_gradients
     raw_flat = torch.cat([(torch.zeros_like(p) if r is None else r).reshape(-1)
@@ -434,11 +441,7 @@ def test_agem_update_never_opposes_the_memory_gradient_on_a_multihead_model():
 
 
 def test_agem_leaves_an_agreeing_gradient_unchanged():
-    model = _two_head_net()
-    x, y = torch.randn(16, 64), torch.zeros(16, dtype=torch.long)
-    plugin = AGEMPlugin(patterns_per_experience=16, sample_size=16)
-    plugin.memory.add(x, y, torch.zeros(16, dtype=torch.long), 0)
-    plugin.n_experiences = 1
+    model, plugin, x, y = _agem_with_task_0_in_memory()
     _, raw = _agem_step(plugin, model, x, y, task=0)  # the memory's own batch: g = g_ref
     assert plugin.projections == 0
     for p, r in zip(model.parameters(), raw, strict=True):
