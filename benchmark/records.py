@@ -19,7 +19,6 @@ from typing import Any
 
 from reports.io import write_text
 from reports.schema import (
-    READABLE_SCHEMAS,
     SCHEMA_VERSION,
     TIMING_FIELDS,
     RecordError,
@@ -27,7 +26,6 @@ from reports.schema import (
 )
 
 __all__ = [
-    "READABLE_SCHEMAS",
     "SCHEMA_VERSION",
     "TIMING_FIELDS",
     "RecordError",

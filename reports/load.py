@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .schema import is_diverged, record_problem
+from .text import first_line
 
 __all__ = ["RecordWarning", "ReportError", "load_records", "normalise"]
 
@@ -57,8 +58,8 @@ def load_records(folder: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            warnings.warn(f"skipping {path}: invalid JSON ({msg})", RecordWarning, stacklevel=2)
+            warnings.warn(f"skipping {path}: invalid JSON ({first_line(e)})", RecordWarning,
+                          stacklevel=2)
             continue
         problem = record_problem(rec, strict=False)
         if problem:

@@ -137,7 +137,7 @@ FIELDS: tuple[Field, ...] = (
     Field("history", "list[list[object]]", "per task, per epoch: `epoch`, `train_loss`, "
           "`train_acc`, `valid_loss` (null without validation), `lr`, and for HAT `hat_s`, "
           "`hat_reg`, `hat_used`, `hat_reuse` (below)"),
-    Field("hat", "object or null", "HAT mask statistics (`strategies.hat.mask_statistics`): "
+    Field("hat", "object or null", "HAT mask statistics (`strategies.hat.HATNet.mask_statistics`): "
           "`{\"layers\": [...], \"tasks\": [...], \"used\": [[...]], \"overlap\": [[...]], "
           "\"weights_kept\": [...]}`, plus (optional for older records) "
           "`layer_weights_kept[l][k]` (fraction of gated layer l's weights joining two units "
@@ -359,8 +359,6 @@ def _write_problem(rec: object) -> str | None:
         problem = _square_problem(rec["valid_accuracy"], n, "valid_accuracy")
     if problem:
         return problem
-    if rec.get("selection") is not None and not isinstance(rec["selection"], dict):
-        return "field 'selection' must be an object or null"
     for key in ("random_accuracy", "epochs", "seconds"):
         if len(rec[key]) != n:
             return f"'{key}' must have one entry per task ({n})"
@@ -384,7 +382,7 @@ def _optional_problem(rec: dict, n: int) -> str | None:
         if not isinstance(agn, list) or len(agn) != n or any(
                 not isinstance(r, list) or len(r) != t + 1 for t, r in enumerate(agn)):
             return "'agnostic_accuracy' must be null or T rows, row t with t+1 entries"
-        if not all(_is_number(v) and 0.0 <= v <= 1.0 for row in agn for v in row):
+        if not all(_is_frac(v, 0.0) for row in agn for v in row):
             return "'agnostic_accuracy' entries must be numbers in [0, 1]"
     peak = rec.get("peak_memory_mb")
     if peak is not None and (not isinstance(peak, list) or len(peak) != n or any(

@@ -3,7 +3,7 @@
 After every experience the runner writes ``<out>/checkpoints/<run>/task-<k>.pt`` (``<run>``
 is the record's file name without ``.json``, ``k`` the tasks trained so far). A checkpoint holds
 everything the rest of the run depends on, so that the resumed run's record equals an
-uninterrupted run's (timing fields aside: ``TIMING_KEYS``):
+uninterrupted run's (timing fields aside: ``benchmark.records.TIMING_FIELDS``):
 
 - the run's settings (:func:`fingerprint`): scenario, strategy, seed, tag, the record's
   ``params``, the versions, the device and torch's thread count. A rerun whose settings differ
@@ -56,24 +56,14 @@ Modules: ``store`` (paths, settings, atomic writes, the runner's ``RunCheckpoint
 """
 
 
-from .rng import rng_state, set_rng_state
-from .state import (
-    SCRATCH_ATTRIBUTES,
-    TEMPLATE_ATTRIBUTES,
-    CheckpointError,
-    capture,
-    restore,
-)
+from .state import TEMPLATE_ATTRIBUTES, CheckpointError, capture, restore
 from .store import (
     FOLDER,
-    FORMAT,
     KILL_ENV,
-    TIMING_KEYS,
     RunCheckpoints,
     after_save,
     check_command,
     checkpoint_path,
-    difference,
     discard,
     fingerprint,
     latest,
@@ -86,8 +76,7 @@ from .store import (
 )
 
 __all__ = [
-    "FOLDER", "FORMAT", "KILL_ENV", "SCRATCH_ATTRIBUTES", "TEMPLATE_ATTRIBUTES", "TIMING_KEYS",
-    "CheckpointError", "RunCheckpoints", "after_save", "capture", "check_command",
-    "checkpoint_path", "difference", "discard", "fingerprint", "latest", "read", "remove",
-    "restore", "resume", "rng_state", "run_folder", "saved_extra", "set_rng_state", "write",
+    "FOLDER", "KILL_ENV", "TEMPLATE_ATTRIBUTES", "CheckpointError", "RunCheckpoints",
+    "after_save", "capture", "check_command", "checkpoint_path", "discard", "fingerprint",
+    "latest", "read", "remove", "restore", "resume", "run_folder", "saved_extra", "write",
 ]

@@ -19,7 +19,7 @@ from strategies.training.tensor_data import materialize
 
 from ..errors import BenchmarkError
 from ..experiment import run_settings
-from ..records import TIMING_FIELDS, is_complete, record_name, record_path
+from ..records import is_complete, record_name, record_path
 from .rng import rng_state, set_rng_state
 from .state import CheckpointError, restore
 
@@ -29,10 +29,7 @@ FORMAT = 1
 FOLDER = "checkpoints"
 #: fault injection for tests: SIGKILL this process right after the checkpoint of this task
 KILL_ENV = "HATBENCH_KILL_AFTER_TASK"
-#: record fields that measure time or memory of the process: they may differ after a resume
-TIMING_KEYS = TIMING_FIELDS
 _NAME = re.compile(r"^task-(\d+)\.pt$")
-
 
 
 # ------------------------------------------------------------------------------ paths
@@ -214,12 +211,14 @@ class RunCheckpoints:
         self.extra = extra
 
     @classmethod
-    def for_run(cls, out: Path, exp, device: str | torch.device,
-                settings: Mapping[str, Any] | None = None, **kw) -> RunCheckpoints:
+    def for_run(cls, out: Path, exp, device: str | torch.device, cfg: Any = None,
+                **kw) -> RunCheckpoints:
         """The checkpoints of ``exp`` under ``out``, for this process's settings
-        (``settings``: the run's ``run_settings``, resolved here when None)."""
+        (``run_settings`` of ``cfg``, the run's resolved config; resolved from the
+        scenario's defaults when None)."""
+        threads = torch.get_num_threads()
         return cls(run_folder(out, exp),
-                   fingerprint(exp, device, torch.get_num_threads(), settings),
+                   fingerprint(exp, device, threads, run_settings(exp, device, threads, cfg)),
                    name=record_name(exp.scenario, exp.strategy, exp.seed, exp.tag), **kw)
 
     def announce(self, done: int, n_tasks: int) -> None:

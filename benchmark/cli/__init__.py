@@ -24,18 +24,12 @@ from ..errors import BenchmarkError
 from ..records import RecordError
 from ..run.workers import stop_on_sigterm
 from .args import (  # noqa: F401 - (re-exported: the command line's public names)
-    DESCRIPTION,
     MAX_SEED,
-    MAX_SEEDS,
-    MAX_THREADS,
-    TUNE_SEEDS,
-    TUNE_STRATEGIES,
     build_parser,
     parse_names,
     parse_seeds,
-    parse_set,
 )
-from .plan import RunPlan, check_writable, plan_run, prepare_run  # noqa: F401
+from .plan import RunPlan, plan_run, prepare_run  # noqa: F401
 from .presets import load_preset  # noqa: F401
 from .tune import finish_tune, plan_tune
 

@@ -50,7 +50,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from reports.metrics import final_average_accuracy, forgetting
@@ -61,7 +60,7 @@ from ..checkpoints import remove as remove_checkpoints
 from ..data.scenarios import Scenario, get_scenario
 from ..errors import BenchmarkError, RunsFailed
 from ..errors import brief as _brief
-from ..experiment import Experiment, resolve_for, run_settings
+from ..experiment import Experiment, resolve_for
 from ..records import (
     is_complete,
     record_path,
@@ -168,9 +167,7 @@ def run_and_write(
         if checkpoints:
             resume_state = getattr(tracker, "resume_state", None)  # (RunTracker's: W&B run id)
             checkpoint = RunCheckpoints.for_run(
-                out, exp, device,
-                settings=run_settings(exp, device, torch.get_num_threads(), cfg),
-                log=log or tqdm.write,
+                out, exp, device, cfg, log=log or tqdm.write,
                 extra=None if resume_state is None else lambda: {"tracker": resume_state()})
         rec = run_experiment(exp, scenario, data_root=data_root, device=device, hooks=hooks,
                              checkpoint=checkpoint, cfg=cfg)
@@ -227,7 +224,7 @@ def _write_tracked(path: Path, rec: dict, tracker: Any, out: Path) -> None:
         raise
 
 
-# ------------------------------------------------------------------------------ sequential
+# ------------------------------------------------------------------------------ every executor
 def execute_runs(
     experiments: Sequence[Experiment],
     out: Path,
@@ -324,8 +321,6 @@ _trackers: dict[tuple, Any] = {}  # this worker's W&B tracker factory
 
 
 def _scenario_for(exp: Experiment, data_root: Path):
-    from ..data.scenarios import get_scenario
-
     key = (exp.scenario, exp.seed)
     if key not in _scenarios:
         _scenarios.clear()  # one scenario in memory per worker
@@ -409,9 +404,6 @@ def _context(start_method: str | None):
 def expected_cost(exp: Experiment) -> int:
     """A rough relative cost of a run for scheduling: its task-trainings (joint trains from
     scratch on tasks 1..t at every t)."""
-
-    from ..data.scenarios import get_scenario
-
     n = get_scenario(exp.scenario).n_tasks
     return n * (n + 1) // 2 if get_strategy(exp.strategy).joint else n
 

@@ -231,7 +231,7 @@ def _train_all(run: _Run, checkpoint: RunCheckpoints | None) -> tuple[list[TaskR
     """Train every experience in order (from the checkpoint's, when there is one); the rows
     and the last strategy (None: resumed after the last experience, nothing trained)."""
     spec, n_tasks = run.spec, run.scenario.n_tasks
-    from_scratch = spec.joint or spec.single
+    from_scratch = spec.reference_only
     validated = run.valid_bench is not None
     seed_everything(run.exp.seed)
     strategy = None

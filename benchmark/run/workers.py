@@ -84,8 +84,6 @@ def _jobs(argv: Sequence[str]) -> int:
 
 def prestart_workers(argv: Sequence[str]) -> None:
     """Start the forkserver now when ``argv`` asks for a local worker pool."""
-    import multiprocessing as mp
-
     if argv[:1] not in (["run"], ["tune"]) or _jobs(argv) < 2 or "--ray" in argv:
         return
     if "forkserver" not in mp.get_all_start_methods():

@@ -8,31 +8,20 @@ per-run summary and tables, from the run's own record).
 
 from .mode import TrackingWarning, api_key_configured, one_line_warnings, resolve_mode
 from .session import INIT_TIMEOUT_S, Session, decide_mode
-from .summary import RECORD_KEY, run_summary, run_tables
-from .tracker import (
-    ARTIFACT_TYPE,
-    RunTracker,
-    TrackerFactory,
-    WandbAvalancheLogger,
-    run_config,
-    tracker_factory,
-)
+from .summary import RECORD_KEY, run_summary
+from .tracker import ARTIFACT_TYPE, TrackerFactory, tracker_factory
 
 __all__ = [
     "ARTIFACT_TYPE",
     "INIT_TIMEOUT_S",
     "RECORD_KEY",
-    "RunTracker",
     "Session",
     "TrackerFactory",
     "TrackingWarning",
-    "WandbAvalancheLogger",
     "api_key_configured",
     "decide_mode",
     "one_line_warnings",
     "resolve_mode",
-    "run_config",
     "run_summary",
-    "run_tables",
     "tracker_factory",
 ]

@@ -12,8 +12,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from reports.metrics import validation_criterion
 from reports.per_run import own_metrics
 from reports.schema import WANDB_RECORD_KEY
@@ -70,7 +68,7 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     ``valid_criterion``; for HAT the ``hat/*`` values of :func:`hat_summary`; and the record
     itself as JSON (without ``history``) under :data:`RECORD_KEY` when it is short.
     """
-    own = own_metrics(record, np.asarray(record["accuracy"], dtype=float))
+    own = own_metrics(record)
     summary: dict[str, Any] = {
         _OWN_KEYS[k]: num(own[k][0]) for k in ("final_acc", "bwt", "forgetting")
     }

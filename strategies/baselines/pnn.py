@@ -263,5 +263,5 @@ class ProgressiveNeuralNetwork(SupervisedTemplate):
 
 __all__ = [
     "LateralAdapter", "PNNColumn", "PNNConfig", "PNNPlugin", "ProgressiveNet",
-    "ProgressiveNeuralNetwork", "Stage", "TrunkPlan", "fit_fraction", "meta_param_count",
+    "ProgressiveNeuralNetwork",
 ]

@@ -90,47 +90,43 @@ class PluginState(Protocol):
         """Restores what ``state_dict`` returned."""
 
 
-def plugins_of(strategy_or_plugins: Any) -> list:
-    """The plugins of a strategy (its ``plugins``), or the given iterable of plugins."""
-    if hasattr(strategy_or_plugins, "plugins"):
-        return list(strategy_or_plugins.plugins or [])
-    if isinstance(strategy_or_plugins, Iterable):
-        return list(strategy_or_plugins)
-    return []
+def plugins_of(strategy: Any) -> list:
+    """The plugins of a strategy (its ``plugins``; none when it has none)."""
+    return list(getattr(strategy, "plugins", None) or [])
 
 
-def plugins_with(strategy_or_plugins: Any, hook: str, exclude: Iterable[Any] = ()) -> list:
+def plugins_with(strategy: Any, hook: str, exclude: Iterable[Any] = ()) -> list:
     """The plugins that define ``hook`` (one of ``HOOKS``) with a value other than None, in
     the strategy's order, leaving out those in ``exclude`` (by identity)."""
     if hook not in HOOKS:
         raise ValueError(f"unknown plugin hook '{hook}'; the suite's hooks: {', '.join(HOOKS)}")
     skip = {id(p) for p in exclude}
-    return [p for p in plugins_of(strategy_or_plugins)
+    return [p for p in plugins_of(strategy)
             if id(p) not in skip and getattr(p, hook, None) is not None]
 
 
-def hooks(strategy_or_plugins: Any, hook: str, exclude: Iterable[Any] = ()) -> list:
+def hooks(strategy: Any, hook: str, exclude: Iterable[Any] = ()) -> list:
     """The bound method (or value) ``hook`` of every plugin in ``plugins_with``."""
-    return [getattr(p, hook) for p in plugins_with(strategy_or_plugins, hook, exclude)]
+    return [getattr(p, hook) for p in plugins_with(strategy, hook, exclude)]
 
 
-def is_task_agnostic(strategy_or_plugins: Any) -> bool:
+def is_task_agnostic(strategy: Any) -> bool:
     """False when a plugin declares ``task_agnostic = False``."""
     return not any(getattr(p, "task_agnostic", True) is False
-                   for p in plugins_of(strategy_or_plugins))
+                   for p in plugins_of(strategy))
 
 
-def memory_samples(strategy_or_plugins: Any) -> int | None:
+def memory_samples(strategy: Any) -> int | None:
     """The samples the rehearsal memories hold (the sum of every plugin's
     ``memory_samples()``), or None when no plugin keeps one."""
-    counts = [h() for h in hooks(strategy_or_plugins, "memory_samples")]
+    counts = [h() for h in hooks(strategy, "memory_samples")]
     return int(sum(counts)) if counts else None
 
 
-def epoch_metrics(strategy_or_plugins: Any) -> dict[str, float | list[float]]:
+def epoch_metrics(strategy: Any) -> dict[str, float | list[float]]:
     """Every plugin's ``epoch_metrics()``, merged in the plugins' order."""
     out: dict[str, float | list[float]] = {}
-    for h in hooks(strategy_or_plugins, "epoch_metrics"):
+    for h in hooks(strategy, "epoch_metrics"):
         out.update(h())
     return out
 

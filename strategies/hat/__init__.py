@@ -6,29 +6,19 @@
 """
 
 from .config import HATConfig
-from .layers import (
-    GATE_COMMUTING,
-    HATBatchNorm1d,
-    HATBatchNorm2d,
-    HATConv2d,
-    HATError,
-    HATLinear,
-    PerTaskBatchNorm,
-)
+from .layers import HATBatchNorm1d, HATBatchNorm2d, HATConv2d, HATError, HATLinear
 from .net import HATNet, find_hat_model
 from .plugin import (
     HATPlugin,
     anneal_s,
     attention_regulariser,
     compensation_factor,
-    compensation_factors,
     flushing_denormals,
 )
 from .strategy import HAT
 
 __all__ = [
     "HAT", "HATConfig", "HATPlugin", "HATNet", "HATLinear", "HATConv2d", "HATBatchNorm1d",
-    "HATBatchNorm2d", "PerTaskBatchNorm", "HATError", "GATE_COMMUTING", "find_hat_model",
-    "anneal_s", "attention_regulariser", "compensation_factor", "compensation_factors",
-    "flushing_denormals",
+    "HATBatchNorm2d", "HATError", "find_hat_model", "anneal_s", "attention_regulariser",
+    "compensation_factor", "flushing_denormals",
 ]

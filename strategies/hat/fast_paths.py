@@ -39,7 +39,6 @@ def weights_used_once(loss: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     return all(n == 1 for n in want.values())
 
 
-
 def row_factor(layer: HATMixin) -> torch.Tensor | None:
     """The first gated layer's factor, 1 − a_out_i for its weights' rows and its bias (Eq. 2,
     no input gate), when it is binary (then multiplying ∂L/∂z instead of ∂L/∂W gives the

@@ -24,7 +24,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from ..common.config import ConfigError
+from ..common.config import config_of
 from ..training.lean_loop import clip_grad_norm
 from .config import Anneal, HATConfig
 from .fast_paths import FastPaths, is_plain_sgd
@@ -126,9 +126,7 @@ class HATPlugin(SupervisedPlugin):
 
     def __init__(self, config: HATConfig | None = None, **overrides):
         super().__init__()
-        if config is not None and overrides:
-            raise ConfigError("pass either a HATConfig or keyword overrides, not both")
-        self.config = config if config is not None else HATConfig(**overrides)
+        self.config = config_of(HATConfig, config, overrides)
         self.task: int | None = None
         self.trained_tasks: list[int] = []
         self.last_s: float = self.config.smax

@@ -50,6 +50,7 @@ from avalanche.training.plugins import AGEMPlugin as AvalancheAGEMPlugin
 from torch import Tensor
 
 from ..common.config import check_count, config_of
+from ..training.tensor_data import training_part
 from .base import RehearsalPlugin, RehearsalStrategy
 from .memory import GroupMemory, random_subset
 
@@ -146,7 +147,7 @@ class AGEMPlugin(RehearsalPlugin, AvalancheAGEMPlugin):
     def after_training_exp(self, strategy, **kwargs):
         """``patterns_per_experience`` training samples of the experience, uniformly, join
         the memory as a new group."""
-        x, y, t = self.training_part(strategy)
+        x, y, t = training_part(strategy)
         idx = random_subset(len(y), self.patterns_per_experience, y.device)
         self.memory.add(x[idx], y[idx], t[idx], self.n_experiences)
         self.n_experiences += 1

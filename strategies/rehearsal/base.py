@@ -3,10 +3,10 @@ and the keyword-only strategy that appends its plugin.
 
 - ``RehearsalPlugin``: the plugin's ``config`` and ``memory`` (one of ``memory.py``'s), the
   experiences taken in so far (``n_experiences``), ``memory_samples`` (the samples held, which
-  the runner records), the ``state_dict``/``load_state_dict`` pair over the memory, and the
-  rule every memory is filled by, ``training_part(strategy)``: the experience's training
-  samples, never the recipe's validation part (Avalanche's plugins read
-  ``strategy.experience.dataset``, validation samples included).
+  the runner records) and the ``state_dict``/``load_state_dict`` pair over the memory.
+  Every memory is filled by ``strategies.training.tensor_data.training_part(strategy)``: the
+  experience's training samples, never the recipe's validation part (Avalanche's plugins
+  read ``strategy.experience.dataset``, validation samples included).
 - ``MemoryBatchConfig``: the Config of a memory with memory batches (ER, ER-ACE).
 - ``RehearsalStrategy``: a ``SupervisedTemplate`` taking ``config=`` (or the Config's fields as
   keywords) and appending its plugin, as Avalanche's wrappers do.
@@ -14,20 +14,16 @@ and the keyword-only strategy that appends its plugin.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
-from torch import Tensor
 
 from ..common.config import check_count, check_range, split_config
-from ..training.tensor_data import training_part
 
-__all__ = ["MemoryBatchConfig", "RehearsalPlugin", "RehearsalStrategy", "memory_batch_size",
-           "training_part"]
+__all__ = ["MemoryBatchConfig", "RehearsalPlugin", "RehearsalStrategy", "memory_batch_size"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +67,6 @@ class RehearsalPlugin(SupervisedPlugin):
         """Samples the memory holds."""
         return len(self.memory)
 
-    @staticmethod
-    def training_part(strategy) -> tuple[Tensor, ...]:
-        """``(x, y, t)``: the samples of the current experience a memory may take (the
-        training part, never the recipe's validation part)."""
-        return training_part(strategy)
-
     def state_dict(self) -> dict:
         state: dict[str, Any] = {"memory": self.memory.state_dict()}
         if self.counts_experiences:
@@ -99,17 +89,11 @@ class RehearsalStrategy(SupervisedTemplate):
 
     def __init_subclass__(cls, **kwargs: Any):
         # Avalanche wraps each template's ``__init__`` in a check that every keyword is named
-        # by an ``__init__`` signature of that class: wrap the plain inherited ``__init__``
-        # (not the wrapper checked against the parent class) and show the Config's fields,
-        # which ``split_config`` takes from ``kwargs``, in the signature (``**kwargs`` last)
-        if "__init__" not in vars(cls):
-            cls.__init__ = inspect.unwrap(cls.__init__)
+        # by an ``__init__`` signature along the MRO, which the Config's fields are not: take
+        # the plain ``__init__`` instead (``split_config`` takes the fields from ``kwargs``;
+        # ``SupervisedTemplate``'s own wrapper still checks the keywords left)
         super().__init_subclass__(**kwargs)
-        own = inspect.signature(cls.__init__)
-        fields = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-                  for f in dataclasses.fields(cls.config_class)]
-        params = list(own.parameters.values())
-        cls.__init__.__signature__ = own.replace(parameters=[*params[:-1], *fields, params[-1]])
+        cls.__init__ = inspect.unwrap(cls.__init__)
 
     def __init__(self, *, config: Any = None, plugins: list | None = None, **kwargs: Any):
         plugin = self.plugin_class(split_config(self.config_class, config, kwargs))

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from ..common.config import config_of
 from ..common.multihead import single_task
+from ..training.tensor_data import training_part
 from .base import MemoryBatchConfig, RehearsalPlugin, RehearsalStrategy, memory_batch_size
 from .memory import ClassBalancedMemory
 
@@ -98,7 +99,7 @@ class ERACEPlugin(RehearsalPlugin):
         return self.n_experiences > 1 and len(self.memory) > 0
 
     def before_training_exp(self, strategy, **kwargs):
-        x, y, t = self.training_part(strategy)
+        x, y, t = training_part(strategy)
         self.memory.add(x, y, t)
         self.n_experiences += 1
 

@@ -41,7 +41,7 @@ from avalanche.training.plugins import GDumbPlugin as AvalancheGDumbPlugin
 from torch import Tensor
 
 from ..common.config import check_count, config_of
-from ..training.tensor_data import TensorLoader
+from ..training.tensor_data import TensorLoader, training_part
 from .base import RehearsalPlugin, RehearsalStrategy
 from .memory import ClassBalancedMemory
 
@@ -100,7 +100,7 @@ class GDumbPlugin(RehearsalPlugin, AvalancheGDumbPlugin):
         """Update the memory with the training part; train on the memory alone."""
         self._record_new(strategy.model)
         strategy.optimizer.state.clear()
-        x, y, t = self.training_part(strategy)
+        x, y, t = training_part(strategy)
         self.memory.add(x, y, t)
         strategy.dataloader = TensorLoader(self.memory.tensors, strategy.train_mb_size,
                                            shuffle=True)

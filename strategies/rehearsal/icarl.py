@@ -92,8 +92,8 @@ from ..common.multihead import (
     single_task,
 )
 from ..training.lean_loop import set_training
-from ..training.tensor_data import TensorLoader
-from .base import RehearsalStrategy, training_part
+from ..training.tensor_data import TensorLoader, training_part
+from .base import RehearsalStrategy
 
 #: ε of the feature normalisation (an all-zero feature vector stays zero)
 NORM_EPS = 1e-12

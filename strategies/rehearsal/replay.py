@@ -13,7 +13,8 @@ second experience on every step carries one.
 Avalanche defect fixed: its buffer is filled from ``strategy.experience.dataset``, which
 includes the recipe's validation split: validation samples of earlier tasks would be
 trained on and the validation accuracy matrix the tuner selects on would be contaminated.
-``ReplayPlugin`` fills from the training part (``RehearsalPlugin.training_part``).
+``ReplayPlugin`` fills from the training part
+(``strategies.training.tensor_data.training_part``).
 
 Speed, not semantics: the memory is tensors (``strategies.rehearsal.memory.GroupMemory``) and each
 step's memory batch is drawn by indexing, uniformly without replacement (the paper's
@@ -31,6 +32,7 @@ import torch
 from avalanche.training.plugins import ReplayPlugin as AvalancheReplayPlugin
 
 from ..common.config import config_of
+from ..training.tensor_data import training_part
 from .base import MemoryBatchConfig, RehearsalPlugin, RehearsalStrategy, memory_batch_size
 from .memory import GroupMemory, balanced_quotas
 
@@ -84,7 +86,7 @@ class ReplayPlugin(RehearsalPlugin, AvalancheReplayPlugin):
     def after_training_exp(self, strategy, **kwargs):
         """The experience's training part joins the memory as a new group; every group is
         cut to its share (uniformly at random)."""
-        x, y, t = self.training_part(strategy)
+        x, y, t = training_part(strategy)
         self.memory.add(x, y, t, self.n_experiences)
         self.n_experiences += 1
         counts = self.memory.counts(self.n_experiences)

@@ -65,8 +65,7 @@ class TrainConfig:
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.optimizer``."""
     if cfg.optimizer == "sgd":
-        return SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

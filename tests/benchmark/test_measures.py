@@ -1,6 +1,7 @@
 """The run record's measurements: the single-task reference (``single``), task-agnostic
-accuracy (``strategies/agnostic.py``), the cost fields (``peak_memory_mb``, ``state_mb``,
-``memory_samples``) and their validation; and presets naming several scenarios."""
+accuracy (``strategies/training/agnostic.py``), the cost fields (``peak_memory_mb``,
+``state_mb``, ``memory_samples``) and their validation; and presets naming several
+scenarios."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from tests.support.trunks import (
     make_stream,
     mlp_trunk,
     multihead_net,
+    plugin_of,
     quiet_evaluator,
 )
 
@@ -261,7 +262,7 @@ def test_si_penalty_is_not_silently_zero_on_cpu():
             strategy.train(exp)
         finals[name] = [p.detach().clone() for p in model.trunk.parameters()]
         if name == "si":
-            si = next(p for p in strategy.plugins if isinstance(p, SIPlugin))
+            si = plugin_of(strategy, SIPlugin)
             live = {p.data_ptr() for p in model.parameters()}
             assert all(v.data.data_ptr() not in live for v in si.ewc_data[0].values())
     assert any(not torch.equal(a, b) for a, b in zip(finals["naive"], finals["si"], strict=True))

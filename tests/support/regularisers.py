@@ -1,6 +1,6 @@
 """Helpers shared by the regularisation baselines' tests (EWC, SI, IMM, LwF, LFL;
-tests/strategies/baselines/): a tiny multi-head MLP, the common strategy arguments, the
-training recipe with a held-out validation part, and the plugin of a class in a strategy."""
+tests/strategies/baselines/): a tiny multi-head MLP, the common strategy arguments and the
+training recipe with a held-out validation part."""
 
 from __future__ import annotations
 
@@ -41,7 +41,3 @@ def _common(model, *plugins, epochs: int = 2, lr: float = 0.05, eval_mb: int = 5
 def _recipe(mode: str = "paper") -> TrainingRecipePlugin:
     return TrainingRecipePlugin(RecipeConfig(mode=mode, valid_fraction=VALID, patience=5),
                                 lr=0.05)
-
-
-def _plugin(strategy, cls):
-    return next(p for p in strategy.plugins if isinstance(p, cls))

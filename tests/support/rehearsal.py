@@ -1,7 +1,6 @@
 """Helpers shared by the rehearsal baselines' tests (tests/strategies/rehearsal/): the plugin
-of each method in a trained strategy, a synthetic traceable sample stream, a minimal
-strategy stub for calling a plugin's callbacks by hand, and a registry-built strategy on a
-tiny multi-head MLP."""
+class of each method, a synthetic traceable sample stream, a minimal strategy stub for calling
+a plugin's callbacks by hand, and a registry-built strategy on a tiny multi-head MLP."""
 
 from __future__ import annotations
 
@@ -31,10 +30,6 @@ from tests.support.trunks import (
 
 PLUGINS = {"replay": ReplayPlugin, "agem": AGEMPlugin, "der": DERPlugin, "er-ace": ERACEPlugin,
            "gdumb": GDumbPlugin}
-
-
-def plugin_of(strategy, name: str):
-    return next(p for p in strategy.plugins if isinstance(p, PLUGINS[name]))
 
 
 def _stream(batches: list[tuple[int, int, int]]):

@@ -163,6 +163,11 @@ def fast_plugins(*more) -> list:
     return [FastDataPlugin(), *more]
 
 
+def plugin_of(strategy, cls):
+    """The first plugin of class ``cls`` in ``strategy``."""
+    return next(p for p in strategy.plugins if isinstance(p, cls))
+
+
 @torch.no_grad()
 def logits(model: nn.Module, x: torch.Tensor, task: int) -> torch.Tensor:
     """Evaluation-mode outputs of head ``task``; the model's mode is restored."""

@@ -14,10 +14,11 @@ from strategies import (
     materialize,
 )
 from strategies.training.recipe import split_indices
-from tests.support.regularisers import N_TRAIN, VALID, _common, _model, _plugin, _recipe
+from tests.support.regularisers import N_TRAIN, VALID, _common, _model, _recipe
 from tests.support.trunks import (
     MLP_SHAPE,
     make_stream,
+    plugin_of,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,7 +86,7 @@ def test_ewc_fisher_uses_the_training_part_only(monkeypatch, mode):
     if mode == "paper":
         valid = x[torch.as_tensor(valid_idx)]
         assert not (seen[0][:, None] == valid[None]).all(-1).any()  # no validation sample
-    importances = _plugin(strategy, EWCPlugin).importances[0]
+    importances = plugin_of(strategy, EWCPlugin).importances[0]
     for name, fisher in probe.fisher.items():
         torch.testing.assert_close(importances[name].data, fisher, rtol=1e-5, atol=1e-12)
     if mode == "paper":  # the check can tell the two apart

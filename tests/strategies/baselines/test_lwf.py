@@ -17,11 +17,12 @@ from strategies import (
     LwF,
     LwFPlugin,
 )
-from tests.support.regularisers import N_TRAIN, _common, _model, _plugin, _recipe
+from tests.support.regularisers import N_TRAIN, _common, _model, _recipe
 from tests.support.trunks import (
     MLP_SHAPE,
     logits,
     make_stream,
+    plugin_of,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +44,7 @@ class TeacherProbe(SupervisedPlugin):
 
     @torch.no_grad()
     def before_backward(self, strategy, **kwargs):
-        teacher = _plugin(strategy, LwFPlugin).lwf.prev_model
+        teacher = plugin_of(strategy, LwFPlugin).lwf.prev_model
         if teacher is None:
             return
         self.modes.append(any(m.training for m in teacher.modules()))
@@ -65,7 +66,7 @@ def test_lwf_teacher_predicts_in_eval_mode():
     for (first, second), want in zip(probe.pairs, probe.task0_outputs, strict=True):
         assert torch.equal(first[0], second[0])
         assert torch.equal(first[0], want)
-    teacher = _plugin(strategy, LwFPlugin).lwf.prev_model
+    teacher = plugin_of(strategy, LwFPlugin).lwf.prev_model
     assert not any(p.requires_grad for p in teacher.parameters())
 
 

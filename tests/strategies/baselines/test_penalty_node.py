@@ -12,8 +12,8 @@ from strategies import (
     EWCPlugin,
 )
 from strategies.baselines.si import SIPlugin, SynapticIntelligence
-from tests.support.regularisers import N_TRAIN, _common, _model, _plugin
-from tests.support.trunks import make_stream
+from tests.support.regularisers import N_TRAIN, _common, _model
+from tests.support.trunks import make_stream, plugin_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,10 +27,10 @@ def _train_with_penalty(name: str, autograd: bool, opt: str) -> dict[str, torch.
                        "adam": lambda: torch.optim.Adam(params, lr=1e-3)}[opt]()
     if name == "ewc":
         strategy = EWC(ewc_lambda=1e3, **kw)
-        plugin = _plugin(strategy, EWCPlugin)
+        plugin = plugin_of(strategy, EWCPlugin)
     else:
         strategy = SynapticIntelligence(si_lambda=1e2, **kw)
-        plugin = _plugin(strategy, SIPlugin)
+        plugin = plugin_of(strategy, SIPlugin)
     plugin.autograd_penalty = autograd
     losses = []
     probe = type("LossProbe", (SupervisedPlugin,), {

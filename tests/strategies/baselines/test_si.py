@@ -8,8 +8,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from strategies.baselines.si import SIPlugin, SynapticIntelligence
-from tests.support.regularisers import N_TRAIN, _common, _model, _plugin
-from tests.support.trunks import make_stream
+from tests.support.regularisers import N_TRAIN, _common, _model
+from tests.support.trunks import make_stream, plugin_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,7 @@ class PathIntegral(SupervisedPlugin):
                 self.total[n] += p.grad.flatten() * (p.detach().flatten() - self.before[n])
 
     def after_training_exp(self, strategy, **kwargs):
-        si = _plugin(strategy, SIPlugin)
+        si = plugin_of(strategy, SIPlugin)
         for n, t in self.total.items():
             assert torch.equal(si.syn_data["trajectory"][n].data, t), n
         assert any(bool(t.abs().sum() > 0) for t in self.total.values())

@@ -26,10 +26,11 @@ from strategies import (
 )
 from strategies.baselines.imm import IMMPlugin
 from strategies.baselines.si import SIPlugin, SynapticIntelligence
-from tests.support.regularisers import N_TRAIN, _common, _model, _plugin, _recipe
+from tests.support.regularisers import N_TRAIN, _common, _model, _recipe
 from tests.support.trunks import (
     MLP_SHAPE,
     make_stream,
+    plugin_of,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,7 +67,7 @@ class ValidationCheck(SupervisedPlugin):
 
 
 def _ewc_penalty(strategy, check, x):
-    ewc = _plugin(strategy, EWCPlugin)
+    ewc = plugin_of(strategy, EWCPlugin)
     total = 0.0
     for tau in range(strategy.clock.train_exp_counter):
         for name, p in strategy.model.named_parameters():
@@ -76,7 +77,7 @@ def _ewc_penalty(strategy, check, x):
 
 
 def _si_penalty(strategy, check, x):
-    si = _plugin(strategy, SIPlugin)
+    si = plugin_of(strategy, SIPlugin)
     star, imp = si.ewc_data
     total = sum(float((imp[n].data * (p.flatten() - star[n].data) ** 2).sum())
                 for n, p in strategy.model.named_parameters())
@@ -84,14 +85,14 @@ def _si_penalty(strategy, check, x):
 
 
 def _imm_penalty(strategy, check, x):
-    imm = _plugin(strategy, IMMPlugin)
+    imm = plugin_of(strategy, IMMPlugin)
     total = sum(float(((p - a) ** 2).sum())
                 for p, a in zip(strategy.model.trunk.parameters(), check.anchor, strict=True))
     return imm.lambda_ * total / 2
 
 
 def _lwf_penalty(strategy, check, x):
-    lwf = _plugin(strategy, LwFPlugin).lwf
+    lwf = plugin_of(strategy, LwFPlugin).lwf
     temp = lwf.temperature
     q = F.softmax(check.snapshot(x, 0) / temp, dim=1)  # the task-1 model, evaluation mode
     log_p = F.log_softmax(strategy.model(x, 0) / temp, dim=1)
@@ -100,7 +101,7 @@ def _lwf_penalty(strategy, check, x):
 
 
 def _lfl_penalty(strategy, check, x):
-    lfl = _plugin(strategy, LFLPlugin)
+    lfl = plugin_of(strategy, LFLPlugin)
     dist = ((strategy.model.trunk(x) - check.snapshot.trunk(x)) ** 2).sum(1)
     # the training formula (summed over a mini-batch) for a batch of train_mb_size samples
     return lfl.lambda_ * strategy.train_mb_size * float(dist.mean()) / 2

@@ -24,10 +24,11 @@ from strategies import (
 )
 from strategies.rehearsal.memory import ReservoirMemory
 from strategies.training.recipe import split_indices
-from tests.support.rehearsal import plugin_of
+from tests.support.rehearsal import PLUGINS
 from tests.support.trunks import (
     keep_subnormals,  # noqa: F401  (autouse fixture)
-    )
+    plugin_of,
+)
 
 REHEARSAL = ("replay", "agem", "der", "er-ace", "gdumb")
 
@@ -117,7 +118,7 @@ def test_memories_hold_training_samples_only(strategy, scenario):
     ``split_indices``), with its label: never a validation or test sample."""
     _, trained = run_with_strategy(scenario, strategy)
     data = scenario_data(scenario)
-    x, y, t = (v.cpu() for v in memory_tensors(plugin_of(trained, strategy)))
+    x, y, t = (v.cpu() for v in memory_tensors(plugin_of(trained, PLUGINS[strategy])))
     assert len(y) > 0
     for u, task in enumerate(data.tasks):
         train_idx, valid_idx = split_indices(len(task.train_y), data.valid_fraction, 0, u)
@@ -135,7 +136,7 @@ def test_memories_hold_training_samples_only(strategy, scenario):
 @pytest.mark.parametrize("strategy", REHEARSAL)
 def test_memory_sizes_and_balance_after_a_run(strategy):
     _, trained = run_with_strategy("split-digits", strategy)
-    plugin = plugin_of(trained, strategy)
+    plugin = plugin_of(trained, PLUGINS[strategy])
     _, y, t = (v.cpu() for v in memory_tensors(plugin))
     by_task = torch.bincount(t, minlength=5).tolist()
     by_class = torch.bincount(t * 2 + y, minlength=10).tolist()
@@ -199,4 +200,4 @@ def test_each_trains_on_cuda_with_its_memory_there(strategy):
     acc = np.asarray(rec["accuracy"])
     assert np.isfinite(acc).all() and acc[-1].mean() > 0.6
     assert rec["memory_samples"] == run_with_strategy("split-digits", strategy)[0]["memory_samples"]
-    assert all(v.is_cuda for v in memory_tensors(plugin_of(built[-1], strategy)))
+    assert all(v.is_cuda for v in memory_tensors(plugin_of(built[-1], PLUGINS[strategy])))

@@ -12,12 +12,13 @@ from torch import nn
 
 from strategies import DERPlugin
 from strategies.rehearsal.der import logit_mse
-from tests.support.rehearsal import _build, _Stub, plugin_of
+from tests.support.rehearsal import _build, _Stub
 from tests.support.trunks import (
     MLP_SHAPE,
     keep_subnormals,  # noqa: F401  (autouse fixture)
     make_stream,
     multihead_net,
+    plugin_of,
 )
 
 # one torch thread (conftest's fixture): much faster for these tiny networks on shared cores
@@ -86,7 +87,7 @@ def test_der_stores_the_logits_of_the_step_that_inserted_each_sample():
     bm, _, _ = make_stream(2, n_train=48)
     for exp in bm.train_stream:
         strategy.train(exp)
-    memory = plugin_of(strategy, "der").memory
+    memory = plugin_of(strategy, DERPlugin).memory
     assert len(memory) == 20 and memory.seen > 20
     outputs = {}  # input row -> the outputs it had at each step it was trained on
     for x, out in recorder.steps:

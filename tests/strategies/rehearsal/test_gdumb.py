@@ -9,10 +9,12 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from tests.support.rehearsal import _build, plugin_of
+from strategies import GDumbPlugin
+from tests.support.rehearsal import _build
 from tests.support.trunks import (
     keep_subnormals,  # noqa: F401  (autouse fixture)
     make_stream,
+    plugin_of,
 )
 
 # one torch thread (conftest's fixture): much faster for these tiny networks on shared cores
@@ -39,7 +41,7 @@ def test_gdumb_restarts_from_the_initial_weights_and_trains_on_the_memory_only()
     spy = _GDumbSpy()
     strategy = _build("gdumb", {"mem_size": 30}, spy, n_tasks=3, epochs=3, batch_size=8)
     initial = copy.deepcopy(strategy.model.state_dict())
-    plugin = plugin_of(strategy, "gdumb")
+    plugin = plugin_of(strategy, GDumbPlugin)
     bm, _, _ = make_stream(3, n_train=48)
     for exp in bm.train_stream:
         strategy.train(exp)

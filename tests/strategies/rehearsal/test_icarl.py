@@ -37,7 +37,7 @@ from strategies import (
 )
 from strategies.training.recipe import split_indices
 from tests.support.runs import FAST
-from tests.support.trunks import fast_plugins, make_stream, quiet_evaluator
+from tests.support.trunks import fast_plugins, make_stream, plugin_of, quiet_evaluator
 
 #: fields that differ between identical runs (times, the process's peak memory)
 TIMINGS = TIMING_FIELDS
@@ -128,10 +128,6 @@ def _capture(monkeypatch) -> list:
     return built
 
 
-def _plugin(strategy) -> ICaRLPlugin:
-    return next(p for p in strategy.plugins if isinstance(p, ICaRLPlugin))
-
-
 def _rows(x: torch.Tensor) -> set[bytes]:
     return {r.numpy().tobytes() for r in x.flatten(1)}
 
@@ -146,7 +142,7 @@ def test_memory_is_bounded_balanced_herded_and_from_the_training_part(monkeypatc
     snaps = []
 
     def on_experience(t, row):
-        snaps.append({k: v.clone() for k, v in _plugin(built[0]).exemplars.items()})
+        snaps.append({k: v.clone() for k, v in plugin_of(built[0], ICaRLPlugin).exemplars.items()})
 
     seed = 1
     over = {"train": {"epochs": 1}, "icarl": {"mem_size": memory}}
@@ -322,7 +318,7 @@ def test_validation_loss_includes_the_distillation_term():
 
     class Capture(SupervisedPlugin):
         def after_training_epoch(self, strategy, **kwargs):
-            recipe = next(p for p in strategy.plugins if isinstance(p, TrainingRecipePlugin))
+            recipe = plugin_of(strategy, TrainingRecipePlugin)
             x, y, _ = materialize(recipe.valid_data)
             y = y.long()
             plugin = strategy.icarl_plugin
@@ -373,12 +369,12 @@ def test_same_seed_same_record_and_memory(monkeypatch):
     b = run_experiment(Experiment("split-digits", "icarl", 3, over))
     assert {k: v for k, v in a.items() if k not in TIMINGS} == \
         {k: v for k, v in b.items() if k not in TIMINGS}
-    ma, mb = _plugin(built[0]).exemplars, _plugin(built[1]).exemplars
+    ma, mb = plugin_of(built[0], ICaRLPlugin).exemplars, plugin_of(built[1], ICaRLPlugin).exemplars
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
     c = run_experiment(Experiment("split-digits", "icarl", 4, over))
     assert c["accuracy"] != a["accuracy"]
     # the state kept between tasks saves with torch.save and scores the same when loaded
-    strategy, plugin = built[0], _plugin(built[0])
+    strategy, plugin = built[0], plugin_of(built[0], ICaRLPlugin)
     buf = io.BytesIO()
     torch.save(plugin.__dict__, buf)
     buf.seek(0)
