@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -49,6 +49,11 @@ class Experiment:
     #: for this strategy, see ``benchmark.tuning``), copied into the record; None: not selected
     selection: Mapping[str, Any] | None = None
 
+    @property
+    def protocol(self) -> str:
+        """``scenario.protocol`` as given (``task`` unless set; ``resolve`` validates it)."""
+        return str(self.overrides.get("scenario", {}).get("protocol", "task"))
+
 
 @dataclass(frozen=True)
 class ScenarioConfig:
@@ -57,6 +62,10 @@ class ScenarioConfig:
     #: train only this task (a task name of the scenario, e.g. ``mnist`` in ``mixture`` or
     #: ``digits:0-1`` in ``split-digits``), alone: the paper's compression experiment
     task: str | None = None
+    #: ``task``: task-incremental (the paper's: a head per task, the task label given at
+    #: test); ``class``: class-incremental (one prediction over every class seen, no task
+    #: label at test; ``docs/class-incremental.md``)
+    protocol: Literal["task", "class"] = "task"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,13 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     train, strat = _resolve_clipgrad(spec, train, strat, exp.overrides.get("train", {}),
                                      strat_over)
     scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
+    if scen.protocol == "class" and spec.class_protocol is None:
+        why = ("it trains one task alone: nothing to tell apart without the task label"
+               if spec.single else "its weights are chosen by the task label, and no "
+               "task-inference rule is implemented")
+        raise ConfigError(
+            f"{exp.strategy} has no class-incremental prediction ({why}): run it with "
+            "scenario.protocol=task, or leave it out of the class-incremental runs")
     return ResolvedConfig(train, model, strat, scen)
 
 
@@ -172,8 +188,12 @@ def record_params(exp: Experiment, cfg: ResolvedConfig) -> dict[str, Any]:
         "model": {k: v for k, v in to_public_dict(cfg.model).items() if v is not None},
         exp.strategy: to_public_dict(cfg.strategy),
     }
-    if cfg.scenario != ScenarioConfig():
-        params["scenario"] = to_public_dict(cfg.scenario)
+    # only the scenario settings that differ from the defaults (``{"task": ...}``,
+    # ``{"protocol": "class"}``): a task-incremental run of every task has no such block
+    default = to_public_dict(ScenarioConfig())
+    scenario = {k: v for k, v in to_public_dict(cfg.scenario).items() if v != default[k]}
+    if scenario:
+        params["scenario"] = scenario
     return params
 
 

@@ -42,13 +42,18 @@ __all__ = [
 ]
 
 
-def record_name(scenario: str, strategy: str, seed: int, tag: str = "") -> str:
-    """File name of a run record: ``<scenario>__<strategy>__s<seed>[__<tag>].json``.
+def record_name(scenario: str, strategy: str, seed: int, tag: str = "",
+                protocol: str = "task") -> str:
+    """File name of a run record: ``<scenario>__<strategy>__s<seed>[__class][__<tag>].json``
+    (``__class``: a class-incremental run, so that both protocols' records of one experiment
+    share a folder).
 
     A tag with characters other than letters, digits and ``._=-,`` has them replaced by
     ``-`` and ``~`` plus 8 hex digits of the tag's SHA-1 appended (``~`` never occurs in a
     kept tag), so two tags never share a file (``a:b`` and ``a-b``)."""
     name = f"{scenario}__{strategy}__s{seed}"
+    if protocol != "task":
+        name += f"__{protocol}"
     if tag:
         safe = "".join(c if c.isalnum() or c in "._=-," else "-" for c in tag)
         if safe != tag:
@@ -57,8 +62,9 @@ def record_name(scenario: str, strategy: str, seed: int, tag: str = "") -> str:
     return name + ".json"
 
 
-def record_path(out: Path, scenario: str, strategy: str, seed: int, tag: str = "") -> Path:
-    return Path(out) / "runs" / record_name(scenario, strategy, seed, tag)
+def record_path(out: Path, scenario: str, strategy: str, seed: int, tag: str = "",
+                protocol: str = "task") -> Path:
+    return Path(out) / "runs" / record_name(scenario, strategy, seed, tag, protocol)
 
 
 def versions() -> dict[str, str]:

@@ -22,7 +22,7 @@ Protocol (docs/tuning.md):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 
 from reports.io import write_text
-from reports.metrics import validation_criterion
+from reports.metrics import agnostic_final_accuracy, validation_criterion
+from reports.schema import protocol_of
 from strategies import STRATEGIES
 
 from . import __version__
@@ -42,6 +43,20 @@ from .records import now_iso
 TIE = 1e-9
 CRITERION = ("mean validation accuracy over all tasks after the last task, averaged over the "
              "tuning seeds (each task's held-out validation split; test data never read)")
+#: each protocol's criterion (``reports.schema.PROTOCOLS``): its text, the record field it
+#: reads and its formula (the mean of that matrix's last row: every task after the last one)
+CRITERIA: dict[str, tuple[str, str, Callable[[Any], float]]] = {
+    "task": (CRITERION, "valid_accuracy", validation_criterion),
+    "class": ("mean class-incremental validation accuracy (the prediction over every class "
+              "seen, no task label) over all tasks after the last task, averaged over the "
+              "tuning seeds (each task's held-out validation split; test data never read)",
+              "valid_agnostic_accuracy", agnostic_final_accuracy),
+}
+
+
+def validation_matrix(rec: Mapping[str, Any]) -> Any:
+    """The validation matrix ``tune`` selects on in ``rec``'s protocol (its ``CRITERIA``)."""
+    return rec.get(CRITERIA[protocol_of(rec)][1])
 
 
 def default_space(strategy: str) -> dict[str, list[str]]:
@@ -81,8 +96,10 @@ def _default_point(strategy: str, keys: Sequence[str]) -> dict[str, str]:
 
 
 def select(strategy: str, space: Mapping[str, Sequence[str]],
-           valid: Mapping[str, Sequence[Sequence[Sequence[float]]]]) -> Selection:
-    """Choose ``strategy``'s point from validation accuracy matrices only.
+           valid: Mapping[str, Sequence[Sequence[Sequence[float]]]],
+           protocol: str = "task") -> Selection:
+    """Choose ``strategy``'s point from validation accuracy matrices only (``protocol``'s:
+    ``CRITERIA``).
 
     ``valid`` maps each point's tag (``gridlib.point_tag``) to its seeds' validation matrices.
     Raises BenchmarkError when a point has no matrix (e.g. ``train.recipe=fixed``)."""
@@ -96,7 +113,8 @@ def select(strategy: str, space: Mapping[str, Sequence[str]],
                 "recipe (train.recipe=paper with train.valid_fraction > 0) and records written "
                 "by this version of the suite; use a fresh --out"
             )
-        scored.append((point, sum(validation_criterion(m) for m in mats) / len(mats)))
+        criterion = CRITERIA[protocol][2]
+        scored.append((point, sum(criterion(m) for m in mats) / len(mats)))
     best = max(v for _, v in scored)
     tied = [p for p, v in scored if v >= best - TIE]
     default = _default_point(strategy, sorted(space))
@@ -117,10 +135,10 @@ def _typed(text: str) -> Any:
 
 
 def selection_block(sel: Selection, *, seeds: Sequence[int], epochs: int | None,
-                    train: Mapping[str, Any]) -> dict[str, Any]:
+                    train: Mapping[str, Any], protocol: str = "task") -> dict[str, Any]:
     """What a preset (and every record run from it) says about one strategy's selection."""
     return {
-        "criterion": CRITERION,
+        "criterion": CRITERIA[protocol][0],
         "seeds": list(seeds),
         "epochs": epochs,
         "train": dict(train),
@@ -135,9 +153,11 @@ def selection_block(sel: Selection, *, seeds: Sequence[int], epochs: int | None,
 
 def preset(scenario: str, strategies: Sequence[str], selections: Sequence[Selection], *,
            seeds: Sequence[int], epochs: int | None, fixed: Mapping[str, Mapping[str, Any]],
-           command: str, run_seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
+           command: str, run_seeds: Sequence[int] = (0, 1, 2),
+           protocol: str = "task") -> dict[str, Any]:
     """The preset ``run --config`` reads: the chosen values (and the tuning's own fixed
-    settings) under ``set``, and the whole selection under ``selection``."""
+    settings, ``scenario.protocol`` included) under ``set``, and the whole selection under
+    ``selection``; selected for ``scenario`` in ``protocol``."""
     values: dict[str, Any] = {
         f"{sec}.{k}": _typed(v if isinstance(v, str) else gridlib.format_value(v))
         for sec, kv in fixed.items() for k, v in kv.items()
@@ -146,8 +166,9 @@ def preset(scenario: str, strategies: Sequence[str], selections: Sequence[Select
     for sel in selections:
         values.update({k: _typed(v) for k, v in sel.chosen.items()})
     out: dict[str, Any] = {
-        "description": (f"{scenario}: every strategy's hyperparameters selected on validation "
-                        f"data by `{command}`; regenerate with the same command"),
+        "description": (f"{scenario}{'' if protocol == 'task' else f' ({protocol}-incremental)'}"
+                        f": every strategy's hyperparameters selected on validation data by "
+                        f"`{command}`; regenerate with the same command"),
         "scenario": scenario,
         "strategies": list(strategies),
         "seeds": list(run_seeds),
@@ -159,7 +180,8 @@ def preset(scenario: str, strategies: Sequence[str], selections: Sequence[Select
     out["selection"] = {
         "created": now_iso(),
         "command": command,
-        "strategies": {s.strategy: selection_block(s, seeds=seeds, epochs=epochs, train=train)
+        "strategies": {s.strategy: selection_block(s, seeds=seeds, epochs=epochs, train=train,
+                                                   protocol=protocol)
                        for s in selections},
     }
     return out

@@ -7,6 +7,10 @@ Layout under ``out``::
     <scenario>/rho_reduction.csv      HAT's reduction of forgetting vs the best baseline
     <scenario>/rho_vs_t.{png,pdf,csv} ρ≤t against t with CI bands
     <scenario>/acc_matrix_<strategy>.png
+    <scenario>/class_il.{md,csv}      class-incremental protocol: Class-IL last and average
+                                      incremental accuracy, forgetting, ρ vs joint, Task-IL
+                                      accuracy per strategy, when class records exist
+    <scenario>/class_il_vs_t.{png,pdf,csv}  Class-IL accuracy against t, the same condition
     <scenario>/summary.{md,csv}       final accuracy, BWT, forgetting, FWT, intransigence,
                                       task-agnostic accuracy, time per task, peak memory
     <scenario>/cost.{png,pdf,csv}     final accuracy against training time and peak memory,
@@ -18,6 +22,9 @@ Layout under ``out``::
     <scenario>/hyperparameters.{md,csv}  per strategy: hyperparameters and whether selected
     <scenario>/sensitivity.{png,pdf,csv} validation criterion over each search space, when a
                                       record has a selection or grid records valid_accuracy
+
+Every file but ``class_il*`` reads the task-incremental records only; ``class_il*`` the
+class-incremental ones (:mod:`reports.tables.class_il`).
 
 :data:`ARTIFACTS` is the one list of these files (pattern, condition, renderer, caption):
 it drives the writing, ``index.md`` and the removal of files of these names left over from an
@@ -195,6 +202,23 @@ ARTIFACTS: tuple[Artifact, ...] = (
                 f"{rep.scenario}: {s} (mean over {_seeds(len(rep.seeds[s]))})", path)),
             lambda rep, s: f"accuracy matrix of {s}: row t after training task t, column τ the "
             f"evaluated task, mean over {len(rep.seeds[s])} seed(s)"),
+    )),
+    Artifact("class_il.*", lambda rep: rep.class_il is not None, (
+        Text("class_il.md", render.class_il_md, lambda rep: (
+            "class-incremental protocol (Class-IL): last Class-IL accuracy, average incremental "
+            "accuracy, Class-IL forgetting, ρ≤T against joint trained in the class protocol and "
+            f"the same runs' Task-IL final accuracy per strategy (mean ± {_conf(rep)} CI)")),
+        Text("class_il.csv", render.class_il_csv, "the same as CSV (fractions)"),
+    )),
+    Artifact("class_il_vs_t.*", lambda rep: rep.class_il is not None, (
+        Figure(("class_il_vs_t.png", "class_il_vs_t.pdf"),
+               _many("plot_class_il_vs_t", lambda rep: rep.class_il.curve,
+                     lambda rep: rep.class_il.n_tasks, _scenario),
+               (lambda rep: "class-incremental protocol: Class-IL accuracy on tasks 1..t after "
+                f"training task t against t, per strategy (joint: the reference) with "
+                f"{_conf(rep)} CI bands", _SAME_AS_PDF)),
+        Text("class_il_vs_t.csv", render.class_il_curve_csv,
+             "data of the figure: Class-IL accuracy after each t"),
     )),
     Artifact("robustness.*", lambda rep: rep.grid is not None, (
         _png("robustness", "plot_grid", lambda rep: rep.grid,

@@ -66,6 +66,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(warning_line(message), file=sys.stderr if file is None else file)
 
 
+def _runs(rep) -> str:
+    """``T=<n>, <strategy>×<seeds> (+<n> diverged), ...`` of a scenario's tables."""
+    return f"T={rep.n_tasks}, " + ", ".join(
+        [f"{s}×{len(rep.seeds[s])}" + (f" (+{len(rep.diverged[s])} diverged)"
+                                      if rep.diverged.get(s) else "")
+         for s in rep.strategies]
+        + [f"{s}: every run diverged" for s in rep.only_diverged()])
+
+
 def _fmt(x: float, spec: str) -> str:
     return "n/a" if x != x else format(x, spec)
 
@@ -126,20 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"report of {len(records)} run records from {where} ({time.perf_counter() - t0:.1f} s)")
     for scenario, rep in result.reports.items():
-        line = f"  {scenario}: T={rep.n_tasks}, " + ", ".join(
-            [f"{s}×{len(rep.seeds[s])}" + (f" (+{len(rep.diverged[s])} diverged)"
-                                          if rep.diverged.get(s) else "")
-             for s in rep.strategies]
-            + [f"{s}: every run diverged" for s in rep.only_diverged()]
-        )
-        if rep.reduction:
-            r = rep.reduction[-1]
-            line += (
-                f"; ρ≤{r['t']} hat {_fmt(r['rho_hat'], '.3f')} vs "
-                f"{r['best_baseline'] or 'n/a'} {_fmt(r['rho_baseline'], '.3f')}"
-                f" ({_reduction(r)})"
-            )
-        print(line)
+        if rep.strategies or rep.only_diverged() or rep.class_il is None:
+            line = f"  {scenario}: {_runs(rep)}"
+            if rep.reduction:
+                r = rep.reduction[-1]
+                line += (
+                    f"; ρ≤{r['t']} hat {_fmt(r['rho_hat'], '.3f')} vs "
+                    f"{r['best_baseline'] or 'n/a'} {_fmt(r['rho_baseline'], '.3f')}"
+                    f" ({_reduction(r)})"
+                )
+            print(line)
+        if rep.class_il is not None:
+            print(f"  {scenario} (class-incremental): {_runs(rep.class_il)}")
     for scenario, d in result.duplicates:
         print(f"duplicate: {scenario}: {d.line()}")
     for scenario, m in result.missing:

@@ -113,6 +113,10 @@ def _settings(
     """(group key: epochs, preset, shared settings), own settings, keys left out."""
     src = own or shared
     values = {sec: _agreed(src, sec) for sec in SHARED}
+    # the protocol (``params.scenario.protocol``, absent in task-incremental records)
+    protocol = _agreed(src, "scenario").get("protocol")
+    if protocol is not None:
+        values["scenario"] = {"protocol": protocol}
     if not own:
         values["train"].pop("clipgrad", None)
     if own:

@@ -110,37 +110,61 @@ def _legend_rows(n: int) -> int:
     return 0 if n <= _LEGEND_INSIDE else math.ceil(n / 3)
 
 
-def plot_rho_vs_t(
-    rho: Mapping[str, Sequence[Stat]], n_tasks: int, paths: Sequence[Path]
-) -> list[Path]:
-    """ρ^{≤t} against t, one line per strategy with its CI band, dashed zero line. Every
-    strategy of ``rho`` is drawn; with many the legend moves under the axes."""
+def _plot_vs_t(curves: Mapping[str, Sequence[Stat]], n_tasks: int, paths: Sequence[Path], *,
+               ylabel: str, scale: float = 1.0, zero: str | None = None,
+               title: str | None = None) -> list[Path]:
+    """One line per curve of ``curves`` (values × ``scale``) against t = 1..n_tasks with its
+    CI band, HAT's line thicker; ``zero``: the label of a dashed line at 0 (drawn first);
+    ``title`` above the axes. With many lines the legend moves under the axes."""
     t = np.arange(1, n_tasks + 1)
-    rows = _legend_rows(len(rho) + 1)
+    rows = _legend_rows(len(curves) + (zero is not None))
     below = 0.16 * rows + (0.2 if rows else 0.0)
-    with _figure(COLUMN_IN, 2.4 + below, (0.62, 0.45 + below, 0.1, 0.1)) as fig:
+    above = 0.0 if title is None else 0.3
+    with _figure(COLUMN_IN, 2.4 + below + above, (0.62, 0.45 + below, 0.1, 0.1 + above)) as fig:
         ax = fig.add_subplot()
-        ax.axhline(0.0, color="black", linestyle="--", linewidth=0.8, label="joint (ρ = 0)")
-        for k, (s, stats) in enumerate(rho.items()):
-            mean = np.array([st.mean for st in stats])
-            half = np.array([st.half for st in stats])
+        if zero is not None:
+            ax.axhline(0.0, color="black", linestyle="--", linewidth=0.8, label=zero)
+        for k, (s, stats) in enumerate(curves.items()):
+            mean = scale * np.array([st.mean for st in stats])
+            half = scale * np.array([st.half for st in stats])
             style = strategy_style(k)
             lw = 1.6 if s == "hat" else 1.0
             ax.plot(t, mean, markersize=3, linewidth=lw, label=s, **style)
             ok = np.isfinite(half) & np.isfinite(mean)
             if ok.any():
                 ax.fill_between(t, mean - half, mean + half, where=ok, color=style["color"],
-                                alpha=0.2 if len(rho) <= 10 else 0.1, linewidth=0)
+                                alpha=0.2 if len(curves) <= 10 else 0.1, linewidth=0)
         ax.set_xlabel("number of tasks learned $t$")
-        ax.set_ylabel(r"forgetting ratio $\rho^{\leq t}$")
+        ax.set_ylabel(ylabel)
         ax.set_xticks(t if n_tasks <= 10 else t[:: math.ceil(n_tasks / 10)])
         ax.set_xlim(0.8, n_tasks + 0.2)
+        if title is not None:
+            ax.set_title(title)
         if rows:
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45 / 2.4 - 0.05),
                       frameon=False, ncol=3, fontsize=FONT_PT - 1, handlelength=2.2)
         else:
-            ax.legend(loc="best", frameon=False, ncol=2 if len(rho) > 3 else 1)
+            ax.legend(loc="best", frameon=False, ncol=2 if len(curves) > 3 else 1)
         return _save(fig, paths)
+
+
+def plot_rho_vs_t(
+    rho: Mapping[str, Sequence[Stat]], n_tasks: int, paths: Sequence[Path]
+) -> list[Path]:
+    """ρ^{≤t} against t, one line per strategy with its CI band, dashed zero line. Every
+    strategy of ``rho`` is drawn; with many the legend moves under the axes."""
+    return _plot_vs_t(rho, n_tasks, paths, ylabel=r"forgetting ratio $\rho^{\leq t}$",
+                      zero="joint (ρ = 0)")
+
+
+def plot_class_il_vs_t(
+    curve: Mapping[str, Sequence[Stat]], n_tasks: int, scenario: str, paths: Sequence[Path]
+) -> list[Path]:
+    """Class-incremental protocol: the Class-IL accuracy (%) after training task t (the mean
+    of row t of ``agnostic_accuracy``) against t, one line per strategy (joint, the
+    reference, included) with its CI band."""
+    return _plot_vs_t(curve, n_tasks, paths, ylabel="Class-IL accuracy on tasks 1..t (%)",
+                      scale=100.0, title=f"{scenario}: class-incremental protocol")
 
 
 #: the cost figure's panels: (metric of the x axis, its label)

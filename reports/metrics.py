@@ -9,7 +9,13 @@ Conventions shared by every function:
   task ``t`` (for the joint reference: after training jointly on tasks ``0..t``); column ``tau``
   is the task evaluated. Indices are 0-based in code; docstrings use the paper's 1-based
   ``t = 1..T`` where they quote the paper.
-* Accuracies are fractions in ``[0, 1]``.
+* ``rows`` (class-incremental, Class-IL) is a lower-triangular matrix as T rows: row ``t``
+  holds t+1 accuracies, on tasks ``0..t`` after training task ``t`` (a record's
+  ``agnostic_accuracy``).
+* Accuracies are fractions in ``[0, 1]``. Each entry is one task's per-sample accuracy; a
+  summary over tasks is the mean of those entries (a per-task mean, as mammoth reports), not
+  the per-sample accuracy over every test sample seen (PyCIL's): records store per-task
+  matrices, and for tasks of equal test size the two agree.
 * No function emits numpy runtime warnings: undefined values are returned as NaN by an explicit
   rule that each docstring states.
 """
@@ -27,8 +33,10 @@ __all__ = [
     "REDUCTION_MIN_BASELINE",
     "VALIDATION_CRITERION",
     "agnostic_final_accuracy",
+    "average_incremental_accuracy",
     "best_baseline",
     "bwt",
+    "class_il_forgetting",
     "final_average_accuracy",
     "forgetting",
     "forgetting_ratio",
@@ -36,10 +44,13 @@ __all__ = [
     "forgetting_reduction_abs",
     "forward_transfer",
     "intransigence",
+    "last_accuracy",
     "reduction_is_relative",
     "mean_ci",
     "mean_forgetting_ratio",
     "random_stratified_accuracy",
+    "triangular_forgetting_ratio",
+    "triangular_mean_forgetting_ratio",
     "validation_criterion",
 ]
 
@@ -60,20 +71,23 @@ def forgetting_ratio(
 ) -> np.ndarray:
     """Per-task forgetting ratio ρ^{τ≤t} of the paper (Serrà et al. 2018, §4.1).
 
-    ``rho[t, tau] = (acc[t, tau] - random_acc[tau]) / (joint_acc[t, tau] - random_acc[tau]) - 1``
-    for ``tau <= t``.
+    ``rho[t, tau] = (acc[t, tau] - r[t, tau]) / (joint_acc[t, tau] - r[t, tau]) - 1`` for
+    ``tau <= t``, with ``r[t, tau] = random_acc[tau]`` (task-incremental: the chance level of
+    a task does not change as tasks are added) or ``random_acc[t, tau]`` when ``random_acc``
+    is T×T (class-incremental: chance over every class of tasks ``0..t``).
 
     * ``rho = 0``: as good as joint (multitask) training on tasks ``0..t``;
       ``rho = -1``: as bad as the stratified random classifier; ``rho > 0`` is possible.
     * Entries above the diagonal (``tau > t``, tasks not learned yet) are NaN.
-    * Degenerate reference rule: where ``|joint_acc[t, tau] - random_acc[tau]| <= atol`` the
-      joint model is no better than chance, the ratio has no meaning, and the entry is NaN
-      (computed without a division, so no runtime warning is raised).
+    * Degenerate reference rule: where ``|joint_acc[t, tau] - r[t, tau]| <= atol`` (or that
+      difference is NaN) the joint model is no better than chance, the ratio has no meaning,
+      and the entry is NaN (computed without a division, so no runtime warning is raised).
 
     Args:
         acc: T×T accuracies of the evaluated strategy.
         joint_acc: T×T accuracies of joint training, same scenario and seed.
-        random_acc: length-T accuracies of the stratified random classifier per task.
+        random_acc: accuracies of the stratified random classifier: length T (per task) or
+            T×T (per task and number of tasks learned; only the lower triangle is read).
         atol: tolerance of the degenerate reference rule.
 
     Returns:
@@ -84,13 +98,15 @@ def forgetting_ratio(
     r = np.asarray(random_acc, dtype=float)
     if j.shape != a.shape:
         raise ValueError(f"joint_acc shape {j.shape} differs from acc shape {a.shape}")
-    if r.shape != (a.shape[0],):
-        raise ValueError(f"random_acc must have length {a.shape[0]}, got shape {r.shape}")
     n = a.shape[0]
-    denom = j - r[None, :]
-    defined = np.tril(np.ones((n, n), dtype=bool)) & (np.abs(denom) > atol)
+    if r.shape == (n,):
+        r = np.broadcast_to(r[None, :], (n, n))
+    elif r.shape != (n, n):
+        raise ValueError(f"random_acc must have length {n} or be {n}×{n}, got shape {r.shape}")
+    denom = j - r
+    defined = np.tril(np.ones((n, n), dtype=bool)) & (np.abs(denom) > atol)  # NaN: False
     rho = np.full((n, n), np.nan)
-    rho[defined] = (a - r[None, :])[defined] / denom[defined] - 1.0
+    rho[defined] = (a - r)[defined] / denom[defined] - 1.0
     return rho
 
 
@@ -100,9 +116,9 @@ def mean_forgetting_ratio(
     """Forgetting ratio per number of tasks learned: ρ^{≤t} = mean over τ ≤ t of ρ^{τ≤t}.
 
     Returns a length-T vector whose entry ``t`` (0-based; the paper's t+1) averages row ``t``
-    of :func:`forgetting_ratio` over ``tau = 0..t``. Entries that the degenerate reference rule
-    made NaN are left out of the mean (the mean runs over the defined entries only); if no
-    entry of the row is defined the result is NaN.
+    of :func:`forgetting_ratio` (same arguments) over ``tau = 0..t``. Entries that the
+    degenerate reference rule made NaN are left out of the mean (the mean runs over the
+    defined entries only); if no entry of the row is defined the result is NaN.
     """
     rho = forgetting_ratio(acc, joint_acc, random_acc, atol=atol)
     out = np.full(rho.shape[0], np.nan)
@@ -112,6 +128,100 @@ def mean_forgetting_ratio(
         if row.size:
             out[t] = float(row.mean())
     return out
+
+
+def _triangular(rows: object, name: str) -> np.ndarray:
+    """T rows, row t of t+1 numbers (tasks 0..t after training task t), as a T×T array with
+    NaN above the diagonal; ValueError naming ``name`` for any other shape."""
+    if isinstance(rows, np.ndarray):
+        rows = rows.tolist()
+    if not isinstance(rows, Sequence) or isinstance(rows, str) or not rows:
+        raise ValueError(f"{name} must be T >= 1 rows, row t holding t+1 accuracies; got "
+                         f"{type(rows).__name__} {rows!r:.60}")
+    n = len(rows)
+    out = np.full((n, n), np.nan)
+    for t, row in enumerate(rows):
+        try:
+            r = None if isinstance(row, str) else np.asarray(row, dtype=float)
+        except (TypeError, ValueError):
+            r = None
+        if r is None or r.shape != (t + 1,):
+            got = "no list of numbers" if r is None else f"shape {r.shape}"
+            raise ValueError(f"{name} row {t} must hold {t + 1} accuracies (tasks 0..{t}), "
+                             f"got {got}")
+        out[t, : t + 1] = r
+    return out
+
+
+def last_accuracy(rows: object, *, name: str = "rows") -> float:
+    """Last accuracy (the Class-IL literature's "last"): the mean of the last row of a
+    triangular matrix ``rows`` (row t holds the accuracies on tasks 0..t after training task
+    t), i.e. the mean over every task of its accuracy after the last task.
+
+    A per-task mean (each task's per-sample accuracy, averaged over tasks; see the module
+    docstring). NaN entries propagate. Raises ValueError (naming ``name``) unless ``rows`` is
+    T ≥ 1 rows, row t holding t+1 numbers.
+    """
+    m = _triangular(rows, name)
+    return float(m[-1].mean())
+
+
+def average_incremental_accuracy(rows: object) -> float:
+    """Average incremental accuracy (Rebuffi et al. 2017, iCaRL): the mean over t of the mean
+    of row t, ``1/T · Σ_t (1/(t+1) · Σ_{u≤t} rows[t][u])``: the accuracy over the tasks seen,
+    averaged over every stage of the sequence (it rewards being good early as well as at the
+    end).
+
+    Each row's mean is a per-task mean (see the module docstring; PyCIL's per-sample
+    accuracy weights tasks by their test sizes). NaN entries propagate. Raises ValueError
+    unless ``rows`` is triangular (:func:`last_accuracy`).
+    """
+    m = _triangular(rows, "rows")
+    return float(np.mean([m[t, : t + 1].mean() for t in range(m.shape[0])]))
+
+
+def class_il_forgetting(rows: object) -> float:
+    """Average forgetting (Chaudhry et al. 2018) of a triangular matrix: :func:`forgetting`'s
+    formula, ``1/(T-1) · Σ_{u<T-1} (max_{t=u..T-2} rows[t][u] - rows[T-1][u])``, which reads
+    the lower triangle only. 0.0 when T = 1 (one task: nothing learned before it to forget),
+    where :func:`forgetting` gives NaN.
+
+    NaN entries propagate. Raises ValueError unless ``rows`` is triangular
+    (:func:`last_accuracy`).
+    """
+    m = _triangular(rows, "rows")
+    return 0.0 if m.shape[0] == 1 else forgetting(m)
+
+
+def triangular_forgetting_ratio(
+    rows: object, joint_rows: object, random_rows: object, *, atol: float = DEGENERATE_ATOL
+) -> np.ndarray:
+    """The forgetting ratio ρ (:func:`forgetting_ratio`) of triangular matrices:
+    ``rho[t, u] = (rows[t][u] - random_rows[t][u]) / (joint_rows[t][u] - random_rows[t][u]) - 1``
+    with the same degenerate-reference rule. Class-IL: ``rows`` is a record's
+    ``agnostic_accuracy``, ``joint_rows`` that of the ``joint`` record trained in the same
+    protocol (seed and scenario), ``random_rows`` the record's ``agnostic_random_accuracy``
+    (chance over every class of tasks 0..t, so it falls as t grows).
+
+    Returns a T×T array, NaN above the diagonal and at degenerate entries. Raises ValueError
+    unless all three are triangular with the same T.
+    """
+    a = _triangular(rows, "rows")
+    j = _triangular(joint_rows, "joint_rows")
+    r = _triangular(random_rows, "random_rows")
+    return forgetting_ratio(a, j, r, atol=atol)
+
+
+def triangular_mean_forgetting_ratio(
+    rows: object, joint_rows: object, random_rows: object, *, atol: float = DEGENERATE_ATOL
+) -> np.ndarray:
+    """ρ^{≤t} of triangular matrices (:func:`mean_forgetting_ratio` of
+    :func:`triangular_forgetting_ratio`'s entries): a length-T vector, entry t the mean over
+    the defined entries of row t, NaN when none is."""
+    a = _triangular(rows, "rows")
+    j = _triangular(joint_rows, "joint_rows")
+    r = _triangular(random_rows, "random_rows")
+    return mean_forgetting_ratio(a, j, r, atol=atol)
 
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -248,30 +358,14 @@ def intransigence(acc: object, joint_acc: object) -> float:
 
 
 def agnostic_final_accuracy(agnostic: object) -> float:
-    """Task-agnostic average accuracy after the last task: the mean of the last row of a
+    """Task-agnostic average accuracy after the last task: :func:`last_accuracy` of a
     record's ``agnostic_accuracy`` (row t, after training task t, holds the accuracies on
     tasks 0..t of one prediction over every class seen, without the task label).
 
     NaN entries propagate. Raises ValueError unless ``agnostic`` is T ≥ 1 rows, row t holding
     t+1 numbers (a lower-triangular matrix as rows).
     """
-    if isinstance(agnostic, np.ndarray):
-        agnostic = agnostic.tolist()
-    if not isinstance(agnostic, Sequence) or isinstance(agnostic, str) or not agnostic:
-        raise ValueError("agnostic must be T >= 1 rows, row t holding t+1 accuracies; got "
-                         f"{type(agnostic).__name__} {agnostic!r:.60}")
-    rows = []
-    for t, row in enumerate(agnostic):
-        try:
-            r = None if isinstance(row, str) else np.asarray(row, dtype=float)
-        except (TypeError, ValueError):
-            r = None
-        if r is None or r.shape != (t + 1,):
-            got = "no list of numbers" if r is None else f"shape {r.shape}"
-            raise ValueError(f"agnostic row {t} must hold {t + 1} accuracies (tasks 0..{t}), "
-                             f"got {got}")
-        rows.append(r)
-    return float(rows[-1].mean())
+    return last_accuracy(agnostic, name="agnostic")
 
 
 def best_baseline(

@@ -1,6 +1,7 @@
 """Per-run reductions: the values one run record gives on its own (final accuracy, BWT,
 forgetting, task-agnostic final accuracy, mean seconds per task, the most memory and rehearsal
-samples) and, given its reference records' matrices, FWT and intransigence.
+samples) and, given its reference records' matrices, FWT and intransigence; for a
+class-incremental record, its Class-IL values (:func:`class_il_metrics`).
 
 Used by the report's summary and cost tables and by the W&B tracker's per-run summary, so both
 reduce a record alike. Each value is ``(number, "")`` or ``(NaN, why)`` with ``why``
@@ -19,10 +20,12 @@ import numpy as np
 from . import metrics
 
 __all__ = [
+    "CLASS_IL_OWN",
     "NOT_APPLICABLE",
     "NO_DATA",
     "OWN_METRICS",
     "Value",
+    "class_il_metrics",
     "finite_float",
     "own_metrics",
     "per_task",
@@ -40,6 +43,10 @@ Value = tuple[float, str]
 #: the metrics one record gives alone, in the order :func:`own_metrics` returns them
 OWN_METRICS = ("final_acc", "bwt", "forgetting", "agnostic_acc", "seconds_per_task",
                "peak_memory_mb", "state_mb", "memory_samples")
+#: the Class-IL values one class-incremental record gives alone (:func:`class_il_metrics`):
+#: last, average incremental accuracy and forgetting of its ``agnostic_accuracy``, and the
+#: Task-IL final accuracy of its ``accuracy``
+CLASS_IL_OWN = ("last", "average_incremental", "forgetting", "task_il_last")
 
 
 def finite_float(x: object) -> float | None:
@@ -128,4 +135,32 @@ def run_metrics(rec: Mapping[str, Any], acc: np.ndarray, single: np.ndarray | No
                   else (math.nan, NO_DATA))
     out["intransigence"] = ((metrics.intransigence(acc, joint), "") if joint is not None
                             else (math.nan, NO_DATA))
+    return out
+
+
+def class_il_metrics(rec: Mapping[str, Any], notes: list[str] | None = None
+                     ) -> dict[str, Value]:
+    """The values of :data:`CLASS_IL_OWN` of a class-incremental record: from its Class-IL
+    matrix ``agnostic_accuracy`` (T rows, row t of t+1 entries) the last accuracy, the
+    average incremental accuracy and the Class-IL forgetting (:mod:`reports.metrics`); from
+    its ``accuracy`` (Task-IL, the same run's logits restricted to each task's classes) the
+    final average accuracy. An ``agnostic_accuracy`` absent, null or malformed gives NaN
+    (:data:`NO_DATA`) for the first three; a malformed one adds a line to ``notes``."""
+    a = np.asarray(rec["accuracy"], dtype=float)
+    n = a.shape[0]
+    out: dict[str, Value] = dict.fromkeys(CLASS_IL_OWN[:3], (math.nan, NO_DATA))
+    rows = rec.get("agnostic_accuracy")
+    if rows is not None:
+        try:
+            if not isinstance(rows, list) or len(rows) != n:
+                raise ValueError(f"{n} rows expected")
+            out["last"] = (metrics.last_accuracy(rows, name="agnostic_accuracy"), "")
+            out["average_incremental"] = (metrics.average_incremental_accuracy(rows), "")
+            out["forgetting"] = (metrics.class_il_forgetting(rows), "")
+        except ValueError as e:
+            if notes is not None:
+                notes.append(f"{rec.get('_source', '?')}: malformed agnostic_accuracy ({e}); "
+                             "left out")
+            out = dict.fromkeys(CLASS_IL_OWN[:3], (math.nan, NO_DATA))
+    out["task_il_last"] = (metrics.final_average_accuracy(a), "")
     return out

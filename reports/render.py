@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
+from .per_run import NO_DATA
 from .tables import (
+    CLASS_IL_METRICS,
     COST_METRICS,
     DUPLICATE_RULE,
     SUMMARY_METRICS,
     Capacity,
+    ClassIL,
     Duplicate,
     Grid,
     Missing,
@@ -92,13 +95,13 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.1f} %"
 
 
-def _seeds_cell(rep: ScenarioReport, s: str, n: int) -> str:
+def _seeds_cell(rep: ScenarioReport | ClassIL, s: str, n: int) -> str:
     """Seeds behind a row, with the diverged runs left out of it: ``2 (+1 diverged)``."""
     k = len(rep.diverged.get(s, []))
     return f"{n} (+{k} {DIVERGED})" if k else str(n)
 
 
-def diverged_note(rep: ScenarioReport) -> str:
+def diverged_note(rep: ScenarioReport | ClassIL) -> str:
     """One line naming the diverged runs, or "" when none diverged."""
     if not rep.diverged:
         return ""
@@ -333,6 +336,88 @@ def cost_csv(rep: ScenarioReport) -> str:
     task, peak memory and state held (MB), each with its CI half-width and seeds (nan: no
     value)."""
     return _csv(COST_HEADER, rep.cost_rows())
+
+
+# --- class-incremental protocol ------------------------------------------------------------
+
+CLASS_IL_HEADER = SUMMARY_HEADER
+CLASS_IL_CURVE_HEADER = ["strategy", "t", "mean", "ci_half", "ci_low", "ci_high", "n_seeds"]
+#: column label of each Class-IL metric
+CLASS_IL_LABELS = {
+    "last": "last Class-IL accuracy (%)",
+    "average_incremental": "average incremental accuracy (%)",
+    "forgetting": "Class-IL forgetting (pp)",
+    "rho": "ρ≤T vs joint",
+    "task_il_last": "Task-IL final accuracy (%)",
+}
+#: (scale, digits) of each Class-IL metric's Markdown cells
+CLASS_IL_FORMAT = {m: (100.0, 1) for m in CLASS_IL_METRICS} | {"rho": (1.0, 3)}
+CLASS_IL_TEXT = (
+    "Class-incremental protocol: one head over every class seen, no task label at test. "
+    "Class-IL accuracy after task t: on each task 1..t, the prediction ranges over every class "
+    "of tasks 1..t (the record's `agnostic_accuracy`). Last Class-IL accuracy: after the last "
+    "task; average incremental accuracy (Rebuffi et al. 2017): the Class-IL accuracy after each "
+    "task, averaged over the tasks; Class-IL forgetting (Chaudhry et al. 2018): mean over "
+    "earlier tasks of the best Class-IL accuracy before the last task minus the final one; ρ≤T "
+    "vs joint: the forgetting ratio (Serrà et al. 2018) of the Class-IL accuracies after the "
+    "last task against the `joint` record of the seed trained in the class protocol (joint "
+    "training on the tasks seen, one head), chance being a stratified random classifier over "
+    "every class seen (0: as good as joint, -1: as bad as chance); Task-IL final accuracy: the "
+    "same runs with the task label given (their logits restricted to the task's classes; the "
+    "record's `accuracy`). Every accuracy over tasks is a mean of per-task accuracies (as "
+    "mammoth reports), not a per-sample accuracy over all test samples seen (PyCIL's); the two "
+    "agree for tasks of equal test size. –: no data (e.g. no joint record of the seed). "
+    "pp = percentage points."
+)
+
+
+def class_il_md(rep: ScenarioReport) -> str:
+    """The class-incremental protocol's table: per strategy, joint included (mean ± CI over
+    seeds), each of :data:`reports.tables.CLASS_IL_METRICS`."""
+    cil = rep.class_il
+    header = ["strategy", "seeds"] + [CLASS_IL_LABELS[m] for m in CLASS_IL_METRICS]
+    rows = []
+    single = False
+    for s, by_metric in cil.stats.items():
+        cells = []
+        for m in CLASS_IL_METRICS:
+            st = by_metric[m]
+            if st.n == 0:
+                cells.append(NO_DATA)  # a missing joint record or field
+                continue
+            single |= st.n == 1
+            scale, digits = CLASS_IL_FORMAT[m]
+            cell = pm(st.mean, st.half, digits=digits, scale=scale)
+            cells.append(cell + (f" (n={st.n})" if st.n < len(cil.seeds[s]) else ""))
+        label = f"{s} (reference)" if s == "joint" else s
+        rows.append([label, _seeds_cell(cil, s, len(cil.seeds[s]))] + cells)
+    for s in cil.only_diverged():
+        rows.append([s, _seeds_cell(cil, s, 0)] + [DIVERGED] * len(CLASS_IL_METRICS))
+    text = (
+        f"# {rep.scenario}: class-incremental protocol (Class-IL): accuracy, forgetting and ρ "
+        f"(mean ± {rep.confidence:.0%} CI over seeds)\n\n"
+        + _md_table(header, rows) + "\n" + CLASS_IL_TEXT + "\n"
+    )
+    if cil.notes:
+        text += "\n" + "\n".join(f"- {n}" for n in cil.notes) + "\n"
+    if single:
+        text += "\n" + SINGLE_SEED_NOTE + "\n"
+    if cil.diverged:
+        text += "\n" + diverged_note(cil) + "\n"
+    return text
+
+
+def class_il_csv(rep: ScenarioReport) -> str:
+    """``strategy,metric,mean,ci_half,ci_low,ci_high,n_seeds,n_diverged`` for every metric of
+    :data:`reports.tables.CLASS_IL_METRICS` (accuracies and forgetting as fractions; nan with
+    ``n_seeds`` 0 where a strategy has no value)."""
+    return _csv(CLASS_IL_HEADER, rep.class_il.rows())
+
+
+def class_il_curve_csv(rep: ScenarioReport) -> str:
+    """The Class-IL curve: ``strategy,t,mean,ci_half,ci_low,ci_high,n_seeds``, the Class-IL
+    accuracy (fraction) after training task t (1-based)."""
+    return _csv(CLASS_IL_CURVE_HEADER, rep.class_il.curve_rows())
 
 
 # --- robustness grid ---------------------------------------------------------------------------

@@ -29,10 +29,12 @@ __all__ = [
     "WANDB_RECORD_KEY",
     "Field",
     "RecordError",
+    "PROTOCOLS",
     "field_names",
     "is_diverged",
     "markdown",
     "param_text",
+    "protocol_of",
     "record_problem",
     "selection_problem",
     "validate",
@@ -78,6 +80,7 @@ class Field:
     written: bool = False
     read: bool = False
     since: int | None = 1
+    protocol: str | None = None
 
 
 FIELDS: tuple[Field, ...] = (
@@ -95,7 +98,9 @@ FIELDS: tuple[Field, ...] = (
     Field("params", "object", "every hyperparameter actually used: `{\"train\": {...}, "
           "\"<strategy>\": {...}, \"model\": {...}}`, plus `\"scenario\": {\"task\": \"<name>\"}` "
           "when one task was trained alone (`--set scenario.task=...`, the compression "
-          "experiment); since version 2 `train.clipgrad` is the gradient-norm bound actually "
+          "experiment) and `\"scenario\": {\"protocol\": \"class\"}` for a class-incremental run "
+          "(`--set scenario.protocol=class`; absent: the task-incremental protocol); since "
+          "version 2 `train.clipgrad` is the gradient-norm bound actually "
           "used (the strategy's reference value unless set); `model` holds only the keys that "
           "apply to its family: `family`, `hidden`, `layers`, `dropout`, `input_dropout`, plus "
           "`blocks` for `resnet32` and `stem` for `resnet18` (which has no `hidden`)",
@@ -128,12 +133,22 @@ FIELDS: tuple[Field, ...] = (
     Field("memory_samples", "list[int] or null", "per task, the samples the "
           "strategy's rehearsal memory holds after training it (the sum of its plugins' "
           "`memory_samples()`); null for strategies without one", since=None),
-    Field("agnostic_accuracy", "list[list[float]] or null", "task-agnostic test "
+    Field("agnostic_accuracy", "list[list[float]] or null", "task-agnostic (Class-IL) test "
           "accuracy (`strategies/training/agnostic.py`): row t (after training task t) has t+1 "
           "entries, one per task 0..t, the prediction ranging over every class of tasks 0..t "
           "(a class is a (task, label) pair) with no task label; null for strategies without a "
           "task-agnostic prediction (their weights depend on the task and no task-inference rule "
-          "is implemented) and for `single`", since=None),
+          "is implemented) and for `single`. In a class-incremental record this is the "
+          "protocol's headline matrix (the model was trained over every class seen) and "
+          "`accuracy` is Task-IL read from the same logits", since=None),
+    Field("valid_agnostic_accuracy", "list[list[float]] or null", "as `agnostic_accuracy`, "
+          "on each task's held-out validation split (the indices of `valid_accuracy`): what "
+          "`tune` selects on in the class-incremental protocol; null as `valid_accuracy`",
+          since=None, protocol="class"),
+    Field("agnostic_random_accuracy", "list[list[float]]", "row t has t+1 entries: on task "
+          "u <= t, the accuracy Σ_c p_train(c)·p_test(c) of the stratified random classifier "
+          "over every class of tasks 0..t (the reference of ρ on `agnostic_accuracy`)",
+          list, written=True, since=None, protocol="class"),
     Field("history", "list[list[object]]", "per task, per epoch: `epoch`, `train_loss`, "
           "`train_acc`, `valid_loss` (null without validation), `lr`, and for HAT `hat_s`, "
           "`hat_reg`, `hat_used`, `hat_reuse` (below)"),
@@ -164,12 +179,27 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
-def field_names() -> tuple[str, ...]:
-    """Every field of a record, in the documented order."""
-    return tuple(f.name for f in FIELDS)
+#: the protocols a record can come from: task-incremental (the paper's; the task label given
+#: at test) and class-incremental (one prediction over every class seen, no task label)
+PROTOCOLS = ("task", "class")
 
 
-_WRITTEN = {f.name: f.py_type for f in FIELDS if f.written}
+def protocol_of(rec: dict) -> str:
+    """The protocol that produced ``rec``: ``params.scenario.protocol`` (absent: ``task``)."""
+    params = rec.get("params")
+    scen = params.get("scenario") if isinstance(params, dict) else None
+    return scen.get("protocol", "task") if isinstance(scen, dict) else "task"
+
+
+def field_names(protocol: str | None = None) -> tuple[str, ...]:
+    """Every field of a record, in the documented order; with ``protocol``, the fields a
+    record of that protocol holds."""
+    return tuple(f.name for f in FIELDS
+                 if protocol is None or f.protocol in (None, protocol))
+
+
+_WRITTEN = {f.name: f.py_type for f in FIELDS if f.written and f.protocol is None}
+_WRITTEN_IN = {f.name: (f.protocol, f.py_type) for f in FIELDS if f.written and f.protocol}
 _READ = tuple(f.name for f in FIELDS if f.read)
 
 
@@ -362,7 +392,7 @@ def _write_problem(rec: object) -> str | None:
     for key in ("random_accuracy", "epochs", "seconds"):
         if len(rec[key]) != n:
             return f"'{key}' must have one entry per task ({n})"
-    problem = _optional_problem(rec, n)
+    problem = _optional_problem(rec, n) or _protocol_problem(rec, n)
     if problem:
         return problem
     if not isinstance(rec.get("diverged", False), bool):
@@ -392,6 +422,40 @@ def _optional_problem(rec: dict, n: int) -> str | None:
     if held is not None and (not isinstance(held, list) or len(held) != n
                              or not all(_is_count(v) for v in held)):
         return f"'memory_samples' must be null or a list of {n} integers >= 0"
+    return None
+
+
+def _triangle_problem(m: object, n: int, name: str) -> str | None:
+    """Strict: ``m`` is n rows, row t of t+1 numbers in [0, 1]."""
+    if not isinstance(m, list) or len(m) != n or any(
+            not isinstance(r, list) or len(r) != t + 1 for t, r in enumerate(m)):
+        return f"'{name}' must be {n} rows, row t with t+1 entries"
+    if not all(_is_frac(v, 0.0) for row in m for v in row):
+        return f"'{name}' entries must be numbers in [0, 1]"
+    return None
+
+
+def _protocol_problem(rec: dict, n: int) -> str | None:
+    """Strict: the protocol is known, and the fields of one protocol (``Field.protocol``) are
+    written in its records only, well formed."""
+    protocol = protocol_of(rec)
+    if protocol not in PROTOCOLS:
+        return (f"'params.scenario.protocol' must be one of {', '.join(PROTOCOLS)}, "
+                f"got {protocol!r}")
+    for key, (only, typ) in _WRITTEN_IN.items():
+        if only == protocol and not isinstance(rec.get(key), typ):
+            return f"missing field '{key}' (a {protocol}-incremental record)"
+    for f in FIELDS:
+        if f.protocol is not None and f.protocol != protocol and f.name in rec:
+            return f"field '{f.name}' belongs to {f.protocol}-incremental records only"
+    if protocol == "class":
+        if rec.get("agnostic_accuracy") is None:
+            return "'agnostic_accuracy' is the Class-IL matrix of a class-incremental record"
+        for key in ("valid_agnostic_accuracy", "agnostic_random_accuracy"):
+            if rec.get(key) is not None:
+                problem = _triangle_problem(rec[key], n, key)
+                if problem:
+                    return problem
     return None
 
 
@@ -496,6 +560,9 @@ def markdown() -> str:
     for f in FIELDS:
         since = "optional" if f.since is None else str(f.since)
         required = ", ".join(m for m, on in (("written", f.written), ("read", f.read)) if on)
+        if f.protocol is not None:
+            required = f"{f.protocol}-incremental records only" + (
+                f" ({required})" if required else "")
         rows.append(f"| `{f.name}` | {f.kind} | {since} | {required or '—'} | {f.meaning} |")
     intro = _DOC_INTRO.format(version=SCHEMA_VERSION,
                               readable=", ".join(map(str, READABLE_SCHEMAS)))

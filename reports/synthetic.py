@@ -24,6 +24,9 @@ __all__ = [
     "SPACES",
     "STRATEGY_PARAMS",
     "make_accuracy",
+    "make_agnostic",
+    "make_agnostic_random",
+    "make_class_record",
     "make_costs",
     "make_hat_stats",
     "make_record",
@@ -151,6 +154,64 @@ def make_selection(
     }
 
 
+def make_agnostic(strategy: str, n_tasks: int, seed: int, scenario: str = ""
+                  ) -> list[list[float]]:
+    """Class-IL accuracies as T rows, row t of t+1 entries: task u learned to about 0.9
+    (joint) or 0.85, falling by ``2 × FORGET_RATE[strategy]`` per later task (Class-IL forgets
+    more than Task-IL), plus seed noise."""
+    rng = _rng("agnostic", scenario, strategy, n_tasks, seed)
+    rate = 2 * FORGET_RATE.get(strategy, 0.05)
+    top = 0.9 if strategy == "joint" else 0.85
+    return [[round(float(np.clip(top - rate * (t - u) + rng.normal(0.0, 0.005), 0.0, 1.0)), 6)
+             for u in range(t + 1)] for t in range(n_tasks)]
+
+
+def make_agnostic_random(n_tasks: int, classes_per_task: int = 2) -> list[list[float]]:
+    """The stratified random classifier's Class-IL accuracy with balanced classes: after task
+    t, every one of the ``classes_per_task × (t+1)`` classes seen is equally likely, so on any
+    task u <= t it is right with probability 1 / (classes_per_task × (t+1))."""
+    return [[1.0 / (classes_per_task * (t + 1))] * (t + 1) for t in range(n_tasks)]
+
+
+def make_class_record(
+    scenario: str,
+    strategy: str,
+    seed: int,
+    n_tasks: int,
+    *,
+    agnostic_accuracy: Sequence[Sequence[float]] | None = None,
+    agnostic_random_accuracy: Sequence[Sequence[float]] | None = None,
+    valid_agnostic_accuracy: Sequence[Sequence[float]] | None = None,
+    params: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """A class-incremental record (``params.scenario.protocol = "class"``; docs/record-schema.md):
+    :func:`make_record` (``kwargs`` go there; ``accuracy`` is Task-IL) with the Class-IL
+    matrix ``agnostic_accuracy`` (default :func:`make_agnostic`), the chance level
+    ``agnostic_random_accuracy`` (default :func:`make_agnostic_random`) and
+    ``valid_agnostic_accuracy`` (default: null, as ``valid_accuracy``). Raises ValueError for
+    a strategy of :data:`NO_AGNOSTIC` (no prediction over every class seen)."""
+    if strategy in NO_AGNOSTIC:
+        raise ValueError(f"{strategy} has no class-incremental records (no prediction over "
+                         "every class seen)")
+    params = (dict(params) if params is not None
+              else {"train": {"lr": 0.05, "clipgrad": 10000.0}, strategy: {}})
+    params["scenario"] = {**params.get("scenario", {}), "protocol": "class"}
+    tri = {
+        "agnostic_accuracy": (make_agnostic(strategy, n_tasks, seed, scenario)
+                              if agnostic_accuracy is None else agnostic_accuracy),
+        "agnostic_random_accuracy": (make_agnostic_random(n_tasks)
+                                     if agnostic_random_accuracy is None
+                                     else agnostic_random_accuracy),
+        "valid_agnostic_accuracy": valid_agnostic_accuracy,
+    }
+    fields = {k: None if v is None else [list(map(float, r)) for r in v] for k, v in tri.items()}
+    kwargs.setdefault("accuracy", make_accuracy(strategy, n_tasks, seed, f"{scenario}/class"))
+    return make_record(scenario, strategy, seed, n_tasks, params=params,
+                       extra={**(dict(extra) if extra is not None else {}), **fields}, **kwargs)
+
+
 def make_record(
     scenario: str,
     strategy: str,
@@ -212,16 +273,24 @@ def synthetic_records(
     hat_stats: bool = False,
     selected: Iterable[str] = ("hat", "ewc", "lwf"),
     costs: bool = False,
+    protocol: str = "task",
 ) -> list[dict[str, Any]]:
     """Records for every scenario (name -> T), strategy and seed; with ``grid = (smaxs, cs)``
     also tagged HAT grid points; with ``hat_stats`` HAT records carry mask statistics. Every
     record has a ``valid_accuracy``; untagged records of the ``selected`` strategies (those
     with a space in :data:`SPACES`) carry a selection block (:func:`make_selection`). With
     ``costs`` untagged records carry :func:`make_costs`'s fields (else they have none: older
-    records)."""
+    records). With ``protocol="class"`` the untagged records are class-incremental
+    (:func:`make_class_record`, with a ``valid_agnostic_accuracy``), strategies of
+    :data:`NO_AGNOSTIC` are skipped and ``grid``/``hat_stats`` give nothing."""
     scenarios = scenarios if scenarios is not None else {"syn-3": 3, "syn-5": 5}
     seeds, strategies = list(seeds), list(strategies)
     selected = set(selected) & set(SPACES)
+    if protocol == "class":
+        return [_class_record(sc, n, st, sd, costs) for sc, n in scenarios.items()
+                for st in strategies if st not in NO_AGNOSTIC for sd in seeds]
+    if protocol != "task":
+        raise ValueError(f"protocol must be task or class, got {protocol!r}")
     out = []
     for sc, n in scenarios.items():
         for st in strategies:
@@ -253,6 +322,16 @@ def synthetic_records(
                             )
                         )
     return out
+
+
+def _class_record(sc: str, n: int, st: str, sd: int, costs: bool) -> dict[str, Any]:
+    extra = make_costs(st, n, sd, sc) if costs else {}
+    extra.pop("agnostic_accuracy", None)
+    return make_class_record(
+        sc, st, sd, n, params={"train": {"lr": 0.05, "clipgrad": 10000.0},
+                               st: dict(STRATEGY_PARAMS.get(st, {}))},
+        valid_accuracy=make_accuracy(st, n, sd, f"{sc}/class/valid"),
+        valid_agnostic_accuracy=make_agnostic(st, n, sd, f"{sc}/valid"), extra=extra)
 
 
 def record_filename(rec: Mapping[str, Any]) -> str:

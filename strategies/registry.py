@@ -115,6 +115,13 @@ class StrategySpec:
     task_agnostic: bool = True
     #: keeps a rehearsal memory (the record's ``memory_samples`` is not null)
     rehearsal: bool = False
+    #: how it runs in the class-incremental protocol (``scenario.protocol=class``):
+    #: ``"expanding"``: its network reads as one expanding head over every class seen
+    #: (``ExpandingHeadNet``, global labels), so its losses range over them; ``"own"``: its
+    #: training already scores every class seen (a class = (task, label)) and it runs
+    #: unchanged, read through its task-agnostic prediction; None: it has no class-incremental
+    #: prediction (its weights are chosen by the task label) and refuses the protocol
+    class_protocol: str | None = "expanding"
 
     def __post_init__(self):
         fields = {public_key(f.name) for f in dataclasses.fields(self.params)}
@@ -195,12 +202,12 @@ def _packnet(ctx: BuildContext, p: PackNetConfig):
 
 def _rehearsal(
     name: str, description: str, params: type, strategy: type,
-    space: Mapping[str, Sequence[Any]] | None = None,
+    space: Mapping[str, Sequence[Any]] | None = None, **options: Any,
 ) -> StrategySpec:
     """A rehearsal method's spec: built as ``strategy(config=p, **ctx.common())``."""
     return StrategySpec(name, description, params,
                         lambda ctx, p: strategy(config=p, **ctx.common()),
-                        space=space or {}, rehearsal=True)
+                        space=space or {}, rehearsal=True, **options)
 
 
 # Search spaces of ``python -m benchmark tune`` (values ascending). The reference code's grids
@@ -269,7 +276,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
                      gated=True, space=HAT_SPACE,
                      clips_itself=True, model_options=_hat_model_options, tune_by_default=True,
-                     task_agnostic=False),
+                     task_agnostic=False, class_protocol=None),
         StrategySpec("sgd-f", "SGD fine-tuning of the first task, then only new heads train "
                      "(the trunk is frozen)", NoParams,
                      lambda ctx, p: SGDFrozen(**ctx.common())),
@@ -292,17 +299,18 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
                      "earlier tasks' paths frozen", PathNetConfig, _pathnet,
                      space=PATHNET_SPACE,
-                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False),
+                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False,
+                     class_protocol=None),
         StrategySpec("packnet", "PackNet (Mallya & Lazebnik 2018): after each task its smallest "
                      "weights are pruned for later tasks, the rest retrained and frozen",
                      PackNetConfig, _packnet, space=PACKNET_SPACE,
-                     task_agnostic=False),
+                     task_agnostic=False, class_protocol=None),
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
                      "column per task with lateral adapters", PNNConfig, _pnn,
-                     families=LAYERWISE, task_agnostic=False),
+                     families=LAYERWISE, task_agnostic=False, class_protocol=None),
         _rehearsal("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
                    "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
-                   ICaRLConfig, ICaRL),
+                   ICaRLConfig, ICaRL, class_protocol="own"),
         _rehearsal("replay", "Experience replay (Chaudhry et al. 2019): each batch with a "
                    "memory batch; memory balanced over experiences, Avalanche's semantics",
                    ReplayConfig, Replay, REPLAY_SPACE),
@@ -322,7 +330,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("single", "task t alone, from the same initialisation, for each t: the "
                      "single-task reference of forward transfer (not a method)", NoParams,
                      lambda ctx, p: Naive(**ctx.common()), single=True,
-                     task_agnostic=False),
+                     task_agnostic=False, class_protocol=None),
     ]
 }
 

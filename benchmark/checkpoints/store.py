@@ -35,7 +35,7 @@ _NAME = re.compile(r"^task-(\d+)\.pt$")
 # ------------------------------------------------------------------------------ paths
 def run_folder(out: Path, exp) -> Path:
     """``<out>/checkpoints/<record name without .json>/``: the checkpoints of ``exp``."""
-    name = record_name(exp.scenario, exp.strategy, exp.seed, exp.tag)
+    name = record_name(exp.scenario, exp.strategy, exp.seed, exp.tag, exp.protocol)
     return Path(out) / FOLDER / name[: -len(".json")]
 
 
@@ -128,7 +128,8 @@ def check_command(experiments: Sequence, out: Path, device: str, threads: int,
     record are not resumed and not checked. ``settings``: each experiment's
     ``run_settings`` (resolved here when None)."""
     for i, exp in enumerate(experiments):
-        if is_complete(record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)):
+        if is_complete(record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag,
+                                   exp.protocol)):
             continue
         path = latest(run_folder(out, exp))
         if path is None:
@@ -219,7 +220,8 @@ class RunCheckpoints:
         threads = torch.get_num_threads()
         return cls(run_folder(out, exp),
                    fingerprint(exp, device, threads, run_settings(exp, device, threads, cfg)),
-                   name=record_name(exp.scenario, exp.strategy, exp.seed, exp.tag), **kw)
+                   name=record_name(exp.scenario, exp.strategy, exp.seed, exp.tag,
+                                    exp.protocol), **kw)
 
     def announce(self, done: int, n_tasks: int) -> None:
         """The one line of a resumed run."""

@@ -321,7 +321,7 @@ def _plan_many(args: argparse.Namespace, variants: list[dict], names: list[str],
     seen: dict[tuple, str] = {}
     for name, plan in zip(names, plans, strict=True):
         for exp in plan.experiments:
-            key = (exp.scenario, exp.strategy, exp.seed, exp.tag)
+            key = (exp.scenario, exp.strategy, exp.seed, exp.tag, exp.protocol)
             if key in seen:
                 raise BenchmarkError(
                     f"{seen[key]} and {name} both run {exp.strategy} seed {exp.seed} on "
@@ -346,7 +346,7 @@ def check_existing(experiments: Sequence[Experiment], out: Path,
     it (e.g. a record of the paper's defaults where a tuned preset now runs). ``settings``:
     each experiment's ``run_settings`` (its ``params`` are compared; resolved here when None)."""
     for i, exp in enumerate(experiments):
-        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
+        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag, exp.protocol)
         if not path.exists():
             continue
         if not path.is_file():
@@ -380,7 +380,7 @@ def thread_mix_warning(experiments: Sequence[Experiment], out: Path, threads: in
     runs = Path(out) / "runs"
     if str(device) != "cpu" or not runs.is_dir():
         return None
-    if all(is_complete(record_path(out, e.scenario, e.strategy, e.seed, e.tag))
+    if all(is_complete(record_path(out, e.scenario, e.strategy, e.seed, e.tag, e.protocol))
            for e in experiments):
         return None  # nothing is written
     scenarios = {e.scenario for e in experiments}

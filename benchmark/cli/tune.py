@@ -21,6 +21,7 @@ from ..tuning import (
     preset,
     select,
     tunable,
+    validation_matrix,
     write_preset,
 )
 from .args import parse_names, parse_seeds, parse_set
@@ -60,7 +61,9 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
             "tune selects on validation data: it needs the paper's recipe with a validation "
             "split (drop train.recipe=fixed / train.valid_fraction=0)"
         )
-    preset_path = args.preset or Path("configs/tuned") / f"{args.scenario}.yaml"
+    protocol = plan.configs[0].scenario.protocol
+    preset_path = args.preset or Path("configs/tuned", *(() if protocol == "task" else
+                                                         (protocol,)), f"{args.scenario}.yaml")
     check_writable(preset_path.parent)
     if preset_path.exists() and preset_path.is_dir():
         raise BenchmarkError(f"--preset {preset_path} is a folder; give a .yaml file path")
@@ -72,8 +75,9 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
     """Select on the tuning runs' validation matrices; write and print the preset."""
     valid: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for exp in plan.experiments:
-        rec = read_record(record_path(plan.out, exp.scenario, exp.strategy, exp.seed, exp.tag))
-        valid[exp.strategy][exp.tag].append(rec.get("valid_accuracy"))
+        rec = read_record(record_path(plan.out, exp.scenario, exp.strategy, exp.seed,
+                                      exp.tag, exp.protocol))
+        valid[exp.strategy][exp.tag].append(validation_matrix(rec))
     seeds = list(dict.fromkeys(e.seed for e in plan.experiments))
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
     base = plan.experiments[0].overrides
@@ -82,19 +86,21 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
     given = parse_set(args.set)
     fixed = {sec: dict(kv) for sec, kv in base.items() if sec in gridlib.SHARED_SECTIONS}
     fixed.update({s: dict(given[s]) for s in strategies if s in given})
+    protocol = plan.configs[0].scenario.protocol
     selections: list[Selection] = []
     for s, by_tag in valid.items():
         space = {k: v for k, v in plan.grid.items() if k.split(".", 1)[0] == s}
         if not space:
             continue
-        sel = select(s, space, by_tag)
+        sel = select(s, space, by_tag, protocol)
         selections.append(sel)
         print(criterion_table(sel))
     epochs = base.get("train", {}).get("epochs")
     data = preset(plan.experiments[0].scenario, strategies, selections, seeds=seeds,
                   epochs=int(float(epochs)) if epochs is not None else None, fixed=fixed,
                   command="python -m benchmark " + shlex.join(argv),
-                  run_seeds=parse_seeds(args.run_seeds))
+                  run_seeds=parse_seeds(args.run_seeds),
+                  protocol=protocol)
     write_preset(args.preset, data)
     chosen = ", ".join(f"{k}={v}" for sel in selections for k, v in sel.chosen.items())
     print(f"wrote {args.preset}: {chosen}")

@@ -17,6 +17,20 @@ The torchvision datasets use torchvision's own layout, so ``--download`` (torchv
     <data_root>/gtsrb/GTSRB/Training/<class>/*.ppm
     <data_root>/gtsrb/GTSRB/Final_Test/Images/*.ppm   + <data_root>/gtsrb/GT-final_test.csv
 
+TinyImageNet (200 classes, 64x64 RGB) has no torchvision dataset and is never downloaded, not
+even with ``--download``: unzip the standard ``tiny-imagenet-200.zip``
+(http://cs231n.stanford.edu/tiny-imagenet-200.zip) into the data root::
+
+    <data_root>/tiny-imagenet-200/wnids.txt                    200 class ids (wnids), one a line
+    <data_root>/tiny-imagenet-200/train/<wnid>/images/*.JPEG    500 training images per class
+    <data_root>/tiny-imagenet-200/val/images/*.JPEG             50 per class: the test split
+    <data_root>/tiny-imagenet-200/val/val_annotations.txt       tab-separated: file, wnid, bbox
+
+Class ``c`` is the c-th wnid in *sorted* order (not the file's order). The official test set has
+no labels, so the labelled validation set is the test split (as in the literature); training
+images are read in sorted file order per class, test images in the annotation file's order.
+Images are read as RGB (a few are grayscale); any not 64x64 is resized to 64x64.
+
 notMNIST and FaceScrub have no maintained download. They are read from an ImageFolder-like
 layout that the user fills (any train/test split of their choice)::
 
@@ -48,7 +62,8 @@ seed-dependent training split of the digits).
 Seeds
 -----
 :func:`rng_for` derives an independent NumPy generator per (purpose, seed): "split" (train/test
-split of the digits), "order" (task order), "permutation" (pixel permutations).
+split of the digits), "order" (task order, or the class order of the seeded class splits),
+"permutation" (pixel permutations).
 """
 
 from __future__ import annotations
@@ -385,6 +400,93 @@ def _folder_reader(name: str, mode: str, pad_28: bool):
     return read
 
 
+TINY_FOLDER = "tiny-imagenet-200"
+TINY_REQUIRED = ("wnids.txt", "train", "val/images", "val/val_annotations.txt")
+TINY_SIZE = 64
+
+
+def _read_rgb64(paths: list[Path]) -> torch.Tensor:
+    """uint8 ``(N, 3, 64, 64)`` from image files (converted to RGB, resized when not 64x64);
+    an unreadable file is an error naming it."""
+    from PIL import Image
+
+    out = np.empty((len(paths), TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (TINY_SIZE, TINY_SIZE):
+                    img = img.resize((TINY_SIZE, TINY_SIZE), Image.BILINEAR)
+                out[i] = np.asarray(img)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ValueError(f"cannot read image {path}: {one_line(exc, 120)}") from exc
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+
+
+def read_tiny_annotations(path: Path, wnids: list[str]) -> list[tuple[str, int]]:
+    """``val_annotations.txt``: (file name, class index) per line, in the file's order.
+
+    Each non-empty line is tab-separated: file name, wnid, then the bounding box (ignored).
+    A malformed line, an unknown wnid or a repeated file name raises ValueError naming the
+    file and the line number."""
+    index = {w: c for c, w in enumerate(wnids)}
+    rows: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        where = f"{path} line {number}"
+        if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
+            raise ValueError(f"{where}: expected 'file<TAB>wnid<TAB>bbox...', got {line[:80]!r}")
+        name, wnid = parts[0].strip(), parts[1].strip()
+        if wnid not in index:
+            raise ValueError(f"{where}: wnid {wnid!r} is not in wnids.txt")
+        if name in seen:
+            raise ValueError(f"{where}: {name} is listed twice")
+        seen.add(name)
+        rows.append((name, index[wnid]))
+    if not rows:
+        raise ValueError(f"{path} lists no images")
+    return rows
+
+
+def _read_tinyimagenet(data_root: Path) -> RawDataset:
+    """TinyImageNet's train split and its labelled validation set as the test split (see the
+    module docstring); classes are the sorted wnids."""
+    base = Path(data_root) / TINY_FOLDER
+    source = SOURCES["tinyimagenet"]
+    wnids = sorted({w.strip() for w in (base / "wnids.txt").read_text().splitlines()
+                    if w.strip()})
+    if not wnids:
+        raise source.error(data_root, "wnids.txt lists no class ids", offer_download=False)
+    train_paths: list[Path] = []
+    train_labels: list[int] = []
+    for c, wnid in enumerate(wnids):
+        folder = base / "train" / wnid / "images"
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise source.error(data_root, f"missing train/{wnid}/images/*.JPEG (class {wnid} "
+                               "of wnids.txt has no training images)", offer_download=False)
+        train_paths += files
+        train_labels += [c] * len(files)
+    annotations = base / "val" / "val_annotations.txt"
+    try:
+        rows = read_tiny_annotations(annotations, wnids)
+    except ValueError as exc:
+        raise source.error(data_root, str(exc), offer_download=False) from None
+    test_paths = [base / "val" / "images" / name for name, _ in rows]
+    absent = [p for p in test_paths if not p.is_file()]
+    if absent:
+        raise source.error(data_root, f"{len(absent)} image(s) listed in val/val_annotations.txt "
+                           f"are missing, e.g. {absent[0]}", offer_download=False)
+    return RawDataset(
+        "tinyimagenet", len(wnids), _read_rgb64(train_paths),
+        torch.as_tensor(train_labels, dtype=torch.int64), _read_rgb64(test_paths),
+        torch.as_tensor([c for _, c in rows], dtype=torch.int64), classes=tuple(wnids),
+    )
+
+
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -446,6 +548,14 @@ def _make_sources() -> dict[str, Source]:
             "FaceScrub has no maintained download: put face crops in that folder as "
             "train/<person>/*.png|jpg and test/<person>/* (the paper used 100 people)",
             _folder_reader("facescrub", "RGB", pad_28=False),
+        ),
+        Source(
+            "tinyimagenet", "TinyImageNet", TINY_FOLDER, TINY_REQUIRED,
+            "no automatic download (not even with --download): get tiny-imagenet-200.zip "
+            "(http://cs231n.stanford.edu/tiny-imagenet-200.zip) and unzip it into the data root "
+            "so that this folder holds wnids.txt, train/<wnid>/images/ and val/images/ with "
+            "val/val_annotations.txt",
+            _read_tinyimagenet, None, 200,
         ),
     ]
     return {s.name: s for s in sources}

@@ -1,4 +1,4 @@
-"""Scenario registry: task-incremental streams (task labels given), seed-controlled.
+"""Scenario registry: streams of tasks (task labels given), seed-controlled.
 
 Every scenario is a sequence of tasks; each task has its own label space, remapped to
 ``0..n_classes-1`` (in increasing order of the source labels), and its own test set. Tensors
@@ -6,21 +6,31 @@ are float32, normalised per source dataset (scaled to [0, 1], then standardised 
 with the mean/std of that dataset's training split; details in
 :mod:`benchmark.data.datasets`).
 
-==================  =====  =========  =======================================
-name                tasks  network    the seed drives
-==================  =====  =========  =======================================
-split-digits        5 x 2  mlp        nothing in the data (pairs fixed 0/1..8/9)
-permuted-digits     5 x10  mlp        pixel permutations (task 1 permuted too)
-mnist2              2 x 5  mlp        nothing in the data (0-4 then 5-9)
-pmnist              10x10  mlp        pixel permutations (task 1 permuted too)
-cifar               10     alexnet    task order (5 x 2 CIFAR-10, 5 x 20 C-100)
-mixture             8      alexnet    task order (one task per dataset)
-split-mnist         5 x 2  mlp        nothing in the data (pairs fixed)
-permuted-mnist      10x10  mlp        pixel permutations (same data as pmnist)
-split-fmnist        5 x 2  mlp        nothing in the data (pairs fixed)
-split-cifar10       5 x 2  alexnet    nothing in the data (pairs fixed)
-split-cifar100      10x10  alexnet    nothing in the data (blocks 0-9, ...)
-==================  =====  =========  =======================================
+=====================  =====  =========  ==========================================
+name                   tasks  network    the seed drives
+=====================  =====  =========  ==========================================
+split-digits           5 x 2  mlp        nothing in the data (pairs fixed 0/1..8/9)
+permuted-digits        5 x10  mlp        pixel permutations (task 1 permuted too)
+mnist2                 2 x 5  mlp        nothing in the data (0-4 then 5-9)
+pmnist                 10x10  mlp        pixel permutations (task 1 permuted too)
+cifar                  10     alexnet    task order (5 x 2 CIFAR-10, 5 x 20 C-100)
+mixture                8      alexnet    task order (one task per dataset)
+split-mnist            5 x 2  mlp        nothing in the data (pairs fixed)
+permuted-mnist         10x10  mlp        pixel permutations (same data as pmnist)
+split-fmnist           5 x 2  mlp        nothing in the data (pairs fixed)
+split-cifar10          5 x 2  alexnet    nothing in the data (pairs fixed)
+split-cifar100         10x10  alexnet    nothing in the data (blocks 0-9, ...)
+split-cifar100-10      10x10  resnet18   class order (seeded permutation)
+split-cifar100-20      20x 5  resnet18   class order (seeded permutation)
+split-tinyimagenet-5   5 x40  resnet18   class order (seeded permutation)
+split-tinyimagenet-10  10x20  resnet18   class order (seeded permutation)
+=====================  =====  =========  ==========================================
+
+The four seeded splits are the standard class-incremental benchmarks (they run under either
+protocol): the seed draws a permutation of all classes (``rng_for(seed, "order")``) and the
+tasks are its consecutive blocks, so seeds 0-4 give five class orders; within a task, labels
+follow the increasing source labels. ``split-cifar10`` and ``split-cifar100`` keep their fixed
+orders.
 
 Each spec declares the ``input_shape`` (C, H, W) of its tasks (:class:`ScenarioSpec`), known
 before any data are read.
@@ -36,6 +46,8 @@ images), with a fixed stratified 70/30 train/test split (the same for every seed
 real datasets' test sets); they never download anything. All
 others read torchvision datasets from ``data_root`` (torchvision's layout: ``MNIST/raw/``,
 ``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``, ``svhn/``, ``gtsrb/``).
+TinyImageNet (3x64x64, 200 classes; its labelled validation set is the test split) is never
+downloaded: unzip ``tiny-imagenet-200.zip`` into ``<data_root>/tiny-imagenet-200/``.
 The mixture's notMNIST and FaceScrub have no maintained download and are read from::
 
     <data_root>/notmnist/{train,test}/<letter>/*.png    letters A..J
@@ -102,7 +114,7 @@ class ScenarioSpec:
     description: str
     n_tasks: int
     embedded: bool  # True when the data ship with the suite's dependencies (no download)
-    network: str  # default network family: "mlp" or "alexnet"
+    network: str  # default network family: "mlp", "alexnet" or "resnet18"
     input_shape: tuple[int, int, int]  # (C, H, W) of every task's inputs
     builder: Callable[[int, Path], Scenario] = field(repr=False)
     sources: tuple[str, ...] = ()  # keys of benchmark.data.datasets.SOURCES read from data_root
@@ -249,6 +261,31 @@ def _split_builder(name: str, source: str, size: int) -> Callable[[int, Path], S
     return build
 
 
+def _seeded_split_builder(name: str, source: str, n_classes: int,
+                          size: int) -> Callable[[int, Path], Scenario]:
+    """Tasks of ``size`` classes: consecutive blocks of a seeded permutation of the classes."""
+
+    def build(seed: int, data_root: Path) -> Scenario:
+        raw = ds.load_source(source, data_root)
+        if raw.n_classes != n_classes:
+            raise ds.SOURCES[source].error(
+                data_root, f"found {raw.n_classes} classes, {name} needs {n_classes}",
+                offer_download=False)
+        return _scenario(name, seed, _class_tasks(raw, class_order_blocks(seed, n_classes, size)),
+                         0.1)
+
+    return build
+
+
+def class_order_blocks(seed: int, n_classes: int, size: int) -> list[tuple[int, ...]]:
+    """The seeded splits' tasks: consecutive blocks of ``size`` classes of the permutation
+    ``rng_for(seed, "order")`` draws, each block sorted."""
+    if n_classes % size:
+        raise ValueError(f"{n_classes} classes do not split into blocks of {size}")
+    order = ds.rng_for(seed, "order").permutation(n_classes).tolist()
+    return [tuple(sorted(order[s:s + size])) for s in range(0, n_classes, size)]
+
+
 def _cifar(seed: int, data_root: Path) -> Scenario:
     tasks = _class_tasks(ds.load_source("cifar10", data_root), _blocks(10, 2))
     tasks += _class_tasks(ds.load_source("cifar100", data_root), _blocks(100, 20))
@@ -274,7 +311,7 @@ def _mixture(seed: int, data_root: Path) -> Scenario:
 
 
 #: input shapes (C, H, W) of the scenarios' tasks
-_DIGITS, _MNIST, _RGB32 = (1, 8, 8), (1, 28, 28), (3, 32, 32)
+_DIGITS, _MNIST, _RGB32, _RGB64 = (1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)
 
 
 def _split(
@@ -284,6 +321,15 @@ def _split(
     """A downloaded ``source`` in tasks of ``size`` consecutive classes (fixed order)."""
     return ScenarioSpec(name, description, n_tasks=n_tasks, embedded=False, network=network,
                         input_shape=input_shape, builder=_split_builder(name, source, size),
+                        sources=(source,))
+
+
+def _seeded_split(name: str, description: str, source: str, n_classes: int, size: int,
+                  input_shape: tuple[int, int, int]) -> ScenarioSpec:
+    """A downloaded ``source`` in tasks of ``size`` classes in a seeded class order."""
+    return ScenarioSpec(name, description, n_tasks=n_classes // size, embedded=False,
+                        network="resnet18", input_shape=input_shape,
+                        builder=_seeded_split_builder(name, source, n_classes, size),
                         sources=(source,))
 
 
@@ -331,6 +377,20 @@ def _specs() -> list[ScenarioSpec]:
         _split("split-cifar100",
                "standard: CIFAR-100 in 10 tasks of 10 classes 0-9..90-99 (fixed order)",
                "cifar100", 10, n_tasks=10, network="alexnet", input_shape=_RGB32),
+        _seeded_split("split-cifar100-10",
+                      "class-incremental standard: CIFAR-100 in 10 tasks of 10 classes, class "
+                      "order a seeded permutation", "cifar100", 100, 10, _RGB32),
+        _seeded_split("split-cifar100-20",
+                      "class-incremental standard: CIFAR-100 in 20 tasks of 5 classes, class "
+                      "order a seeded permutation", "cifar100", 100, 5, _RGB32),
+        _seeded_split("split-tinyimagenet-5",
+                      "class-incremental standard: TinyImageNet (64x64, val as test) in 5 tasks "
+                      "of 40 classes, class order a seeded permutation", "tinyimagenet", 200, 40,
+                      _RGB64),
+        _seeded_split("split-tinyimagenet-10",
+                      "class-incremental standard: TinyImageNet (64x64, val as test) in 10 tasks "
+                      "of 20 classes, class order a seeded permutation", "tinyimagenet", 200, 20,
+                      _RGB64),
     ]
 
 

@@ -52,7 +52,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reports.metrics import final_average_accuracy, forgetting
+from reports.metrics import class_il_forgetting, final_average_accuracy, forgetting, last_accuracy
+from reports.schema import protocol_of
 from strategies.registry import get_strategy
 
 from ..checkpoints import RunCheckpoints, run_folder, saved_extra
@@ -95,14 +96,21 @@ class WorkerSettings:
 
 # ------------------------------------------------------------------------------ one run
 def summarize(rec: Mapping[str, Any]) -> str:
-    """One line per finished run: final average accuracy, forgetting, time."""
-    final = final_average_accuracy(rec["accuracy"])
-    forg = forgetting(rec["accuracy"]) if len(rec["accuracy"]) > 1 else 0.0  # NaN for one task
+    """One line per finished run: final average accuracy, forgetting, time; in the
+    class-incremental protocol its Class-IL values, then the same run's Task-IL accuracy."""
     tag = f" [{rec['tag']}]" if rec.get("tag") else ""
     if rec.get("diverged"):
         tag += " DIVERGED (a loss became NaN/inf)"
-    return (f"{rec['strategy']:>8} {rec['scenario']} seed {rec['seed']}{tag}: final acc "
-            f"{final:.3f}, forgetting {forg:.3f}, {sum(rec['seconds']):.1f} s")
+    final = final_average_accuracy(rec["accuracy"])
+    if protocol_of(rec) == "class" and not rec.get("diverged"):
+        rows = rec["agnostic_accuracy"]
+        result = (f"final Class-IL acc {last_accuracy(rows):.3f}, forgetting "
+                  f"{class_il_forgetting(rows):.3f}, Task-IL acc {final:.3f}")
+    else:
+        forg = forgetting(rec["accuracy"]) if len(rec["accuracy"]) > 1 else 0.0  # NaN: 1 task
+        result = f"final acc {final:.3f}, forgetting {forg:.3f}"
+    return (f"{rec['strategy']:>8} {rec['scenario']} seed {rec['seed']}{tag}: {result}, "
+            f"{sum(rec['seconds']):.1f} s")
 
 
 def pending(
@@ -112,7 +120,7 @@ def pending(
     without a complete record (a killed grid resumes where it stopped)."""
     paths, todo = [], []
     for exp in experiments:
-        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag)
+        path = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag, exp.protocol)
         paths.append(path)
         if is_complete(path):
             log(f"skip {path.name}: complete record exists")

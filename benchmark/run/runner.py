@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from avalanche.training.plugins import EvaluationPlugin
 
-from reports.schema import RecordError, field_names
+from reports.schema import RecordError, field_names, protocol_of
 from strategies import (
     FastDataPlugin,
     RecipeConfig,
@@ -29,15 +29,17 @@ from strategies import (
     get_strategy,
     make_optimizer,
 )
+from strategies.common.expanding import ExpandingHeadNet
 from strategies.hat import flushing_denormals
 from strategies.registry import BuildContext
-from strategies.training.agnostic import agnostic_accuracy
+from strategies.training.agnostic import agnostic_accuracy, expanding_head_accuracy
 from strategies.training.clipping import GradientClipPlugin
 from strategies.training.recipe import split_indices
 
 from ..checkpoints import RunCheckpoints
 from ..checkpoints import capture as capture_strategy
 from ..checkpoints import resume as resume_checkpoint
+from ..data.protocol import class_incremental, class_random_accuracy
 from ..data.scenarios import Scenario, get_scenario, random_accuracy, to_benchmark
 from ..experiment import Experiment, ResolvedConfig, record_params, resolve_for, select_task
 from ..networks import build_model
@@ -52,20 +54,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validation_benchmark(scenario: Scenario, recipe: str, valid_fraction: float, seed: int):
-    """Every task's held-out validation split as the test stream of a benchmark (task labels
-    as in the scenario), or None when the recipe holds nothing out (``train.recipe=fixed``).
+def validation_sets(scenario: Scenario, recipe: str, valid_fraction: float,
+                    seed: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Every task's held-out validation split as ``(x, y)``, or None when the recipe holds
+    nothing out (``train.recipe=fixed``).
 
     The indices are the training recipe's own (``split_indices`` on the task's training
     data, seeded by the run's seed and the task's position), so these are exactly the samples
     the recipe kept out of training."""
     if recipe != "paper" or not valid_fraction:
         return None
-    valid = []
+    sets = []
     for u, task in enumerate(scenario.tasks):
         _, idx = split_indices(len(task.train_y), valid_fraction, seed, u)
         idx_t = torch.as_tensor(idx, dtype=torch.long)
-        valid.append(replace(task, test_x=task.train_x[idx_t], test_y=task.train_y[idx_t]))
+        sets.append((task.train_x[idx_t], task.train_y[idx_t]))
+    return sets
+
+
+def validation_benchmark(scenario: Scenario, recipe: str, valid_fraction: float, seed: int):
+    """``validation_sets`` as the test stream of a benchmark (task labels as in the
+    scenario), or None when the recipe holds nothing out."""
+    sets = validation_sets(scenario, recipe, valid_fraction, seed)
+    if sets is None:
+        return None
+    valid = [replace(task, test_x=x, test_y=y) for task, (x, y) in zip(scenario.tasks, sets,
+                                                                        strict=True)]
     return to_benchmark(replace(scenario, tasks=valid))
 
 
@@ -87,6 +101,8 @@ def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugin
     options = spec.model_options(cfg.strategy) if spec.model_options is not None else {}
     model = build_model(cfg.model, scenario.input_shape, scenario.classes_per_task,
                         gated=spec.gated, **options).to(device)
+    if expanding(cfg, spec):
+        model = ExpandingHeadNet.from_multihead(model)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
@@ -118,6 +134,12 @@ def _flushed_denormals(enabled: bool = True):
             torch.set_flush_denormal(False)
 
 
+def expanding(cfg: ResolvedConfig, spec) -> bool:
+    """Whether the run trains one expanding head over every class seen (the class-incremental
+    protocol, for a strategy whose network reads that way: ``StrategySpec.class_protocol``)."""
+    return cfg.scenario.protocol == "class" and spec.class_protocol == "expanding"
+
+
 @dataclass
 class TaskRow:
     """What one experience gives the record: one entry of each per-task field (the names are
@@ -132,18 +154,22 @@ class TaskRow:
     state_mb: float
     memory_samples: int | None
     agnostic_accuracy: list[float] | None
+    valid_agnostic_accuracy: list[float] | None = None
 
 
 #: the record's per-task fields, in ``TaskRow``'s order (a checkpoint keeps them as columns)
 ROW_FIELDS = tuple(f.name for f in fields(TaskRow))
 
 
-def columns(rows: Sequence[TaskRow], validated: bool) -> dict[str, list | None]:
+def columns(rows: Sequence[TaskRow], validated: bool,
+            class_protocol: bool = False) -> dict[str, list | None]:
     """The rows as the record's per-task fields (``valid_accuracy``: None unless
-    ``validated``)."""
+    ``validated``; ``valid_agnostic_accuracy``: None unless also ``class_protocol``)."""
     out: dict[str, list | None] = {name: [getattr(r, name) for r in rows] for name in ROW_FIELDS}
     if not validated:
         out["valid_accuracy"] = None
+    if not (validated and class_protocol):
+        out["valid_agnostic_accuracy"] = None
     return out
 
 
@@ -167,7 +193,18 @@ class _Run:
     bench: Any
     valid_bench: Any
     test_sets: list
+    #: each task's validation split as ``(x, y)`` (None when nothing is held out)
+    valid_sets: list | None = None
+    #: the scenario with per-task labels, as built (its random classifiers)
+    source: Scenario | None = None
     peak: _PeakMemory = field(default_factory=_PeakMemory)
+
+    @property
+    def class_protocol(self) -> bool:
+        return self.cfg.scenario.protocol == "class"
+
+    def columns(self, rows: Sequence[TaskRow]) -> dict[str, list | None]:
+        return columns(rows, self.valid_bench is not None, self.class_protocol)
 
     def plugins_for(self, task_index: int):
         """The runner's own plugins for a strategy trained from ``task_index`` on."""
@@ -214,15 +251,19 @@ def run_experiment(
     if cfg is None:
         cfg = resolve_for(exp, scenario)
     with _flushed_denormals(getattr(cfg.strategy, "flush_denormal", True)):
-        scenario = select_task(scenario, cfg.scenario.task)
+        source = select_task(scenario, cfg.scenario.task)
         spec = get_strategy(exp.strategy)
+        # the class-incremental protocol: global labels for a network with an expanding head
+        scenario = class_incremental(source) if expanding(cfg, spec) else source
         # each task's held-out validation split (the recipe's indices) as an eval stream: the
         # validation accuracy matrix that hyperparameter selection reads (never the test data)
-        valid_bench = None if spec.joint else validation_benchmark(
+        valid_sets = None if spec.joint else validation_sets(
+            scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed)
+        valid_bench = None if valid_sets is None else validation_benchmark(
             scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed)
         run = _Run(exp, cfg, spec, scenario, torch.device(device), hooks or RunHooks(),
                    to_benchmark(scenario), valid_bench,
-                   [(task.test_x, task.test_y) for task in scenario.tasks])
+                   [(task.test_x, task.test_y) for task in scenario.tasks], valid_sets, source)
         rows, strategy = _train_all(run, checkpoint)
         return _record(run, rows, strategy)
 
@@ -232,7 +273,6 @@ def _train_all(run: _Run, checkpoint: RunCheckpoints | None) -> tuple[list[TaskR
     and the last strategy (None: resumed after the last experience, nothing trained)."""
     spec, n_tasks = run.spec, run.scenario.n_tasks
     from_scratch = spec.reference_only
-    validated = run.valid_bench is not None
     seed_everything(run.exp.seed)
     strategy = None
     if not from_scratch:
@@ -243,7 +283,7 @@ def _train_all(run: _Run, checkpoint: RunCheckpoints | None) -> tuple[list[TaskR
     resumed = checkpoint.load() if checkpoint is not None else None
     if resumed is not None:
         # the record's rows so far: what a checkpoint keeps and a resumed run continues
-        cols: dict[str, list | None] = columns([], validated)
+        cols: dict[str, list | None] = run.columns([])
         done = resume_checkpoint(resumed, cols, strategy, () if strategy is None else plugins,
                                  [e.dataset for e in run.bench.test_stream], run.device)
         rows = rows_of(cols)
@@ -264,7 +304,7 @@ def _train_all(run: _Run, checkpoint: RunCheckpoints | None) -> tuple[list[TaskR
         rows.append(_measure(run, t, strategy, seconds, recipe, hist, acc, plugins))
         run.hooks.on_experience(t, rows[-1].accuracy)
         if checkpoint is not None:
-            checkpoint.save(t + 1, n_tasks, columns(rows, validated),
+            checkpoint.save(t + 1, n_tasks, run.columns(rows),
                             None if from_scratch else capture_strategy(strategy, plugins),
                             run.device)
     return rows, strategy
@@ -277,28 +317,55 @@ def _measure(run: _Run, t: int, strategy, seconds: float, recipe, hist, acc,
     peak_mb = run.peak.peak
     state_mb = held_tensors_mb(strategy, skip=plugins)
     held = memory_samples(strategy)
-    row = _evaluate(strategy, run.bench.test_stream, acc)
+    row = TaskRow(accuracy=[], valid_accuracy=None, epochs=epochs, seconds=seconds,
+                  history=history, peak_memory_mb=peak_mb, state_mb=state_mb,
+                  memory_samples=held, agnostic_accuracy=None)
+    if expanding(run.cfg, run.spec):
+        _evaluate_expanding(run, strategy, row)
+    else:
+        _evaluate_heads(run, t, strategy, acc, row)
+    return row
+
+
+def _evaluate_heads(run: _Run, t: int, strategy, acc: _Accuracy, row: TaskRow) -> None:
+    """A multi-head network's evaluations: each task's test (and validation) accuracy with
+    its task label given (Avalanche's evaluation loop), and the task-agnostic accuracy over
+    the tasks seen (the headline of the class-incremental protocol for a strategy whose
+    training already ranges over every class seen)."""
+    row.accuracy = _evaluate(strategy, run.bench.test_stream, acc)
     # (single: one task's model, nothing to tell apart without the task label)
-    agnostic = None if run.spec.single else agnostic_accuracy(
-        strategy, run.test_sets, run.scenario.classes_per_task, t + 1,
-        run.cfg.train.eval_batch_size)
-    valid = None
+    if not run.spec.single:
+        row.agnostic_accuracy = agnostic_accuracy(
+            strategy, run.test_sets, run.scenario.classes_per_task, t + 1,
+            run.cfg.train.eval_batch_size)
     if run.valid_bench is not None:
         # the first evaluation of a dataset reads it through a DataLoader, which draws a
         # seed from the global RNG: keep training's random stream untouched
         cuda = [run.device] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            valid = _evaluate(strategy, run.valid_bench.test_stream, acc)
-    return TaskRow(accuracy=row, valid_accuracy=valid, epochs=epochs, seconds=seconds,
-                   history=history, peak_memory_mb=peak_mb, state_mb=state_mb,
-                   memory_samples=held, agnostic_accuracy=agnostic)
+            row.valid_accuracy = _evaluate(strategy, run.valid_bench.test_stream, acc)
+        if run.class_protocol:
+            row.valid_agnostic_accuracy = agnostic_accuracy(
+                strategy, run.valid_sets, run.scenario.classes_per_task, t + 1,
+                run.cfg.train.eval_batch_size)
+
+
+def _evaluate_expanding(run: _Run, strategy, row: TaskRow) -> None:
+    """An expanding head's evaluations, each set read once: Task-IL (each task's own
+    columns) on every task, Class-IL (every class seen) on the tasks seen."""
+    size = run.cfg.train.eval_batch_size
+    row.accuracy, row.agnostic_accuracy = expanding_head_accuracy(
+        strategy.model, run.test_sets, run.device, size)
+    if run.valid_sets is not None:
+        row.valid_accuracy, row.valid_agnostic_accuracy = expanding_head_accuracy(
+            strategy.model, run.valid_sets, run.device, size)
 
 
 def _record(run: _Run, rows: Sequence[TaskRow], strategy) -> dict:
     """The run record of ``rows`` (strict JSON: a diverged run's NaN/inf numbers become
     null, ``diverged`` true)."""
     exp, scenario = run.exp, run.scenario
-    cols = columns(rows, run.valid_bench is not None)
+    cols = run.columns(rows)
     model = strategy.model if strategy is not None else None  # (None: resumed at the end)
     hat_stats = None
     if hasattr(model, "mask_statistics"):
@@ -314,7 +381,7 @@ def _record(run: _Run, rows: Sequence[TaskRow], strategy) -> dict:
         "task_names": [task.name for task in scenario.tasks],
         "accuracy": cols["accuracy"],
         "valid_accuracy": cols["valid_accuracy"],
-        "random_accuracy": [random_accuracy(task) for task in scenario.tasks],
+        "random_accuracy": [random_accuracy(task) for task in run.source.tasks],
         "epochs": cols["epochs"],
         "seconds": cols["seconds"],
         "peak_memory_mb": cols["peak_memory_mb"],
@@ -330,13 +397,22 @@ def _record(run: _Run, rows: Sequence[TaskRow], strategy) -> dict:
         "threads": torch.get_num_threads(),
         "diverged": False,
         "created": now_iso(),
+        **_protocol_fields(run, cols),
     }))
+
+
+def _protocol_fields(run: _Run, cols: Mapping[str, list | None]) -> dict[str, Any]:
+    """The fields of a class-incremental record only (``reports.schema``)."""
+    if not run.class_protocol:
+        return {}
+    return {"valid_agnostic_accuracy": cols["valid_agnostic_accuracy"],
+            "agnostic_random_accuracy": class_random_accuracy(run.source)}
 
 
 def _as_record(values: Mapping[str, Any]) -> dict:
     """``values`` as a record: exactly the fields of the record contract
     (``reports.schema.FIELDS``), in its order."""
-    names = field_names()
+    names = field_names(protocol_of(values))
     if set(values) != set(names):
         raise RecordError(f"the runner's record fields differ from the record contract's: "
                           f"{sorted(set(values) ^ set(names))}")

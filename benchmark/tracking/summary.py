@@ -3,6 +3,10 @@
 Pure (no W&B, no disk): the same record always gives the same values, whatever other runs
 have finished. Values that need other runs' records (the forgetting ratio ρ, intransigence,
 forward transfer) are the report's (``python -m reports``), which reads every record at once.
+
+A class-incremental record (``params.scenario.protocol == "class"``) carries the per-run
+columns of the report's Class-IL table under ``class_il/*`` and ``task_il/last`` instead of
+the task protocol's accuracy keys, so that no W&B column mixes the two protocols.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from reports.metrics import validation_criterion
-from reports.per_run import own_metrics
-from reports.schema import WANDB_RECORD_KEY
+from reports.metrics import last_accuracy, validation_criterion
+from reports.per_run import class_il_metrics, own_metrics
+from reports.schema import WANDB_RECORD_KEY, protocol_of
 
-__all__ = ["RECORD_KEY", "Tables", "hat_summary", "num", "run_summary", "run_tables"]
+__all__ = ["CLASS_IL_KEYS", "RECORD_KEY", "Tables", "hat_summary", "num", "run_summary",
+           "run_tables"]
 
 #: summary key holding the run record as JSON (without its per-epoch ``history``)
 RECORD_KEY = WANDB_RECORD_KEY
@@ -33,6 +38,15 @@ _OWN_KEYS = {
     "state_mb": "state_mb",
     "memory_samples": "memory_samples",
     "agnostic_acc": "agnostic_final_accuracy",
+}
+#: W&B summary key of each per-run Class-IL value of a class-incremental record
+#: (``reports.per_run.class_il_metrics``: the columns of the report's ``class_il`` table that
+#: one record gives alone; its ρ needs the joint record)
+CLASS_IL_KEYS = {
+    "last": "class_il/last",
+    "average_incremental": "class_il/average_incremental",
+    "forgetting": "class_il/forgetting",
+    "task_il_last": "task_il/last",
 }
 #: reductions that are counts (logged as integers)
 _COUNTS = ("memory_samples",)
@@ -67,11 +81,18 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     (``selected_on_validation``, ``selection_preset``); the tuning criterion
     ``valid_criterion``; for HAT the ``hat/*`` values of :func:`hat_summary`; and the record
     itself as JSON (without ``history``) under :data:`RECORD_KEY` when it is short.
+
+    A class-incremental record has the :data:`CLASS_IL_KEYS` values instead of the accuracy,
+    BWT, forgetting and task-agnostic keys, and its ``valid_criterion`` is the class
+    protocol's (the mean of the last row of ``valid_agnostic_accuracy``).
     """
     own = own_metrics(record)
-    summary: dict[str, Any] = {
-        _OWN_KEYS[k]: num(own[k][0]) for k in ("final_acc", "bwt", "forgetting")
-    }
+    cls = protocol_of(record) == "class"
+    if cls:
+        class_il = class_il_metrics(record)
+        summary: dict[str, Any] = {key: num(class_il[k][0]) for k, key in CLASS_IL_KEYS.items()}
+    else:
+        summary = {_OWN_KEYS[k]: num(own[k][0]) for k in ("final_acc", "bwt", "forgetting")}
     summary.update({
         "tag": record.get("tag", ""),
         "train_seconds": num(float(sum(record.get("seconds", [])))),
@@ -81,10 +102,12 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     })
     if record.get("selection") is not None:
         summary["selection_preset"] = str(record["selection"].get("preset", ""))
-    if record.get("valid_accuracy") is not None:
+    if cls and record.get("valid_agnostic_accuracy") is not None:
+        summary["valid_criterion"] = num(last_accuracy(record["valid_agnostic_accuracy"]))
+    elif not cls and record.get("valid_accuracy") is not None:
         summary["valid_criterion"] = num(validation_criterion(record["valid_accuracy"]))
     for key in ("seconds_per_task", "peak_memory_mb", "state_mb", "memory_samples",
-                "agnostic_acc"):
+                *(() if cls else ("agnostic_acc",))):
         value = num(own[key][0])
         if value is not None:
             summary[_OWN_KEYS[key]] = int(value) if key in _COUNTS else value
@@ -101,13 +124,20 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_tables(record: Mapping[str, Any]) -> Tables:
-    """The accuracy matrix and, for HAT, the mask usage and compression per task."""
+    """The accuracy matrix, for a class-incremental record its Class-IL matrix
+    (``class_il_matrix``: ``agnostic_accuracy``, empty cells for tasks not trained yet) and,
+    for HAT, the mask usage and compression per task."""
     names = [str(n) for n in record["task_names"]]
     acc = record["accuracy"]
     tables = {
         "accuracy_matrix": (["after_task", *names],
                             [[names[t], *(float(a) for a in acc[t])] for t in range(len(acc))]),
     }
+    rows = record.get("agnostic_accuracy")
+    if protocol_of(record) == "class" and isinstance(rows, list):
+        tables["class_il_matrix"] = (["after_task", *names], [
+            [names[t], *(num(v) for v in row), *[None] * (len(names) - len(row))]
+            for t, row in enumerate(rows)])
     if record.get("hat"):
         tables.update(_hat_tables(record["hat"], names))
     return tables

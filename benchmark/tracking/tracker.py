@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from avalanche.logging import BaseLogger
 
-from reports.schema import WANDB_ARTIFACT_TYPE
+from reports.schema import WANDB_ARTIFACT_TYPE, protocol_of
 from reports.text import first_line
 
 from ..experiment import run_params
@@ -309,7 +309,7 @@ def _log_record_artifact(run, record: Mapping[str, Any], text: str) -> None:
     import wandb  # lazy: wandb
 
     fname = record_name(record["scenario"], record["strategy"], record["seed"],
-                        record.get("tag", ""))
+                        record.get("tag", ""), protocol_of(record))
 
     folder = Path(run.dir)
     folder.mkdir(parents=True, exist_ok=True)

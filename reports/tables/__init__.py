@@ -3,8 +3,8 @@
 One module per table: :mod:`.records` (which records count: :class:`ScenarioRecords`),
 :mod:`.forgetting` (ρ, Table 1, HAT's reduction), :mod:`.summary` (summary and cost),
 :mod:`.hat` (grid, capacity, compression, monitoring), :mod:`.hyperparameters`
-(hyperparameter table, sensitivity), :mod:`.missing` (runs to add); :mod:`.model` holds the
-data types.
+(hyperparameter table, sensitivity), :mod:`.missing` (runs to add), :mod:`.class_il` (the
+class-incremental protocol's table and curve); :mod:`.model` holds the data types.
 
 :func:`compute_report` groups records by scenario and returns one :class:`ScenarioReport` per
 scenario; :mod:`reports.render` and :mod:`reports.figures` turn them into files. Tests compare
@@ -12,6 +12,11 @@ the numbers here (and in the CSV files) against hand computations.
 
 Which records count where:
 
+* No table mixes protocols (:func:`reports.schema.protocol_of`): every table and figure below
+  reads the task-incremental records only; the class-incremental records feed
+  :class:`ClassIL` alone (``ScenarioReport.class_il``; None when the scenario has none), whose
+  ρ takes the joint record trained in the class protocol as reference. A record of another
+  protocol is left out (noted).
 * Table 1 (ρ), the ρ figure, the summary table and the accuracy heatmaps use untagged records
   (``tag == ""``); tagged records are grid points and only feed the robustness heatmap.
 * A_J is the untagged ``joint`` record of the same scenario and seed; A_R is the evaluated
@@ -54,16 +59,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..schema import PROTOCOLS, protocol_of
+from .class_il import class_il
 from .forgetting import forgetting
 from .hat import capacity, compression, grid, monitoring
 from .hyperparameters import hyperparameters, sensitivity
 from .missing import missing_runs, missing_selection
 from .model import (
+    CLASS_IL_METRICS,
     COST_METRICS,
     DUPLICATE_RULE,
     HAT,
     SUMMARY_METRICS,
     Capacity,
+    ClassIL,
     Duplicate,
     Grid,
     Missing,
@@ -76,10 +85,12 @@ from .records import scenario_records, trained_alone
 from .summary import summary
 
 __all__ = [  # what render, figures and build use; the other names live in their modules
+    "CLASS_IL_METRICS",
     "COST_METRICS",
     "DUPLICATE_RULE",
     "SUMMARY_METRICS",
     "Capacity",
+    "ClassIL",
     "Duplicate",
     "Grid",
     "Missing",
@@ -95,18 +106,29 @@ __all__ = [  # what render, figures and build use; the other names live in their
 def compute_scenario(
     scenario: str, records: list[dict], confidence: float = 0.95
 ) -> ScenarioReport:
-    """All numbers of one scenario's report from its (validated) run records."""
+    """All numbers of one scenario's report from its (validated) run records: the task
+    protocol's records feed every table but the class protocol's (:func:`.class_il.class_il`)."""
     notes: list[str] = []
     duplicates: list[Duplicate] = []
+    classes = [r for r in records if protocol_of(r) == "class" and not trained_alone(r)]
+    notes += [f"{r.get('_source', '?')}: protocol {protocol_of(r)!r} is none of "
+              f"{', '.join(PROTOCOLS)}; left out" for r in records
+              if protocol_of(r) not in PROTOCOLS]
+    notes += [f"{r.get('_source', '?')}: a task trained alone in the class-incremental "
+              "protocol; left out" for r in records
+              if protocol_of(r) == "class" and trained_alone(r)]
+    records = [r for r in records if protocol_of(r) == "task"]
     alone = [r for r in records if trained_alone(r)]
     counted = [r for r in records if not trained_alone(r)]
     compressed = compression(alone, notes, duplicates)
     if not counted:
+        missing: list[Missing] = []
         return ScenarioReport(
             scenario=scenario, n_tasks=1, strategies=[], seeds={}, confidence=confidence,
             rho={}, table_ts=[], best={}, reduction=[], summary={}, acc_mean={}, grid=None,
-            capacity=None, missing=[], notes=notes, compression=compressed,
+            capacity=None, missing=missing, notes=notes, compression=compressed,
             sensitivity=sensitivity(records, [], notes), duplicates=duplicates,
+            class_il=class_il(scenario, classes, confidence, notes, missing, duplicates),
         )
     sr = scenario_records(scenario, records, counted, notes, duplicates)
     rho = forgetting(sr, confidence)
@@ -115,6 +137,7 @@ def compute_scenario(
     hyper = hyperparameters(sr.by_strategy, sr.strategies, notes)
     missing_selection(sr)
     hat_records = list(sr.by_strategy.get(HAT, {}).values())
+    cil = class_il(scenario, classes, confidence, notes, sr.missing, duplicates)
     return ScenarioReport(
         scenario=scenario,
         n_tasks=sr.n_tasks,
@@ -139,6 +162,7 @@ def compute_scenario(
         duplicates=duplicates,
         summary_blank=summ.blank,
         summary_notes=summ.notes,
+        class_il=cil,
     )
 
 

@@ -17,6 +17,7 @@ from ..schema import param_text
 
 __all__ = [
     "BASELINE_EXCLUDE",
+    "CLASS_IL_METRICS",
     "COST_METRICS",
     "DIFFERS",
     "DUPLICATE_RULE",
@@ -32,6 +33,7 @@ __all__ = [
     "SUMMARY_METRICS",
     "TUNE_CMD",
     "Capacity",
+    "ClassIL",
     "Duplicate",
     "Grid",
     "HyperRow",
@@ -57,6 +59,10 @@ BASELINE_EXCLUDE = (HAT, JOINT, SINGLE_TASK)
 #: the summary table's metrics, per strategy (mean over seeds), in column order
 SUMMARY_METRICS = ("final_acc", "bwt", "forgetting", "fwt", "intransigence", "agnostic_acc",
                    "seconds_per_task", "peak_memory_mb", "state_mb", "memory_samples")
+#: the Class-IL table's metrics, per strategy (mean over seeds), in column order: last
+#: Class-IL accuracy, average incremental accuracy, Class-IL forgetting, ρ≤T against the joint
+#: record of the class protocol, and the Task-IL final accuracy of the same runs
+CLASS_IL_METRICS = ("last", "average_incremental", "forgetting", "rho", "task_il_last")
 #: the cost figure's axes: accuracy against these
 COST_METRICS = ("seconds_per_task", "peak_memory_mb", "state_mb")
 #: how records of one run with different results are resolved (index.md quotes it)
@@ -68,7 +74,8 @@ DUPLICATE_RULE = (
 )
 #: the fields that make two records of one run the same result (else a conflict)
 RESULT_FIELDS = ("task_names", "accuracy", "valid_accuracy", "random_accuracy", "params",
-                 "hat", "selection", "diverged")
+                 "hat", "selection", "diverged", "agnostic_accuracy",
+                 "valid_agnostic_accuracy", "agnostic_random_accuracy")
 TUNE_CMD = "python -m benchmark tune --scenario {scenario}"
 #: hyperparameter table: a value (or source) that the seeds of one strategy do not agree on
 DIFFERS = "differs across seeds"
@@ -226,6 +233,41 @@ class Sensitivity:
 
 
 @dataclass
+class ClassIL:
+    """The class-incremental protocol's numbers of a scenario (its class records only)."""
+
+    n_tasks: int
+    strategies: list[str]  # untagged strategies with a run that did not diverge, joint last
+    seeds: dict[str, list[int]]
+    #: strategy -> each of :data:`CLASS_IL_METRICS` (a Stat with n = 0: no value)
+    stats: dict[str, dict[str, Stat]]
+    #: strategy -> Class-IL accuracy after training task t (mean of row t), t = 1..T
+    curve: dict[str, list[Stat]]
+    #: untagged strategy -> seeds of its diverged class runs
+    diverged: dict[str, list[int]] = field(default_factory=dict)
+    #: lines under the table: missing references and the commands that produce them
+    notes: list[str] = field(default_factory=list)
+
+    def only_diverged(self) -> list[str]:
+        """Strategies whose every untagged class run diverged."""
+        return [s for s in order(set(self.diverged)) if s not in self.strategies]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """CSV rows ``strategy, metric, mean, ci_half, ci_low, ci_high, n_seeds,
+        n_diverged``; a strategy whose every run diverged has NaN rows."""
+        nan = Stat(math.nan, math.nan, 0)
+        return [{"strategy": s, "metric": m,
+                 **(self.stats[s][m] if s in self.stats else nan).columns(),
+                 "n_diverged": len(self.diverged.get(s, []))}
+                for s in [*self.stats, *self.only_diverged()] for m in CLASS_IL_METRICS]
+
+    def curve_rows(self) -> list[dict[str, Any]]:
+        """CSV rows ``strategy, t, mean, ci_half, ci_low, ci_high, n_seeds`` (t 1-based)."""
+        return [{"strategy": s, "t": t + 1, **st.columns()}
+                for s, stats in self.curve.items() for t, st in enumerate(stats)]
+
+
+@dataclass
 class ScenarioReport:
     scenario: str
     n_tasks: int
@@ -256,6 +298,9 @@ class ScenarioReport:
     summary_blank: dict[str, dict[str, str]] = field(default_factory=dict)
     #: lines under the summary table: missing references and the commands that produce them
     summary_notes: list[str] = field(default_factory=list)
+    #: the class-incremental protocol's table and curve (None: no class records); every other
+    #: field comes from the task protocol's records only
+    class_il: ClassIL | None = None
 
     def only_diverged(self, rho: bool = False, summary: bool = False) -> list[str]:
         """Strategies whose every untagged run diverged (not in :attr:`strategies`); with

@@ -20,6 +20,11 @@ The student's outputs of the earlier heads are computed in training mode, as in 
 makes LwF forget more than fine-tuning on the digits scenarios at alpha >= 1 (the reference's
 own loop does the same on these data; without dropout LwF forgets little). Kept on purpose.
 
+In the class-incremental protocol (an expanding head, ``strategies.common.expanding``) the
+distillation covers every old class at once: one softmax over the logits of the classes the
+teacher saw, as LwF is run in class-incremental comparisons (e.g. mammoth's), instead of one
+per earlier head.
+
 The penalty is also part of the validation loss (``validation_batch_penalty``), as the
 reference's ``eval()`` includes it: teacher and current model on the validation inputs.
 """
@@ -55,7 +60,8 @@ class _Distillation(LearningWithoutForgetting):
     """Avalanche's distillation term; the student's outputs of the earlier heads are taken
     from the training pass when ``student`` holds that pass's (input, outputs per head)."""
 
-    student: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+    #: (input, outputs per head), or (input, output) of an expanding head
+    student: tuple[torch.Tensor, dict[int, torch.Tensor] | torch.Tensor] | None = None
 
     def _distillation_loss(self, out, prev_out, active_units):
         """Avalanche's term; when the seen units are all of the head's, in order, without its
@@ -68,6 +74,8 @@ class _Distillation(LearningWithoutForgetting):
         return torch.nn.functional.kl_div(log_p, q, reduction="batchmean")
 
     def _lwf_penalty(self, out, x, curr_model):
+        if getattr(curr_model, "class_incremental", False):
+            return self._old_classes_penalty(x, curr_model)
         if self.prev_model is None or self.student is None or self.student[0] is not x:
             return super()._lwf_penalty(out, x, curr_model)
         with torch.no_grad():
@@ -79,6 +87,20 @@ class _Distillation(LearningWithoutForgetting):
                 loss += self._distillation_loss(y_curr[task], y_prev[task],
                                                 self.prev_classes_by_task[task])
         return loss
+
+
+    def _old_classes_penalty(self, x, curr_model):
+        """Class-incremental (an expanding head): the distillation of every old class's
+        logit at once, ``KL(softmax(teacher/T) ‖ softmax(student/T))`` over the classes the
+        teacher saw (its whole output), batch mean."""
+        if self.prev_model is None:
+            return 0
+        with torch.no_grad():
+            prev = self.prev_model(x)
+        trained = self.student is not None and self.student[0] is x
+        curr = self.student[1] if trained else curr_model(x)
+        width = prev.shape[1]
+        return self._distillation_loss(curr[:, :width], prev, range(width))
 
 
 class LwFPlugin(AvalancheLwFPlugin):
@@ -123,6 +145,10 @@ class LwF(SupervisedTemplate):
         """The training pass: with a teacher and a trunk shared by the heads, every head's
         output from one trunk pass (kept for the distillation term); else Avalanche's."""
         model, lwf = self.model, self.lwf_plugin.lwf
+        if self.is_training and getattr(model, "class_incremental", False):
+            out = model(self.mb_x, self.mb_task_id)
+            lwf.student = (self.mb_x, out)
+            return out
         if (self.is_training and lwf.prev_model is not None and isinstance(model, MultiHeadNet)
                 and model.shared_trunk):
             task = single_task(self.mb_task_id)

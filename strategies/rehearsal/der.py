@@ -80,8 +80,11 @@ class DERConfig:
 
 def logit_mse(out: Tensor, stored: Tensor, widths: Tensor | None) -> Tensor:
     """Mean squared error between ``out`` and the stored logits over each sample's own
-    ``widths[i]`` leading columns (all columns when ``widths`` is None)."""
-    stored = stored[:, : out.shape[1]]
+    ``widths[i]`` leading columns (all the columns both have when ``widths`` is None)."""
+    # the leading columns both have (an expanding head has grown since the logits were
+    # stored: the stored classes are its first columns)
+    width = min(out.shape[1], stored.shape[1])
+    out, stored = out[:, :width], stored[:, :width]
     if widths is None:
         return F.mse_loss(out, stored)
     inside = torch.arange(out.shape[1], device=out.device) < widths.unsqueeze(1)

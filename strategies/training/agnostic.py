@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..common.expanding import ExpandingHeadNet
 from ..common.hooks import hooks, is_task_agnostic
 from ..common.multihead import MultiHeadNet
 from .lean_loop import set_training
@@ -76,5 +77,41 @@ def agnostic_accuracy(strategy, test_sets: Sequence[tuple[torch.Tensor, torch.Te
             row.append(correct / max(len(y), 1))
             offset += int(width)
         return row
+    finally:
+        set_training(model, was_training)
+
+
+@torch.no_grad()
+def expanding_head_accuracy(model: ExpandingHeadNet,
+                            sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                            device: torch.device | str, batch_size: int = 256
+                            ) -> tuple[list[float], list[float]]:
+    """``(task_il, class_il)`` of an expanding head on each task's ``(x, y)`` set, global
+    labels, every set read once: ``task_il[u]`` the accuracy of the argmax over task u's own
+    columns (its task label given; every task, trained or not), ``class_il[u]`` the accuracy
+    of the argmax over every class of the tasks seen (``model.seen`` of them; no task label),
+    for the tasks seen. The model is evaluated in evaluation mode; its mode is restored."""
+    offsets = model.offsets
+    widths = [model.heads[str(t)].out_features for t in model.tasks]
+    seen_width = offsets[model.seen - 1] + widths[model.seen - 1]
+    was_training = model.training
+    set_training(model, False)
+    try:
+        task_il, class_il = [], []
+        for u, (x, y) in enumerate(sets):
+            lo = offsets[u]
+            own = every = 0
+            for i in range(0, len(y), batch_size):
+                xb = x[i:i + batch_size].to(device)
+                yb = y[i:i + batch_size].to(device)
+                feats = model.features(xb, u)
+                own += int((model.heads[str(u)](feats).argmax(1) + lo == yb).sum())
+                if u < model.seen:
+                    every += int((model.seen_logits(feats)[:, :seen_width].argmax(1) == yb).sum())
+            n = max(len(y), 1)
+            task_il.append(own / n)
+            if u < model.seen:
+                class_il.append(every / n)
+        return task_il, class_il
     finally:
         set_training(model, was_training)

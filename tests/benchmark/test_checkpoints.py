@@ -192,15 +192,20 @@ def test_checkpoint_holds_the_runs_state_and_restores_it(tmp_path, monkeypatch, 
     assert_same_state(strategy_a, own_a, strategy_b, own_b)
 
 
-@pytest.mark.parametrize(("strategy", "train"), [
-    ("naive", {"optimizer": "adam", "recipe": "fixed", "lr": 0.01}),
-    ("hat", {"optimizer": "adamw", "recipe": "fixed", "lr": 0.01}),
-    ("lwf", {}),
+@pytest.mark.parametrize(("strategy", "train", "protocol"), [
+    ("naive", {"optimizer": "adam", "recipe": "fixed", "lr": 0.01}, "task"),
+    ("hat", {"optimizer": "adamw", "recipe": "fixed", "lr": 0.01}, "task"),
+    ("lwf", {}, "task"),
+    ("lwf", {}, "class"),  # the teacher's and the model's expanding heads
+    ("der", {}, "class"),  # logits stored over fewer classes than the head has now
+    ("icarl", {}, "class"),
 ])
-def test_resumed_run_gives_the_uninterrupted_record(tmp_path, monkeypatch, strategy, train):
+def test_resumed_run_gives_the_uninterrupted_record(tmp_path, monkeypatch, strategy, train,
+                                                    protocol):
     """In one process (the kill tests do it across processes, for every strategy): optimizer
-    state carried across tasks (recipe=fixed) and the paper's recipe."""
-    exp = Experiment(SCENARIO, strategy, 0, {"train": {"epochs": 2, **train}})
+    state carried across tasks (recipe=fixed) and the paper's recipe, in both protocols."""
+    exp = Experiment(SCENARIO, strategy, 0, {"train": {"epochs": 2, **train},
+                                             "scenario": {"protocol": protocol}})
     whole = run(exp, tmp_path / "whole")
     with monkeypatch.context() as mp:
         stop_after(mp, 3)

@@ -6,14 +6,17 @@ compression figure and the monitoring figure."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from benchmark import cli
+from benchmark.data import datasets as ds
 from benchmark.data.scenarios import MIXTURE_SOURCES, SCENARIOS
 from benchmark.errors import BenchmarkError, DatasetMissingError
+from benchmark.experiment import resolve_for
 from benchmark.records import read_record, record_name
 from reports.build import build_report
 from reports.load import load_records
@@ -26,6 +29,15 @@ CONFIGS = ROOT / "configs"
 PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 PAPER = {p.stem: p for p in (CONFIGS / "paper").glob("*.yaml")}
 EMBEDDED = {p.stem: p for p in (CONFIGS / "embedded").glob("*.yaml")}
+CLASS = {p.stem: p for p in (CONFIGS / "class").glob("*.yaml")}
+#: the class-incremental presets' strategies and memory sizes (samples; A-GEM's per experience
+#: is the memory over the number of tasks)
+CLASS_STRATEGIES = ["naive", "joint", "ewc", "si", "lwf", "replay", "agem", "der", "er-ace",
+                    "icarl", "gdumb"]
+CLASS_MEMORY = {"split-cifar10": 200, "split-cifar100-10": 2000, "split-cifar100-20": 2000,
+                "split-tinyimagenet-5": 2000, "split-tinyimagenet-10": 2000}
+MEM_SIZE_KEYS = ("replay.mem_size", "der.mem_size", "er-ace.mem_size", "icarl.mem_size",
+                 "gdumb.mem_size")
 #: the paper's baselines another change adds to the registry
 NEW_BASELINES = ("sgd-f", "imm-mean", "imm-mode", "lfl", "pathnet", "pnn")
 ALL = ("hat", "naive", "sgd-f", "ewc", "imm-mean", "imm-mode", "lwf", "lfl", "pathnet", "pnn",
@@ -39,8 +51,10 @@ def _plan(path: Path, *extra, out: Path):
 
 def test_the_presets_exist():
     assert set(PAPER) == {"pmnist", "cifar", "mixture", "robustness", "compression", "resnet"}
-    # modern.yaml: the baselines after 2018, on the digits only (no paper setup to twin)
-    assert set(EMBEDDED) == set(PAPER) | {"modern"}
+    # modern.yaml: the baselines after 2018, on the digits only (no paper setup to twin);
+    # class.yaml: the twin of configs/class/
+    assert set(EMBEDDED) == set(PAPER) | {"modern", "class"}
+    assert set(CLASS) == set(CLASS_MEMORY)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -136,7 +150,7 @@ def test_embedded_twins_are_scaled_down():
         assert all(SCENARIOS[n].embedded for n in data["scenario"].split(","))
         # the ResNet and modern presets: 3 seeds, the closing notes of issues 14 and 16
         # report over them
-        seeds = 3 if name in ("resnet", "modern") else 2
+        seeds = 3 if name in ("resnet", "modern", "class") else 2
         assert data["epochs"] <= 100 and len(cli.parse_seeds(data["seeds"])) <= seeds
 
 
@@ -238,3 +252,61 @@ def test_modern_preset_runs_the_new_baselines_with_their_references(tmp_path):
     assert "n/a" in hat_row  # no task-agnostic prediction
     assert "single" not in result.reports["split-digits"].rho
     assert (tmp_path / "report" / "split-digits" / "cost.png").stat().st_size > 0
+
+
+def _memory_set(memory: int, n_tasks: int) -> dict:
+    return {**{k: memory for k in MEM_SIZE_KEYS},
+            "agem.patterns_per_experience": memory // n_tasks}
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_MEMORY))
+def test_class_presets(name, monkeypatch):
+    """The class-incremental presets: ResNet-18, seeds 0-4, at most 50 epochs, every
+    rehearsal method with the same memory (A-GEM's reaching it after the last task)."""
+    data = cli.load_preset(CLASS[name])
+    spec = SCENARIOS[name]
+    memory = CLASS_MEMORY[name]
+    assert data["scenario"] == name and data["strategies"] == CLASS_STRATEGIES
+    assert cli.parse_seeds(data["seeds"]) == [0, 1, 2, 3, 4] and data["epochs"] == 50
+    assert data["set"] == {"scenario.protocol": "class", "model.family": "resnet18",
+                           **_memory_set(memory, spec.n_tasks)}
+    assert memory % spec.n_tasks == 0
+    assert data["out"] == f"results/class/{name}"
+    for words in ("GPU", "mammoth", "seq-cifar10", str(memory)):
+        assert words in data["description"]
+    # the plan with the dataset faked present: every value resolves
+    for source in spec.sources:
+        monkeypatch.setitem(ds.SOURCES, source,
+                            dataclasses.replace(ds.SOURCES[source], required=()))
+    plan = _plan(CLASS[name], out=Path("o"))
+    assert len(plan.experiments) == len(CLASS_STRATEGIES) * 5
+    for exp in plan.experiments:
+        cfg = resolve_for(exp)
+        assert cfg.scenario.protocol == "class" and cfg.model.family == "resnet18"
+        assert cfg.train.epochs == 50
+        if exp.strategy == "agem":
+            assert cfg.strategy.patterns_per_experience * spec.n_tasks == memory
+        elif hasattr(cfg.strategy, "mem_size"):
+            assert cfg.strategy.mem_size == memory
+    assert {e.strategy for e in plan.experiments if hasattr(resolve_for(e).strategy,
+                                                            "mem_size")} == {
+        k.split(".")[0] for k in MEM_SIZE_KEYS}
+
+
+def test_class_twin():
+    """configs/embedded/class.yaml: the CPU twin of configs/class/ on split-digits."""
+    data = cli.load_preset(EMBEDDED["class"])
+    assert data["scenario"] == "split-digits" and data["strategies"] == CLASS_STRATEGIES
+    assert cli.parse_seeds(data["seeds"]) == [0, 1, 2] and data["epochs"] == 20
+    assert data["set"] == {"scenario.protocol": "class", **_memory_set(200, 5)}
+    assert data["jobs"] == 2 and data["out"] == "results/embedded/class"
+    assert "CPU twin of configs/class/" in data["description"]
+    plan = _plan(EMBEDDED["class"], out=Path("o"))
+    assert len(plan.experiments) == len(CLASS_STRATEGIES) * 3
+    for exp in plan.experiments:
+        cfg = resolve_for(exp)
+        assert cfg.scenario.protocol == "class" and cfg.model.family == "mlp"
+        if exp.strategy == "agem":
+            assert cfg.strategy.patterns_per_experience == 40
+        elif hasattr(cfg.strategy, "mem_size"):
+            assert cfg.strategy.mem_size == 200

@@ -381,3 +381,9 @@ def test_versions_and_timestamp():
 
     parsed = datetime.fromisoformat(stamp)
     assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0
+
+
+def test_a_class_incremental_record_has_its_own_name_beside_the_task_ones():
+    assert record_name("s", "naive", 0, protocol="class") == "s__naive__s0__class.json"
+    assert record_name("s", "naive", 0, "a=1", "class") == "s__naive__s0__class__a=1.json"
+    assert record_name("s", "naive", 0, protocol="task") == record_name("s", "naive", 0)

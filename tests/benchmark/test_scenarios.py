@@ -19,6 +19,7 @@ from benchmark.data.scenarios import (
     MIXTURE_SOURCES,
     SCENARIOS,
     TaskData,
+    class_order_blocks,
     describe_scenarios,
     get_scenario,
     random_accuracy,
@@ -29,7 +30,12 @@ from benchmark.errors import DatasetMissingError, UnknownNameError
 ALL_NAMES = {
     "split-digits", "permuted-digits", "mnist2", "pmnist", "cifar", "mixture",
     "split-mnist", "permuted-mnist", "split-fmnist", "split-cifar10", "split-cifar100",
+    "split-cifar100-10", "split-cifar100-20", "split-tinyimagenet-5", "split-tinyimagenet-10",
 }
+#: the class-incremental splits: tasks are blocks of a seeded class order
+SEEDED = {"split-cifar100-10": ("cifar100", 100, 10), "split-cifar100-20": ("cifar100", 100, 5),
+          "split-tinyimagenet-5": ("tinyimagenet", 200, 40),
+          "split-tinyimagenet-10": ("tinyimagenet", 200, 20)}
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -111,10 +117,12 @@ def test_registry_entries_and_listing():
     for row in rows:
         assert set(row) == {"name", "description", "n_tasks", "embedded", "network"}
         assert row["description"] and "\n" not in row["description"]
-        assert row["network"] in {"mlp", "alexnet"}
+        assert row["network"] in {"mlp", "alexnet", "resnet18"}
     embedded = {r["name"] for r in rows if r["embedded"]}
     assert embedded == {"split-digits", "permuted-digits"}
-    expected_tasks = {"mnist2": 2, "pmnist": 10, "cifar": 10, "mixture": 8, "split-cifar100": 10}
+    expected_tasks = {"mnist2": 2, "pmnist": 10, "cifar": 10, "mixture": 8, "split-cifar100": 10,
+                      "split-cifar10": 5, "split-cifar100-10": 10, "split-cifar100-20": 20,
+                      "split-tinyimagenet-5": 5, "split-tinyimagenet-10": 10}
     for name, n in expected_tasks.items():
         assert SCENARIOS[name].n_tasks == n
     assert SCENARIOS["cifar"].network == "alexnet" and SCENARIOS["pmnist"].network == "mlp"
@@ -129,6 +137,8 @@ def test_specs_declare_their_input_shape():
         "split-digits": digits, "permuted-digits": digits, "mnist2": mnist, "pmnist": mnist,
         "split-mnist": mnist, "permuted-mnist": mnist, "split-fmnist": mnist, "cifar": rgb,
         "mixture": rgb, "split-cifar10": rgb, "split-cifar100": rgb,
+        "split-cifar100-10": rgb, "split-cifar100-20": rgb,
+        "split-tinyimagenet-5": (3, 64, 64), "split-tinyimagenet-10": (3, 64, 64),
     }
     for name in ("split-digits", "permuted-digits"):
         assert get_scenario(name).build(0).input_shape == SCENARIOS[name].input_shape
@@ -546,3 +556,69 @@ def test_channel_stats_exact_and_rgb32():
     out = ds.to_rgb32(gray)
     assert out.shape == (2, 3, 32, 32) and torch.equal(out[:, 2, 2:30, 2:30], gray[:, 0])
     assert ds.to_rgb32(torch.zeros(2, 3, 48, 40, dtype=torch.uint8)).shape == (2, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the class-incremental splits (seeded class order; sources replaced by in-memory fakes)
+
+
+def test_seeded_splits_registry():
+    for name, (source, n_classes, size) in SEEDED.items():
+        spec = SCENARIOS[name]
+        assert spec.sources == (source,) and spec.network == "resnet18" and not spec.embedded
+        assert spec.n_tasks == n_classes // size and spec.valid_fraction == 0.1
+    # the fixed-order splits keep their network and data
+    assert SCENARIOS["split-cifar10"].network == SCENARIOS["split-cifar100"].network == "alexnet"
+
+
+@pytest.mark.parametrize("n_classes, size", [(100, 10), (100, 5), (200, 40), (200, 20)])
+def test_class_order_blocks_partition_and_follow_the_seed(n_classes, size):
+    orders = [class_order_blocks(seed, n_classes, size) for seed in range(5)]
+    for seed, blocks in enumerate(orders):
+        assert blocks == class_order_blocks(seed, n_classes, size)  # same seed, same order
+        assert len(blocks) == n_classes // size and all(len(b) == size for b in blocks)
+        assert all(list(b) == sorted(b) for b in blocks)
+        assert sorted(c for b in blocks for c in b) == list(range(n_classes))  # a partition
+        assert blocks != [tuple(range(s, s + size)) for s in range(0, n_classes, size)]
+    assert len({tuple(b) for b in orders}) == 5  # seeds 0-4: five class orders
+    assert len({b[0] for b in orders}) == 5  # the first task differs too
+    with pytest.raises(ValueError):
+        class_order_blocks(0, 10, 3)
+
+
+@pytest.mark.parametrize("name", sorted(SEEDED))
+def test_seeded_split_tasks(name, monkeypatch, tmp_path):
+    source, n_classes, size = SEEDED[name]
+    shape = get_scenario(name).input_shape
+    raw = random_raw(source, n_classes, 2, shape, seed=1)
+    fake_source(monkeypatch, source, raw)
+    spec = get_scenario(name)
+    spec.check_available(tmp_path)
+    sc = spec.build(0, tmp_path)
+    assert sc.n_tasks == spec.n_tasks and sc.input_shape == shape and sc.valid_fraction == 0.1
+    assert sc.classes_per_task == [size] * spec.n_tasks
+    assert [t.classes for t in sc.tasks] == class_order_blocks(0, n_classes, size)
+    mean, std = ds.channel_stats(raw.train_x)
+    for t in sc.tasks:
+        assert t.name == f"{source}:{','.join(map(str, t.classes))}"
+        assert set(t.train_y.tolist()) == set(t.test_y.tolist()) == set(range(size))
+        chosen = torch.isin(raw.train_y, torch.tensor(t.classes))
+        # label k of the task is its k-th smallest source class
+        assert torch.equal(torch.tensor(t.classes)[t.train_y], raw.train_y[chosen])
+        assert torch.equal(t.train_x, ds.normalise(raw.train_x[chosen], mean, std))
+    assert sum(len(t.train_y) for t in sc.tasks) == len(raw.train_y)
+    assert_same_scenario(sc, spec.build(0, tmp_path))
+    other = spec.build(1, tmp_path)
+    assert [t.classes for t in other.tasks] != [t.classes for t in sc.tasks]
+    assert [t.classes for t in other.tasks] == class_order_blocks(1, n_classes, size)
+
+
+def test_fixed_splits_keep_their_order(monkeypatch, tmp_path):
+    """split-cifar10 and split-cifar100 keep the fixed blocks 0/1..8/9 and 0-9..90-99."""
+    fake_source(monkeypatch, "cifar10", random_raw("cifar10", 10, 2, (3, 32, 32)))
+    fake_source(monkeypatch, "cifar100", random_raw("cifar100", 100, 1, (3, 32, 32), seed=1))
+    for name, size, n in (("split-cifar10", 2, 10), ("split-cifar100", 10, 100)):
+        for seed in (0, 3):
+            sc = get_scenario(name).build(seed, tmp_path)
+            assert [t.classes for t in sc.tasks] == [
+                tuple(range(s, s + size)) for s in range(0, n, size)]

@@ -16,6 +16,7 @@ from benchmark.data.scenarios import SCENARIOS, get_scenario
 from benchmark.experiment import Experiment, resolve
 from benchmark.grid import canonical_value
 from benchmark.records import read_record
+from reports.metrics import agnostic_final_accuracy, validation_criterion
 from strategies import STRATEGIES, ConfigError
 
 
@@ -274,3 +275,18 @@ def test_valid_accuracy_is_measured_on_exactly_the_recipes_held_out_samples(monk
     for (hx, hy), (ex, ey) in zip(held_out, evaluated, strict=True):
         assert torch.equal(hx, ex) and torch.equal(hy, ey)
     assert len(rec["valid_accuracy"]) == 3 and all(len(r) == 3 for r in rec["valid_accuracy"])
+
+
+def test_class_protocol_tuning_selects_on_the_class_incremental_validation_matrix(
+        tmp_path, in_tmp, one_thread):
+    data = _tune(tmp_path / "c", "--set", "scenario.protocol=class")
+    assert data["set"]["scenario.protocol"] == "class"
+    assert "(class-incremental)" in data["description"]
+    block = data["selection"]["strategies"]["ewc"]
+    assert "class-incremental validation accuracy" in block["criterion"]
+    for point in block["points"]:
+        tag = f"ewc.lambda={point['params']['ewc.lambda']}"
+        rec = read_record(tmp_path / f"c/runs-out/runs/split-digits__ewc__s100__{tag}.json")
+        want = agnostic_final_accuracy(rec["valid_agnostic_accuracy"])
+        assert want != validation_criterion(rec["valid_accuracy"])  # not the Task-IL one
+        assert point["value"] == round(want, 6)

@@ -301,3 +301,156 @@ def test_agnostic_final_accuracy_rejects_other_shapes(bad, match):
 
 def test_best_baseline_excludes_the_references_by_default():
     assert metrics.best_baseline({"single": -0.001, "joint": 0.0, "ewc": -0.1}) == "ewc"
+
+
+# --- class-incremental (triangular) metrics ------------------------------------------------------
+
+# Class-IL rows: row t holds tasks 0..t after training task t
+TRI = [[0.90], [0.95, 0.80], [0.70, 0.50, 0.95]]
+
+
+def _triangles(n_max: int = 6, k: int = 1):
+    """``k`` triangular matrices of one T (1..n_max), entries in [0, 1]."""
+    def tri(n):
+        return st.tuples(*(st.lists(st.floats(0.0, 1.0), min_size=t + 1, max_size=t + 1)
+                           for t in range(n))).map(list)
+    return st.integers(1, n_max).flatmap(lambda n: st.tuples(*(tri(n) for _ in range(k))))
+
+
+def test_last_accuracy_by_hand_and_agnostic_final_accuracy_is_it():
+    assert metrics.last_accuracy(TRI) == pytest.approx((0.70 + 0.50 + 0.95) / 3)
+    assert metrics.last_accuracy([[0.4]]) == pytest.approx(0.4)
+    assert metrics.agnostic_final_accuracy(TRI) == metrics.last_accuracy(TRI)
+    with pytest.raises(ValueError, match="rows row 1 must hold 2 accuracies"):
+        metrics.last_accuracy([[0.9], [0.5]])
+    with pytest.raises(ValueError, match="agnostic row 0 must hold 1"):
+        metrics.agnostic_final_accuracy(ACC)
+
+
+def test_average_incremental_accuracy_by_hand():
+    # row means 0.90, 0.875, 0.7167, averaged over t (not the mean of every entry: 0.80)
+    want = (0.90 + (0.95 + 0.80) / 2 + (0.70 + 0.50 + 0.95) / 3) / 3
+    assert metrics.average_incremental_accuracy(TRI) == pytest.approx(want)
+    assert want != pytest.approx(sum(map(sum, TRI)) / 6)
+    assert metrics.average_incremental_accuracy([[0.3]]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="row 2 must hold 3"):
+        metrics.average_incremental_accuracy([[0.9], [0.5, 0.5], [0.5]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(_triangles())
+def test_average_incremental_accuracy_properties(mats):
+    (rows,) = mats
+    n = len(rows)
+    aia = metrics.average_incremental_accuracy(rows)
+    means = [sum(r) / len(r) for r in rows]
+    assert min(means) - 1e-12 <= aia <= max(means) + 1e-12
+    # T·AIA = (T-1)·AIA of the first T-1 rows + the last accuracy
+    if n > 1:
+        assert n * aia == pytest.approx(
+            (n - 1) * metrics.average_incremental_accuracy(rows[:-1])
+            + metrics.last_accuracy(rows), abs=1e-9)
+    else:
+        assert aia == pytest.approx(metrics.last_accuracy(rows))
+
+
+def test_class_il_forgetting_by_hand():
+    # task 0: best before the last task 0.95 (not its diagonal 0.90) - 0.70; task 1: 0.80 - 0.50
+    assert metrics.class_il_forgetting(TRI) == pytest.approx((0.25 + 0.30) / 2)
+    # the max runs over t < T-1 only: 0.6 - 0.8 = -0.2 (the task improved)
+    assert metrics.class_il_forgetting([[0.6], [0.8, 0.9]]) == pytest.approx(-0.2)
+    assert metrics.class_il_forgetting([[0.6]]) == 0.0  # one task: nothing to forget
+    with pytest.raises(ValueError, match="T >= 1 rows"):
+        metrics.class_il_forgetting([])
+
+
+@settings(max_examples=60, deadline=None)
+@given(_triangles(), st.floats(0.0, 1.0))
+def test_class_il_forgetting_is_forgetting_of_the_lower_triangle(mats, fill):
+    (rows,) = mats
+    n = len(rows)
+    square = [row + [fill] * (n - len(row)) for row in rows]  # the upper entries are not read
+    got = metrics.class_il_forgetting(rows)
+    if n == 1:
+        assert got == 0.0
+    else:
+        assert got == pytest.approx(metrics.forgetting(square))
+        # a sequence where no task ever drops below its accuracy before the last task
+        kept = [row[:] for row in rows]
+        for u in range(n - 1):
+            kept[-1][u] = max(rows[t][u] for t in range(u, n))
+        assert metrics.class_il_forgetting(kept) <= 1e-12
+
+
+# Class-IL with chance falling as classes are added: 1/2 after task 1, 1/4 after task 2
+TRI_A = [[0.90], [0.60, 0.80]]
+TRI_J = [[0.95], [0.90, 0.85]]
+TRI_R = [[0.50], [0.25, 0.25]]
+
+
+def test_triangular_forgetting_ratio_by_hand():
+    rho = metrics.triangular_forgetting_ratio(TRI_A, TRI_J, TRI_R)
+    assert rho[0, 0] == pytest.approx(0.40 / 0.45 - 1)
+    # the chance level of task 0 after task 1 is 0.25, not its 0.50 after task 0
+    assert rho[1, 0] == pytest.approx(0.35 / 0.65 - 1)
+    assert rho[1, 1] == pytest.approx(0.55 / 0.60 - 1)
+    assert math.isnan(rho[0, 1])
+    curve = metrics.triangular_mean_forgetting_ratio(TRI_A, TRI_J, TRI_R)
+    assert curve == pytest.approx([0.40 / 0.45 - 1, (0.35 / 0.65 + 0.55 / 0.60 - 2) / 2])
+
+
+def test_triangular_forgetting_ratio_degenerate_and_shapes():
+    joint = [[0.95], [0.25, 0.85]]  # joint at chance on task 0 after task 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rho = metrics.triangular_forgetting_ratio(TRI_A, joint, TRI_R)
+        curve = metrics.triangular_mean_forgetting_ratio(TRI_A, joint, TRI_R)
+    assert math.isnan(rho[1, 0]) and rho[1, 1] == pytest.approx(0.55 / 0.60 - 1)
+    assert curve[1] == pytest.approx(0.55 / 0.60 - 1)  # the undefined entry is left out
+    with pytest.raises(ValueError, match="joint_rows row 0"):
+        metrics.triangular_forgetting_ratio(TRI_A, JOINT, TRI_R)  # square, not triangular
+    with pytest.raises(ValueError, match="differs from acc shape"):
+        metrics.triangular_forgetting_ratio(TRI_A, TRI, [[0.5], [0.2, 0.2], [0.1, 0.1, 0.1]])
+    with pytest.raises(ValueError, match="random_rows"):
+        metrics.triangular_forgetting_ratio(TRI_A, TRI_J, [0.5, 0.25])
+
+
+def test_forgetting_ratio_takes_a_random_matrix():
+    # a T×T random matrix with equal rows is the length-T vector; only its lower triangle counts
+    r = [[0.50, 0.25], [0.50, 0.25]]
+    assert np.array_equal(metrics.forgetting_ratio(ACC, JOINT, r),
+                          metrics.forgetting_ratio(ACC, JOINT, RANDOM), equal_nan=True)
+    r_upper = [[0.50, 0.99], [0.50, 0.25]]
+    assert np.array_equal(metrics.forgetting_ratio(ACC, JOINT, r_upper),
+                          metrics.forgetting_ratio(ACC, JOINT, RANDOM), equal_nan=True)
+    with pytest.raises(ValueError, match="random_acc must have length 2 or be 2×2"):
+        metrics.forgetting_ratio(ACC, JOINT, [[0.5, 0.5, 0.5]] * 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_triangles(k=3))
+def test_triangular_forgetting_ratio_properties(mats):
+    rows, joint, rnd = mats
+    n = len(rows)
+    rho = metrics.triangular_forgetting_ratio(rows, joint, rnd)
+    lower = np.tril(np.ones((n, n), dtype=bool))
+    assert np.isnan(rho[~lower]).all()
+    for t in range(n):
+        for u in range(t + 1):
+            d = joint[t][u] - rnd[t][u]
+            if abs(d) <= metrics.DEGENERATE_ATOL:
+                assert math.isnan(rho[t, u])
+            else:
+                assert rho[t, u] == pytest.approx((rows[t][u] - rnd[t][u]) / d - 1)
+    # anchors: as good as joint -> 0, as bad as chance -> -1 (where defined)
+    own = metrics.triangular_forgetting_ratio(joint, joint, rnd)
+    chance = metrics.triangular_forgetting_ratio(rnd, joint, rnd)
+    defined = ~np.isnan(own)
+    assert np.allclose(own[defined], 0.0) and np.allclose(chance[defined], -1.0)
+    # with chance constant per task (the task protocol) it is the square version's lower triangle
+    col = [rnd[-1][u] for u in range(n)]
+    const = [[col[u] for u in range(t + 1)] for t in range(n)]
+    square = [row + [0.5] * (n - len(row)) for row in rows]
+    square_j = [row + [0.5] * (n - len(row)) for row in joint]
+    assert np.array_equal(metrics.triangular_forgetting_ratio(rows, joint, const),
+                          metrics.forgetting_ratio(square, square_j, col), equal_nan=True)

@@ -9,14 +9,16 @@ import pytest
 
 from reports import metrics
 from reports.per_run import (
+    CLASS_IL_OWN,
     NO_DATA,
     NOT_APPLICABLE,
     OWN_METRICS,
+    class_il_metrics,
     own_metrics,
     per_task,
     run_metrics,
 )
-from reports.synthetic import make_costs, make_record
+from reports.synthetic import make_class_record, make_costs, make_record
 
 
 def _rec(strategy: str = "replay", **extra) -> dict:
@@ -73,3 +75,23 @@ def test_transfer_needs_the_reference_matrices():
     assert out["intransigence"] == (metrics.intransigence(acc, ref), "")
     out = run_metrics(rec, acc, None, None)
     assert out["fwt"][1] == NO_DATA and out["intransigence"][1] == NO_DATA
+
+
+def test_class_il_metrics_reduce_a_class_record():
+    rows = [[0.9], [0.95, 0.8], [0.7, 0.5, 0.95]]
+    rec = make_class_record("syn", "replay", 0, 3, agnostic_accuracy=rows)
+    out = class_il_metrics(rec)
+    assert tuple(out) == CLASS_IL_OWN
+    assert out["last"] == (pytest.approx((0.7 + 0.5 + 0.95) / 3), "")
+    assert out["average_incremental"][0] == pytest.approx(
+        (0.9 + 0.875 + (0.7 + 0.5 + 0.95) / 3) / 3)
+    assert out["forgetting"][0] == pytest.approx(0.275)
+    assert out["task_il_last"][0] == pytest.approx(sum(rec["accuracy"][-1]) / 3)
+    # without its Class-IL matrix (read leniently): no data, the Task-IL value still there
+    notes: list[str] = []
+    for rows in (None, [[0.5]], [[0.5], [0.5]] + [[0.5] * 3]):
+        out = class_il_metrics(dict(rec, agnostic_accuracy=rows, _source="x.json"), notes)
+        assert all(math.isnan(out[k][0]) and out[k][1] == NO_DATA for k in CLASS_IL_OWN[:3])
+        assert out["task_il_last"][1] == ""
+    assert len(notes) == 2 and all(n.startswith("x.json: malformed agnostic_accuracy")
+                                   for n in notes)

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from reports import schema
 from reports.schema import FIELDS, RecordError, record_problem, validate
-from reports.synthetic import make_costs, make_hat_stats, make_record, make_selection
+from reports.synthetic import (
+    make_class_record,
+    make_costs,
+    make_hat_stats,
+    make_record,
+    make_selection,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,12 +73,36 @@ def test_strict_accepts_the_variants_the_suite_writes(change):
 
 @pytest.mark.parametrize("drop", [f.name for f in FIELDS if f.written and not f.read])
 def test_an_older_record_without_a_written_field_is_read_not_written(drop):
-    rec = _written()
+    """A field written in one protocol's records only (``Field.protocol``) is dropped from a
+    record of that protocol."""
+    protocol = next(f.protocol for f in FIELDS if f.name == drop)
+    rec = _written() if protocol is None else make_class_record("syn", "ewc", 0, 3)
     del rec[drop]
     assert record_problem(rec, strict=False) is None
-    assert record_problem(rec, strict=True) == f"missing field '{drop}'"
+    assert record_problem(rec, strict=True) == f"missing field '{drop}'" + (
+        "" if protocol is None else f" (a {protocol}-incremental record)")
     with pytest.raises(RecordError, match=drop):
         validate(rec)
+
+
+def test_the_fields_of_one_protocol_are_written_in_its_records_only():
+    cls = make_class_record("syn", "ewc", 0, 3, valid_agnostic_accuracy=[[0.5], [0.5] * 2,
+                                                                         [0.5] * 3])
+    assert record_problem(cls, strict=True) is None
+    assert schema.protocol_of(cls) == "class" and schema.protocol_of(_written()) == "task"
+    task = _written(agnostic_random_accuracy=cls["agnostic_random_accuracy"])
+    assert "class-incremental records only" in record_problem(task, strict=True)
+    assert record_problem(dict(cls, agnostic_accuracy=None), strict=True).startswith(
+        "'agnostic_accuracy' is the Class-IL matrix")
+    bad = copy.deepcopy(cls)
+    bad["agnostic_random_accuracy"][2] = [0.1]
+    assert "'agnostic_random_accuracy' must be 3 rows" in record_problem(bad, strict=True)
+    other = copy.deepcopy(cls)
+    other["params"]["scenario"]["protocol"] = "domain"
+    assert "must be one of task, class" in record_problem(other, strict=True)
+    assert set(schema.field_names("task")) | {"valid_agnostic_accuracy",
+                                              "agnostic_random_accuracy"} == set(
+        schema.field_names("class"))
 
 
 def test_lenient_reads_within_a_tolerance_strict_writes_exact_fractions():

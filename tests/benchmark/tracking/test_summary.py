@@ -74,3 +74,39 @@ def test_summary_of_an_older_record_has_no_new_values(tmp_path):
                    agnostic_accuracy=None)
     summary = tracking.run_summary(partial)
     assert summary["peak_memory_mb"] == 30.0 and "memory_samples" not in summary
+
+
+def test_class_record_summary_has_the_class_il_tables_keys():
+    """A class-incremental record's summary carries the per-run columns of the report's
+    Class-IL table (same numbers) under class_il/* and task_il/last, and none of the task
+    protocol's accuracy keys; a task record has no class key."""
+    from reports.synthetic import make_class_record, make_record
+
+    rows = [[0.9], [0.95, 0.8], [0.7, 0.5, 0.95]]
+    valid = [[0.8], [0.7, 0.6], [0.5, 0.4, 0.3]]
+    run = make_class_record(SCENARIO, "replay", 0, 3, agnostic_accuracy=rows,
+                            valid_agnostic_accuracy=valid,
+                            valid_accuracy=[[0.5] * 3] * 3)
+    joint = make_class_record(SCENARIO, "joint", 0, 3)
+    summary = tracking.run_summary(run)
+    assert summary["class_il/last"] == pytest.approx((0.7 + 0.5 + 0.95) / 3)
+    assert summary["class_il/average_incremental"] == pytest.approx(
+        (0.9 + 0.875 + (0.7 + 0.5 + 0.95) / 3) / 3)
+    assert summary["class_il/forgetting"] == pytest.approx((0.25 + 0.30) / 2)
+    assert summary["task_il/last"] == pytest.approx(sum(run["accuracy"][-1]) / 3)
+    assert summary["valid_criterion"] == pytest.approx(0.4)  # the class protocol's criterion
+    assert not {"final_average_accuracy", "bwt", "forgetting", "agnostic_final_accuracy"} & (
+        set(summary))
+    table = compute_report([run, joint])[SCENARIO].class_il.stats["replay"]
+    for metric, key in tracking.summary.CLASS_IL_KEYS.items():
+        assert summary[key] == pytest.approx(table[metric].mean), key
+    cols, data = tracking.summary.run_tables(run)["class_il_matrix"]
+    assert cols == ["after_task", *run["task_names"]]
+    assert data[0] == ["task0", 0.9, None, None] and data[2][1:] == rows[2]
+
+    task = make_record(SCENARIO, "replay", 0, 3, valid_accuracy=[[0.5] * 3] * 3)
+    plain = tracking.run_summary(task)
+    assert not [k for k in plain if k.startswith(("class_il/", "task_il/"))]
+    assert {"final_average_accuracy", "bwt", "forgetting"} <= set(plain)
+    assert plain["valid_criterion"] == pytest.approx(0.5)
+    assert "class_il_matrix" not in tracking.summary.run_tables(task)

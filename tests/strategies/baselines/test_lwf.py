@@ -90,3 +90,31 @@ def test_lwf_distillation_equals_avalanches_bit_for_bit(n_classes, batch, temper
     theirs = LearningWithoutForgetting(1.0, temperature)._distillation_loss(out, prev, units)
     (grad_ref,) = torch.autograd.grad(theirs, out)
     assert torch.equal(ours, theirs) and torch.equal(grad, grad_ref)
+
+
+def test_class_incremental_lwf_distils_every_old_class_in_one_softmax():
+    """With an expanding head the distillation is KL over the softmax of all the classes the
+    teacher saw (not one per earlier head), on the student's logits of those classes."""
+    from strategies.baselines.lwf import _Distillation
+    from strategies.common.expanding import ExpandingHeadNet
+    from strategies.common.multihead import MultiHeadNet
+
+    torch.manual_seed(0)
+    model = ExpandingHeadNet.from_multihead(MultiHeadNet(torch.nn.Linear(6, 5), 5, [2, 3, 2]))
+    model.see([1])
+    distil = _Distillation(alpha=1.0, temperature=2.0)
+    distil.prev_model = copy.deepcopy(model).eval()  # the teacher saw tasks 0 and 1
+    model.see([2])
+    x = torch.randn(7, 6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        got = distil._lwf_penalty(None, x, model)
+        old = distil.prev_model(x)
+        assert old.shape[1] == 5
+        want = torch.nn.functional.kl_div(
+            torch.log_softmax(model(x)[:, :5] / 2.0, dim=1),
+            torch.softmax(old / 2.0, dim=1), reduction="batchmean")
+    assert torch.allclose(got, want)
+    distil.prev_model = None
+    assert distil._lwf_penalty(None, x, model) == 0

@@ -101,3 +101,16 @@ def test_der_stores_the_logits_of_the_step_that_inserted_each_sample():
     with torch.no_grad():
         now = strategy.model(memory.x, memory.t)
     assert not torch.allclose(now, memory.logits, atol=1e-3)
+
+
+def test_logit_mse_of_a_grown_head_compares_the_stored_classes_only():
+    """Class-incremental: logits stored when the expanding head had 2 classes are matched by
+    the head's first 2 columns once it has 4 (the new classes have no stored logit)."""
+    torch.manual_seed(0)
+    out, stored = torch.randn(5, 4), torch.randn(5, 2)
+    assert torch.equal(logit_mse(out, stored, None), F.mse_loss(out[:, :2], stored))
+    widths = torch.tensor([2, 2, 1, 2, 1])
+    padded = torch.cat([stored, torch.full((5, 1), float("nan"))], 1)  # stored, padded wider
+    inside = torch.arange(2) < widths.unsqueeze(1)
+    want = (out[:, :2] - stored).pow(2)[inside].sum() / inside.sum()
+    assert torch.allclose(logit_mse(out, padded[:, :2], widths), want)

@@ -1,0 +1,151 @@
+"""The class-incremental protocol: global labels, its random reference, every strategy trained
+and measured in it (or refused in one line), and task-incremental records left as they were."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmark.data.protocol import class_incremental, class_offsets, class_random_accuracy
+from benchmark.data.scenarios import Scenario, TaskData
+from benchmark.experiment import Experiment, resolve_for
+from benchmark.tuning import validation_matrix
+from reports.schema import field_names, protocol_of, validate
+from strategies import ConfigError
+from strategies.registry import STRATEGIES
+from tests.support import ROOT
+from tests.support.runs import run_cached
+
+CLASS = {"train": {"epochs": 1}, "scenario": {"protocol": "class"}}
+RUNS_CLASS = sorted(s for s, spec in STRATEGIES.items() if spec.class_protocol is not None)
+REFUSE_CLASS = sorted(s for s, spec in STRATEGIES.items() if spec.class_protocol is None)
+
+
+def _task(n_classes: int, train: list[int], test: list[int]) -> TaskData:
+    def labels(counts):
+        return torch.cat([torch.full((c,), k) for k, c in enumerate(counts)]).long()
+
+    ytr, yte = labels(train), labels(test)
+    return TaskData("t", n_classes, torch.zeros(len(ytr), 1, 1, 1), ytr,
+                    torch.zeros(len(yte), 1, 1, 1), yte)
+
+
+_counts = st.integers(1, 4).flatmap(lambda k: st.tuples(
+    st.lists(st.integers(1, 9), min_size=k, max_size=k),
+    st.lists(st.integers(1, 9), min_size=k, max_size=k)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_counts, min_size=1, max_size=4))
+def test_global_labels_and_the_random_reference_over_every_class_seen(tasks):
+    scenario = Scenario("s", 0, (1, 1, 1), [_task(len(a), a, b) for a, b in tasks], 0.1)
+    offsets = class_offsets(scenario.classes_per_task)
+    glob = class_incremental(scenario)
+    for u, (task, g) in enumerate(zip(scenario.tasks, glob.tasks, strict=True)):
+        assert torch.equal(g.train_y, task.train_y + offsets[u])
+        assert torch.equal(g.test_y, task.test_y + offsets[u])
+    rows = class_random_accuracy(scenario)
+    # oracle: the class frequencies of every training sample of tasks 0..t, one global vector
+    train = [np.array(a, float) for a, _ in tasks]
+    test = [np.array(b, float) for _, b in tasks]
+    for t, row in enumerate(rows):
+        p_train = np.concatenate(train[: t + 1]) / sum(a.sum() for a in train[: t + 1])
+        assert len(row) == t + 1
+        for u in range(t + 1):
+            p_test = np.zeros_like(p_train)
+            p_test[offsets[u]:offsets[u] + len(test[u])] = test[u] / test[u].sum()
+            assert row[u] == pytest.approx(float(p_train @ p_test), abs=1e-12)
+
+
+@pytest.mark.parametrize("scenario", ["split-digits", "permuted-digits"])
+@pytest.mark.parametrize("strategy", RUNS_CLASS)
+def test_every_strategy_trains_and_is_measured_in_the_class_protocol(scenario, strategy):
+    rec = run_cached(scenario, strategy, 0, CLASS)
+    validate(rec, strict=True)
+    assert protocol_of(rec) == "class" and rec["params"]["scenario"] == {"protocol": "class"}
+    assert tuple(rec) == field_names("class")
+    n = len(rec["task_names"])
+    assert [len(r) for r in rec["agnostic_accuracy"]] == list(range(1, n + 1))
+    assert [len(r) for r in rec["agnostic_random_accuracy"]] == list(range(1, n + 1))
+    valid = rec["valid_agnostic_accuracy"]
+    assert (valid is None) == (rec["valid_accuracy"] is None)
+    # a sample right over every class seen is right among its own task's classes: Class-IL
+    # accuracy never exceeds the Task-IL accuracy read from the same model
+    for t in range(n):
+        for u in range(t + 1):
+            assert rec["agnostic_accuracy"][t][u] <= rec["accuracy"][t][u] + 1e-12
+            if valid is not None:
+                assert valid[t][u] <= rec["valid_accuracy"][t][u] + 1e-12
+
+
+@pytest.mark.parametrize("strategy", REFUSE_CLASS)
+def test_strategies_without_a_class_prediction_refuse_in_one_line(strategy):
+    with pytest.raises(ConfigError) as err:
+        resolve_for(Experiment("split-digits", strategy, 0, CLASS))
+    msg = str(err.value)
+    assert "\n" not in msg and strategy in msg and "scenario.protocol=task" in msg
+
+
+def test_a_task_record_keeps_its_fields_and_says_nothing_of_the_protocol():
+    rec = run_cached("split-digits", "naive", 0, {"train": {"epochs": 1}})
+    assert protocol_of(rec) == "task" and "scenario" not in rec["params"]
+    assert tuple(rec) == field_names("task")
+    assert "agnostic_random_accuracy" not in rec and "valid_agnostic_accuracy" not in rec
+    assert validation_matrix(rec) is rec["valid_accuracy"]
+
+
+def test_naive_forgets_every_earlier_class_in_the_class_protocol_but_not_its_task_heads():
+    """The protocol makes a difference the field reports: fine-tuning over one expanding head
+    predicts the newest classes for every input, while the same run read with the task label
+    keeps earlier tasks far above chance."""
+    rec = run_cached("split-digits", "naive", 0,
+                     {"train": {"epochs": 10}, "scenario": {"protocol": "class"}})
+    last = rec["agnostic_accuracy"][-1]
+    assert max(last[:-1]) < 0.2 and last[-1] > 0.8
+    assert min(rec["accuracy"][-1]) > 0.6
+    assert validation_matrix(rec) is rec["valid_agnostic_accuracy"]
+
+
+def test_the_run_line_of_a_class_record_gives_its_class_il_numbers_first():
+    from benchmark.run.executors import summarize
+
+    rec = run_cached("split-digits", "naive", 0, CLASS)
+    line = summarize(rec)
+    last = sum(rec["agnostic_accuracy"][-1]) / len(rec["task_names"])
+    task = sum(rec["accuracy"][-1]) / len(rec["task_names"])
+    assert f"final Class-IL acc {last:.3f}" in line and f"Task-IL acc {task:.3f}" in line
+    assert "final acc" in summarize(run_cached("split-digits", "naive", 0,
+                                               {"train": {"epochs": 1}}))
+
+
+def test_both_protocols_share_a_results_folder_and_the_report_keeps_them_apart(
+        in_tmp, capsys):
+    from benchmark import cli
+    from benchmark.records import read_record, record_path
+    from reports.cli import main as report_main
+
+    common = ["--seeds", "0", "--epochs", "1", "--out", "res", "--no-progress",
+              "--wandb", "disabled"]
+    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "naive,joint",
+                     *common]) == 0
+    assert cli.main(["run", "--config", str(ROOT / "configs/embedded/class.yaml"),
+                     "--strategies", "naive,replay,joint", *common]) == 0
+    task = read_record(record_path(in_tmp / "res", "split-digits", "naive", 0))
+    cls = read_record(record_path(in_tmp / "res", "split-digits", "naive", 0,
+                                  protocol="class"))
+    assert protocol_of(task) == "task" and protocol_of(cls) == "class"
+    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "hat", "--set",
+                     "scenario.protocol=class", *common]) == 2
+    err = capsys.readouterr().err
+    assert "hat has no class-incremental prediction" in err
+    assert report_main(["--results", "res"]) == 0
+    folder = in_tmp / "res/report/split-digits"
+    table = (folder / "class_il.md").read_text()
+    assert "class-incremental protocol" in table and "replay" in table
+    assert "replay" not in (folder / "summary.md").read_text()  # task records only there
+    assert (folder / "class_il_vs_t.png").exists()
+    index = (in_tmp / "res/report/index.md").read_text()
+    assert "class_il.md" in index
