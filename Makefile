@@ -10,6 +10,11 @@ RESULTS ?= results
 # the embedded scenarios; make run reads their presets selected on validation (make tune)
 SCENARIOS ?= split-digits permuted-digits
 PRESETS ?= configs/tuned
+# the class-incremental protocol (no task label at test) on the embedded split, every memory at
+# 200 samples (A-GEM: 40 per experience); presets in $(PRESETS)/class/
+CLASS_SCENARIOS ?= split-digits
+CLASS_STRATEGIES ?= naive,ewc,lwf,si,replay,agem,der,er-ace,icarl,gdumb,joint
+CLASS_SET := scenario.protocol=class agem.patterns_per_experience=40
 TUNE_SEEDS ?= 100-102
 COMMA := ,
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
@@ -31,6 +36,9 @@ run: $(STAMP)
 	$(PY) -m benchmark run \
 		$(if $(PRESETS),$(foreach s,$(SCENARIOS),--config $(PRESETS)/$(s).yaml),--scenario $(subst $(eval) ,$(COMMA),$(SCENARIOS))) \
 		--strategies $(STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --jobs $(JOBS) --out $(RESULTS)
+	$(PY) -m benchmark run \
+		$(if $(PRESETS),$(foreach s,$(CLASS_SCENARIOS),--config $(PRESETS)/class/$(s).yaml),--scenario $(subst $(eval) ,$(COMMA),$(CLASS_SCENARIOS)) --set $(CLASS_SET)) \
+		--strategies $(CLASS_STRATEGIES) --seeds $(SEEDS) --epochs $(EPOCHS) --jobs $(JOBS) --out $(RESULTS)
 	$(MAKE) --no-print-directory report
 
 # Select every strategy's hyperparameters on validation data (seeds apart from the evaluation
@@ -39,6 +47,11 @@ tune: $(STAMP)
 	set -e; for s in $(SCENARIOS); do \
 		$(PY) -m benchmark tune --scenario $$s --strategies $(STRATEGIES) --seeds $(TUNE_SEEDS) \
 			--epochs $(EPOCHS) --jobs $(JOBS) --out $(RESULTS)/tune --preset $(PRESETS)/$$s.yaml; \
+	done
+	set -e; for s in $(CLASS_SCENARIOS); do \
+		$(PY) -m benchmark tune --scenario $$s --strategies $(CLASS_STRATEGIES) --set $(CLASS_SET) \
+			--seeds $(TUNE_SEEDS) --epochs $(EPOCHS) --jobs $(JOBS) --out $(RESULTS)/tune \
+			--preset $(PRESETS)/class/$$s.yaml; \
 	done
 
 report: $(STAMP)

@@ -59,6 +59,12 @@ def validation_matrix(rec: Mapping[str, Any]) -> Any:
     return rec.get(CRITERIA[protocol_of(rec)][1])
 
 
+def record_criterion(rec: Mapping[str, Any]) -> float | None:
+    """``rec``'s value of its protocol's criterion; None without validation data."""
+    valid = validation_matrix(rec)
+    return None if valid is None else CRITERIA[protocol_of(rec)][2](valid)
+
+
 def default_space(strategy: str) -> dict[str, list[str]]:
     """``strategy``'s search space as a grid (``section.key`` -> canonical values)."""
     spec = STRATEGIES[strategy]

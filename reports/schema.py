@@ -524,9 +524,11 @@ _DOC_INTRO = """\
 # Run record schema (version {version})
 
 One JSON file per run under `<out>/runs/`, named
-`<scenario>__<strategy>__s<seed>[__<tag>].json` (a tag with characters other than letters, \
-digits and `._=-,` has them replaced by `-` plus `~` and 8 hex digits of its SHA-1, so distinct \
-tags never share a file: `scenario.task=digits:0-1` gives `…digits-0-1~21b67f61.json`), written \
+`<scenario>__<strategy>__s<seed>[__class][__<tag>].json` (`__class`: a class-incremental run, \
+so that both protocols' records of one experiment share a folder; a tag with characters other \
+than letters, digits and `._=-,` has them replaced by `-` plus `~` and 8 hex digits of its \
+SHA-1, so distinct tags never share a file: `scenario.task=digits:0-1` gives \
+`…digits-0-1~21b67f61.json`), written \
 atomically (temporary file in the same folder, then `os.replace`), as strict JSON (no \
 `NaN`/`Infinity` tokens: see `diverged`).
 

@@ -16,9 +16,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from reports.metrics import last_accuracy, validation_criterion
 from reports.per_run import class_il_metrics, own_metrics
 from reports.schema import WANDB_RECORD_KEY, protocol_of
+
+from ..tuning import record_criterion
 
 __all__ = ["CLASS_IL_KEYS", "RECORD_KEY", "Tables", "hat_summary", "num", "run_summary",
            "run_tables"]
@@ -102,10 +103,9 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     })
     if record.get("selection") is not None:
         summary["selection_preset"] = str(record["selection"].get("preset", ""))
-    if cls and record.get("valid_agnostic_accuracy") is not None:
-        summary["valid_criterion"] = num(last_accuracy(record["valid_agnostic_accuracy"]))
-    elif not cls and record.get("valid_accuracy") is not None:
-        summary["valid_criterion"] = num(validation_criterion(record["valid_accuracy"]))
+    criterion = record_criterion(record)
+    if criterion is not None:
+        summary["valid_criterion"] = num(criterion)
     for key in ("seconds_per_task", "peak_memory_mb", "state_mb", "memory_samples",
                 *(() if cls else ("agnostic_acc",))):
         value = num(own[key][0])

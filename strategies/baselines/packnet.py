@@ -283,9 +283,7 @@ class PackNetNet(MultiHeadNet):
                 f"packnet needs a plain MultiHeadNet (a shared trunk and one head per task), "
                 f"got {type(model).__name__}")
         net = cls(model.trunk, model.feature_dim)
-        for key, head in model.heads.items():
-            net.heads[key] = head
-        net.max_class_label = model.max_class_label
+        net.take_heads(model)
         return net
 
     # ------------------------------------------------------------------ slots

@@ -38,9 +38,7 @@ class ExpandingHeadNet(MultiHeadNet):
             raise TypeError(f"an expanding head takes a plain MultiHeadNet, not "
                             f"{type(net).__name__}: its weights must not depend on the task")
         out = cls(net.trunk, net.feature_dim)
-        for key, head in net.heads.items():
-            out.heads[key] = head
-        out.max_class_label = net.max_class_label
+        out.take_heads(net)
         return out
 
     @property

@@ -106,6 +106,12 @@ class MultiHeadNet(MultiTaskModule):
         if add_head(self.heads, task, self.feature_dim, n_classes, p.device, p.dtype):
             self.max_class_label = max(self.max_class_label, int(n_classes))
 
+    def take_heads(self, model: MultiHeadNet) -> None:
+        """``model``'s heads (the same modules) become this network's (a wrapper's)."""
+        for key, head in model.heads.items():
+            self.heads[key] = head
+        self.max_class_label = model.max_class_label
+
     def adaptation(self, experience) -> None:  # Avalanche hook
         super().adaptation(experience)
         if self.training:

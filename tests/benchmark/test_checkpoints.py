@@ -24,7 +24,7 @@ from benchmark.checkpoints import CheckpointError
 from benchmark.checkpoints import state as checkpoint_state
 from benchmark.checkpoints import store as checkpoint_store
 from benchmark.experiment import Experiment
-from benchmark.records import read_record, record_path
+from benchmark.records import read_record, record_name, record_path
 from benchmark.run import executors, runner
 from strategies import STRATEGIES
 from tests.support.cli import tree
@@ -215,7 +215,8 @@ def test_resumed_run_gives_the_uninterrupted_record(tmp_path, monkeypatch, strat
         checkpoints.run_folder(tmp_path / "cut", exp), 3))
     lines: list[str] = []
     resumed = run(exp, tmp_path / "cut", log=lines.append)
-    assert lines == [f"resume {SCENARIO}__{strategy}__s0.json from task 4/5"]
+    name = record_name(SCENARIO, strategy, 0, protocol=protocol)
+    assert lines == [f"resume {name} from task 4/5"]
     assert comparable(resumed) == comparable(whole)
     assert resumed["seconds"][:3] == saved["progress"]["seconds"]  # the original times
     assert not (tmp_path / "cut" / "checkpoints").exists()  # removed with the record

@@ -286,7 +286,8 @@ def test_class_protocol_tuning_selects_on_the_class_incremental_validation_matri
     assert "class-incremental validation accuracy" in block["criterion"]
     for point in block["points"]:
         tag = f"ewc.lambda={point['params']['ewc.lambda']}"
-        rec = read_record(tmp_path / f"c/runs-out/runs/split-digits__ewc__s100__{tag}.json")
+        rec = read_record(
+            tmp_path / f"c/runs-out/runs/split-digits__ewc__s100__class__{tag}.json")
         want = agnostic_final_accuracy(rec["valid_agnostic_accuracy"])
         assert want != validation_criterion(rec["valid_accuracy"])  # not the Task-IL one
         assert point["value"] == round(want, 6)
