@@ -73,8 +73,11 @@ EPOCH_KEYS = {
 
 
 def run_name(exp) -> str:
-    """``<strategy>-<scenario>-s<seed>[-<tag>]``."""
+    """``<strategy>-<scenario>-s<seed>[-class][-<tag>]`` (``-class``: the class-incremental
+    protocol, as the record's file name says)."""
     name = f"{exp.strategy}-{exp.scenario}-s{exp.seed}"
+    if exp.protocol != "task":
+        name += f"-{exp.protocol}"
     return f"{name}-{exp.tag}" if exp.tag else name
 
 
@@ -111,7 +114,8 @@ class RunTracker:
             name=run_name(exp),
             group=exp.scenario,
             job_type=exp.strategy,
-            tags=[exp.scenario, exp.strategy, f"seed{exp.seed}"],
+            tags=[exp.scenario, exp.strategy, f"seed{exp.seed}",
+                  *([f"{exp.protocol}-incremental"] if exp.protocol != "task" else [])],
             config=run_config(params, exp.scenario, exp.strategy, exp.seed),
         )
         if resume and resume.get("id"):

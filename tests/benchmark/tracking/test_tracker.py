@@ -471,3 +471,13 @@ def test_log_wait_is_bounded_and_warns(isolated, monkeypatch):
     (w,) = [w for w in caught if issubclass(w.category, tracking.TrackingWarning)]
     assert "not complete" in str(w.message)
     assert factory.mode == "offline"  # a late log is no W&B failure
+
+
+def test_a_class_incremental_run_is_named_and_tagged_for_its_protocol():
+    from benchmark.experiment import Experiment
+    from benchmark.tracking.tracker import run_name
+
+    task = Experiment(SCENARIO, "naive", 0, {})
+    cls = Experiment(SCENARIO, "naive", 0, {"scenario": {"protocol": "class"}}, tag="a=1")
+    assert run_name(task) == f"naive-{SCENARIO}-s0"
+    assert run_name(cls) == f"naive-{SCENARIO}-s0-class-a=1"
