@@ -108,10 +108,19 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     train, strat = _resolve_clipgrad(spec, train, strat, exp.overrides.get("train", {}),
                                      strat_over)
     scen = from_overrides(ScenarioConfig, exp.overrides.get("scenario", {}), "scenario")
+    if scen.protocol == "class" and scen.task is not None:
+        raise ConfigError(
+            f"scenario.task={scen.task} trains one task alone: nothing to tell apart without "
+            "the task label; drop scenario.task, or run it with scenario.protocol=task")
     if scen.protocol == "class" and spec.class_protocol is None:
-        why = ("it trains one task alone: nothing to tell apart without the task label"
-               if spec.single else "its weights are chosen by the task label, and no "
-               "task-inference rule is implemented")
+        if spec.single:
+            why = "it trains one task alone: nothing to tell apart without the task label"
+        elif not spec.task_agnostic:
+            why = ("its weights are chosen by the task label, and no task-inference rule is "
+                   "implemented")
+        else:
+            why = ("its StrategySpec declares no class_protocol: say how its network reads "
+                   "over every class seen")
         raise ConfigError(
             f"{exp.strategy} has no class-incremental prediction ({why}): run it with "
             "scenario.protocol=task, or leave it out of the class-incremental runs")

@@ -120,8 +120,9 @@ class StrategySpec:
     #: (``ExpandingHeadNet``, global labels), so its losses range over them; ``"own"``: its
     #: training already scores every class seen (a class = (task, label)) and it runs
     #: unchanged, read through its task-agnostic prediction; None: it has no class-incremental
-    #: prediction (its weights are chosen by the task label) and refuses the protocol
-    class_protocol: str | None = "expanding"
+    #: prediction (its weights are chosen by the task label) and refuses the protocol (the
+    #: default: a strategy opts in)
+    class_protocol: str | None = None
 
     def __post_init__(self):
         fields = {public_key(f.name) for f in dataclasses.fields(self.params)}
@@ -247,6 +248,9 @@ AGEM_SPACE = {"sample_size": (16, 32, 64, 128, 256)}
 #: no BatchNorm or residual blocks)
 LAYERWISE = ("mlp", "alexnet")
 
+#: ``StrategySpec.class_protocol`` values
+EXPANDING, OWN = "expanding", "own"
+
 # ``clipgrad``: the reference's bound per approach (src/approaches/<file>): 100 in ewc.py and
 # lwf.py, 200 in lfl.py, 1000 in imm_mode.py and pathnet.py, 10000 in sgd.py, sgd_frozen.py,
 # joint.py, hat.py, progressive.py and imm_mean.py; plain SGD's 10000 for the approaches the
@@ -256,81 +260,83 @@ STRATEGIES: dict[str, StrategySpec] = {
     for s in [
         StrategySpec("naive", "SGD fine-tuning, no protection (the paper's SGD)", NoParams,
                      lambda ctx, p: Naive(**ctx.common()),
-                     tune_by_default=True),
+                     tune_by_default=True, class_protocol=EXPANDING),
         StrategySpec("ewc", "Elastic Weight Consolidation (Kirkpatrick et al. 2017), "
                      "Avalanche's with the Fisher on the training part only",
                      EWCConfig, _ewc, space=EWC_SPACE,
-                     clipgrad=100.0, tune_by_default=True),
+                     clipgrad=100.0, tune_by_default=True, class_protocol=EXPANDING),
         StrategySpec("lwf", "Learning without Forgetting (Li & Hoiem 2016), Avalanche's with the "
                      "teacher in eval mode",
                      LwFConfig,
                      lambda ctx, p: LwF(alpha=p.alpha, temperature=p.temperature,
                                         **ctx.common()), space=LWF_SPACE,
-                     clipgrad=100.0, tune_by_default=True),
+                     clipgrad=100.0, tune_by_default=True, class_protocol=EXPANDING),
         StrategySpec("si", "Synaptic Intelligence (Zenke et al. 2017), Avalanche's plugin with "
                      "a CPU fix; not in the HAT paper", SIConfig,
                      lambda ctx, p: SynapticIntelligence(si_lambda=p.lambda_, eps=p.eps,
                                                          **ctx.common()),
                      space=SI_SPACE,
-                     tune_by_default=True),
+                     tune_by_default=True, class_protocol=EXPANDING),
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
                      gated=True, space=HAT_SPACE,
                      clips_itself=True, model_options=_hat_model_options, tune_by_default=True,
-                     task_agnostic=False, class_protocol=None),
+                     task_agnostic=False),
         StrategySpec("sgd-f", "SGD fine-tuning of the first task, then only new heads train "
                      "(the trunk is frozen)", NoParams,
-                     lambda ctx, p: SGDFrozen(**ctx.common())),
+                     lambda ctx, p: SGDFrozen(**ctx.common()), class_protocol=EXPANDING),
         StrategySpec("imm-mean", "Incremental Moment Matching, mean (Lee et al. 2017): "
                      "L2-transfer, then the trunks of all tasks averaged", IMMMeanConfig,
                      lambda ctx, p: IMM(mode="mean", lambda_=p.lambda_, **ctx.common()),
-                     space=IMM_MEAN_SPACE),
+                     space=IMM_MEAN_SPACE, class_protocol=EXPANDING),
         StrategySpec("imm-mode", "Incremental Moment Matching, mode (Lee et al. 2017): "
                      "L2-transfer, then a Fisher-weighted merge of the trunks", IMMModeConfig,
                      lambda ctx, p: IMM(mode="mode", lambda_=p.lambda_, eps=p.eps,
                                         fisher_batch=p.fisher_batch, **ctx.common()),
                      space=IMM_MODE_SPACE,
-                     clipgrad=1000.0),
+                     clipgrad=1000.0, class_protocol=EXPANDING),
         StrategySpec("lfl", "Less-Forgetful Learning (Jung et al. 2016): features kept close "
                      "to the previous model's", LFLConfig,
                      lambda ctx, p: LessForgetfulLearning(lambda_=p.lambda_, features=p.features,
                                                            **ctx.common()),
                      space=LFL_SPACE,
-                     clipgrad=200.0),
+                     clipgrad=200.0, class_protocol=EXPANDING),
         StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
                      "earlier tasks' paths frozen", PathNetConfig, _pathnet,
                      space=PATHNET_SPACE,
-                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False,
-                     class_protocol=None),
+                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False),
         StrategySpec("packnet", "PackNet (Mallya & Lazebnik 2018): after each task its smallest "
                      "weights are pruned for later tasks, the rest retrained and frozen",
                      PackNetConfig, _packnet, space=PACKNET_SPACE,
-                     task_agnostic=False, class_protocol=None),
+                     task_agnostic=False),
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
                      "column per task with lateral adapters", PNNConfig, _pnn,
-                     families=LAYERWISE, task_agnostic=False, class_protocol=None),
+                     families=LAYERWISE, task_agnostic=False),
         _rehearsal("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
                    "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
-                   ICaRLConfig, ICaRL, class_protocol="own"),
+                   ICaRLConfig, ICaRL, class_protocol=OWN),
         _rehearsal("replay", "Experience replay (Chaudhry et al. 2019): each batch with a "
                    "memory batch; memory balanced over experiences, Avalanche's semantics",
-                   ReplayConfig, Replay, REPLAY_SPACE),
+                   ReplayConfig, Replay, REPLAY_SPACE, class_protocol=EXPANDING),
         _rehearsal("agem", "A-GEM (Chaudhry et al. 2019): the gradient projected when it "
-                   "conflicts with a memory sample's", AGEMConfig, AGEM, AGEM_SPACE),
+                   "conflicts with a memory sample's", AGEMConfig, AGEM, AGEM_SPACE,
+                   class_protocol=EXPANDING),
         _rehearsal("der", "DER++ (Buzzega et al. 2020): replay of labels and of the logits "
-                   "stored at insertion, reservoir memory", DERConfig, DER, DER_SPACE),
+                   "stored at insertion, reservoir memory", DERConfig, DER, DER_SPACE,
+                   class_protocol=EXPANDING),
         _rehearsal("er-ace", "ER-ACE (Caccia et al. 2022): replay with the current batch's "
                    "loss over its own classes only; class-balanced memory", ERACEConfig,
-                   ERACE, ER_ACE_SPACE),
+                   ERACE, ER_ACE_SPACE, class_protocol=EXPANDING),
         _rehearsal("gdumb", "GDumb (Prabhu et al. 2020): retrained from its initialisation "
-                   "on a class-balanced memory alone at every task", GDumbConfig, GDumb),
+                   "on a class-balanced memory alone at every task", GDumbConfig, GDumb,
+                   class_protocol=EXPANDING),
         StrategySpec("joint", "joint (multitask) training on tasks 1..t, from scratch for "
                      "each t: the forgetting-ratio reference A_J", NoParams,
                      lambda ctx, p: JointTraining(**ctx.common()), joint=True,
-                     tune_by_default=True),
+                     tune_by_default=True, class_protocol=EXPANDING),
         StrategySpec("single", "task t alone, from the same initialisation, for each t: the "
                      "single-task reference of forward transfer (not a method)", NoParams,
                      lambda ctx, p: Naive(**ctx.common()), single=True,
-                     task_agnostic=False, class_protocol=None),
+                     task_agnostic=False),
     ]
 }
 

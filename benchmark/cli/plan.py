@@ -71,6 +71,11 @@ def check_writable(out: Path) -> None:
 def _check_tasks(scenario: str, grid: dict) -> None:
     """``scenario.task`` values must name tasks of the scenario (when names are known without
     reading data: embedded scenarios and the mixture; others are checked at run start)."""
+    if "scenario.protocol" in grid:
+        raise BenchmarkError(
+            "scenario.protocol cannot be a --grid key: grid points are tagged records, which "
+            "the report's tables leave out; run each protocol with --set scenario.protocol=... "
+            "(both can share --out)")
     wanted = [w for w in grid.get("scenario.task", []) if w != "none"]
     if not wanted:
         return

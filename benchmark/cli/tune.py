@@ -24,7 +24,7 @@ from ..tuning import (
     validation_matrix,
     write_preset,
 )
-from .args import parse_names, parse_seeds, parse_set
+from .args import TUNE_STRATEGIES, parse_names, parse_seeds, parse_set
 from .plan import RunPlan, check_writable, plan_run
 
 
@@ -32,6 +32,11 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
     """``tune``: the run plan over every tunable strategy's search space (``--grid`` replaces
     a key's values, ``--set`` fixes a key), validated like ``run``."""
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
+    if (parse_set(args.set).get("scenario", {}).get("protocol") == "class"
+            and args.strategies == ",".join(TUNE_STRATEGIES)):
+        # the default list, in the class protocol: the strategies that run in it
+        strategies = [s for s in strategies if STRATEGIES[s].class_protocol is not None]
+        args.strategies = ",".join(strategies)
     to_tune = tunable(strategies)
     if not to_tune:
         raise BenchmarkError(

@@ -31,7 +31,7 @@ from strategies import (
 )
 from strategies.common.expanding import ExpandingHeadNet
 from strategies.hat import flushing_denormals
-from strategies.registry import BuildContext
+from strategies.registry import EXPANDING, BuildContext
 from strategies.training.agnostic import agnostic_accuracy, expanding_head_accuracy
 from strategies.training.clipping import GradientClipPlugin
 from strategies.training.recipe import split_indices
@@ -137,7 +137,7 @@ def _flushed_denormals(enabled: bool = True):
 def expanding(cfg: ResolvedConfig, spec) -> bool:
     """Whether the run trains one expanding head over every class seen (the class-incremental
     protocol, for a strategy whose network reads that way: ``StrategySpec.class_protocol``)."""
-    return cfg.scenario.protocol == "class" and spec.class_protocol == "expanding"
+    return cfg.scenario.protocol == "class" and spec.class_protocol == EXPANDING
 
 
 @dataclass
@@ -204,7 +204,7 @@ class _Run:
         return self.cfg.scenario.protocol == "class"
 
     def columns(self, rows: Sequence[TaskRow]) -> dict[str, list | None]:
-        return columns(rows, self.valid_bench is not None, self.class_protocol)
+        return columns(rows, self.valid_sets is not None, self.class_protocol)
 
     def plugins_for(self, task_index: int):
         """The runner's own plugins for a strategy trained from ``task_index`` on."""
@@ -259,8 +259,9 @@ def run_experiment(
         # validation accuracy matrix that hyperparameter selection reads (never the test data)
         valid_sets = None if spec.joint else validation_sets(
             scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed)
-        valid_bench = None if valid_sets is None else validation_benchmark(
-            scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed)
+        # (an expanding head is evaluated on the tensors: no Avalanche stream needed)
+        valid_bench = None if valid_sets is None or expanding(cfg, spec) else (
+            validation_benchmark(scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed))
         run = _Run(exp, cfg, spec, scenario, torch.device(device), hooks or RunHooks(),
                    to_benchmark(scenario), valid_bench,
                    [(task.test_x, task.test_y) for task in scenario.tasks], valid_sets, source)

@@ -60,8 +60,7 @@ class _Distillation(LearningWithoutForgetting):
     """Avalanche's distillation term; the student's outputs of the earlier heads are taken
     from the training pass when ``student`` holds that pass's (input, outputs per head)."""
 
-    #: (input, outputs per head), or (input, output) of an expanding head
-    student: tuple[torch.Tensor, dict[int, torch.Tensor] | torch.Tensor] | None = None
+    student: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
 
     def _distillation_loss(self, out, prev_out, active_units):
         """Avalanche's term; when the seen units are all of the head's, in order, without its
@@ -75,7 +74,7 @@ class _Distillation(LearningWithoutForgetting):
 
     def _lwf_penalty(self, out, x, curr_model):
         if getattr(curr_model, "class_incremental", False):
-            return self._old_classes_penalty(x, curr_model)
+            return self._old_classes_penalty(out, x)
         if self.prev_model is None or self.student is None or self.student[0] is not x:
             return super()._lwf_penalty(out, x, curr_model)
         with torch.no_grad():
@@ -89,18 +88,17 @@ class _Distillation(LearningWithoutForgetting):
         return loss
 
 
-    def _old_classes_penalty(self, x, curr_model):
-        """Class-incremental (an expanding head): the distillation of every old class's
-        logit at once, ``KL(softmax(teacher/T) ‖ softmax(student/T))`` over the classes the
-        teacher saw (its whole output), batch mean."""
+    def _old_classes_penalty(self, out, x):
+        """Class-incremental (an expanding head, whose output ``out`` on ``x`` spans every
+        class seen): the distillation of every old class's logit at once,
+        ``KL(softmax(teacher/T) ‖ softmax(student/T))`` over the classes the teacher saw (its
+        whole output), batch mean."""
         if self.prev_model is None:
             return 0
         with torch.no_grad():
             prev = self.prev_model(x)
-        trained = self.student is not None and self.student[0] is x
-        curr = self.student[1] if trained else curr_model(x)
         width = prev.shape[1]
-        return self._distillation_loss(curr[:, :width], prev, range(width))
+        return self._distillation_loss(out[:, :width], prev, range(width))
 
 
 class LwFPlugin(AvalancheLwFPlugin):
@@ -145,12 +143,8 @@ class LwF(SupervisedTemplate):
         """The training pass: with a teacher and a trunk shared by the heads, every head's
         output from one trunk pass (kept for the distillation term); else Avalanche's."""
         model, lwf = self.model, self.lwf_plugin.lwf
-        if self.is_training and getattr(model, "class_incremental", False):
-            out = model(self.mb_x, self.mb_task_id)
-            lwf.student = (self.mb_x, out)
-            return out
         if (self.is_training and lwf.prev_model is not None and isinstance(model, MultiHeadNet)
-                and model.shared_trunk):
+                and model.shared_trunk and not getattr(model, "class_incremental", False)):
             task = single_task(self.mb_task_id)
             if task is not None:
                 outputs = model.forward_all_tasks(self.mb_x)

@@ -149,3 +149,43 @@ def test_both_protocols_share_a_results_folder_and_the_report_keeps_them_apart(
     assert (folder / "class_il_vs_t.png").exists()
     index = (in_tmp / "res/report/index.md").read_text()
     assert "class_il.md" in index
+
+
+def test_one_task_alone_is_refused_in_the_class_protocol():
+    exp = Experiment("split-digits", "naive", 0,
+                     {"scenario": {"protocol": "class", "task": "digits:0-1"}})
+    with pytest.raises(ConfigError, match="drop scenario.task"):
+        resolve_for(exp)
+
+
+def test_a_strategy_registered_without_a_class_reading_is_refused(monkeypatch):
+    import dataclasses
+
+    from strategies import registry
+
+    toy = dataclasses.replace(registry.STRATEGIES["naive"], name="toy", class_protocol=None)
+    monkeypatch.setitem(registry.STRATEGIES, "toy", toy)
+    with pytest.raises(ConfigError, match="declares no class_protocol"):
+        resolve_for(Experiment("split-digits", "toy", 0, CLASS))
+
+
+def test_protocol_is_not_a_grid_key_and_tune_drops_the_strategies_that_refuse(in_tmp, capsys):
+    from benchmark import cli
+
+    common = ["--seeds", "0", "--epochs", "1", "--out", "res", "--no-progress",
+              "--wandb", "disabled"]
+    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "naive",
+                     "--grid", "scenario.protocol=task,class", *common]) == 2
+    assert "scenario.protocol cannot be a --grid key" in capsys.readouterr().err
+    assert not (in_tmp / "res").exists()
+    # the default tune list holds hat; in the class protocol it is left out, not refused
+    from benchmark.cli.args import TUNE_STRATEGIES, build_parser
+    from benchmark.cli.tune import plan_tune
+
+    assert "hat" in TUNE_STRATEGIES
+    args = build_parser().parse_args(["tune", "--scenario", "split-digits", "--set",
+                                      "scenario.protocol=class", "--out", "t"])
+    plan = plan_tune(args)
+    ran = {e.strategy for e in plan.experiments}
+    assert "hat" not in ran and "ewc" in ran
+    assert all(STRATEGIES[s].class_protocol is not None for s in ran)
