@@ -20,7 +20,7 @@ import torch
 
 from strategies import ConfigError, TrainConfig, get_strategy
 from strategies.common.config import from_overrides, to_public_dict
-from strategies.registry import STRATEGIES
+from strategies.registry import INFERENCE, STRATEGIES
 
 from .data.scenarios import MIXTURE_SOURCES, SCENARIOS, Scenario, get_scenario
 from .networks import DEFAULT_BLOCKS, DEFAULT_HIDDEN, RESNETS, ModelConfig, check_network
@@ -69,11 +69,23 @@ class ScenarioConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """``inference.*``: how a strategy whose weights depend on the task (hat, packnet, pnn,
+    pathnet) predicts in the class-incremental protocol: the task score of task inference
+    (``strategies.training.task_inference.SCORES``; the published HAT_CIL uses max_softmax).
+    Every score is measured in every such run; this one is the record's headline."""
+
+    score: Literal["max_softmax", "max_logit", "energy", "neg_entropy"] = "max_softmax"
+
+
+@dataclass(frozen=True)
 class ResolvedConfig:
     train: TrainConfig
     model: ModelConfig
     strategy: Any
     scenario: ScenarioConfig = ScenarioConfig()
+    #: set for a run that predicts by task inference (class protocol); None otherwise
+    inference: InferenceConfig | None = None
 
 
 def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
@@ -84,14 +96,15 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     network is checked against it (``check_network``: the family takes that input, the trunk
     stays within ``MAX_PARAMETERS``)."""
     spec = get_strategy(exp.strategy)
-    unknown = set(exp.overrides) - {"train", "model", "scenario", exp.strategy}
+    unknown = set(exp.overrides) - {"train", "model", "scenario", "inference", exp.strategy}
     if unknown:
         # parameters of other strategies are ignored: they belong to their own runs
         bad = sorted(unknown - set(STRATEGIES))
         if bad:
             raise ConfigError(
-                f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.* or "
-                f"<strategy>.* with a strategy among {', '.join(sorted(STRATEGIES))}"
+                f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.*, "
+                f"inference.* or <strategy>.* with a strategy among "
+                f"{', '.join(sorted(STRATEGIES))}"
             )
     train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
     if train.valid_fraction is None:
@@ -124,7 +137,11 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
         raise ConfigError(
             f"{exp.strategy} has no class-incremental prediction ({why}): run it with "
             "scenario.protocol=task, or leave it out of the class-incremental runs")
-    return ResolvedConfig(train, model, strat, scen)
+    # (inference.* given for runs that do not infer tasks is ignored, as other strategies'
+    # parameters are: it belongs to the runs that do)
+    inference = from_overrides(InferenceConfig, exp.overrides.get("inference", {}), "inference")
+    infers = scen.protocol == "class" and spec.class_protocol == INFERENCE
+    return ResolvedConfig(train, model, strat, scen, inference if infers else None)
 
 
 def _resolve_model(strategy: str, model_over: Mapping[str, Any], embedded: bool,
@@ -203,6 +220,8 @@ def record_params(exp: Experiment, cfg: ResolvedConfig) -> dict[str, Any]:
     scenario = {k: v for k, v in to_public_dict(cfg.scenario).items() if v != default[k]}
     if scenario:
         params["scenario"] = scenario
+    if cfg.inference is not None:
+        params["inference"] = to_public_dict(cfg.inference)
     return params
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "REDUCTION_MIN_BASELINE",
     "VALIDATION_CRITERION",
     "agnostic_final_accuracy",
+    "auroc",
     "average_incremental_accuracy",
     "best_baseline",
     "bwt",
@@ -430,3 +431,29 @@ def random_stratified_accuracy(train_counts: object, test_counts: object) -> flo
     if tr.sum() <= 0 or te.sum() <= 0:
         return math.nan
     return float((tr / tr.sum()) @ (te / te.sum()))
+
+
+def auroc(positive: object, negative: object) -> float:
+    """Area under the ROC curve of a score separating ``positive`` from ``negative`` samples:
+    the probability that a random positive scores above a random negative, ties counting
+    one half (the Mann-Whitney U statistic over ``len(positive) * len(negative)``). Task
+    inference's per-task AUROC: a task's own test samples against the other tasks', scored
+    by that task's score. NaN when either side is empty."""
+    pos = np.asarray(positive, dtype=float).ravel()
+    neg = np.asarray(negative, dtype=float).ravel()
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    both = np.concatenate([pos, neg])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size, dtype=float)
+    sorted_vals = both[order]
+    # average ranks over ties (1-based)
+    start = 0
+    while start < both.size:
+        end = start
+        while end + 1 < both.size and sorted_vals[end + 1] == sorted_vals[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))

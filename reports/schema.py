@@ -149,6 +149,19 @@ FIELDS: tuple[Field, ...] = (
           "u <= t, the accuracy Σ_c p_train(c)·p_test(c) of the stratified random classifier "
           "over every class of tasks 0..t (the reference of ρ on `agnostic_accuracy`)",
           list, written=True, since=None, protocol="class"),
+    Field("task_prediction_accuracy", "list[list[float]] (absent but for task inference)",
+          "a class-incremental record of a strategy that predicts by task inference (hat, "
+          "packnet, pnn, pathnet; `strategies/training/task_inference.py`): row t, entry "
+          "u <= t: the share of task u's test samples whose task the score "
+          "`params.inference.score` infers right among tasks 0..t",
+          since=None, protocol="class"),
+    Field("task_inference", "object (absent but for task inference)", "the same runs read "
+          "by every task score: `score` (the record's, `params.inference.score`) and `scores`: "
+          "per score (`max_softmax`, `max_logit`, `energy`, `neg_entropy`), its "
+          "`agnostic_accuracy`, `valid_agnostic_accuracy` (or null) and "
+          "`task_prediction_accuracy` (rows as above) and `auroc` (after the last task, per "
+          "task u: u's test samples against the other tasks', by u's score)",
+          since=None, protocol="class"),
     Field("history", "list[list[object]]", "per task, per epoch: `epoch`, `train_loss`, "
           "`train_acc`, `valid_loss` (null without validation), `lr`, and for HAT `hat_s`, "
           "`hat_reg`, `hat_used`, `hat_reuse` (below)"),
@@ -451,11 +464,38 @@ def _protocol_problem(rec: dict, n: int) -> str | None:
     if protocol == "class":
         if rec.get("agnostic_accuracy") is None:
             return "'agnostic_accuracy' is the Class-IL matrix of a class-incremental record"
-        for key in ("valid_agnostic_accuracy", "agnostic_random_accuracy"):
+        for key in ("valid_agnostic_accuracy", "agnostic_random_accuracy",
+                    "task_prediction_accuracy"):
             if rec.get(key) is not None:
                 problem = _triangle_problem(rec[key], n, key)
                 if problem:
                     return problem
+        if "task_inference" in rec:
+            return _task_inference_problem(rec["task_inference"], n)
+    return None
+
+
+def _task_inference_problem(ti: object, n: int) -> str | None:
+    """Strict: ``task_inference`` holds its score and, per score, its rows and AUROCs."""
+    if not isinstance(ti, dict) or not isinstance(ti.get("scores"), dict) or not ti["scores"]:
+        return "'task_inference' must be an object with 'score' and a non-empty 'scores'"
+    if ti.get("score") not in ti["scores"]:
+        return "'task_inference.score' must be one of its 'scores'"
+    for name, block in ti["scores"].items():
+        where = f"task_inference.scores.{name}"
+        if not isinstance(block, dict):
+            return f"'{where}' must be an object"
+        for key in ("agnostic_accuracy", "valid_agnostic_accuracy", "task_prediction_accuracy"):
+            if block.get(key) is None and key != "valid_agnostic_accuracy":
+                return f"'{where}.{key}' is missing"
+            if block.get(key) is not None:
+                problem = _triangle_problem(block[key], n, f"{where}.{key}")
+                if problem:
+                    return problem
+        aur = block.get("auroc")
+        if not isinstance(aur, list) or len(aur) != n or not all(
+                v is None or _is_frac(v, 0.0) for v in aur):
+            return f"'{where}.auroc' must be {n} numbers in [0, 1]"
     return None
 
 

@@ -20,6 +20,7 @@ from .metrics import VALIDATION_CRITERION
 __all__ = [
     "FORGET_RATE",
     "NO_AGNOSTIC",
+    "NO_CLASS",
     "REHEARSAL",
     "SPACES",
     "STRATEGY_PARAMS",
@@ -40,6 +41,9 @@ __all__ = [
 FORGET_RATE = {"joint": 0.0, "hat": 0.004, "ewc": 0.03, "sgd": 0.1}
 #: strategies without a task-agnostic prediction: their ``agnostic_accuracy`` is null
 NO_AGNOSTIC = ("hat", "packnet", "pnn", "pathnet", "single")
+#: strategies without a class-incremental prediction (the others, hat among them through task
+#: inference, have class-incremental records)
+NO_CLASS = ("single",)
 #: rehearsal memory size per strategy that keeps one (others: ``memory_samples`` null)
 REHEARSAL = {"replay": 200, "agem": 50, "der": 200, "icarl": 200, "gdumb": 200, "er-ace": 200}
 #: the synthetic records' own hyperparameters (others: none); also the selections' choice
@@ -191,8 +195,8 @@ def make_class_record(
     matrix ``agnostic_accuracy`` (default :func:`make_agnostic`), the chance level
     ``agnostic_random_accuracy`` (default :func:`make_agnostic_random`) and
     ``valid_agnostic_accuracy`` (default: null, as ``valid_accuracy``). Raises ValueError for
-    a strategy of :data:`NO_AGNOSTIC` (no prediction over every class seen)."""
-    if strategy in NO_AGNOSTIC:
+    a strategy of :data:`NO_CLASS` (no prediction over every class seen)."""
+    if strategy in NO_CLASS:
         raise ValueError(f"{strategy} has no class-incremental records (no prediction over "
                          "every class seen)")
     params = (dict(params) if params is not None

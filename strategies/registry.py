@@ -119,9 +119,11 @@ class StrategySpec:
     #: ``"expanding"``: its network reads as one expanding head over every class seen
     #: (``ExpandingHeadNet``, global labels), so its losses range over them; ``"own"``: its
     #: training already scores every class seen (a class = (task, label)) and it runs
-    #: unchanged, read through its task-agnostic prediction; None: it has no class-incremental
-    #: prediction (its weights are chosen by the task label) and refuses the protocol (the
-    #: default: a strategy opts in)
+    #: unchanged, read through its task-agnostic prediction; ``"inference"``: its weights
+    #: depend on the task, so it trains as in the task protocol and predicts by task inference
+    #: (``strategies.training.task_inference``: every learned task's path scored, the best
+    #: task's class); None: it has no class-incremental prediction and refuses the protocol
+    #: (the default: a strategy opts in)
     class_protocol: str | None = None
 
     def __post_init__(self):
@@ -249,7 +251,7 @@ AGEM_SPACE = {"sample_size": (16, 32, 64, 128, 256)}
 LAYERWISE = ("mlp", "alexnet")
 
 #: ``StrategySpec.class_protocol`` values
-EXPANDING, OWN = "expanding", "own"
+EXPANDING, OWN, INFERENCE = "expanding", "own", "inference"
 
 # ``clipgrad``: the reference's bound per approach (src/approaches/<file>): 100 in ewc.py and
 # lwf.py, 200 in lfl.py, 1000 in imm_mode.py and pathnet.py, 10000 in sgd.py, sgd_frozen.py,
@@ -280,7 +282,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("hat", "Hard Attention to the Task (Serrà et al. 2018)", HATConfig, _hat,
                      gated=True, space=HAT_SPACE,
                      clips_itself=True, model_options=_hat_model_options, tune_by_default=True,
-                     task_agnostic=False),
+                     task_agnostic=False, class_protocol=INFERENCE),
         StrategySpec("sgd-f", "SGD fine-tuning of the first task, then only new heads train "
                      "(the trunk is frozen)", NoParams,
                      lambda ctx, p: SGDFrozen(**ctx.common()), class_protocol=EXPANDING),
@@ -303,14 +305,15 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("pathnet", "PathNet (Fernando et al. 2017): evolved paths of modules, "
                      "earlier tasks' paths frozen", PathNetConfig, _pathnet,
                      space=PATHNET_SPACE,
-                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False),
+                     clipgrad=1000.0, families=LAYERWISE, task_agnostic=False,
+                     class_protocol=INFERENCE),
         StrategySpec("packnet", "PackNet (Mallya & Lazebnik 2018): after each task its smallest "
                      "weights are pruned for later tasks, the rest retrained and frozen",
                      PackNetConfig, _packnet, space=PACKNET_SPACE,
-                     task_agnostic=False),
+                     task_agnostic=False, class_protocol=INFERENCE),
         StrategySpec("pnn", "Progressive Neural Networks (Rusu et al. 2016): a narrower "
                      "column per task with lateral adapters", PNNConfig, _pnn,
-                     families=LAYERWISE, task_agnostic=False),
+                     families=LAYERWISE, task_agnostic=False, class_protocol=INFERENCE),
         _rehearsal("icarl", "iCaRL (Rebuffi et al. 2017): herding exemplars of every class "
                    "seen, sigmoid distillation, nearest-mean-of-exemplars classification",
                    ICaRLConfig, ICaRL, class_protocol=OWN),

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from avalanche.training.plugins import EvaluationPlugin
 
-from reports.schema import RecordError, field_names, protocol_of
+from reports.metrics import auroc
+from reports.schema import FIELDS, RecordError, field_names, protocol_of
 from strategies import (
     FastDataPlugin,
     RecipeConfig,
@@ -35,6 +36,7 @@ from strategies.registry import EXPANDING, BuildContext
 from strategies.training.agnostic import agnostic_accuracy, expanding_head_accuracy
 from strategies.training.clipping import GradientClipPlugin
 from strategies.training.recipe import split_indices
+from strategies.training.task_inference import task_inference_rows
 
 from ..checkpoints import RunCheckpoints
 from ..checkpoints import capture as capture_strategy
@@ -155,6 +157,9 @@ class TaskRow:
     memory_samples: int | None
     agnostic_accuracy: list[float] | None
     valid_agnostic_accuracy: list[float] | None = None
+    #: task inference (class protocol, a strategy whose weights depend on the task): per
+    #: score, this row of each of its matrices (``reports.schema``'s ``task_inference``)
+    task_inference: dict[str, dict[str, list[float] | None]] | None = None
 
 
 #: the record's per-task fields, in ``TaskRow``'s order (a checkpoint keeps them as columns)
@@ -170,6 +175,8 @@ def columns(rows: Sequence[TaskRow], validated: bool,
         out["valid_accuracy"] = None
     if not (validated and class_protocol):
         out["valid_agnostic_accuracy"] = None
+    if not class_protocol:
+        out["task_inference"] = None
     return out
 
 
@@ -328,14 +335,47 @@ def _measure(run: _Run, t: int, strategy, seconds: float, recipe, hist, acc,
     return row
 
 
+def _evaluate_inference(run: _Run, t: int, strategy, row: TaskRow) -> None:
+    """Task inference over the tasks learned so far (the class protocol of a strategy whose
+    weights depend on the task): every score's Class-IL and task-prediction rows, on the test
+    and the validation sets, from one pass per task; the configured score's Class-IL rows are
+    the record's ``agnostic_accuracy`` and its validation twin. After the last task, each
+    score's AUROC per task (a task's test samples against the other tasks', by its score)."""
+    size, seen = run.cfg.train.eval_batch_size, t + 1
+    test = task_inference_rows(strategy.model, run.test_sets, seen, run.device, size)
+    valid = None if run.valid_sets is None else task_inference_rows(
+        strategy.model, run.valid_sets, seen, run.device, size)
+    chosen = run.cfg.inference.score
+    row.agnostic_accuracy = test[chosen].class_il
+    row.valid_agnostic_accuracy = None if valid is None else valid[chosen].class_il
+    last = seen == run.scenario.n_tasks
+    row.task_inference = {s: {
+        "agnostic_accuracy": r.class_il,
+        "valid_agnostic_accuracy": None if valid is None else valid[s].class_il,
+        "task_prediction_accuracy": r.task_prediction,
+        "auroc": task_aurocs(r.scores) if last else None,
+    } for s, r in test.items()}
+
+
+def task_aurocs(scores: Sequence[torch.Tensor]) -> list[float]:
+    """Per task u, the AUROC of task u's score: its own samples (``scores[u][:, u]``) against
+    every other task's samples (``scores[v][:, u]``)."""
+    return [auroc(scores[u][:, u].tolist(),
+                  torch.cat([scores[v][:, u] for v in range(len(scores)) if v != u]).tolist()
+                  if len(scores) > 1 else [])
+            for u in range(len(scores))]
+
+
 def _evaluate_heads(run: _Run, t: int, strategy, acc: _Accuracy, row: TaskRow) -> None:
     """A multi-head network's evaluations: each task's test (and validation) accuracy with
     its task label given (Avalanche's evaluation loop), and the task-agnostic accuracy over
     the tasks seen (the headline of the class-incremental protocol for a strategy whose
     training already ranges over every class seen)."""
     row.accuracy = _evaluate(strategy, run.bench.test_stream, acc)
+    if run.cfg.inference is not None:
+        _evaluate_inference(run, t, strategy, row)
     # (single: one task's model, nothing to tell apart without the task label)
-    if not run.spec.single:
+    elif not run.spec.single:
         row.agnostic_accuracy = agnostic_accuracy(
             strategy, run.test_sets, run.scenario.classes_per_task, t + 1,
             run.cfg.train.eval_batch_size)
@@ -345,7 +385,7 @@ def _evaluate_heads(run: _Run, t: int, strategy, acc: _Accuracy, row: TaskRow) -
         cuda = [run.device] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             row.valid_accuracy = _evaluate(strategy, run.valid_bench.test_stream, acc)
-        if run.class_protocol:
+        if run.class_protocol and run.cfg.inference is None:
             row.valid_agnostic_accuracy = agnostic_accuracy(
                 strategy, run.valid_sets, run.scenario.classes_per_task, t + 1,
                 run.cfg.train.eval_batch_size)
@@ -406,15 +446,32 @@ def _protocol_fields(run: _Run, cols: Mapping[str, list | None]) -> dict[str, An
     """The fields of a class-incremental record only (``reports.schema``)."""
     if not run.class_protocol:
         return {}
-    return {"valid_agnostic_accuracy": cols["valid_agnostic_accuracy"],
-            "agnostic_random_accuracy": class_random_accuracy(run.source)}
+    fields = {"valid_agnostic_accuracy": cols["valid_agnostic_accuracy"],
+              "agnostic_random_accuracy": class_random_accuracy(run.source)}
+    rows = cols["task_inference"]
+    if rows is not None and all(r is not None for r in rows):
+        chosen = run.cfg.inference.score
+        fields["task_prediction_accuracy"] = [r[chosen]["task_prediction_accuracy"]
+                                              for r in rows]
+        fields["task_inference"] = {"score": chosen, "scores": {
+            s: {"agnostic_accuracy": [r[s]["agnostic_accuracy"] for r in rows],
+                "valid_agnostic_accuracy": None if rows[0][s]["valid_agnostic_accuracy"] is None
+                else [r[s]["valid_agnostic_accuracy"] for r in rows],
+                "task_prediction_accuracy": [r[s]["task_prediction_accuracy"] for r in rows],
+                "auroc": rows[-1][s]["auroc"]}
+            for s in rows[0]}}
+    return fields
 
 
 def _as_record(values: Mapping[str, Any]) -> dict:
     """``values`` as a record: exactly the fields of the record contract
     (``reports.schema.FIELDS``), in its order."""
     names = field_names(protocol_of(values))
-    if set(values) != set(names):
+    # (a protocol's fields that not every strategy writes, e.g. task inference's, may be absent)
+    optional = {f.name for f in FIELDS if f.protocol is not None and not f.written
+                and f.name != "valid_agnostic_accuracy"}
+    wrong = (set(values) - set(names)) | (set(names) - set(values) - optional)
+    if wrong:
         raise RecordError(f"the runner's record fields differ from the record contract's: "
-                          f"{sorted(set(values) ^ set(names))}")
-    return {name: values[name] for name in names}
+                          f"{sorted(wrong)}")
+    return {name: values[name] for name in names if name in values}

@@ -15,7 +15,8 @@ from benchmark.experiment import Experiment, resolve_for
 from benchmark.tuning import validation_matrix
 from reports.schema import field_names, protocol_of, validate
 from strategies import ConfigError
-from strategies.registry import STRATEGIES
+from strategies.registry import INFERENCE, STRATEGIES
+from strategies.training.task_inference import SCORES
 from tests.support import ROOT
 from tests.support.runs import run_cached
 
@@ -66,8 +67,25 @@ def test_every_strategy_trains_and_is_measured_in_the_class_protocol(scenario, s
     rec = run_cached(scenario, strategy, 0, CLASS)
     validate(rec, strict=True)
     assert protocol_of(rec) == "class" and rec["params"]["scenario"] == {"protocol": "class"}
-    assert tuple(rec) == field_names("class")
+    # the contract's fields in its order; task inference's only for the strategies that use it
+    infers = STRATEGIES[strategy].class_protocol == INFERENCE
+    inference_fields = {"task_prediction_accuracy", "task_inference"}
+    assert tuple(rec) == tuple(f for f in field_names("class")
+                               if infers or f not in inference_fields)
     n = len(rec["task_names"])
+    if infers:
+        ti = rec["task_inference"]
+        assert ti["score"] == rec["params"]["inference"]["score"] == "max_softmax"
+        assert set(ti["scores"]) == set(SCORES)
+        assert ti["scores"][ti["score"]]["agnostic_accuracy"] == rec["agnostic_accuracy"]
+        assert rec["task_prediction_accuracy"] == (
+            ti["scores"][ti["score"]]["task_prediction_accuracy"])
+        for block in ti["scores"].values():
+            # right in Class-IL needs the task right
+            for t in range(n):
+                for u in range(t + 1):
+                    assert (block["agnostic_accuracy"][t][u]
+                            <= block["task_prediction_accuracy"][t][u] + 1e-12)
     assert [len(r) for r in rec["agnostic_accuracy"]] == list(range(1, n + 1))
     assert [len(r) for r in rec["agnostic_random_accuracy"]] == list(range(1, n + 1))
     valid = rec["valid_agnostic_accuracy"]
@@ -137,10 +155,10 @@ def test_both_protocols_share_a_results_folder_and_the_report_keeps_them_apart(
     cls = read_record(record_path(in_tmp / "res", "split-digits", "naive", 0,
                                   protocol="class"))
     assert protocol_of(task) == "task" and protocol_of(cls) == "class"
-    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "hat", "--set",
+    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "single", "--set",
                      "scenario.protocol=class", *common]) == 2
     err = capsys.readouterr().err
-    assert "hat has no class-incremental prediction" in err
+    assert "single has no class-incremental prediction" in err
     assert report_main(["--results", "res"]) == 0
     folder = in_tmp / "res/report/split-digits"
     table = (folder / "class_il.md").read_text()
@@ -169,7 +187,8 @@ def test_a_strategy_registered_without_a_class_reading_is_refused(monkeypatch):
         resolve_for(Experiment("split-digits", "toy", 0, CLASS))
 
 
-def test_protocol_is_not_a_grid_key_and_tune_drops_the_strategies_that_refuse(in_tmp, capsys):
+def test_protocol_is_not_a_grid_key_and_tune_drops_the_strategies_that_refuse(in_tmp, capsys,
+                                                                             monkeypatch):
     from benchmark import cli
 
     common = ["--seeds", "0", "--epochs", "1", "--out", "res", "--no-progress",
@@ -178,14 +197,16 @@ def test_protocol_is_not_a_grid_key_and_tune_drops_the_strategies_that_refuse(in
                      "--grid", "scenario.protocol=task,class", *common]) == 2
     assert "scenario.protocol cannot be a --grid key" in capsys.readouterr().err
     assert not (in_tmp / "res").exists()
-    # the default tune list holds hat; in the class protocol it is left out, not refused
+    # the default tune list, in the class protocol: the strategies that run in it
+    import dataclasses
+
     from benchmark.cli.args import TUNE_STRATEGIES, build_parser
     from benchmark.cli.tune import plan_tune
 
-    assert "hat" in TUNE_STRATEGIES
+    monkeypatch.setitem(STRATEGIES, "hat",
+                        dataclasses.replace(STRATEGIES["hat"], class_protocol=None))
     args = build_parser().parse_args(["tune", "--scenario", "split-digits", "--set",
                                       "scenario.protocol=class", "--out", "t"])
     plan = plan_tune(args)
     ran = {e.strategy for e in plan.experiments}
-    assert "hat" not in ran and "ewc" in ran
-    assert all(STRATEGIES[s].class_protocol is not None for s in ran)
+    assert "hat" in TUNE_STRATEGIES and "hat" not in ran and "ewc" in ran

@@ -454,3 +454,17 @@ def test_triangular_forgetting_ratio_properties(mats):
     square_j = [row + [0.5] * (n - len(row)) for row in joint]
     assert np.array_equal(metrics.triangular_forgetting_ratio(rows, joint, const),
                           metrics.forgetting_ratio(square, square_j, col), equal_nan=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=12),
+       st.lists(st.integers(-3, 3), min_size=1, max_size=12))
+def test_auroc_is_the_share_of_positive_negative_pairs_ordered_right(pos, neg):
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p in pos for n in neg]
+    assert metrics.auroc(pos, neg) == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
+
+
+def test_auroc_by_hand_and_without_samples():
+    assert metrics.auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert metrics.auroc([0.1], [0.9, 0.1]) == 0.25  # one pair lost, one tied
+    assert math.isnan(metrics.auroc([], [1.0]))

@@ -100,9 +100,24 @@ def test_the_fields_of_one_protocol_are_written_in_its_records_only():
     other = copy.deepcopy(cls)
     other["params"]["scenario"]["protocol"] = "domain"
     assert "must be one of task, class" in record_problem(other, strict=True)
-    assert set(schema.field_names("task")) | {"valid_agnostic_accuracy",
-                                              "agnostic_random_accuracy"} == set(
-        schema.field_names("class"))
+    assert set(schema.field_names("task")) | {
+        "valid_agnostic_accuracy", "agnostic_random_accuracy", "task_prediction_accuracy",
+        "task_inference"} == set(schema.field_names("class"))
+    # task inference's fields: well formed when present
+    ti = copy.deepcopy(cls)
+    rows = [[0.5] * (t + 1) for t in range(3)]
+    block = {"agnostic_accuracy": rows, "valid_agnostic_accuracy": None,
+             "task_prediction_accuracy": rows, "auroc": [0.9, 0.8, 0.7]}
+    ti.update(task_prediction_accuracy=rows,
+              task_inference={"score": "energy", "scores": {"energy": block}})
+    assert record_problem(ti, strict=True) is None
+    ti["task_inference"]["score"] = "max_logit"
+    assert "'task_inference.score' must be one of" in record_problem(ti, strict=True)
+    ti["task_inference"]["score"] = "energy"
+    block["auroc"] = [0.9]
+    assert "auroc' must be 3 numbers" in record_problem(ti, strict=True)
+    assert "task_inference" in record_problem(  # never in a task record
+        dict(_written(), task_inference=ti["task_inference"]), strict=True)
 
 
 def test_lenient_reads_within_a_tolerance_strict_writes_exact_fractions():
