@@ -70,12 +70,24 @@ class ScenarioConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """``inference.*``: how a strategy whose weights depend on the task (hat, packnet, pnn,
-    pathnet) predicts in the class-incremental protocol: the task score of task inference
-    (``strategies.training.task_inference.SCORES``; the published HAT_CIL uses max_softmax).
-    Every score is measured in every such run; this one is the record's headline."""
+    """``<strategy>.task_score``: how a strategy whose weights depend on the task (hat,
+    packnet, pnn, pathnet) predicts in the class-incremental protocol, the task score of task
+    inference (``strategies.training.task_inference.SCORES``; the published HAT_CIL uses
+    max_softmax). Every score is measured in every such run (it changes no training); this
+    one is the record's headline, and ``tune`` selects it on validation. A key of the
+    strategy's section, recorded in its ``params`` block of class-incremental records only."""
 
-    score: Literal["max_softmax", "max_logit", "energy", "neg_entropy"] = "max_softmax"
+    task_score: Literal["max_softmax", "max_logit", "energy", "neg_entropy"] = "max_softmax"
+
+
+#: the key of a strategy's section that is its task score (``InferenceConfig``)
+TASK_SCORE = "task_score"
+
+
+def split_task_score(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A strategy section's overrides as (the strategy's own, its ``task_score``)."""
+    own = dict(overrides)
+    return own, {k: own.pop(k) for k in list(own) if k == TASK_SCORE}
 
 
 @dataclass(frozen=True)
@@ -96,15 +108,14 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
     network is checked against it (``check_network``: the family takes that input, the trunk
     stays within ``MAX_PARAMETERS``)."""
     spec = get_strategy(exp.strategy)
-    unknown = set(exp.overrides) - {"train", "model", "scenario", "inference", exp.strategy}
+    unknown = set(exp.overrides) - {"train", "model", "scenario", exp.strategy}
     if unknown:
         # parameters of other strategies are ignored: they belong to their own runs
         bad = sorted(unknown - set(STRATEGIES))
         if bad:
             raise ConfigError(
-                f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.*, "
-                f"inference.* or <strategy>.* with a strategy among "
-                f"{', '.join(sorted(STRATEGIES))}"
+                f"unknown parameter section '{bad[0]}'; use train.*, model.*, scenario.* or "
+                f"<strategy>.* with a strategy among {', '.join(sorted(STRATEGIES))}"
             )
     train = from_overrides(TrainConfig, exp.overrides.get("train", {}), "train")
     if train.valid_fraction is None:
@@ -114,7 +125,7 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
                            network)
     if input_shape is not None:
         check_network(model, input_shape)
-    strat_over = exp.overrides.get(exp.strategy, {})
+    strat_over, inference_over = split_task_score(exp.overrides.get(exp.strategy, {}))
     strat = spec.config(strat_over)
     if hasattr(strat, "check_combination"):
         strat.check_combination()
@@ -137,11 +148,15 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
         raise ConfigError(
             f"{exp.strategy} has no class-incremental prediction ({why}): run it with "
             "scenario.protocol=task, or leave it out of the class-incremental runs")
-    # (inference.* given for runs that do not infer tasks is ignored, as other strategies'
-    # parameters are: it belongs to the runs that do)
-    inference = from_overrides(InferenceConfig, exp.overrides.get("inference", {}), "inference")
-    infers = scen.protocol == "class" and spec.class_protocol == INFERENCE
-    return ResolvedConfig(train, model, strat, scen, inference if infers else None)
+    inference = None
+    if scen.protocol == "class" and spec.class_protocol == INFERENCE:
+        inference = from_overrides(InferenceConfig, inference_over, exp.strategy)
+    elif inference_over:
+        raise ConfigError(
+            f"{exp.strategy}.task_score applies to the class-incremental protocol of a strategy "
+            "that predicts by task inference (hat, packnet, pnn, pathnet with "
+            "scenario.protocol=class); drop it")
+    return ResolvedConfig(train, model, strat, scen, inference)
 
 
 def _resolve_model(strategy: str, model_over: Mapping[str, Any], embedded: bool,
@@ -221,7 +236,7 @@ def record_params(exp: Experiment, cfg: ResolvedConfig) -> dict[str, Any]:
     if scenario:
         params["scenario"] = scenario
     if cfg.inference is not None:
-        params["inference"] = to_public_dict(cfg.inference)
+        params[exp.strategy].update(to_public_dict(cfg.inference))
     return params
 
 

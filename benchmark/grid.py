@@ -27,9 +27,10 @@ from typing import Any
 from reports.schema import param_text
 from strategies import STRATEGIES, TrainConfig
 from strategies.common.config import from_overrides, public_key
+from strategies.registry import INFERENCE
 
 from .errors import BenchmarkError
-from .experiment import Experiment, ScenarioConfig
+from .experiment import TASK_SCORE, Experiment, InferenceConfig, ScenarioConfig
 from .networks import ModelConfig
 
 #: grid/--set sections that apply to every strategy
@@ -91,7 +92,10 @@ def grid_from_mapping(data: Any, where: str = "--config") -> dict[str, list[Any]
     return out
 
 
-def _config_class(section: str) -> type:
+def _config_class(section: str, key: str = "") -> type:
+    if key == TASK_SCORE and section in STRATEGIES and (
+            STRATEGIES[section].class_protocol == INFERENCE):
+        return InferenceConfig  # (its key, in the strategy's section)
     if section == "train":
         return TrainConfig
     if section == "model":
@@ -116,7 +120,7 @@ def canonical_value(section: str, key: str, value: Any) -> str:
     """Validate ``section.key=value`` with the parameter's type; return its canonical text.
 
     Raises ConfigError (unknown key, bad value) or BenchmarkError (unknown section)."""
-    cls = _config_class(section)
+    cls = _config_class(section, key)
     by_public = {public_key(f.name): f.name for f in fields(cls)}
     typed = from_overrides(cls, {key: value}, section)  # validates key, type and range
     return format_value(getattr(typed, by_public[key]))

@@ -22,6 +22,7 @@ Protocol (docs/tuning.md):
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,13 @@ from reports.io import write_text
 from reports.metrics import agnostic_final_accuracy, validation_criterion
 from reports.schema import protocol_of
 from strategies import STRATEGIES
+from strategies.common.config import to_public_dict
+from strategies.registry import INFERENCE
 
 from . import __version__
 from . import grid as gridlib
 from .errors import BenchmarkError
+from .experiment import InferenceConfig
 from .records import now_iso
 
 #: points whose criterion is within TIE of the best are ties
@@ -72,9 +76,39 @@ def default_space(strategy: str) -> dict[str, list[str]]:
         {f"{strategy}.{key}": list(values) for key, values in spec.space.items()})
 
 
-def tunable(strategies: Sequence[str]) -> list[str]:
-    """The strategies that have something to select."""
-    return [s for s in strategies if STRATEGIES[s].space]
+def tunable(strategies: Sequence[str], protocol: str = "task") -> list[str]:
+    """The strategies that have something to select (in the class protocol, a strategy that
+    predicts by task inference always has: its task score)."""
+    return [s for s in strategies if STRATEGIES[s].space or infers_tasks(s, protocol)]
+
+
+def infers_tasks(strategy: str, protocol: str) -> bool:
+    """Whether ``strategy``'s runs in ``protocol`` predict by task inference."""
+    return protocol == "class" and STRATEGIES[strategy].class_protocol == INFERENCE
+
+
+#: the task scores ``<strategy>.task_score`` takes (``InferenceConfig``), default first
+TASK_SCORES = typing.get_args(typing.get_type_hints(InferenceConfig)["task_score"])
+
+
+def with_task_scores(strategy: str, space: Mapping[str, Sequence[str]],
+                     records: Mapping[str, Sequence[Mapping[str, Any]]]
+                     ) -> tuple[dict[str, list[str]], dict[str, list]]:
+    """The space and validation matrices of a strategy that predicts by task inference: each
+    of its runs measured every task score (the score changes no training), so
+    ``<strategy>.task_score`` joins the space without more runs, every run point read under
+    every score (its record's ``task_inference.scores.<score>.valid_agnostic_accuracy``).
+    ``records`` maps each run point's tag to its seeds' records."""
+    key = f"{strategy}.task_score"
+    extended = {**{k: list(v) for k, v in space.items()}, key: list(TASK_SCORES)}
+    valid: dict[str, list] = {}
+    for point in space_points(space):
+        recs = records.get(gridlib.point_tag(point), [])
+        for score in TASK_SCORES:
+            valid[gridlib.point_tag({**point, key: score})] = [
+                (r.get("task_inference") or {}).get("scores", {}).get(score, {}).get(
+                    "valid_agnostic_accuracy") for r in recs]
+    return extended, valid
 
 
 @dataclass
@@ -97,7 +131,8 @@ def space_points(space: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
 
 
 def _default_point(strategy: str, keys: Sequence[str]) -> dict[str, str]:
-    defaults = STRATEGIES[strategy].defaults()
+    """The strategy's defaults (its task score's too) for ``keys``."""
+    defaults = {**STRATEGIES[strategy].defaults(), **to_public_dict(InferenceConfig())}
     return {k: gridlib.format_value(defaults[k.split(".", 1)[1]]) for k in keys}
 
 

@@ -153,10 +153,11 @@ FIELDS: tuple[Field, ...] = (
           "a class-incremental record of a strategy that predicts by task inference (hat, "
           "packnet, pnn, pathnet; `strategies/training/task_inference.py`): row t, entry "
           "u <= t: the share of task u's test samples whose task the score "
-          "`params.inference.score` infers right among tasks 0..t",
+          "`params.<strategy>.task_score` infers right among tasks 0..t",
           since=None, protocol="class"),
     Field("task_inference", "object (absent but for task inference)", "the same runs read "
-          "by every task score: `score` (the record's, `params.inference.score`) and `scores`: "
+          "by every task score: `score` (the record's, `params.<strategy>.task_score`) and "
+          "`scores`: "
           "per score (`max_softmax`, `max_logit`, `energy`, `neg_entropy`), its "
           "`agnostic_accuracy`, `valid_agnostic_accuracy` (or null) and "
           "`task_prediction_accuracy` (rows as above) and `auroc` (after the last task, per "

@@ -20,7 +20,14 @@ from strategies import STRATEGIES
 from .. import grid as gridlib
 from ..data.scenarios import SCENARIOS, get_scenario
 from ..errors import BenchmarkError
-from ..experiment import Experiment, known_task_names, resolve_for, run_params, run_settings
+from ..experiment import (
+    Experiment,
+    known_task_names,
+    resolve_for,
+    run_params,
+    run_settings,
+    split_task_score,
+)
 from ..records import RecordError, is_complete, read_record, record_path
 from .args import MAX_THREADS, parse_names, parse_seeds, parse_set
 from .presets import _attach_selection, _merge_layers, _warn_selection_settings, load_preset
@@ -279,7 +286,7 @@ def _validate(inputs: RunInputs, args: argparse.Namespace) -> tuple[list, int]:
     _check_tasks(inputs.scenario, inputs.grid)
     # --set sections of strategies not run are user input too: validate them as well
     for section in sorted(set(inputs.overrides) & set(STRATEGIES) - set(inputs.strategies)):
-        STRATEGIES[section].config(inputs.overrides[section])
+        STRATEGIES[section].config(split_task_score(inputs.overrides[section])[0])
     # (unknown sections: resolve above already raised ConfigError)
     if not 0 <= args.threads <= MAX_THREADS:
         raise BenchmarkError(f"invalid --threads {args.threads}: give 0 (torch default) to "

@@ -18,10 +18,12 @@ from ..tuning import (
     Selection,
     criterion_table,
     default_space,
+    infers_tasks,
     preset,
     select,
     tunable,
     validation_matrix,
+    with_task_scores,
     write_preset,
 )
 from .args import TUNE_STRATEGIES, parse_names, parse_seeds, parse_set
@@ -32,12 +34,12 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
     """``tune``: the run plan over every tunable strategy's search space (``--grid`` replaces
     a key's values, ``--set`` fixes a key), validated like ``run``."""
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
-    if (parse_set(args.set).get("scenario", {}).get("protocol") == "class"
-            and args.strategies == ",".join(TUNE_STRATEGIES)):
+    protocol = parse_set(args.set).get("scenario", {}).get("protocol", "task")
+    if protocol == "class" and args.strategies == ",".join(TUNE_STRATEGIES):
         # the default list, in the class protocol: the strategies that run in it
         strategies = [s for s in strategies if STRATEGIES[s].class_protocol is not None]
         args.strategies = ",".join(strategies)
-    to_tune = tunable(strategies)
+    to_tune = tunable(strategies, protocol)
     if not to_tune:
         raise BenchmarkError(
             f"none of {', '.join(strategies)} has hyperparameters to select; tunable "
@@ -78,11 +80,10 @@ def plan_tune(args: argparse.Namespace) -> RunPlan:
 
 def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Select on the tuning runs' validation matrices; write and print the preset."""
-    valid: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    records: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for exp in plan.experiments:
-        rec = read_record(record_path(plan.out, exp.scenario, exp.strategy, exp.seed,
-                                      exp.tag, exp.protocol))
-        valid[exp.strategy][exp.tag].append(validation_matrix(rec))
+        records[exp.strategy][exp.tag].append(read_record(record_path(
+            plan.out, exp.scenario, exp.strategy, exp.seed, exp.tag, exp.protocol)))
     seeds = list(dict.fromkeys(e.seed for e in plan.experiments))
     strategies = parse_names(args.strategies, STRATEGIES, "strategy")
     base = plan.experiments[0].overrides
@@ -93,11 +94,15 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
     fixed.update({s: dict(given[s]) for s in strategies if s in given})
     protocol = plan.configs[0].scenario.protocol
     selections: list[Selection] = []
-    for s, by_tag in valid.items():
+    for s, by_tag in records.items():
         space = {k: v for k, v in plan.grid.items() if k.split(".", 1)[0] == s}
+        if infers_tasks(s, protocol):  # the task score joins the space, from the same runs
+            space, valid = with_task_scores(s, space, by_tag)
+        else:
+            valid = {tag: [validation_matrix(r) for r in recs] for tag, recs in by_tag.items()}
         if not space:
             continue
-        sel = select(s, space, by_tag, protocol)
+        sel = select(s, space, valid, protocol)
         selections.append(sel)
         print(criterion_table(sel))
     epochs = base.get("train", {}).get("epochs")

@@ -345,7 +345,7 @@ def _evaluate_inference(run: _Run, t: int, strategy, row: TaskRow) -> None:
     test = task_inference_rows(strategy.model, run.test_sets, seen, run.device, size)
     valid = None if run.valid_sets is None else task_inference_rows(
         strategy.model, run.valid_sets, seen, run.device, size)
-    chosen = run.cfg.inference.score
+    chosen = run.cfg.inference.task_score
     row.agnostic_accuracy = test[chosen].class_il
     row.valid_agnostic_accuracy = None if valid is None else valid[chosen].class_il
     last = seen == run.scenario.n_tasks
@@ -450,7 +450,7 @@ def _protocol_fields(run: _Run, cols: Mapping[str, list | None]) -> dict[str, An
               "agnostic_random_accuracy": class_random_accuracy(run.source)}
     rows = cols["task_inference"]
     if rows is not None and all(r is not None for r in rows):
-        chosen = run.cfg.inference.score
+        chosen = run.cfg.inference.task_score
         fields["task_prediction_accuracy"] = [r[chosen]["task_prediction_accuracy"]
                                               for r in rows]
         fields["task_inference"] = {"score": chosen, "scores": {

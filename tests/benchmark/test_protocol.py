@@ -75,7 +75,7 @@ def test_every_strategy_trains_and_is_measured_in_the_class_protocol(scenario, s
     n = len(rec["task_names"])
     if infers:
         ti = rec["task_inference"]
-        assert ti["score"] == rec["params"]["inference"]["score"] == "max_softmax"
+        assert ti["score"] == rec["params"][strategy]["task_score"] == "max_softmax"
         assert set(ti["scores"]) == set(SCORES)
         assert ti["scores"][ti["score"]]["agnostic_accuracy"] == rec["agnostic_accuracy"]
         assert rec["task_prediction_accuracy"] == (

@@ -291,3 +291,65 @@ def test_class_protocol_tuning_selects_on_the_class_incremental_validation_matri
         want = agnostic_final_accuracy(rec["valid_agnostic_accuracy"])
         assert want != validation_criterion(rec["valid_accuracy"])  # not the Task-IL one
         assert point["value"] == round(want, 6)
+
+
+def _tune_scores(folder):
+    preset_path = folder / "preset.yaml"
+    assert cli.main(["tune", "--scenario", "split-digits", "--strategies", "packnet,pnn",
+                     "--set", "scenario.protocol=class", "--grid",
+                     "packnet.prune_ratio=0.5,0.75", "packnet.post_prune_epochs=10",
+                     "--seeds", "100,101", "--epochs", "2", "--out", str(folder / "runs-out"),
+                     "--preset", str(preset_path), "--no-progress"]) == 0
+    return yaml.safe_load(preset_path.read_text())
+
+
+def test_the_task_score_is_selected_on_validation_from_the_same_runs(tmp_path, in_tmp,
+                                                                    one_thread, monkeypatch):
+    from strategies.training.task_inference import SCORES
+
+    data = _tune_scores(tmp_path / "a")
+    runs = sorted(p.name for p in (tmp_path / "a/runs-out/runs").glob("*.json"))
+    assert len(runs) == (2 + 1) * 2  # packnet's 2 points and pnn's 1, 2 seeds: no run per score
+    for s in ("packnet", "pnn"):
+        block = data["selection"]["strategies"][s]
+        assert block["space"][f"{s}.task_score"] == list(SCORES)
+        assert data["set"][f"{s}.task_score"] == block["chosen"][f"{s}.task_score"]
+    block = data["selection"]["strategies"]["packnet"]
+    for point in block["points"]:
+        p = point["params"]
+        tag = (f"packnet.post_prune_epochs={p['packnet.post_prune_epochs']},"
+               f"packnet.prune_ratio={p['packnet.prune_ratio']}")
+        recs = [read_record(tmp_path / f"a/runs-out/runs/split-digits__packnet__s{seed}"
+                            f"__class__{tag}.json") for seed in (100, 101)]
+        want = sum(agnostic_final_accuracy(
+            r["task_inference"]["scores"][p["packnet.task_score"]]["valid_agnostic_accuracy"])
+            for r in recs) / 2
+        assert point["value"] == round(want, 6)
+    # test labels permuted: the same points, values and choices
+    _permuted_test_labels(monkeypatch)
+    again = _tune_scores(tmp_path / "b")
+    assert again["selection"]["strategies"] == data["selection"]["strategies"]
+    name = "split-digits__pnn__s100__class.json"
+    a_rec, b_rec = (read_record(tmp_path / f"{d}/runs-out/runs/{name}") for d in "ab")
+    assert a_rec["agnostic_accuracy"] != b_rec["agnostic_accuracy"]  # test data did change
+    # the preset runs, its records carry the chosen score where the selection says
+    assert cli.main(["run", "--config", str(tmp_path / "a/preset.yaml"), "--seeds", "0",
+                     "--strategies", "packnet", "--epochs", "1", "--out", "res",
+                     "--wandb", "disabled", "--no-progress"]) == 0
+    rec = read_record(in_tmp / "res/runs/split-digits__packnet__s0__class.json")
+    chosen = data["set"]["packnet.task_score"]
+    assert rec["params"]["packnet"]["task_score"] == chosen == rec["task_inference"]["score"]
+    assert rec["agnostic_accuracy"] == rec["task_inference"]["scores"][chosen][
+        "agnostic_accuracy"]
+
+
+def test_a_task_score_outside_task_inference_is_refused(in_tmp, capsys):
+    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "hat", "--set",
+                     "hat.task_score=energy", "--epochs", "1", "--out", "res",
+                     "--wandb", "disabled", "--no-progress"]) == 2
+    assert "hat.task_score applies to the class-incremental protocol" in (
+        capsys.readouterr().err)
+    assert cli.main(["run", "--scenario", "split-digits", "--strategies", "hat", "--set",
+                     "hat.task_score=nope", "scenario.protocol=class", "--epochs", "1",
+                     "--out", "res", "--wandb", "disabled", "--no-progress"]) == 2
+    assert "hat.task_score='nope' is not allowed" in capsys.readouterr().err
