@@ -13,7 +13,7 @@ PRESETS ?= configs/tuned
 # the class-incremental protocol (no task label at test) on the embedded split, every memory at
 # 200 samples (A-GEM: 40 per experience); presets in $(PRESETS)/class/
 CLASS_SCENARIOS ?= split-digits
-CLASS_STRATEGIES ?= naive,ewc,lwf,si,replay,agem,der,er-ace,icarl,gdumb,joint
+CLASS_STRATEGIES ?= naive,ewc,lwf,si,hat,packnet,replay,agem,der,er-ace,icarl,gdumb,joint
 CLASS_SET := scenario.protocol=class agem.patterns_per_experience=40
 TUNE_SEEDS ?= 100-102
 COMMA := ,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from strategies import ConfigError, TrainConfig, get_strategy
-from strategies.common.config import from_overrides, to_public_dict
+from strategies.common.config import check_count, from_overrides, to_public_dict
 from strategies.registry import INFERENCE, STRATEGIES
 
 from .data.scenarios import MIXTURE_SOURCES, SCENARIOS, Scenario, get_scenario
@@ -78,16 +78,23 @@ class InferenceConfig:
     strategy's section, recorded in its ``params`` block of class-incremental records only."""
 
     task_score: Literal["max_softmax", "max_logit", "energy", "neg_entropy"] = "max_softmax"
+    #: > 0: the scores are calibrated per task (``strategies.training.calibration``) on a
+    #: memory of this many training samples, balanced over the tasks seen (the record's
+    #: ``memory_samples``; give the rehearsal methods' budget); 0: no memory, raw scores
+    calibration_samples: int = 0
+
+    def __post_init__(self):
+        check_count("calibration_samples", self.calibration_samples, 0)
 
 
-#: the key of a strategy's section that is its task score (``InferenceConfig``)
-TASK_SCORE = "task_score"
+#: the keys of a strategy's section that are its task inference's (``InferenceConfig``)
+INFERENCE_KEYS = ("task_score", "calibration_samples")
 
 
-def split_task_score(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A strategy section's overrides as (the strategy's own, its ``task_score``)."""
+def split_inference(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A strategy section's overrides as (the strategy's own, its task inference's)."""
     own = dict(overrides)
-    return own, {k: own.pop(k) for k in list(own) if k == TASK_SCORE}
+    return own, {k: own.pop(k) for k in list(own) if k in INFERENCE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
                            network)
     if input_shape is not None:
         check_network(model, input_shape)
-    strat_over, inference_over = split_task_score(exp.overrides.get(exp.strategy, {}))
+    strat_over, inference_over = split_inference(exp.overrides.get(exp.strategy, {}))
     strat = spec.config(strat_over)
     if hasattr(strat, "check_combination"):
         strat.check_combination()
@@ -153,9 +160,9 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
         inference = from_overrides(InferenceConfig, inference_over, exp.strategy)
     elif inference_over:
         raise ConfigError(
-            f"{exp.strategy}.task_score applies to the class-incremental protocol of a strategy "
-            "that predicts by task inference (hat, packnet, pnn, pathnet with "
-            "scenario.protocol=class); drop it")
+            f"{exp.strategy}.{next(iter(inference_over))} applies to the class-incremental "
+            "protocol of a strategy that predicts by task inference (hat, packnet, pnn, "
+            "pathnet with scenario.protocol=class); drop it")
     return ResolvedConfig(train, model, strat, scen, inference)
 
 

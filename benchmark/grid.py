@@ -30,7 +30,7 @@ from strategies.common.config import from_overrides, public_key
 from strategies.registry import INFERENCE
 
 from .errors import BenchmarkError
-from .experiment import TASK_SCORE, Experiment, InferenceConfig, ScenarioConfig
+from .experiment import INFERENCE_KEYS, Experiment, InferenceConfig, ScenarioConfig
 from .networks import ModelConfig
 
 #: grid/--set sections that apply to every strategy
@@ -93,7 +93,7 @@ def grid_from_mapping(data: Any, where: str = "--config") -> dict[str, list[Any]
 
 
 def _config_class(section: str, key: str = "") -> type:
-    if key == TASK_SCORE and section in STRATEGIES and (
+    if key in INFERENCE_KEYS and section in STRATEGIES and (
             STRATEGIES[section].class_protocol == INFERENCE):
         return InferenceConfig  # (its key, in the strategy's section)
     if section == "train":

@@ -11,6 +11,13 @@ Layout under ``out``::
                                       incremental accuracy, forgetting, ρ vs joint, Task-IL
                                       accuracy per strategy, when class records exist
     <scenario>/class_il_vs_t.{png,pdf,csv}  Class-IL accuracy against t, the same condition
+    <scenario>/task_inference.{md,csv} per task-inference strategy (hat, packnet, pnn,
+                                      pathnet) and task score: Class-IL and task-prediction
+                                      accuracy, mean AUROC, validation criterion, the
+                                      records' score marked; when a class record has
+                                      task_inference
+    <scenario>/class_il_loss.{png,pdf,csv}  Task-IL, task-prediction and Class-IL accuracy
+                                      per task-inference strategy, the same condition
     <scenario>/summary.{md,csv}       final accuracy, BWT, forgetting, FWT, intransigence,
                                       task-agnostic accuracy, time per task, peak memory
     <scenario>/cost.{png,pdf,csv}     final accuracy against training time and peak memory,
@@ -23,8 +30,8 @@ Layout under ``out``::
     <scenario>/sensitivity.{png,pdf,csv} validation criterion over each search space, when a
                                       record has a selection or grid records valid_accuracy
 
-Every file but ``class_il*`` reads the task-incremental records only; ``class_il*`` the
-class-incremental ones (:mod:`reports.tables.class_il`).
+Every file but ``class_il*`` and ``task_inference*`` reads the task-incremental records only;
+those the class-incremental ones (:mod:`reports.tables.class_il`).
 
 :data:`ARTIFACTS` is the one list of these files (pattern, condition, renderer, caption):
 it drives the writing, ``index.md`` and the removal of files of these names left over from an
@@ -154,6 +161,12 @@ def _png(stem: str, draw: str, data: Callable[[ScenarioReport], Any], caption: C
 
 _SAME_AS_PDF = "the same figure as PDF"
 
+
+def _task_inference(rep: ScenarioReport) -> bool:
+    """Whether an untagged class record (not diverged) of the scenario has
+    ``task_inference``: the task-inference table and the Class-IL loss figure exist."""
+    return rep.class_il is not None and rep.class_il.task_inference is not None
+
 #: every file of a scenario's report, in the order of ``index.md``
 ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("rho_table.*", lambda rep: bool(rep.rho), (
@@ -207,7 +220,10 @@ ARTIFACTS: tuple[Artifact, ...] = (
         Text("class_il.md", render.class_il_md, lambda rep: (
             "class-incremental protocol (Class-IL): last Class-IL accuracy, average incremental "
             "accuracy, Class-IL forgetting, ρ≤T against joint trained in the class protocol and "
-            f"the same runs' Task-IL final accuracy per strategy (mean ± {_conf(rep)} CI)")),
+            "the same runs' Task-IL final accuracy"
+            + (" (and, for task inference, the task-prediction accuracy)"
+               if rep.class_il.has_task_prediction() else "")
+            + f" per strategy (mean ± {_conf(rep)} CI)")),
         Text("class_il.csv", render.class_il_csv, "the same as CSV (fractions)"),
     )),
     Artifact("class_il_vs_t.*", lambda rep: rep.class_il is not None, (
@@ -219,6 +235,29 @@ ARTIFACTS: tuple[Artifact, ...] = (
                 f"{_conf(rep)} CI bands", _SAME_AS_PDF)),
         Text("class_il_vs_t.csv", render.class_il_curve_csv,
              "data of the figure: Class-IL accuracy after each t"),
+    )),
+    Artifact("task_inference.*", _task_inference, (
+        Text("task_inference.md", render.task_inference_md, lambda rep: (
+            "class-incremental protocol, task inference (hat, packnet, pnn, pathnet): per "
+            "strategy and task score, the last Class-IL accuracy, task-prediction accuracy, "
+            "mean AUROC over tasks and validation criterion (mean ± "
+            f"{_conf(rep)} CI), the score the records chose marked")),
+        Text("task_inference.csv", render.task_inference_csv,
+             "the same as CSV (fractions; AUROC in [0, 1])"),
+    )),
+    Artifact("class_il_loss.*",
+             lambda rep: _task_inference(rep) and bool(rep.class_il.loss_strategies()), (
+        Figure(("class_il_loss.png", "class_il_loss.pdf"),
+               _many("plot_class_il_loss",
+                     lambda rep: {s: rep.class_il.stats[s]
+                                  for s in rep.class_il.loss_strategies()}, _scenario),
+               (lambda rep: "class-incremental protocol, where task inference loses accuracy: "
+                "per strategy, after the last task, the Task-IL accuracy (task label given), "
+                "the task-prediction accuracy and the Class-IL accuracy (no task label), "
+                f"with {_conf(rep)} CI bars", _SAME_AS_PDF)),
+        Text("class_il_loss.csv", render.class_il_loss_csv,
+             "data of the figure: Task-IL, task-prediction and Class-IL accuracy per strategy "
+             "(fractions)"),
     )),
     Artifact("robustness.*", lambda rep: rep.grid is not None, (
         _png("robustness", "plot_grid", lambda rep: rep.grid,

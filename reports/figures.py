@@ -167,6 +167,46 @@ def plot_class_il_vs_t(
                       scale=100.0, title=f"{scenario}: class-incremental protocol")
 
 
+#: the Class-IL loss figure's bars: quantity (:data:`reports.tables.model.CLASS_IL_LOSS`),
+#: legend label, colour
+LOSS_BARS = (("task_il_last", "Task-IL", "C0"),
+             ("task_prediction", "task prediction", "C1"),
+             ("last", "Class-IL", "C3"))
+
+
+def plot_class_il_loss(
+    loss: Mapping[str, Mapping[str, Stat]], scenario: str, paths: Sequence[Path]
+) -> list[Path]:
+    """Where task inference loses Class-IL accuracy, after the last task: per strategy of
+    ``loss`` (strategy -> quantity -> Stat), three bars with their CI: the Task-IL accuracy
+    (within the task, its label given), the task-prediction accuracy (the task inferred
+    right) and the Class-IL accuracy (neither given), in % (:data:`LOSS_BARS`). The drop from
+    the first bar to the third is the accuracy lost to inferring the task."""
+    names = list(loss)
+    n_bars = len(LOSS_BARS)
+    width = min(DOUBLE_IN, max(COLUMN_IN, 0.9 + 0.75 * len(names)))
+    with _figure(width, 2.6, (0.55, 0.45, 0.1, 0.5)) as fig:
+        ax = fig.add_subplot()
+        x = np.arange(len(names), dtype=float)
+        w = 0.8 / n_bars
+        for k, (q, label, color) in enumerate(LOSS_BARS):
+            mean = np.array([100 * loss[s][q].mean for s in names], dtype=float)
+            half = np.array([100 * loss[s][q].half for s in names], dtype=float)
+            ax.bar(x + (k - (n_bars - 1) / 2) * w, np.nan_to_num(mean), w, color=color,
+                   label=label, yerr=np.where(np.isfinite(half), half, 0.0), capsize=1.5,
+                   error_kw={"elinewidth": 0.8})
+        ax.set_xticks(x)
+        ax.set_xticklabels(names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("accuracy after the last task (%)")
+        ax.set_title(f"{scenario}: where Class-IL accuracy is lost", pad=14)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 0.99), ncol=n_bars, frameon=False,
+                  fontsize=FONT_PT - 1, handlelength=1.2, columnspacing=1.0,
+                  borderaxespad=0.1)
+        return _save(fig, paths)
+
+
 #: the cost figure's panels: (metric of the x axis, its label)
 COST_PANELS = (("seconds_per_task", "training time per task (s)"),
                ("peak_memory_mb", "peak memory (MB)"),

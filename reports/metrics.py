@@ -46,6 +46,7 @@ __all__ = [
     "forward_transfer",
     "intransigence",
     "last_accuracy",
+    "mean_auroc",
     "reduction_is_relative",
     "mean_ci",
     "mean_forgetting_ratio",
@@ -457,3 +458,22 @@ def auroc(positive: object, negative: object) -> float:
         start = end + 1
     u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
     return float(u / (pos.size * neg.size))
+
+
+def mean_auroc(auroc_per_task: object) -> float:
+    """Mean AUROC over tasks of task inference after the last task: the mean of a record's
+    per-task ``auroc`` list (task u's test samples against the other tasks', by u's score;
+    :func:`auroc`). An entry that is undefined (null or NaN: a task without samples on
+    either side, e.g. T = 1) is left out of the mean; NaN when no entry is defined. Raises
+    ValueError unless ``auroc_per_task`` is a non-empty list of numbers or nulls."""
+    if not isinstance(auroc_per_task, list | tuple) or not auroc_per_task:
+        raise ValueError("auroc must be a non-empty list of per-task numbers")
+    values = []
+    for v in auroc_per_task:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"auroc entries must be numbers or null, got {v!r}")
+        if not math.isnan(v):
+            values.append(float(v))
+    return float(np.mean(values)) if values else math.nan

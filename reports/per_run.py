@@ -22,6 +22,7 @@ from . import metrics
 __all__ = [
     "CLASS_IL_OWN",
     "NOT_APPLICABLE",
+    "TASK_INFERENCE_OWN",
     "NO_DATA",
     "OWN_METRICS",
     "Value",
@@ -30,6 +31,7 @@ __all__ = [
     "own_metrics",
     "per_task",
     "run_metrics",
+    "task_inference_metrics",
 ]
 
 #: a summary cell of a metric the strategy does not have (e.g. no rehearsal memory)
@@ -45,8 +47,14 @@ OWN_METRICS = ("final_acc", "bwt", "forgetting", "agnostic_acc", "seconds_per_ta
                "peak_memory_mb", "state_mb", "memory_samples")
 #: the Class-IL values one class-incremental record gives alone (:func:`class_il_metrics`):
 #: last, average incremental accuracy and forgetting of its ``agnostic_accuracy``, and the
-#: Task-IL final accuracy of its ``accuracy``
-CLASS_IL_OWN = ("last", "average_incremental", "forgetting", "task_il_last")
+#: Task-IL final accuracy of its ``accuracy``, and (task inference: hat, packnet, pnn,
+#: pathnet) the task-prediction accuracy after the last task of its ``task_prediction_accuracy``
+CLASS_IL_OWN = ("last", "average_incremental", "forgetting", "task_il_last", "task_prediction")
+#: what one task score of a record's ``task_inference`` gives (:func:`task_inference_metrics`):
+#: the last Class-IL accuracy and task-prediction accuracy under that score, its mean AUROC
+#: over tasks after the last task and its validation criterion (the mean of the last row of
+#: its ``valid_agnostic_accuracy``)
+TASK_INFERENCE_OWN = ("last", "task_prediction", "auroc", "valid_criterion")
 
 
 def finite_float(x: object) -> float | None:
@@ -144,8 +152,11 @@ def class_il_metrics(rec: Mapping[str, Any], notes: list[str] | None = None
     matrix ``agnostic_accuracy`` (T rows, row t of t+1 entries) the last accuracy, the
     average incremental accuracy and the Class-IL forgetting (:mod:`reports.metrics`); from
     its ``accuracy`` (Task-IL, the same run's logits restricted to each task's classes) the
-    final average accuracy. An ``agnostic_accuracy`` absent, null or malformed gives NaN
-    (:data:`NO_DATA`) for the first three; a malformed one adds a line to ``notes``."""
+    final average accuracy; from its ``task_prediction_accuracy`` (task inference only) the
+    task-prediction accuracy after the last task (the mean of its last row). An
+    ``agnostic_accuracy`` absent, null or malformed gives NaN (:data:`NO_DATA`) for the first
+    three, a ``task_prediction_accuracy`` absent or malformed for the last; a malformed one
+    adds a line to ``notes``."""
     a = np.asarray(rec["accuracy"], dtype=float)
     n = a.shape[0]
     out: dict[str, Value] = dict.fromkeys(CLASS_IL_OWN[:3], (math.nan, NO_DATA))
@@ -163,4 +174,63 @@ def class_il_metrics(rec: Mapping[str, Any], notes: list[str] | None = None
                              "left out")
             out = dict.fromkeys(CLASS_IL_OWN[:3], (math.nan, NO_DATA))
     out["task_il_last"] = (metrics.final_average_accuracy(a), "")
+    out["task_prediction"] = _last_row(rec, "task_prediction_accuracy", n, notes)
     return out
+
+
+def _last(rows: object, n: int, name: str) -> float:
+    """The mean of the last row of triangular ``rows`` of ``n`` rows (ValueError otherwise)."""
+    if not isinstance(rows, list) or len(rows) != n:
+        raise ValueError(f"{n} rows expected")
+    return metrics.last_accuracy(rows, name=name)
+
+
+def _last_row(rec: Mapping[str, Any], key: str, n: int, notes: list[str] | None) -> Value:
+    """The mean of the last row of the record's triangular ``key`` (:data:`NO_DATA` when
+    absent or null; a malformed one adds a line to ``notes``)."""
+    rows = rec.get(key)
+    if rows is None:
+        return math.nan, NO_DATA
+    try:
+        return _last(rows, n, key), ""
+    except ValueError as e:
+        if notes is not None:
+            notes.append(f"{rec.get('_source', '?')}: malformed {key} ({e}); left out")
+        return math.nan, NO_DATA
+
+
+def task_inference_metrics(rec: Mapping[str, Any], notes: list[str] | None = None
+                           ) -> tuple[str | None, dict[str, dict[str, float]]]:
+    """A class-incremental task-inference record's ``task_inference`` read by every task
+    score it holds: ``(chosen, {score: {metric: value}})``, ``chosen`` being the record's
+    headline score (``task_inference.score``; None when absent) and the metrics those of
+    :data:`TASK_INFERENCE_OWN`: the last Class-IL accuracy (mean of the last row of the
+    score's ``agnostic_accuracy``), the last task-prediction accuracy (of its
+    ``task_prediction_accuracy``), the mean AUROC over tasks (:func:`reports.metrics.
+    mean_auroc` of its ``auroc``) and the validation criterion (mean of the last row of its
+    ``valid_agnostic_accuracy``). A value absent, null or malformed is NaN; a malformed one
+    adds a line to ``notes``. ``(None, {})`` for a record without ``task_inference``."""
+    ti = rec.get("task_inference")
+    if not isinstance(ti, Mapping):
+        return None, {}
+    n = len(rec["accuracy"])
+    chosen = ti.get("score") if isinstance(ti.get("score"), str) else None
+    scores = ti.get("scores") if isinstance(ti.get("scores"), Mapping) else {}
+    out: dict[str, dict[str, float]] = {}
+    for score, block in scores.items():
+        block = block if isinstance(block, Mapping) else {}
+        values = dict.fromkeys(TASK_INFERENCE_OWN, math.nan)
+        for m, key in (("last", "agnostic_accuracy"),
+                       ("task_prediction", "task_prediction_accuracy"),
+                       ("valid_criterion", "valid_agnostic_accuracy"), ("auroc", "auroc")):
+            if block.get(key) is None:
+                continue
+            try:
+                values[m] = (metrics.mean_auroc(block[key]) if m == "auroc"
+                             else _last(block[key], n, key))
+            except ValueError as e:
+                if notes is not None:
+                    notes.append(f"{rec.get('_source', '?')}: malformed task_inference score "
+                                 f"{score!r} {key} ({e}); left out")
+        out[str(score)] = values
+    return chosen, out

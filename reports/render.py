@@ -30,6 +30,7 @@ from .tables import (
     ScenarioReport,
     Sensitivity,
 )
+from .tables.model import TASK_INFERENCE_METRICS, TaskInference
 
 SINGLE_SEED = "†"
 SINGLE_SEED_NOTE = f"{SINGLE_SEED} a single seed: no confidence interval (a CI needs >= 2 seeds)."
@@ -349,6 +350,7 @@ CLASS_IL_LABELS = {
     "forgetting": "Class-IL forgetting (pp)",
     "rho": "ρ≤T vs joint",
     "task_il_last": "Task-IL final accuracy (%)",
+    "task_prediction": "task prediction (%)",
 }
 #: (scale, digits) of each Class-IL metric's Markdown cells
 CLASS_IL_FORMAT = {m: (100.0, 1) for m in CLASS_IL_METRICS} | {"rho": (1.0, 3)}
@@ -370,18 +372,33 @@ CLASS_IL_TEXT = (
     "agree for tasks of equal test size. –: no data (e.g. no joint record of the seed). "
     "pp = percentage points."
 )
+#: the Class-IL table's words on its task-prediction column (shown when a strategy has one)
+TASK_PREDICTION_TEXT = (
+    "Task prediction (strategies that predict by task inference: hat, packnet, pnn, pathnet): "
+    "after the last task, the share of each task's test samples whose task the record's score "
+    "infers right among every task learned, averaged over tasks (the record's "
+    "`task_prediction_accuracy`; – for the other strategies); every score is compared in "
+    "`task_inference.md`."
+)
+
+
+def _class_il_metrics(cil: ClassIL) -> list[str]:
+    """The Class-IL table's columns: every metric, task prediction only when a strategy has
+    one (task inference)."""
+    return [m for m in CLASS_IL_METRICS if m != "task_prediction" or cil.has_task_prediction()]
 
 
 def class_il_md(rep: ScenarioReport) -> str:
     """The class-incremental protocol's table: per strategy, joint included (mean ± CI over
     seeds), each of :data:`reports.tables.CLASS_IL_METRICS`."""
     cil = rep.class_il
-    header = ["strategy", "seeds"] + [CLASS_IL_LABELS[m] for m in CLASS_IL_METRICS]
+    cols = _class_il_metrics(cil)
+    header = ["strategy", "seeds"] + [CLASS_IL_LABELS[m] for m in cols]
     rows = []
     single = False
     for s, by_metric in cil.stats.items():
         cells = []
-        for m in CLASS_IL_METRICS:
+        for m in cols:
             st = by_metric[m]
             if st.n == 0:
                 cells.append(NO_DATA)  # a missing joint record or field
@@ -393,11 +410,12 @@ def class_il_md(rep: ScenarioReport) -> str:
         label = f"{s} (reference)" if s == "joint" else s
         rows.append([label, _seeds_cell(cil, s, len(cil.seeds[s]))] + cells)
     for s in cil.only_diverged():
-        rows.append([s, _seeds_cell(cil, s, 0)] + [DIVERGED] * len(CLASS_IL_METRICS))
+        rows.append([s, _seeds_cell(cil, s, 0)] + [DIVERGED] * len(cols))
     text = (
         f"# {rep.scenario}: class-incremental protocol (Class-IL): accuracy, forgetting and ρ "
         f"(mean ± {rep.confidence:.0%} CI over seeds)\n\n"
-        + _md_table(header, rows) + "\n" + CLASS_IL_TEXT + "\n"
+        + _md_table(header, rows) + "\n" + CLASS_IL_TEXT
+        + (" " + TASK_PREDICTION_TEXT if "task_prediction" in cols else "") + "\n"
     )
     if cil.notes:
         text += "\n" + "\n".join(f"- {n}" for n in cil.notes) + "\n"
@@ -419,6 +437,101 @@ def class_il_curve_csv(rep: ScenarioReport) -> str:
     """The Class-IL curve: ``strategy,t,mean,ci_half,ci_low,ci_high,n_seeds``, the Class-IL
     accuracy (fraction) after training task t (1-based)."""
     return _csv(CLASS_IL_CURVE_HEADER, rep.class_il.curve_rows())
+
+
+TASK_INFERENCE_HEADER = ["strategy", "score", "metric", "mean", "ci_half", "ci_low", "ci_high",
+                         "n_seeds", "chosen", "n_chosen"]
+#: column label of each task-inference metric
+TASK_INFERENCE_LABELS = {
+    "last": "last Class-IL accuracy (%)",
+    "task_prediction": "task prediction (%)",
+    "auroc": "mean AUROC",
+    "valid_criterion": "validation criterion (%)",
+}
+#: (scale, digits) of each task-inference metric's Markdown cells
+TASK_INFERENCE_FORMAT = {"last": (100.0, 1), "task_prediction": (100.0, 1),
+                         "auroc": (1.0, 3), "valid_criterion": (100.0, 1)}
+#: the mark of the score the records chose
+CHOSEN = "✓"
+TASK_INFERENCE_TEXT = (
+    "Task inference (hat, packnet, pnn, pathnet; Kim et al. 2022): every learned task's path "
+    "and head run on the input, each task is scored from its own logits, the best-scoring "
+    "task is taken, then its class. Scores: max_softmax (the largest softmax probability), "
+    "max_logit (the largest logit), energy (the logsumexp of the logits), neg_entropy (minus "
+    "the entropy of the softmax). Every score reads the same runs (one training per seed; "
+    "the record's `task_inference`). Last Class-IL accuracy: after the last task, on each "
+    "task, the prediction over every class seen under that score, averaged over tasks; task "
+    "prediction: after the last task, the share of each task's test samples whose task the "
+    "score infers right, averaged over tasks; mean AUROC: after the last task, per task, how "
+    "well its score separates its own test samples from the other tasks' (0.5: not at all, "
+    "1: perfectly), averaged over tasks (tasks without a value left out); validation "
+    "criterion: the last Class-IL accuracy on the validation splits (what `tune` selects the "
+    "score on). chosen: " + CHOSEN + " marks the score of the records "
+    "(`task_inference.score`, `params.<strategy>.task_score`), whose numbers are those of "
+    "`class_il.md`; seed(s) k: only those seeds' records chose it. –: no data. "
+)
+
+
+def _chosen_cell(ti: TaskInference, s: str, score: str) -> str:
+    if ti.chosen_by_all(s, score):
+        return CHOSEN
+    picked = ti.chosen[s].get(score, [])
+    return f"{CHOSEN} seed(s) {','.join(map(str, picked))}" if picked else ""
+
+
+def task_inference_md(rep: ScenarioReport) -> str:
+    """The task-inference table: per strategy and task score (mean ± CI over seeds), each of
+    :data:`reports.tables.model.TASK_INFERENCE_METRICS`, the records' score marked."""
+    ti = rep.class_il.task_inference
+    header = (["strategy", "score", "seeds"]
+              + [TASK_INFERENCE_LABELS[m] for m in TASK_INFERENCE_METRICS] + ["chosen"])
+    rows = []
+    single = False
+    for s in ti.strategies:
+        for score in ti.scores[s]:
+            cells = []
+            for m in TASK_INFERENCE_METRICS:
+                st = ti.stats[s][score][m]
+                if st.n == 0:
+                    cells.append(NO_DATA)
+                    continue
+                single |= st.n == 1
+                scale, digits = TASK_INFERENCE_FORMAT[m]
+                cell = pm(st.mean, st.half, digits=digits, scale=scale)
+                cells.append(cell + (f" (n={st.n})" if st.n < len(ti.seeds[s]) else ""))
+            rows.append([s, score, str(len(ti.seeds[s]))] + cells
+                        + [_chosen_cell(ti, s, score)])
+    text = (
+        f"# {rep.scenario}: class-incremental protocol: task inference by each task score "
+        f"(mean ± {rep.confidence:.0%} CI over seeds)\n\n"
+        + _md_table(header, rows) + "\n" + TASK_INFERENCE_TEXT.rstrip() + "\n"
+    )
+    if ti.notes:
+        text += "\n" + "\n".join(f"- {n}" for n in ti.notes) + "\n"
+    if single:
+        text += "\n" + SINGLE_SEED_NOTE + "\n"
+    return text
+
+
+def task_inference_csv(rep: ScenarioReport) -> str:
+    """``strategy,score,metric,mean,ci_half,ci_low,ci_high,n_seeds,chosen,n_chosen`` for every
+    score of every task-inference strategy and each metric of
+    :data:`reports.tables.model.TASK_INFERENCE_METRICS` (accuracies as fractions, AUROC in
+    [0, 1]; nan with ``n_seeds`` 0 where no value); ``chosen`` 1 when every seed's record
+    chose the score, ``n_chosen`` the seeds that did."""
+    return _csv(TASK_INFERENCE_HEADER, rep.class_il.task_inference.rows())
+
+
+CLASS_IL_LOSS_HEADER = ["strategy", "quantity", "mean", "ci_half", "ci_low", "ci_high",
+                        "n_seeds"]
+
+
+def class_il_loss_csv(rep: ScenarioReport) -> str:
+    """The Class-IL loss figure's data: ``strategy,quantity,mean,ci_half,ci_low,ci_high,
+    n_seeds`` for each of :data:`reports.tables.model.CLASS_IL_LOSS` (``task_il_last``,
+    ``task_prediction``, ``last``: fractions after the last task) per task-inference
+    strategy."""
+    return _csv(CLASS_IL_LOSS_HEADER, rep.class_il.loss_rows())
 
 
 # --- robustness grid ---------------------------------------------------------------------------

@@ -24,12 +24,15 @@ __all__ = [
     "REHEARSAL",
     "SPACES",
     "STRATEGY_PARAMS",
+    "TASK_INFERENCE",
+    "TASK_SCORES",
     "make_accuracy",
     "make_agnostic",
     "make_agnostic_random",
     "make_class_record",
     "make_costs",
     "make_hat_stats",
+    "make_task_inference",
     "make_record",
     "make_selection",
     "record_filename",
@@ -44,6 +47,13 @@ NO_AGNOSTIC = ("hat", "packnet", "pnn", "pathnet", "single")
 #: strategies without a class-incremental prediction (the others, hat among them through task
 #: inference, have class-incremental records)
 NO_CLASS = ("single",)
+#: strategies that predict by task inference in the class protocol: their class records hold
+#: ``task_prediction_accuracy`` and ``task_inference``
+TASK_INFERENCE = ("hat", "packnet", "pnn", "pathnet")
+#: the task scores of task inference (every one is in every task-inference record)
+TASK_SCORES = ("max_softmax", "max_logit", "energy", "neg_entropy")
+#: how well each synthetic score infers the task: task-prediction accuracy lost per later task
+_SCORE_RATE = {"max_softmax": 0.08, "max_logit": 0.12, "energy": 0.1, "neg_entropy": 0.09}
 #: rehearsal memory size per strategy that keeps one (others: ``memory_samples`` null)
 REHEARSAL = {"replay": 200, "agem": 50, "der": 200, "icarl": 200, "gdumb": 200, "er-ace": 200}
 #: the synthetic records' own hyperparameters (others: none); also the selections' choice
@@ -177,6 +187,36 @@ def make_agnostic_random(n_tasks: int, classes_per_task: int = 2) -> list[list[f
     return [[1.0 / (classes_per_task * (t + 1))] * (t + 1) for t in range(n_tasks)]
 
 
+def make_task_inference(strategy: str, n_tasks: int, seed: int, scenario: str = "",
+                        accuracy: Sequence[Sequence[float]] | None = None,
+                        score: str = "max_softmax", valid: bool = True) -> dict[str, Any]:
+    """A record's ``task_inference`` (docs/record-schema.md): ``score`` and, per score of
+    :data:`TASK_SCORES`, triangular ``task_prediction_accuracy`` (about 0.95 on the task just
+    learned, falling per later task by a score-dependent rate, plus seed noise), the Class-IL
+    ``agnostic_accuracy`` (task prediction times the within-task accuracy of ``accuracy``,
+    default :func:`make_accuracy`), its validation twin (null unless ``valid``) and ``auroc``
+    (T numbers, about 0.75-0.9)."""
+    rng = _rng("task-inference", scenario, strategy, n_tasks, seed)
+    acc = accuracy if accuracy is not None else make_accuracy(strategy, n_tasks, seed, scenario)
+
+    def tri(rate: float, within: Sequence[Sequence[float]] | None) -> list[list[float]]:
+        return [[round(float(np.clip((0.95 - rate * (t - u) + rng.normal(0.0, 0.01))
+                                     * (1.0 if within is None else within[t][u]), 0, 1)), 6)
+                 for u in range(t + 1)] for t in range(n_tasks)]
+
+    scores = {}
+    for sc in TASK_SCORES:
+        rate = _SCORE_RATE[sc]
+        scores[sc] = {
+            "agnostic_accuracy": tri(rate, acc),
+            "valid_agnostic_accuracy": tri(rate, acc) if valid else None,
+            "task_prediction_accuracy": tri(rate, None),
+            "auroc": [round(float(np.clip(0.9 - rate + rng.normal(0.0, 0.02), 0, 1)), 6)
+                      for _ in range(n_tasks)],
+        }
+    return {"score": score, "scores": scores}
+
+
 def make_class_record(
     scenario: str,
     strategy: str,
@@ -188,6 +228,8 @@ def make_class_record(
     valid_agnostic_accuracy: Sequence[Sequence[float]] | None = None,
     params: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    task_score: str = "max_softmax",
+    task_inference: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """A class-incremental record (``params.scenario.protocol = "class"``; docs/record-schema.md):
@@ -195,13 +237,34 @@ def make_class_record(
     matrix ``agnostic_accuracy`` (default :func:`make_agnostic`), the chance level
     ``agnostic_random_accuracy`` (default :func:`make_agnostic_random`) and
     ``valid_agnostic_accuracy`` (default: null, as ``valid_accuracy``). Raises ValueError for
-    a strategy of :data:`NO_CLASS` (no prediction over every class seen)."""
+    a strategy of :data:`NO_CLASS` (no prediction over every class seen).
+
+    A strategy of :data:`TASK_INFERENCE` (with ``task_inference``, the default) also gets
+    ``task_inference`` (:func:`make_task_inference`, headline score ``task_score``, also
+    ``params.<strategy>.task_score``) and ``task_prediction_accuracy``; its
+    ``agnostic_accuracy`` and ``valid_agnostic_accuracy`` default to the headline score's,
+    as a run writes them. Without ``task_inference``: a record written before those fields
+    existed."""
     if strategy in NO_CLASS:
         raise ValueError(f"{strategy} has no class-incremental records (no prediction over "
                          "every class seen)")
     params = (dict(params) if params is not None
               else {"train": {"lr": 0.05, "clipgrad": 10000.0}, strategy: {}})
     params["scenario"] = {**params.get("scenario", {}), "protocol": "class"}
+    kwargs.setdefault("accuracy", make_accuracy(strategy, n_tasks, seed, f"{scenario}/class"))
+    inference: dict[str, Any] = {}
+    if strategy in TASK_INFERENCE and task_inference:
+        params[strategy] = {**params.get(strategy, {}), "task_score": task_score}
+        ti = make_task_inference(strategy, n_tasks, seed, scenario, kwargs["accuracy"],
+                                 task_score)
+        head = ti["scores"][task_score]
+        agnostic_accuracy = (head["agnostic_accuracy"] if agnostic_accuracy is None
+                             else agnostic_accuracy)
+        valid_agnostic_accuracy = (head["valid_agnostic_accuracy"]
+                                   if valid_agnostic_accuracy is None
+                                   else valid_agnostic_accuracy)
+        inference = {"task_prediction_accuracy": head["task_prediction_accuracy"],
+                     "task_inference": ti}
     tri = {
         "agnostic_accuracy": (make_agnostic(strategy, n_tasks, seed, scenario)
                               if agnostic_accuracy is None else agnostic_accuracy),
@@ -211,9 +274,9 @@ def make_class_record(
         "valid_agnostic_accuracy": valid_agnostic_accuracy,
     }
     fields = {k: None if v is None else [list(map(float, r)) for r in v] for k, v in tri.items()}
-    kwargs.setdefault("accuracy", make_accuracy(strategy, n_tasks, seed, f"{scenario}/class"))
     return make_record(scenario, strategy, seed, n_tasks, params=params,
-                       extra={**(dict(extra) if extra is not None else {}), **fields}, **kwargs)
+                       extra={**(dict(extra) if extra is not None else {}), **fields,
+                              **inference}, **kwargs)
 
 
 def make_record(
@@ -285,14 +348,15 @@ def synthetic_records(
     with a space in :data:`SPACES`) carry a selection block (:func:`make_selection`). With
     ``costs`` untagged records carry :func:`make_costs`'s fields (else they have none: older
     records). With ``protocol="class"`` the untagged records are class-incremental
-    (:func:`make_class_record`, with a ``valid_agnostic_accuracy``), strategies of
-    :data:`NO_AGNOSTIC` are skipped and ``grid``/``hat_stats`` give nothing."""
+    (:func:`make_class_record`, with a ``valid_agnostic_accuracy``; those of
+    :data:`TASK_INFERENCE` with ``task_inference``), strategies of :data:`NO_CLASS` are
+    skipped and ``grid``/``hat_stats`` give nothing."""
     scenarios = scenarios if scenarios is not None else {"syn-3": 3, "syn-5": 5}
     seeds, strategies = list(seeds), list(strategies)
     selected = set(selected) & set(SPACES)
     if protocol == "class":
         return [_class_record(sc, n, st, sd, costs) for sc, n in scenarios.items()
-                for st in strategies if st not in NO_AGNOSTIC for sd in seeds]
+                for st in strategies if st not in NO_CLASS for sd in seeds]
     if protocol != "task":
         raise ValueError(f"protocol must be task or class, got {protocol!r}")
     out = []
@@ -335,7 +399,8 @@ def _class_record(sc: str, n: int, st: str, sd: int, costs: bool) -> dict[str, A
         sc, st, sd, n, params={"train": {"lr": 0.05, "clipgrad": 10000.0},
                                st: dict(STRATEGY_PARAMS.get(st, {}))},
         valid_accuracy=make_accuracy(st, n, sd, f"{sc}/class/valid"),
-        valid_agnostic_accuracy=make_agnostic(st, n, sd, f"{sc}/valid"), extra=extra)
+        valid_agnostic_accuracy=(None if st in TASK_INFERENCE
+                                 else make_agnostic(st, n, sd, f"{sc}/valid")), extra=extra)
 
 
 def record_filename(rec: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ from ..experiment import (
     resolve_for,
     run_params,
     run_settings,
-    split_task_score,
+    split_inference,
 )
 from ..records import RecordError, is_complete, read_record, record_path
 from .args import MAX_THREADS, parse_names, parse_seeds, parse_set
@@ -286,7 +286,7 @@ def _validate(inputs: RunInputs, args: argparse.Namespace) -> tuple[list, int]:
     _check_tasks(inputs.scenario, inputs.grid)
     # --set sections of strategies not run are user input too: validate them as well
     for section in sorted(set(inputs.overrides) & set(STRATEGIES) - set(inputs.strategies)):
-        STRATEGIES[section].config(split_task_score(inputs.overrides[section])[0])
+        STRATEGIES[section].config(split_inference(inputs.overrides[section])[0])
     # (unknown sections: resolve above already raised ConfigError)
     if not 0 <= args.threads <= MAX_THREADS:
         raise BenchmarkError(f"invalid --threads {args.threads}: give 0 (torch default) to "

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from strategies.common.expanding import ExpandingHeadNet
 from strategies.hat import flushing_denormals
 from strategies.registry import EXPANDING, BuildContext
 from strategies.training.agnostic import agnostic_accuracy, expanding_head_accuracy
+from strategies.training.calibration import CalibrationMemory, calibrated, fit_calibration
 from strategies.training.clipping import GradientClipPlugin
 from strategies.training.recipe import split_indices
-from strategies.training.task_inference import task_inference_rows
+from strategies.training.task_inference import SCORES, infer, task_inference_rows, task_logits
 
 from ..checkpoints import RunCheckpoints
 from ..checkpoints import capture as capture_strategy
@@ -99,7 +101,8 @@ class RunHooks:
     avalanche_loggers: list = field(default_factory=list)
 
 
-def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugins, loggers):
+def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugins, loggers,
+                   seed: int = 0):
     options = spec.model_options(cfg.strategy) if spec.model_options is not None else {}
     model = build_model(cfg.model, scenario.input_shape, scenario.classes_per_task,
                         gated=spec.gated, **options).to(device)
@@ -115,6 +118,10 @@ def _make_strategy(spec, cfg: ResolvedConfig, scenario: Scenario, device, plugin
     if not spec.clips_itself:
         # last, so that it sees the gradients every other plugin left (frozen ones dropped)
         strategy.plugins.append(GradientClipPlugin(cfg.train.clipgrad))
+    if cfg.inference is not None and cfg.inference.calibration_samples:
+        # (the strategy's state, not the runner's: checkpointed, counted in state_mb and
+        # memory_samples)
+        strategy.plugins.append(CalibrationMemory(cfg.inference.calibration_samples, seed))
     if not evaluator.metrics:  # without metrics, loggers receive nothing either
         # An idle EvaluationPlugin still costs an AttributeError and an experience.logging()
         # copy on every callback (~20% of a small model's step): leave it out of the loop.
@@ -228,7 +235,7 @@ class _Run:
 
     def new_strategy(self, plugins):
         return _make_strategy(self.spec, self.cfg, self.scenario, self.device, plugins,
-                              self.hooks.avalanche_loggers)
+                              self.hooks.avalanche_loggers, self.exp.seed)
 
 
 def run_experiment(
@@ -342,9 +349,11 @@ def _evaluate_inference(run: _Run, t: int, strategy, row: TaskRow) -> None:
     the record's ``agnostic_accuracy`` and its validation twin. After the last task, each
     score's AUROC per task (a task's test samples against the other tasks', by its score)."""
     size, seen = run.cfg.train.eval_batch_size, t + 1
-    test = task_inference_rows(strategy.model, run.test_sets, seen, run.device, size)
+    maps = _calibration(strategy, seen, run.device, size)
+    test = task_inference_rows(strategy.model, run.test_sets, seen, run.device, size,
+                               calibration=maps)
     valid = None if run.valid_sets is None else task_inference_rows(
-        strategy.model, run.valid_sets, seen, run.device, size)
+        strategy.model, run.valid_sets, seen, run.device, size, calibration=maps)
     chosen = run.cfg.inference.task_score
     row.agnostic_accuracy = test[chosen].class_il
     row.valid_agnostic_accuracy = None if valid is None else valid[chosen].class_il
@@ -355,6 +364,20 @@ def _evaluate_inference(run: _Run, t: int, strategy, row: TaskRow) -> None:
         "task_prediction_accuracy": r.task_prediction,
         "auroc": task_aurocs(r.scores) if last else None,
     } for s, r in test.items()}
+
+
+def _calibration(strategy, seen: int, device, batch_size: int) -> dict[str, Any] | None:
+    """Per score, the per-task affine map fitted on the strategy's calibration memory (its
+    samples of tasks 0..seen-1, scored among those tasks); None without such a memory."""
+    memory = next((p for p in strategy.plugins if isinstance(p, CalibrationMemory)), None)
+    if memory is None or len(memory.memory) == 0:
+        return None
+    x, _, t = memory.samples()
+    chunks = [task_logits(strategy.model, x[i:i + batch_size].to(device), list(range(seen)))
+              for i in range(0, len(t), batch_size)]
+    z = [torch.cat([c[u] for c in chunks]) for u in range(seen)]
+    return {s: partial(calibrated, params=fit_calibration(infer(z, s).scores, t.to(device)))
+            for s in SCORES}
 
 
 def task_aurocs(scores: Sequence[torch.Tensor]) -> list[float]:

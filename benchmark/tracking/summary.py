@@ -5,7 +5,8 @@ have finished. Values that need other runs' records (the forgetting ratio ρ, in
 forward transfer) are the report's (``python -m reports``), which reads every record at once.
 
 A class-incremental record (``params.scenario.protocol == "class"``) carries the per-run
-columns of the report's Class-IL table under ``class_il/*`` and ``task_il/last`` instead of
+columns of the report's Class-IL table under ``class_il/*`` (``class_il/task_prediction``
+for a strategy predicting by task inference) and ``task_il/last`` instead of
 the task protocol's accuracy keys, so that no W&B column mixes the two protocols.
 """
 
@@ -48,7 +49,11 @@ CLASS_IL_KEYS = {
     "average_incremental": "class_il/average_incremental",
     "forgetting": "class_il/forgetting",
     "task_il_last": "task_il/last",
+    "task_prediction": "class_il/task_prediction",
 }
+#: keys of :data:`CLASS_IL_KEYS` only a task-inference record has (hat, packnet, pnn,
+#: pathnet: its ``task_prediction_accuracy``): absent from other runs' summaries
+_TASK_INFERENCE_ONLY = ("task_prediction",)
 #: reductions that are counts (logged as integers)
 _COUNTS = ("memory_samples",)
 
@@ -84,14 +89,18 @@ def run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     itself as JSON (without ``history``) under :data:`RECORD_KEY` when it is short.
 
     A class-incremental record has the :data:`CLASS_IL_KEYS` values instead of the accuracy,
-    BWT, forgetting and task-agnostic keys, and its ``valid_criterion`` is the class
-    protocol's (the mean of the last row of ``valid_agnostic_accuracy``).
+    BWT, forgetting and task-agnostic keys (``class_il/task_prediction``, the mean of the last
+    row of ``task_prediction_accuracy``, only when it has that field: task inference), and
+    its ``valid_criterion`` is the class protocol's (the mean of the last row of
+    ``valid_agnostic_accuracy``).
     """
     own = own_metrics(record)
     cls = protocol_of(record) == "class"
     if cls:
         class_il = class_il_metrics(record)
-        summary: dict[str, Any] = {key: num(class_il[k][0]) for k, key in CLASS_IL_KEYS.items()}
+        summary: dict[str, Any] = {
+            key: num(class_il[k][0]) for k, key in CLASS_IL_KEYS.items()
+            if k not in _TASK_INFERENCE_ONLY or num(class_il[k][0]) is not None}
     else:
         summary = {_OWN_KEYS[k]: num(own[k][0]) for k in ("final_acc", "bwt", "forgetting")}
     summary.update({

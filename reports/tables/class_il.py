@@ -2,7 +2,10 @@
 class records only (``params.scenario.protocol == "class"``): per strategy, joint included as
 the reference, the last Class-IL accuracy, the average incremental accuracy, the Class-IL
 forgetting, ρ≤T against the joint record of the same seed trained in the class protocol, and
-the Task-IL final accuracy of the same runs; and the Class-IL accuracy after each task.
+the Task-IL final accuracy of the same runs (and, for the strategies that predict by task
+inference, the task-prediction accuracy); and the Class-IL accuracy after each task. The
+records holding ``task_inference`` (hat, packnet, pnn, pathnet) also give
+:class:`TaskInference`: every task score's numbers, and the score the records chose.
 
 The records count as for the task protocol's tables (:func:`.records.scenario_records`: one
 record per run, T agreed, diverged runs set apart, untagged records only); its notes and
@@ -17,11 +20,23 @@ from collections import defaultdict
 import numpy as np
 
 from .. import metrics
-from ..per_run import class_il_metrics
-from .model import CLASS_IL_METRICS, JOINT, ClassIL, Duplicate, Missing, Stat, seeds_arg, stat
+from ..per_run import class_il_metrics, task_inference_metrics
+from .model import (
+    CLASS_IL_METRICS,
+    JOINT,
+    TASK_INFERENCE_METRICS,
+    TASK_SCORES,
+    ClassIL,
+    Duplicate,
+    Missing,
+    Stat,
+    TaskInference,
+    seeds_arg,
+    stat,
+)
 from .records import ScenarioRecords, scenario_records
 
-__all__ = ["PREFIX", "class_il"]
+__all__ = ["PREFIX", "class_il", "task_inference"]
 
 #: how the notes and missing runs of the class protocol begin
 PREFIX = "class-incremental protocol: "
@@ -52,10 +67,51 @@ def class_il(scenario: str, records: list[dict], confidence: float, notes: list[
         arr = np.array(rows, dtype=float).reshape(len(rows), sr.n_tasks)
         curve[s] = [stat(list(arr[:, t]), confidence) for t in range(sr.n_tasks)]
     table_notes = _missing_joint(sr)
+    inference = task_inference(sr, confidence)
     notes += [PREFIX + n for n in sr.notes]
     missing += [Missing(PREFIX + m.what, m.command) for m in sr.missing]
     return ClassIL(n_tasks=sr.n_tasks, strategies=sr.strategies, seeds=sr.seeds, stats=stats,
-                   curve=curve, diverged=sr.diverged, notes=table_notes)
+                   curve=curve, diverged=sr.diverged, notes=table_notes,
+                   task_inference=inference)
+
+
+def task_inference(sr: ScenarioRecords, confidence: float) -> TaskInference | None:
+    """Per strategy and task score, mean ± CI over seeds of :data:`TASK_INFERENCE_METRICS`
+    from the counted records (untagged, not diverged) holding ``task_inference``, and the
+    seeds whose record chose each score (a note when they disagree); None without any such
+    record. A malformed value is noted (``sr.notes``) and left out."""
+    strategies: list[str] = []
+    seeds: dict[str, list[int]] = {}
+    scores: dict[str, list[str]] = {}
+    stats: dict[str, dict[str, dict[str, Stat]]] = {}
+    chosen: dict[str, dict[str, list[int]]] = {}
+    notes: list[str] = []
+    for s in sr.strategies:
+        runs = {sd: task_inference_metrics(r, sr.notes) for sd, r in sr.by_strategy[s].items()
+                if isinstance(r.get("task_inference"), dict)}
+        if not runs:
+            continue
+        strategies.append(s)
+        seeds[s] = sorted(runs)
+        names = {sc for _, by_score in runs.values() for sc in by_score}
+        scores[s] = ([sc for sc in TASK_SCORES if sc in names]
+                     + sorted(names - set(TASK_SCORES)))
+        stats[s] = {sc: {m: stat([by_score[sc][m] for _, by_score in runs.values()
+                                  if sc in by_score], confidence)
+                         for m in TASK_INFERENCE_METRICS} for sc in scores[s]}
+        picked: dict[str, list[int]] = defaultdict(list)
+        for sd in seeds[s]:
+            if runs[sd][0] is not None:
+                picked[runs[sd][0]].append(sd)
+        chosen[s] = dict(picked)
+        if len(chosen[s]) > 1:
+            by = "; ".join(f"{sc}: seed(s) {seeds_arg(sds)}" for sc, sds in chosen[s].items())
+            notes.append(f"{s}: the seeds' records chose different scores ({by}); the mark "
+                         "names each score's seeds")
+    if not strategies:
+        return None
+    return TaskInference(n_tasks=sr.n_tasks, strategies=strategies, seeds=seeds, scores=scores,
+                         stats=stats, chosen=chosen, notes=notes)
 
 
 def _row_means(r: dict, n: int) -> list[float]:

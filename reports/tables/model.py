@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
-from ..per_run import NO_DATA, NOT_APPLICABLE
+from ..per_run import NO_DATA, NOT_APPLICABLE, TASK_INFERENCE_OWN
 from ..schema import param_text
 
 __all__ = [
     "BASELINE_EXCLUDE",
+    "CLASS_IL_LOSS",
     "CLASS_IL_METRICS",
     "COST_METRICS",
     "DIFFERS",
@@ -31,6 +32,8 @@ __all__ = [
     "RESULT_FIELDS",
     "SINGLE_TASK",
     "SUMMARY_METRICS",
+    "TASK_INFERENCE_METRICS",
+    "TASK_SCORES",
     "TUNE_CMD",
     "Capacity",
     "ClassIL",
@@ -42,6 +45,7 @@ __all__ = [
     "ScenarioReport",
     "Sensitivity",
     "Stat",
+    "TaskInference",
     "extra_seeds",
     "order",
     "seeds_arg",
@@ -61,8 +65,19 @@ SUMMARY_METRICS = ("final_acc", "bwt", "forgetting", "fwt", "intransigence", "ag
                    "seconds_per_task", "peak_memory_mb", "state_mb", "memory_samples")
 #: the Class-IL table's metrics, per strategy (mean over seeds), in column order: last
 #: Class-IL accuracy, average incremental accuracy, Class-IL forgetting, ρ≤T against the joint
-#: record of the class protocol, and the Task-IL final accuracy of the same runs
-CLASS_IL_METRICS = ("last", "average_incremental", "forgetting", "rho", "task_il_last")
+#: record of the class protocol, the Task-IL final accuracy of the same runs, and (task
+#: inference only: hat, packnet, pnn, pathnet) the task-prediction accuracy after the last task
+CLASS_IL_METRICS = ("last", "average_incremental", "forgetting", "rho", "task_il_last",
+                    "task_prediction")
+#: the task-inference table's metrics, per strategy and task score (mean over seeds), in
+#: column order (:data:`reports.per_run.TASK_INFERENCE_OWN`)
+TASK_INFERENCE_METRICS = TASK_INFERENCE_OWN
+#: the task scores of task inference in the task-inference table's order (a record's other
+#: scores follow, sorted by name)
+TASK_SCORES = ("max_softmax", "max_logit", "energy", "neg_entropy")
+#: the bars of the Class-IL loss figure, in order: Task-IL accuracy (the task label given),
+#: task-prediction accuracy (the task inferred right) and Class-IL accuracy (neither given)
+CLASS_IL_LOSS = ("task_il_last", "task_prediction", "last")
 #: the cost figure's axes: accuracy against these
 COST_METRICS = ("seconds_per_task", "peak_memory_mb", "state_mb")
 #: how records of one run with different results are resolved (index.md quotes it)
@@ -233,6 +248,39 @@ class Sensitivity:
 
 
 @dataclass
+class TaskInference:
+    """Task inference in the class-incremental protocol (hat, packnet, pnn, pathnet): per
+    strategy and task score, the numbers of :data:`TASK_INFERENCE_METRICS` over the seeds
+    whose untagged class records hold ``task_inference``, and which score the records chose."""
+
+    n_tasks: int
+    strategies: list[str]  # with a record holding ``task_inference``, in the report's order
+    seeds: dict[str, list[int]]  # strategy -> seeds whose record holds ``task_inference``
+    #: strategy -> its scores (every score of its records), :data:`TASK_SCORES` order first
+    scores: dict[str, list[str]]
+    #: strategy -> score -> each of :data:`TASK_INFERENCE_METRICS` (n = 0: no value)
+    stats: dict[str, dict[str, dict[str, Stat]]]
+    #: strategy -> score -> the seeds whose record chose it (``task_inference.score``)
+    chosen: dict[str, dict[str, list[int]]]
+    #: lines under the table (e.g. seeds that disagree on the chosen score)
+    notes: list[str] = field(default_factory=list)
+
+    def chosen_by_all(self, strategy: str, score: str) -> bool:
+        """Whether every seed of ``strategy`` chose ``score``."""
+        return self.chosen[strategy].get(score, []) == self.seeds[strategy]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """CSV rows ``strategy, score, metric, mean, ci_half, ci_low, ci_high, n_seeds,
+        chosen, n_chosen`` (``chosen``: 1 when every seed's record chose the score, else 0;
+        ``n_chosen``: how many did)."""
+        return [{"strategy": s, "score": sc, "metric": m, **self.stats[s][sc][m].columns(),
+                 "chosen": int(self.chosen_by_all(s, sc)),
+                 "n_chosen": len(self.chosen[s].get(sc, []))}
+                for s in self.strategies for sc in self.scores[s]
+                for m in TASK_INFERENCE_METRICS]
+
+
+@dataclass
 class ClassIL:
     """The class-incremental protocol's numbers of a scenario (its class records only)."""
 
@@ -247,6 +295,27 @@ class ClassIL:
     diverged: dict[str, list[int]] = field(default_factory=dict)
     #: lines under the table: missing references and the commands that produce them
     notes: list[str] = field(default_factory=list)
+    #: the task-inference table (None: no untagged class record has ``task_inference``)
+    task_inference: TaskInference | None = None
+
+    def has_task_prediction(self) -> bool:
+        """Whether a strategy has a task-prediction accuracy (its column is shown)."""
+        return any(m["task_prediction"].n > 0 for m in self.stats.values())
+
+    def loss_strategies(self) -> list[str]:
+        """The strategies of the Class-IL loss figure: those of the task-inference table with
+        a task-prediction accuracy, in the table's order."""
+        if self.task_inference is None:
+            return []
+        return [s for s in self.task_inference.strategies
+                if s in self.stats and self.stats[s]["task_prediction"].n > 0]
+
+    def loss_rows(self) -> list[dict[str, Any]]:
+        """The Class-IL loss figure's data: ``strategy, quantity, mean, ci_half, ci_low,
+        ci_high, n_seeds`` for each of :data:`CLASS_IL_LOSS` (fractions) and each of
+        :meth:`loss_strategies`."""
+        return [{"strategy": s, "quantity": q, **self.stats[s][q].columns()}
+                for s in self.loss_strategies() for q in CLASS_IL_LOSS]
 
     def only_diverged(self) -> list[str]:
         """Strategies whose every untagged class run diverged."""

@@ -131,6 +131,14 @@ class HATMixin:
         e = self.embedding(task).detach()
         return (e > 0).to(e.dtype) if binary else torch.sigmoid(smax * e)
 
+    def stacked_masks(self, tasks: list[int], smax: float, binary: bool) -> torch.Tensor:
+        """``mask`` of each of ``tasks`` stacked on a leading axis (T × units), element for
+        element the same values."""
+        if not binary:  # each task's own sigmoid: the same rounding as ``mask``
+            return torch.stack([self.mask(t, smax, binary) for t in tasks])
+        e = torch.stack([self.embedding(t).detach() for t in tasks])
+        return (e > 0).to(e.dtype)
+
     #: how many output positions one input element feeds at most (kernel area for a conv)
     input_reuse = 1
 
@@ -164,9 +172,27 @@ class HATMixin:
                 f"{type(self).__name__} was called without a task; call it through HATNet "
                 "(model(x, task_labels)) so that the task's gate is known"
             )
+        gate = self.current_gate
+        if gate.dim() == 2:
+            return self._apply_task_gates(out, gate)
         if out.dim() == 2:
-            return out * self.current_gate
-        return out * self.current_gate.view((1, -1) + (1,) * (out.dim() - 2))
+            return out * gate
+        return out * gate.view((1, -1) + (1,) * (out.dim() - 2))
+
+    @property
+    def reads_network_input(self) -> bool:
+        """Whether this layer reads the network input (no gate scales what it reads: its
+        output is the same for every task)."""
+        return self.__dict__.get("_input_owner") is None
+
+    def _apply_task_gates(self, out: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """All tasks at once (``HATNet.all_task_logits``): ``gates`` is T × units, and row
+        block k of the result is ``out``'s block k (or, for a layer reading the network
+        input, all of ``out``: N rows) times task k's gate."""
+        t = gates.shape[0]
+        blocks = out.unsqueeze(0) if self.reads_network_input else out.view(t, -1, *out.shape[1:])
+        gated = blocks * gates.view((t, 1, -1) + (1,) * (out.dim() - 2))
+        return gated.view(-1, *out.shape[1:])
 
     def conditioning_factors(
         self, input_mask: torch.Tensor | None
@@ -303,6 +329,8 @@ class PerTaskBatchNorm(nn.Module):
                 f"{type(self).__name__} was called without a task; call it through HATNet "
                 "(model(x, task_labels)) so that the task's BatchNorm and gate are known"
             )
+        if isinstance(self.current_task, tuple):
+            return self._forward_tasks(x, self.current_task, gated)
         bn = self.norm(self.current_task)
         if bn.training and self.current_task in self.frozen:
             # a trained task: its running statistics, never updated again
@@ -310,6 +338,22 @@ class PerTaskBatchNorm(nn.Module):
                              0.0, bn.eps)
             return gated._apply_gate(y)
         return gated._apply_gate(bn(x))
+
+    def _forward_tasks(self, x: torch.Tensor, tasks: tuple[int, ...],
+                       gated: HATMixin) -> torch.Tensor:
+        """All tasks at once, in evaluation mode (``HATNet.all_task_logits``): row block k
+        through task k's BatchNorm, then task k's gate (the gated layer's ``current_gate``,
+        T × units); ``x`` holds N rows (a layer reading the network input) or T blocks."""
+        t = len(tasks)
+        blocks = [x] * t if gated.reads_network_input else x.view(t, -1, *x.shape[1:]).unbind(0)
+        out = x.new_empty((t, blocks[0].shape[0], *x.shape[1:]))
+        shape = (-1,) + (1,) * (x.dim() - 2)
+        for k, (task, block) in enumerate(zip(tasks, blocks, strict=True)):
+            bn = self.norm(task)
+            if bn.training:
+                raise HATError("all tasks at once runs in evaluation mode only")
+            torch.mul(bn(block), gated.current_gate[k].view(shape), out=out[k])
+        return out.view(-1, *x.shape[1:])
 
 
 class HATBatchNorm1d(PerTaskBatchNorm):

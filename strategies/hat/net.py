@@ -439,6 +439,58 @@ class HATNet(MultiHeadNet):
             for norm in self.task_norms:
                 norm.current_task = None
 
+    @torch.no_grad()
+    def all_task_logits(self, x: torch.Tensor, tasks: Sequence[int]) -> list[torch.Tensor]:
+        """Each of ``tasks``' logits on ``x`` (one N × C_t tensor per task), in one pass of the
+        trunk: the evaluation-mode ``forward_single_task(x, t)`` of every task.
+
+        The masks are stacked on a leading axis (T × units per gate group) and the batch
+        runs as T row blocks: each gated layer multiplies block k by task k's mask, each
+        per-task BatchNorm normalises block k with task k's statistics, and block k goes
+        through task k's head. Layers that read the network input run once on the N rows
+        (their output is the same for every task) and their gate makes the T blocks. Runs
+        in evaluation mode (the modules' modes are restored) under ``no_grad``: it writes
+        nothing.
+        """
+        tasks = [int(t) for t in tasks]
+        for t in tasks:
+            self.check_task(t)
+        modes = [(m, m.training) for m in self.modules()] if self.training else []
+        for m, _ in modes:
+            m.training = False
+        try:
+            if len(tasks) < 2 or x.shape[0] == 0:
+                return [self.forward_single_task(x, t) for t in tasks]
+            feats = self._all_task_features(x, tasks)
+            blocks = feats.view(len(tasks), x.shape[0], -1).unbind(0)
+            return [self.heads[str(t)](f) for t, f in zip(tasks, blocks, strict=True)]
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def _all_task_features(self, x: torch.Tensor, tasks: list[int]) -> torch.Tensor:
+        """The trunk's features of every task, T row blocks of N rows (see
+        ``all_task_logits``)."""
+        gates = [layer.stacked_masks(tasks, self.smax, self.binary_masks)
+                 for layer in self.gate_layers]
+        for layer, g in zip(self.gated_layers, self.gate_graph.group_of, strict=True):
+            layer.current_gate = gates[g]
+        for norm in self.task_norms:
+            norm.current_task = tuple(tasks)
+        try:
+            feats = self.trunk(x)
+        finally:
+            for layer in self.gated_layers:
+                layer.current_gate = None
+            for norm in self.task_norms:
+                norm.current_task = None
+        if feats.shape[0] != len(tasks) * x.shape[0]:
+            raise HATError(
+                f"the trunk returned {feats.shape[0]} rows for {len(tasks)} tasks × "
+                f"{x.shape[0]} samples: its output does not pass through a gated layer"
+            )
+        return feats
+
 
 def find_hat_model(model: nn.Module) -> HATNet:
     """Return the HATNet inside ``model`` or raise a clear error."""

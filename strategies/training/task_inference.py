@@ -22,7 +22,7 @@ earlier tasks stay bit-identical. Usable from any Avalanche script:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,11 +67,15 @@ SCORES: dict[str, Score] = {
 def task_logits(model: torch.nn.Module, x: torch.Tensor, tasks: Sequence[int]
                 ) -> list[torch.Tensor]:
     """``z_t`` for each task of ``tasks``: the model's task-aware forward
-    (``forward_single_task``: task t's path and head) in evaluation mode, one pass per task;
-    the model's mode is restored."""
+    (``forward_single_task``: task t's path and head) in evaluation mode, one pass per task,
+    or every task in one pass where the model has ``all_task_logits`` (HAT: the masks
+    stacked, the same values); the model's mode is restored."""
     was_training = model.training
     set_training(model, False)
     try:
+        all_tasks = getattr(model, "all_task_logits", None)
+        if all_tasks is not None:
+            return all_tasks(x, [int(t) for t in tasks])
         return [model.forward_single_task(x, int(t)) for t in tasks]
     finally:
         set_training(model, was_training)
@@ -87,11 +91,15 @@ class Inference:
     scores: torch.Tensor
 
 
-def infer(logits: Sequence[torch.Tensor], score: str | Score) -> Inference:
+def infer(logits: Sequence[torch.Tensor], score: str | Score,
+          calibrate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Inference:
     """Task inference from the per-task logits ``logits`` (one N × C_t tensor per task):
-    ``t* = argmax_t score(z_t)`` (the first task on ties), then ``argmax z_{t*}``."""
+    ``t* = argmax_t score(z_t)`` (the first task on ties), then ``argmax z_{t*}``;
+    ``calibrate`` maps the N × T scores first (``strategies.training.calibration``)."""
     fn = SCORES[score] if isinstance(score, str) else score
     scores = torch.stack([fn(z.float()) for z in logits], dim=1)
+    if calibrate is not None:
+        scores = calibrate(scores)
     task = scores.argmax(dim=1)
     labels = torch.stack([z.argmax(dim=1) for z in logits], dim=1)
     return Inference(task, labels.gather(1, task.unsqueeze(1)).squeeze(1), scores)
@@ -112,13 +120,16 @@ class TaskInferenceRows:
 def task_inference_rows(model: torch.nn.Module,
                         sets: Sequence[tuple[torch.Tensor, torch.Tensor]], seen: int,
                         device: torch.device | str, batch_size: int = 256,
-                        scores: Sequence[str] = tuple(SCORES)) -> dict[str, TaskInferenceRows]:
+                        scores: Sequence[str] = tuple(SCORES),
+                        calibration: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+                        | None = None) -> dict[str, TaskInferenceRows]:
     """Task inference among tasks 0..seen-1 on the first ``seen`` tasks' ``(x, y)`` sets
     (labels per task), for every score of ``scores`` from one pass per task and batch: a
     sample of task u is right in Class-IL when the task inferred is u and the class inferred
     within it is y; the task-prediction accuracy of u is the share of its samples whose task
-    is inferred right."""
+    is inferred right. ``calibration``: per score, the map of its N × T scores (none: raw)."""
     tasks = list(range(seen))
+    calibration = calibration or {}
     counts = {s: ([0] * seen, [0] * seen, [[] for _ in tasks]) for s in scores}
     for u, (x, y) in enumerate(sets[:seen]):
         for i in range(0, len(y), batch_size):
@@ -126,7 +137,7 @@ def task_inference_rows(model: torch.nn.Module,
             yb = y[i:i + batch_size].to(device)
             z = task_logits(model, xb, tasks)
             for s in scores:
-                out = infer(z, s)
+                out = infer(z, s, calibration.get(s))
                 on_task = out.task == u
                 right, task_right, kept = counts[s]
                 task_right[u] += int(on_task.sum())

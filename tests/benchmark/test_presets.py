@@ -29,11 +29,13 @@ CONFIGS = ROOT / "configs"
 PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 PAPER = {p.stem: p for p in (CONFIGS / "paper").glob("*.yaml")}
 EMBEDDED = {p.stem: p for p in (CONFIGS / "embedded").glob("*.yaml")}
-CLASS = {p.stem: p for p in (CONFIGS / "class").glob("*.yaml")}
+CLASS = {p.stem: p for p in (CONFIGS / "class").glob("*.yaml") if p.stem != "hat-cil"}
+#: the published HAT_CIL protocol (TPL, Lin et al. 2024): hat on the five splits
+HAT_CIL = CONFIGS / "class" / "hat-cil.yaml"
 #: the class-incremental presets' strategies and memory sizes (samples; A-GEM's per experience
 #: is the memory over the number of tasks)
-CLASS_STRATEGIES = ["naive", "joint", "ewc", "si", "lwf", "replay", "agem", "der", "er-ace",
-                    "icarl", "gdumb"]
+CLASS_STRATEGIES = ["naive", "joint", "ewc", "si", "lwf", "hat", "packnet", "replay", "agem",
+                    "der", "er-ace", "icarl", "gdumb"]
 CLASS_MEMORY = {"split-cifar10": 200, "split-cifar100-10": 2000, "split-cifar100-20": 2000,
                 "split-tinyimagenet-5": 2000, "split-tinyimagenet-10": 2000}
 MEM_SIZE_KEYS = ("replay.mem_size", "der.mem_size", "er-ace.mem_size", "icarl.mem_size",
@@ -310,3 +312,26 @@ def test_class_twin():
             assert cfg.strategy.patterns_per_experience == 40
         elif hasattr(cfg.strategy, "mem_size"):
             assert cfg.strategy.mem_size == 200
+
+
+def test_the_hat_cil_preset_reproduces_the_published_protocol(monkeypatch):
+    """hat-cil.yaml: HAT from scratch on ResNet-18, max-softmax task inference, no memory, on
+    the five standard splits, with the published targets in its description."""
+    data = cli.load_preset(HAT_CIL)
+    names = data["scenario"].split(",")
+    assert names == ["split-cifar10", "split-cifar100-10", "split-cifar100-20",
+                     "split-tinyimagenet-5", "split-tinyimagenet-10"]
+    assert data["set"] == {"scenario.protocol": "class", "model.family": "resnet18",
+                           "hat.task_score": "max_softmax"}
+    for target in ("62.7", "41.1", "25.6", "38.5", "29.8"):
+        assert target in data["description"]
+    for name in names:
+        for source in SCENARIOS[name].sources:
+            monkeypatch.setitem(ds.SOURCES, source,
+                                dataclasses.replace(ds.SOURCES[source], required=()))
+    for name in names:
+        plan = _plan(HAT_CIL, "--scenario", name, out=Path("o"))
+        hat = [resolve_for(e) for e in plan.experiments if e.strategy == "hat"]
+        assert len(hat) == 5 and all(
+            c.inference.task_score == "max_softmax" and c.inference.calibration_samples == 0
+            and c.model.family == "resnet18" for c in hat)

@@ -210,3 +210,14 @@ def test_protocol_is_not_a_grid_key_and_tune_drops_the_strategies_that_refuse(in
     plan = plan_tune(args)
     ran = {e.strategy for e in plan.experiments}
     assert "hat" in TUNE_STRATEGIES and "hat" not in ran and "ewc" in ran
+
+
+def test_calibration_uses_a_recorded_memory_and_changes_no_training():
+    base = {"train": {"epochs": 2}, "scenario": {"protocol": "class"}}
+    raw = run_cached("split-digits", "hat", 0, base)
+    cal = run_cached("split-digits", "hat", 0, {**base, "hat": {"calibration_samples": 50}})
+    validate(cal, strict=True)
+    assert raw["memory_samples"] is None and cal["memory_samples"] == [50] * 5
+    assert cal["params"]["hat"]["calibration_samples"] == 50
+    assert cal["accuracy"] == raw["accuracy"]  # the same training and Task-IL reading
+    assert cal["task_inference"]["scores"] != raw["task_inference"]["scores"]

@@ -468,3 +468,12 @@ def test_auroc_by_hand_and_without_samples():
     assert metrics.auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert metrics.auroc([0.1], [0.9, 0.1]) == 0.25  # one pair lost, one tied
     assert math.isnan(metrics.auroc([], [1.0]))
+
+
+def test_mean_auroc_leaves_out_undefined_tasks():
+    assert metrics.mean_auroc([0.5, 1.0, 0.75]) == pytest.approx(0.75)
+    assert metrics.mean_auroc([0.5, None, float("nan"), 1.0]) == pytest.approx(0.75)
+    assert math.isnan(metrics.mean_auroc([None]))
+    for bad in ([], None, [0.5, "x"], [True]):
+        with pytest.raises(ValueError):
+            metrics.mean_auroc(bad)
