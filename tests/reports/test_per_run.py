@@ -13,10 +13,12 @@ from reports.per_run import (
     NO_DATA,
     NOT_APPLICABLE,
     OWN_METRICS,
+    TASK_INFERENCE_OWN,
     class_il_metrics,
     own_metrics,
     per_task,
     run_metrics,
+    task_inference_metrics,
 )
 from reports.synthetic import make_class_record, make_costs, make_record
 
@@ -95,3 +97,56 @@ def test_class_il_metrics_reduce_a_class_record():
         assert out["task_il_last"][1] == ""
     assert len(notes) == 2 and all(n.startswith("x.json: malformed agnostic_accuracy")
                                    for n in notes)
+
+
+def test_task_prediction_of_a_task_inference_record():
+    """The mean of the last row of ``task_prediction_accuracy``; – for a record without it
+    (any strategy but task inference), a malformed one noted."""
+    rec = make_class_record("syn", "hat", 0, 3)
+    rows = [[1.0], [0.9, 0.8], [0.6, 0.7, 0.95]]
+    out = class_il_metrics(dict(rec, task_prediction_accuracy=rows))
+    assert out["task_prediction"] == (pytest.approx((0.6 + 0.7 + 0.95) / 3), "")
+    assert out["last"][0] == pytest.approx(sum(rec["agnostic_accuracy"][-1]) / 3)
+    replay = class_il_metrics(make_class_record("syn", "replay", 0, 3))
+    assert math.isnan(replay["task_prediction"][0]) and replay["task_prediction"][1] == NO_DATA
+    notes: list[str] = []
+    bad = class_il_metrics(dict(rec, task_prediction_accuracy=[[1.0], [0.5]],
+                                _source="b.json"), notes)
+    assert bad["task_prediction"][1] == NO_DATA and not math.isnan(bad["last"][0])
+    assert notes == ["b.json: malformed task_prediction_accuracy (3 rows expected); left out"]
+
+
+def test_task_inference_metrics_read_every_score():
+    rec = make_class_record("syn", "packnet", 0, 3, task_score="energy")
+    chosen, by_score = task_inference_metrics(rec)
+    assert chosen == "energy" and list(by_score) == list(rec["task_inference"]["scores"])
+    for score, block in rec["task_inference"]["scores"].items():
+        got = by_score[score]
+        assert tuple(got) == TASK_INFERENCE_OWN
+        assert got["last"] == pytest.approx(sum(block["agnostic_accuracy"][-1]) / 3)
+        assert got["task_prediction"] == pytest.approx(
+            sum(block["task_prediction_accuracy"][-1]) / 3)
+        assert got["valid_criterion"] == pytest.approx(
+            sum(block["valid_agnostic_accuracy"][-1]) / 3)
+        assert got["auroc"] == pytest.approx(sum(block["auroc"]) / 3)
+    # the headline fields are the chosen score's
+    energy = rec["task_inference"]["scores"]["energy"]
+    assert rec["task_prediction_accuracy"] == energy["task_prediction_accuracy"]
+    assert rec["agnostic_accuracy"] == energy["agnostic_accuracy"]
+    # null values, a null AUROC entry and a malformed matrix
+    ti = rec["task_inference"]
+    odd = {"score": "max_logit", "scores": {
+        "max_logit": dict(ti["scores"]["max_logit"], valid_agnostic_accuracy=None,
+                          auroc=[0.5, None, 1.0]),
+        "energy": dict(ti["scores"]["energy"], agnostic_accuracy=[[0.5]])}}
+    notes: list[str] = []
+    chosen, by_score = task_inference_metrics(dict(rec, task_inference=odd, _source="o.json"),
+                                              notes)
+    assert chosen == "max_logit"
+    assert math.isnan(by_score["max_logit"]["valid_criterion"])
+    assert by_score["max_logit"]["auroc"] == pytest.approx(0.75)
+    assert math.isnan(by_score["energy"]["last"])
+    assert not math.isnan(by_score["energy"]["task_prediction"])
+    assert len(notes) == 1 and notes[0].startswith(
+        "o.json: malformed task_inference score 'energy' agnostic_accuracy")
+    assert task_inference_metrics(make_class_record("syn", "replay", 0, 3)) == (None, {})

@@ -99,6 +99,9 @@ def test_class_record_summary_has_the_class_il_tables_keys():
         set(summary))
     table = compute_report([run, joint])[SCENARIO].class_il.stats["replay"]
     for metric, key in tracking.summary.CLASS_IL_KEYS.items():
+        if metric == "task_prediction":  # task inference only
+            assert key not in summary
+            continue
         assert summary[key] == pytest.approx(table[metric].mean), key
     cols, data = tracking.summary.run_tables(run)["class_il_matrix"]
     assert cols == ["after_task", *run["task_names"]]
@@ -110,3 +113,17 @@ def test_class_record_summary_has_the_class_il_tables_keys():
     assert {"final_average_accuracy", "bwt", "forgetting"} <= set(plain)
     assert plain["valid_criterion"] == pytest.approx(0.5)
     assert "class_il_matrix" not in tracking.summary.run_tables(task)
+
+
+def test_task_inference_record_summary_has_its_task_prediction():
+    """A class record of a strategy predicting by task inference carries
+    ``class_il/task_prediction``: the report's task-prediction column for the same record."""
+    from reports.synthetic import make_class_record
+
+    hat = make_class_record(SCENARIO, "hat", 0, 3, valid_accuracy=[[0.5] * 3] * 3)
+    summary = tracking.run_summary(hat)
+    last = hat["task_prediction_accuracy"][-1]
+    assert summary["class_il/task_prediction"] == pytest.approx(sum(last) / len(last))
+    table = compute_report([hat])[SCENARIO].class_il.stats["hat"]
+    for metric, key in tracking.summary.CLASS_IL_KEYS.items():
+        assert summary[key] == pytest.approx(table[metric].mean), key
