@@ -440,7 +440,8 @@ class HATNet(MultiHeadNet):
                 norm.current_task = None
 
     @torch.no_grad()
-    def all_task_logits(self, x: torch.Tensor, tasks: Sequence[int]) -> list[torch.Tensor]:
+    def all_task_logits(self, x: torch.Tensor, tasks: Sequence[int],
+                        max_rows: int | None = None) -> list[torch.Tensor]:
         """Each of ``tasks``' logits on ``x`` (one N × C_t tensor per task), in one pass of the
         trunk: the evaluation-mode ``forward_single_task(x, t)`` of every task.
 
@@ -450,7 +451,8 @@ class HATNet(MultiHeadNet):
         through task k's head. Layers that read the network input run once on the N rows
         (their output is the same for every task) and their gate makes the T blocks. Runs
         in evaluation mode (the modules' modes are restored) under ``no_grad``: it writes
-        nothing.
+        nothing. ``max_rows`` bounds the rows of one pass (T × samples): the samples then go
+        through in chunks of ``max_rows // T`` (at least one), the same values.
         """
         tasks = [int(t) for t in tasks]
         for t in tasks:
@@ -461,12 +463,21 @@ class HATNet(MultiHeadNet):
         try:
             if len(tasks) < 2 or x.shape[0] == 0:
                 return [self.forward_single_task(x, t) for t in tasks]
-            feats = self._all_task_features(x, tasks)
-            blocks = feats.view(len(tasks), x.shape[0], -1).unbind(0)
-            return [self.heads[str(t)](f) for t, f in zip(tasks, blocks, strict=True)]
+            step = x.shape[0] if max_rows is None else max(1, max_rows // len(tasks))
+            if step >= x.shape[0]:
+                return self._all_task_pass(x, tasks)
+            chunks = [self._all_task_pass(x[i:i + step], tasks)
+                      for i in range(0, x.shape[0], step)]
+            return [torch.cat(z) for z in zip(*chunks, strict=True)]
         finally:
             for m, mode in modes:
                 m.training = mode
+
+    def _all_task_pass(self, x: torch.Tensor, tasks: list[int]) -> list[torch.Tensor]:
+        """One all-task pass of ``x``: the trunk once, then block k through task k's head."""
+        feats = self._all_task_features(x, tasks)
+        blocks = feats.view(len(tasks), x.shape[0], -1).unbind(0)
+        return [self.heads[str(t)](f) for t, f in zip(tasks, blocks, strict=True)]
 
     def _all_task_features(self, x: torch.Tensor, tasks: list[int]) -> torch.Tensor:
         """The trunk's features of every task, T row blocks of N rows (see
