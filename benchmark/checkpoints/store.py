@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import shutil
@@ -109,11 +111,38 @@ def difference(have: Mapping[str, Any], want: Mapping[str, Any]) -> tuple[str, A
     return None
 
 
-def read(path: Path, mmap: bool = True) -> dict[str, Any]:
-    """A checkpoint's contents (plugin state still pickled); ``mmap``: tensors are mapped
-    from the file, not read (to look at the settings or rows)."""
+#: what ends a checkpoint file: this tag, then the SHA-256 (hex) of every byte before it
+DIGEST_TAG = b"\nhat-bench-sha256:"
+_DIGEST_LEN = 64
+
+
+def seal(payload: bytes) -> bytes:
+    """``payload`` followed by its digest (what ``write`` puts in a checkpoint file)."""
+    return payload + DIGEST_TAG + hashlib.sha256(payload).hexdigest().encode()
+
+
+def unseal(data: bytes, path: Path) -> bytes:
+    """The payload of a sealed checkpoint's bytes ``data``, its digest verified; otherwise
+    CheckpointError naming ``path`` (damaged, truncated, or written without a digest)."""
+    cut = len(data) - _DIGEST_LEN - len(DIGEST_TAG)
+    if cut < 0 or data[cut:cut + len(DIGEST_TAG)] != DIGEST_TAG:
+        raise CheckpointError(f"{path} has no checkpoint digest (truncated, not a hat-bench "
+                              "checkpoint, or written by an older version)")
+    payload, digest = data[:cut], data[cut + len(DIGEST_TAG):]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CheckpointError(f"{path} is damaged (its content does not match its digest)")
+    return payload
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents (plugin state still pickled), its digest verified first."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror or err})") from None
+    payload = unseal(data, path)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file: reported with its path
         raise CheckpointError(f"{path} is not a readable checkpoint ({err})") from None
     if not isinstance(state, dict) or "fingerprint" not in state:
@@ -173,8 +202,10 @@ def write(folder: Path, tasks_done: int, state: Mapping[str, Any]) -> Path:
         except FileNotFoundError:
             if attempt == 2:
                 raise
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(dict(state), f)
+        f.write(seal(buf.getvalue()))
         f.flush()
         os.fsync(f.fileno())
     _fsync_folder(folder)
@@ -236,7 +267,7 @@ class RunCheckpoints:
         path = latest(self.folder)
         if path is None:
             return None
-        state = read(path, mmap=False)  # (the state is used after the file is replaced)
+        state = read(path)
         diff = difference(state["fingerprint"], self.fingerprint)
         if diff is not None:
             key, old, new = diff

@@ -506,3 +506,44 @@ def test_wandb_run_resumes_with_its_id_and_continues_its_history(tmp_path, monke
     after = [r["trained_tasks"] for run_ in (first, second) for r in run_.rows
              if "trained_tasks" in r]
     assert after == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------ integrity
+@pytest.mark.parametrize("damage", ["flip", "truncate", "unsealed"])
+def test_a_damaged_checkpoint_is_refused_in_one_line_and_no_record_is_written(
+        in_tmp, monkeypatch, capsys, damage):
+    out = in_tmp / "o"
+    assert _interrupted_cli(monkeypatch, out, "hat", 2) == 130
+    path = out / "checkpoints" / f"{SCENARIO}__hat__s0" / "task-002.pt"
+    data = bytearray(path.read_bytes())
+    if damage == "flip":  # 400 bytes inside the payload (a weight), the digest kept
+        mid = len(data) // 2
+        data[mid:mid + 400] = bytes(b ^ 0xFF for b in data[mid:mid + 400])
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # the bare torch file of an older version: no digest
+        data = data[: data.rindex(checkpoint_store.DIGEST_TAG)]
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    code = cli.main(["run", *BASE, "--scenario", SCENARIO, "--strategies", "hat",
+                     "--epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and str(path) in err and "--restart" in err
+    assert ("damaged" if damage == "flip" else "no checkpoint digest") in err
+    assert "_use_new_zipfile_serialization" not in err
+    assert not record_path(out, SCENARIO, "hat", 0).exists()
+    # --restart discards it and the run completes
+    assert cli.main(["run", *BASE, "--scenario", SCENARIO, "--strategies", "hat",
+                     "--epochs", "1", "--out", str(out), "--restart"]) == 0
+    assert record_path(out, SCENARIO, "hat", 0).exists()
+
+
+def test_the_digest_covers_every_byte():
+    payload = b"checkpoint bytes"
+    sealed = checkpoint_store.seal(payload)
+    assert checkpoint_store.unseal(sealed, Path("x")) == payload
+    for i in range(len(payload)):
+        bad = bytearray(sealed)
+        bad[i] ^= 1
+        with pytest.raises(CheckpointError, match="damaged"):
+            checkpoint_store.unseal(bytes(bad), Path("x"))
