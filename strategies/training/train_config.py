@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from ..common.config import ConfigError, check_range
+from ..common.config import ConfigError, check_count, check_range
 from .lean_loop import SGD
 
 
@@ -38,14 +38,12 @@ class TrainConfig:
         check_range("train.lr", self.lr, 0, low_open=True)
         check_range("train.momentum", self.momentum, 0, 1, high_open=True)
         check_range("train.weight_decay", self.weight_decay, 0)
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if self.epochs < 1:
-            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        check_count("train.batch_size", self.batch_size)
+        check_count("train.eval_batch_size", self.eval_batch_size)
+        check_count("train.epochs", self.epochs)
         if self.valid_fraction is not None:
             check_range("train.valid_fraction", self.valid_fraction, 0, 1, high_open=True)
-        if self.patience < 1:
-            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
+        check_count("train.patience", self.patience)
         check_range("train.lr_factor", self.lr_factor, 1, low_open=True,
                     hint=" (the learning rate is divided by it)")
         check_range("train.lr_min", self.lr_min, 0, low_open=True)

@@ -121,6 +121,8 @@ def test_unknown_strategy_parameter(tmp_path, capsys, in_tmp, strategies):
     ("train.optimizer=rmsprop", "rmsprop"), ("train.batch_size=0", "train.batch_size"),
     ("model.family=resnet", "resnet"), ("bogus.x=1", "bogus"), ("train.foo=1", "train.foo"),
     ("ewc.lambda=abc", "ewc.lambda"),
+    ("train.eval_batch_size=0", "train.eval_batch_size must be an integer >= 1, got 0"),
+    ("train.patience=0", "train.patience must be an integer >= 1, got 0"),
 ])
 def test_invalid_values(tmp_path, capsys, in_tmp, item, fragment):
     _bad(tmp_path, capsys, in_tmp, ["--strategies", "naive,hat", "--set", item], fragment)
