@@ -76,12 +76,10 @@ def validation_sets(scenario: Scenario, recipe: str, valid_fraction: float,
     return sets
 
 
-def validation_benchmark(scenario: Scenario, recipe: str, valid_fraction: float, seed: int):
-    """``validation_sets`` as the test stream of a benchmark (task labels as in the
-    scenario), or None when the recipe holds nothing out."""
-    sets = validation_sets(scenario, recipe, valid_fraction, seed)
-    if sets is None:
-        return None
+def validation_benchmark(scenario: Scenario,
+                         sets: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    """Each task's validation set ``sets[u]`` (``validation_sets``) as the test stream of a
+    benchmark (task labels as in the scenario)."""
     valid = [replace(task, test_x=x, test_y=y) for task, (x, y) in zip(scenario.tasks, sets,
                                                                         strict=True)]
     return to_benchmark(replace(scenario, tasks=valid))
@@ -275,7 +273,7 @@ def run_experiment(
             scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed)
         # (an expanding head is evaluated on the tensors: no Avalanche stream needed)
         valid_bench = None if valid_sets is None or expanding(cfg, spec) else (
-            validation_benchmark(scenario, cfg.train.recipe, cfg.train.valid_fraction, exp.seed))
+            validation_benchmark(scenario, valid_sets))
         run = _Run(exp, cfg, spec, scenario, torch.device(device), hooks or RunHooks(),
                    to_benchmark(scenario), valid_bench,
                    [(task.test_x, task.test_y) for task in scenario.tasks], valid_sets, source)

@@ -105,9 +105,12 @@ def expanding_head_accuracy(model: ExpandingHeadNet,
                 xb = x[i:i + batch_size].to(device)
                 yb = y[i:i + batch_size].to(device)
                 feats = model.features(xb, u)
-                own += int((model.heads[str(u)](feats).argmax(1) + lo == yb).sum())
-                if u < model.seen:
-                    every += int((model.seen_logits(feats)[:, :seen_width].argmax(1) == yb).sum())
+                if u < model.seen:  # (task u's head is columns lo.. of the seen ones)
+                    logits = model.seen_logits(feats)[:, :seen_width]
+                    own += int((logits[:, lo:lo + widths[u]].argmax(1) + lo == yb).sum())
+                    every += int((logits.argmax(1) == yb).sum())
+                else:
+                    own += int((model.heads[str(u)](feats).argmax(1) + lo == yb).sum())
             n = max(len(y), 1)
             task_il.append(own / n)
             if u < model.seen:
