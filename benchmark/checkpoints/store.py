@@ -195,6 +195,8 @@ def write(folder: Path, tasks_done: int, state: Mapping[str, Any]) -> Path:
     the older checkpoints and temporary files a killed write left."""
     folder = Path(folder)
     path = checkpoint_path(folder, tasks_done)
+    buf = io.BytesIO()  # (serialised before the folder exists: no empty folder if killed)
+    torch.save(dict(state), buf)
     for attempt in range(3):  # another run may remove the empty parent meanwhile (--jobs)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -202,8 +204,6 @@ def write(folder: Path, tasks_done: int, state: Mapping[str, Any]) -> Path:
         except FileNotFoundError:
             if attempt == 2:
                 raise
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(seal(buf.getvalue()))
         f.flush()
