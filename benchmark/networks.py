@@ -61,14 +61,31 @@ class Dropout(nn.Dropout):
 
     #: mask elements drawn at once (4 MiB of float32); larger inputs draw their own
     CHUNK = 1 << 20
+    #: a checkpoint keeps the generator state the masks were drawn from, not the masks: a
+    #: resumed run draws the same chunk again (``_masks``, 4 MiB, would dwarf an MLP's weights)
+    checkpoint_transient = ("_masks",)
 
     def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__(p, inplace)
         self._masks: torch.Tensor | None = None
         self._used = 0
+        #: torch's global generator state before ``_masks`` was drawn, and the masks' dtype
+        self._drawn_from: torch.Tensor | None = None
+        self._mask_dtype: torch.dtype | None = None
 
     def __getstate__(self):
-        return {**super().__getstate__(), "_masks": None, "_used": 0}
+        return {**super().__getstate__(), "_masks": None, "_used": 0, "_drawn_from": None,
+                "_mask_dtype": None}
+
+    def _redraw(self) -> torch.Tensor:
+        """The chunk in use, drawn again from its generator state (after a resume); the
+        global generator is left where it was."""
+        now = torch.get_rng_state()
+        torch.set_rng_state(self._drawn_from)
+        try:
+            return self.draw(self.CHUNK, self._mask_dtype)
+        finally:
+            torch.set_rng_state(now)
 
     def draw(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """``n`` fresh mask values: 1/(1 − p) with probability ≈ 1 − p, else 0."""
@@ -87,7 +104,10 @@ class Dropout(nn.Dropout):
         if 4 * n > self.CHUNK:
             return x * self.draw(n, x.dtype).view(x.shape)
         masks = self._masks
+        if masks is None and self._drawn_from is not None:  # resumed from a checkpoint
+            masks = self._masks = self._redraw()
         if masks is None or masks.dtype != x.dtype or self._used + n > len(masks):
+            self._drawn_from, self._mask_dtype = torch.get_rng_state(), x.dtype
             masks = self._masks = self.draw(self.CHUNK, x.dtype)  # new tensor: saved
             self._used = 0  # slices of the old one stay valid for backward
         mask = masks[self._used : self._used + n].view(x.shape)

@@ -207,10 +207,11 @@ _MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
 
 
 def _module_attributes(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
-    """Per module of ``model`` (by name), its attributes outside the state dict: training
-    flags, Avalanche's known task labels, HAT's current s and gates, the pre-drawn dropout
-    masks of ``benchmark.networks.Dropout`` and the position in them, ..."""
-    return {name: {k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS}
+    """Per module of ``model`` (by name), its attributes outside the state dict but for its
+    ``checkpoint_transient`` ones: training flags, Avalanche's known task labels, HAT's
+    current s and gates, where ``benchmark.networks.Dropout`` is in its pre-drawn masks, ..."""
+    return {name: {k: v for k, v in vars(m).items()
+                   if k not in _MODULE_INTERNALS and k not in checkpoint_transient(m)}
             for name, m in model.named_modules()}
 
 

@@ -154,6 +154,13 @@ class HATPlugin(SupervisedPlugin):
         return hat
 
     def before_training(self, strategy, **kwargs):
+        n = sum(isinstance(p, HATPlugin) for p in strategy.plugins)
+        if n > 1:
+            raise HATError(
+                f"the strategy has {n} HATPlugins; one trains and protects every task (two "
+                "would add the regulariser and condition the gradients twice): keep one (the "
+                "HAT strategy adds its own, so pass HATPlugin only to other strategies)"
+            )
         hat = self._hat(strategy)
         hat.embedding_init = self.config.embedding_init
 
@@ -190,6 +197,7 @@ class HATPlugin(SupervisedPlugin):
         task = self._experience_task(strategy)
         self.task = task
         hat.check_task(task)  # added by the model adaptation, before the optimizer update
+        self._check_labels(strategy.experience, hat, task)
         # precompute once per experience: gradient factors, update masks, frozen tensors
         self._layers = list(hat.gated_layers)
         self._params = list(strategy.model.parameters())
@@ -222,6 +230,24 @@ class HATPlugin(SupervisedPlugin):
         if self.config.flush_denormal and on_cpu:
             self._unflush = not flushing_denormals()
             torch.set_flush_denormal(True)
+
+    @staticmethod
+    def _check_labels(experience, hat: HATNet, task: int) -> None:
+        """Every class label of the experience indexes an output of its task's head."""
+        classes = getattr(experience, "classes_in_this_experience", None)
+        if classes is None:
+            classes = set(experience.dataset.targets)
+        n_out = getattr(hat.heads[str(task)], "out_features", None)
+        bad = sorted(int(c) for c in classes if not 0 <= int(c) < (n_out or math.inf))
+        if bad:
+            exp_id = getattr(experience, "current_experience", "?")
+            raise HATError(
+                f"experience {exp_id} (task {task}) has class labels {bad} outside its head's "
+                f"outputs 0..{n_out - 1}: renumber each task's labels from 0 (e.g. "
+                "nc_benchmark(..., class_ids_from_zero_in_each_exp=True)) or give the task a "
+                "head with as many outputs as its largest label + 1 "
+                "(HATNet.wrap(..., head_sizes=...))"
+            )
 
     def _plan_conditioning(
         self, hat: HATNet, fast: bool, batch_size: int

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 
 from .config import Anneal, HATConfig
-from .layers import EmbeddingInit
+from .layers import EmbeddingInit, HATError
 from .net import find_hat_model
 from .plugin import HATPlugin
 
@@ -42,6 +42,11 @@ class HAT(SupervisedTemplate):
         **base_kwargs,
     ):
         find_hat_model(model)
+        if any(isinstance(p, HATPlugin) for p in plugins or []):
+            raise HATError(
+                "HAT adds its own HATPlugin: remove the HATPlugin from plugins=, or pass it "
+                "to another strategy (e.g. Naive) instead of HAT"
+            )
         self.hat_plugin = HATPlugin(
             HATConfig(
                 smax=smax, c=c, anneal=anneal, soft_masks=soft_masks, clipgrad=clipgrad,

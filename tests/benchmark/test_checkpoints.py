@@ -547,3 +547,54 @@ def test_the_digest_covers_every_byte():
         bad[i] ^= 1
         with pytest.raises(CheckpointError, match="damaged"):
             checkpoint_store.unseal(bytes(bad), Path("x"))
+
+
+# ------------------------------------------------------------------ scratch left out
+@pytest.mark.parametrize("forwards", [0, 1, 3, 5, 9])
+def test_dropout_masks_are_drawn_again_on_resume_not_saved(monkeypatch, forwards):
+    """A checkpoint keeps where the dropout is in its pre-drawn chunk and the generator state
+    the chunk came from, not the chunk; the resumed module continues with the same masks
+    (across chunk boundaries) and leaves the global generator where the live one does."""
+    from benchmark.networks import Dropout
+
+    monkeypatch.setattr(Dropout, "CHUNK", 40)  # a 12-element input: 3 forwards per chunk
+    torch.manual_seed(3)
+    live = torch.nn.Sequential(Dropout(0.5))
+    x = torch.ones(3, 4)
+    for _ in range(forwards):
+        live(x)
+    attrs = checkpoint_state._module_attributes(live)
+    assert "_masks" not in attrs["0"]
+    resumed = torch.nn.Sequential(Dropout(0.5))
+    vars(resumed[0]).update(attrs["0"])
+    rng = torch.get_rng_state()
+    want = [live(x) for _ in range(7)]
+    after = torch.get_rng_state()
+    torch.set_rng_state(rng)
+    got = [resumed(x) for _ in range(7)]
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    assert torch.equal(torch.get_rng_state(), after)
+
+
+#: a checkpoint's bytes beyond the model's, optimizer's and plugins' state (the RNG states,
+#: progress, settings, containers): measured ≈ 20 kB
+CHECKPOINT_OVERHEAD = 64_000
+
+
+@pytest.mark.parametrize("strategy", ["naive", "hat", "ewc", "lwf"])
+def test_checkpoints_hold_state_not_scratch(tmp_path, monkeypatch, strategy):
+    """A checkpoint is the state a resume needs (weights, optimizer state, the plugin's own
+    tensors: EWC's Fisher and anchors, LwF's teacher, HAT's cumulative masks) plus a small
+    overhead: no pre-drawn dropout masks and no HAT step buffers."""
+    exp = Experiment(SCENARIO, strategy, 0, {"train": {"epochs": 1, "momentum": 0.9}})
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(exp, tmp_path)
+    path = checkpoints.run_folder(tmp_path, exp) / "task-002.pt"
+    state = checkpoints.read(path)
+    model = sum(t.numel() * t.element_size() for t in state["strategy"]["model"].values())
+    # weights and momentum, plus EWC's Fisher and anchors per task trained (2 here) and LwF's
+    # teacher
+    copies = {"naive": 2, "hat": 2, "ewc": 6, "lwf": 3}[strategy]
+    assert path.stat().st_size <= copies * model + CHECKPOINT_OVERHEAD, (
+        path.stat().st_size, model)
