@@ -25,9 +25,10 @@ class UnknownNameError(BenchmarkError, KeyError):
 class DatasetMissingError(BenchmarkError):
     """A dataset that is not on disk and cannot be downloaded."""
 
-    def __init__(self, dataset: str, path: str, how: str):
-        self.dataset, self.path, self.how = dataset, path, how
-        super().__init__(f"dataset '{dataset}' not found at {path}: {how}")
+    def __init__(self, dataset: str, path: str, how: str, damaged: bool = False):
+        self.dataset, self.path, self.how, self.damaged = dataset, path, how, damaged
+        state = "is damaged at" if damaged else "not found at"
+        super().__init__(f"dataset '{dataset}' {state} {path}: {how}")
 
 
 class RunsFailed(Exception):

@@ -69,12 +69,21 @@ def remove(folder: Path) -> None:
         pass
 
 
-def discard(experiments: Iterable, out: Path) -> list[Path]:
-    """``--restart``: delete the checkpoints of these runs (only theirs); the folders deleted."""
+def discard(experiments: Iterable, out: Path,
+            log: Callable[[str], None] | None = None) -> list[Path]:
+    """``--restart``: delete the checkpoints of these runs (only theirs, and not those of a run
+    another command is training: one line to ``log`` each); the folders deleted."""
+    from ..run.locks import is_busy  # (the run package imports this one)
+
     gone = []
     for exp in experiments:
         folder = run_folder(out, exp)
-        if folder.exists():
+        holder = is_busy(record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag,
+                                     exp.protocol)) if folder.exists() else None
+        if holder is not None:
+            (log or print)(f"--restart keeps the checkpoints of {folder.name}: another "
+                           f"command ({holder}) is training it")
+        elif folder.exists():
             remove(folder)
             gone.append(folder)
     return gone

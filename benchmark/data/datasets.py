@@ -68,8 +68,9 @@ split of the digits), "order" (task order, or the class order of the seeded clas
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,9 @@ class Source:
     reader: Callable[[Path], RawDataset]  # receives data_root
     fetch: Callable[[Path], None] | None = None  # download via torchvision into data_root
     n_classes: int | None = None  # None: given by the class folders found
+    #: a cheap check of the required files' integrity (receives the folder and ``required``):
+    #: a problem or None
+    validate: Callable[[Path, Sequence[str]], str | None] | None = None
 
     def path(self, data_root: Path) -> Path:
         return Path(data_root).expanduser().absolute() / self.folder
@@ -214,12 +218,17 @@ class Source:
         return absent
 
     def error(
-        self, data_root: Path, detail: str, offer_download: bool = True
+        self, data_root: Path, detail: str, offer_download: bool = True, damaged: bool = False
     ) -> DatasetMissingError:
         remedy = self.manual
-        if self.fetch is not None and offer_download:
+        if damaged:
+            remedy = ("delete the damaged files and rerun with --download to fetch them via "
+                      f"torchvision, or {remedy}" if self.fetch is not None
+                      else f"replace the damaged files: {remedy}")
+        elif self.fetch is not None and offer_download:
             remedy = f"run with --download to fetch it via torchvision, or {remedy}"
-        return DatasetMissingError(self.name, str(self.path(data_root)), f"{detail}; {remedy}")
+        return DatasetMissingError(self.name, str(self.path(data_root)), f"{detail}; {remedy}",
+                                   damaged)
 
     def ensure(self, data_root: Path, download: bool = False) -> None:
         """Raise DatasetMissingError unless the files are there (after downloading if asked)."""
@@ -238,6 +247,10 @@ class Source:
             else:
                 detail = "the folder does not exist"
             raise self.error(data_root, detail, offer_download=not download)
+        problem = (self.validate(self.path(data_root), self.required)
+                   if self.validate is not None else None)
+        if problem is not None:
+            raise self.error(data_root, problem, damaged=True)
 
     def load(self, data_root: Path) -> RawDataset:
         """Check, then read both splits; unreadable files become DatasetMissingError too."""
@@ -247,8 +260,8 @@ class Source:
         except DatasetMissingError:
             raise
         except Exception as exc:
-            why = f"found but could not be read ({one_line(exc, 200)})"
-            raise self.error(data_root, why) from exc
+            why = f"the files could not be read ({one_line(exc, 200)})"
+            raise self.error(data_root, why, damaged=True) from exc
         n = raw.n_classes
         for y in (raw.train_y, raw.test_y):
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
@@ -495,6 +508,31 @@ _MNIST_FILES = (
 )
 
 
+def check_idx(folder: Path, names: Sequence[str] = _MNIST_FILES) -> str | None:
+    """The first of ``names`` under ``folder`` that is not a well-formed uint8 IDX file (a
+    header of zeros, type 0x08, the number of dimensions and each size; then exactly as many
+    bytes as the sizes give), said in a phrase; None when all are. Reads only the headers."""
+    for name in names:
+        path = Path(folder) / name
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+                ndim = head[3] if len(head) == 4 else 0
+                dims = f.read(4 * ndim)
+            size = path.stat().st_size
+        except OSError as err:
+            return f"{name} cannot be read ({err.strerror or err})"
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08" or ndim not in (1, 3):
+            return f"{name} is not an uncompressed uint8 IDX file (its header is {head.hex()})"
+        if len(dims) < 4 * ndim:
+            return f"{name} is truncated ({size} bytes: less than its header)"
+        want = 4 + 4 * ndim + math.prod(int.from_bytes(dims[i:i + 4], "big")
+                                        for i in range(0, 4 * ndim, 4))
+        if size != want:
+            return f"{name} has {size} bytes where its header gives {want} (truncated or damaged)"
+    return None
+
+
 def _make_sources() -> dict[str, Source]:
     mnist_read, mnist_fetch = _mnist_like("MNIST", "mnist")
     fmnist_read, fmnist_fetch = _mnist_like("FashionMNIST", "fmnist")
@@ -505,11 +543,12 @@ def _make_sources() -> dict[str, Source]:
         Source(
             "mnist", "MNIST", "MNIST/raw", _MNIST_FILES,
             f"place the uncompressed IDX files ({idx}) in that folder", mnist_read, mnist_fetch, 10,
+            check_idx,
         ),
         Source(
             "fmnist", "Fashion-MNIST", "FashionMNIST/raw", _MNIST_FILES,
             f"place the uncompressed Fashion-MNIST IDX files ({idx}) in that folder",
-            fmnist_read, fmnist_fetch, 10,
+            fmnist_read, fmnist_fetch, 10, check_idx,
         ),
         Source(
             "cifar10", "CIFAR-10", "cifar-10-batches-py",

@@ -11,6 +11,9 @@ Every executor keeps the same guarantees:
 * a run writes a checkpoint after every experience and resumes from its last one (Ray:
   when the cluster is this machine, see ``run_ray``);
 * a tracked run's record is written only once its W&B run has finished;
+* one writer per run: the process that trains a run holds its lock (``benchmark.run.locks``)
+  from before its W&B run starts to its record; a run another command is training is skipped
+  in one line and waited for at the end (its record is that command's);
 * the parent shows one progress bar over the runs and prints the one-line summary of each
   finished run (one loop for all: ``execute_runs``).
 
@@ -45,7 +48,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,9 +68,11 @@ from ..experiment import Experiment, resolve_for
 from ..records import (
     is_complete,
     record_path,
+    set_aside,
     validate_record,
     write_record,
 )
+from .locks import AlreadyWritten, RunBusy, run_lock, wait_for
 from .runner import RunHooks, run_experiment
 from .workers import WORKER, init_worker, set_threads
 
@@ -226,6 +231,7 @@ def _write_tracked(path: Path, rec: dict, tracker: Any, out: Path) -> None:
     write_record(staged, rec)
     try:
         tracker.finish(rec, out)
+        set_aside(path)  # (an unreadable file there is kept, not overwritten)
         os.replace(staged, path)
     except BaseException:
         staged.unlink(missing_ok=True)
@@ -251,13 +257,19 @@ def execute_runs(
         return paths
     (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
+    busy: list[tuple[Path, RunBusy]] = []
     # disable=None: a bar only on a terminal (no log spam in CI or files)
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=None if progress else True,
                position=0)
     try:
         with closing(outcomes(todo, bar)) as results:
             for path, result in results:
-                if isinstance(result, BaseException):
+                if isinstance(result, RunBusy):
+                    busy.append((path, result))
+                    log(str(result))
+                elif isinstance(result, AlreadyWritten):
+                    log(str(result))
+                elif isinstance(result, BaseException):
                     failures.append((path.name, _brief(result)))
                     log(f"failed {path.name}: {_brief(result)}")
                 else:
@@ -265,9 +277,27 @@ def execute_runs(
                 bar.update(1)
     finally:
         bar.close()
+    failures += _wait_for_others(busy, log)
     if failures:
         raise RunsFailed(failures, len(todo))
     return paths
+
+
+def _wait_for_others(busy: Sequence[tuple[Path, RunBusy]],
+                     log: Callable[[str], None]) -> list[tuple[str, str]]:
+    """Wait for the runs another command was training (``RunBusy``); the failures of those
+    it left without a record."""
+    failures = []
+    if busy:
+        log(f"waiting for {len(busy)} runs another command is training "
+            f"({busy[0][1].holder}{', ...' if len(busy) > 1 else ''})")
+    for path, _ in busy:
+        wait_for(path)
+        if is_complete(path):
+            log(f"done {path.name}: its record was written by the other command")
+        else:
+            failures.append((path.name, "the other command stopped before writing its record"))
+    return failures
 
 
 # ------------------------------------------------------------------------------ sequential
@@ -302,17 +332,20 @@ def run_all(
                 scenario = cache[key]
                 ebar = tqdm(desc=f"  {exp.strategy} task 1/{scenario.n_tasks}", unit="ep",
                             disable=show, position=1, leave=False)
-                tracker = new_tracker(tracker_factory, exp, out)
 
                 def on_epoch(task, entry, ebar=ebar, n=scenario.n_tasks, name=exp.strategy):
                     ebar.set_description(f"  {name} task {task + 1}/{n}")
                     ebar.update(1)
 
                 try:
-                    rec = run_and_write(exp, path, scenario, out=out, data_root=data_root,
-                                        device=device, tracker=tracker, on_epoch=on_epoch,
-                                        checkpoints=checkpoints,
-                                        keep_checkpoints=keep_checkpoints, log=log)
+                    with run_lock(path, log):
+                        if is_complete(path):
+                            raise AlreadyWritten(path.name)
+                        tracker = new_tracker(tracker_factory, exp, out)
+                        rec = run_and_write(exp, path, scenario, out=out, data_root=data_root,
+                                            device=device, tracker=tracker, on_epoch=on_epoch,
+                                            checkpoints=checkpoints,
+                                            keep_checkpoints=keep_checkpoints, log=log)
                 finally:
                     ebar.close()
             except Exception as err:  # noqa: BLE001 - reported; the other runs go on
@@ -356,6 +389,19 @@ def execute(exp: Experiment, settings: WorkerSettings, path: Path | None = None)
     record there (atomically) before returning; without, the caller writes it (a Ray task)."""
     set_threads(settings.threads)
     scenario = _scenario_for(exp, settings.data_root)
+    if path is None:  # a Ray task: the command's process holds the run's lock
+        return _run_tracked(exp, path, scenario, settings)
+    with run_lock(path, _worker_log):
+        if is_complete(path):
+            raise AlreadyWritten(path.name)
+        return _run_tracked(exp, path, scenario, settings)
+
+
+def _worker_log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _run_tracked(exp: Experiment, path: Path | None, scenario, settings: WorkerSettings) -> dict:
     tracker = _tracker(exp, settings)
     return run_and_write(exp, path, scenario, out=settings.out, data_root=settings.data_root,
                          device=settings.device, tracker=tracker,
@@ -512,8 +558,17 @@ def run_ray(
             resources["num_gpus"] = 1
         task = ray.remote(**resources)(_ray_task)
         refs: dict[Any, tuple[Experiment, Path]] = {}
+        held = ExitStack()  # the runs' locks, held here while their tasks run
         try:
-            refs = {task.remote(exp, task_settings): (exp, path) for exp, path in todo}
+            for exp, path in todo:
+                try:
+                    held.enter_context(run_lock(path, log))
+                    if is_complete(path):
+                        raise AlreadyWritten(path.name)
+                except (RunBusy, AlreadyWritten) as skipped:
+                    yield path, skipped
+                    continue
+                refs[task.remote(exp, task_settings)] = (exp, path)
             left = list(refs)
             while left:
                 done, left = ray.wait(left, num_returns=1)
@@ -536,6 +591,7 @@ def run_ray(
                     pass
             raise
         finally:
+            held.close()
             if started:
                 ray.shutdown()
 

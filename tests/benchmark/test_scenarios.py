@@ -341,13 +341,42 @@ def test_download_failure_and_success_via_fetch(tmp_path, monkeypatch):
     get_scenario("mnist2").check_available(tmp_path)  # now present
 
 
-def test_corrupted_idx_is_a_clean_error(tmp_path):
+@pytest.mark.parametrize(("damage", "why"), [
+    (lambda b: b"\x00\x00\x99\x99", "is not an uncompressed uint8 IDX file"),
+    (lambda b: b[:-7], "has 31 bytes where its header gives 38"),  # truncated
+    (lambda b: b + b"\x00", "has 39 bytes where its header gives 38"),
+    (lambda b: b[:6], "is truncated"),
+    (lambda b: b"\x1f\x8b" + b[2:], "is not an uncompressed uint8 IDX file"),  # gzip magic
+])
+def test_damaged_idx_is_refused_up_front_as_damaged(tmp_path, damage, why):
+    """Before any run starts (the command checks availability first), naming the file and a
+    remedy that works: --download alone would find the files present and fetch nothing."""
     make_mnist_like(tmp_path)
-    (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x99\x99")
-    get_scenario("mnist2").check_available(tmp_path)  # present: the cheap check passes
+    path = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    for download in (False, True):
+        with pytest.raises(DatasetMissingError) as info:
+            get_scenario("mnist2").check_available(tmp_path, download=download)
+        msg = str(info.value)
+        assert msg.startswith("dataset 'mnist' is damaged at ") and "not found" not in msg
+        assert f"train-labels-idx1-ubyte {why}" in msg, msg
+        assert "delete the damaged files and rerun with --download" in msg
+
+
+def test_unreadable_files_are_reported_as_damaged(tmp_path, monkeypatch):
+    """Files that pass the header check but that the reader cannot read."""
+    from benchmark.data import datasets
+
+    make_mnist_like(tmp_path)
+    src = datasets.SOURCES["mnist"]
+
+    def broken(root):
+        raise RuntimeError("unexpected end of data")
+
+    monkeypatch.setitem(datasets.SOURCES, "mnist", dataclasses.replace(src, reader=broken))
     with pytest.raises(DatasetMissingError) as info:
         get_scenario("mnist2").build(0, tmp_path)
-    assert "could not be read" in str(info.value)
+    assert "is damaged at" in str(info.value) and "could not be read" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
