@@ -9,7 +9,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text"]
+__all__ = ["WriteError", "atomic_path", "write_text"]
+
+
+class WriteError(OSError):
+    """A file that could not be written: the path and the cause in one line (disk full, no
+    permission, read-only file system, a file where a folder must be); nothing was left at
+    the path."""
+
+    def __init__(self, path: Path, err: OSError):
+        cause = err.strerror or str(err)
+        if isinstance(err, FileExistsError | NotADirectoryError):
+            cause = f"{cause}: a file is where a folder of this path must be"
+        super().__init__(err.errno, f"cannot write {path}: {cause}", str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _umask() -> int:
@@ -24,13 +39,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ends without error, with the usual file permissions; removed on error. The one atomic
     writer for run records, report files and figures."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(path, err) from err
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: give the usual permissions
         os.replace(tmp, path)
+    except WriteError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from reports.io import atomic_path
+from reports.io import WriteError, atomic_path
 from strategies.training.tensor_data import materialize
 
 from ..errors import BenchmarkError
@@ -210,9 +210,11 @@ def write(folder: Path, tasks_done: int, state: Mapping[str, Any]) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             break
-        except FileNotFoundError:
+        except FileNotFoundError as err:
             if attempt == 2:
-                raise
+                raise WriteError(path, err) from err
+        except OSError as err:  # a file where the folder must be, no permission, ...
+            raise WriteError(path, err) from err
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(seal(buf.getvalue()))
         f.flush()

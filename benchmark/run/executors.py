@@ -73,6 +73,7 @@ from ..records import (
     write_record,
 )
 from .locks import AlreadyWritten, RunBusy, run_lock, wait_for
+from .preflight import check_out
 from .runner import RunHooks, run_experiment
 from .workers import WORKER, init_worker, set_threads
 
@@ -255,6 +256,7 @@ def execute_runs(
     paths, todo = pending(experiments, out, log)
     if not todo:
         return paths
+    check_out(out, [run_folder(out, exp) for exp, _ in todo])
     (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     busy: list[tuple[Path, RunBusy]] = []

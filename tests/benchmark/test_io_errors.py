@@ -1,0 +1,110 @@
+"""I/O errors of a run (benchmark/run/preflight.py, reports/io.py's WriteError): what can be told
+up front is refused before any training in one line naming the path; a disk that fills up
+mid-run fails that run in one line naming the file and the cause, leaves no partial record or
+checkpoint, and the rerun resumes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from benchmark import checkpoints, cli
+from benchmark.experiment import Experiment
+from benchmark.records import read_record, record_path
+from benchmark.run import preflight, runner
+from tests.support.cli import assert_usage_error, tree
+from tests.support.records import comparable
+from tests.support.runs import BASE_ONE_THREAD as BASE
+
+SCENARIO = "split-digits"
+RUN = "split-digits__naive__s0"
+
+
+def _cli(out: Path, *extra: str) -> int:
+    return cli.main(["run", *BASE, "--scenario", SCENARIO, "--strategies", "naive",
+                     "--epochs", "1", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("where", ["checkpoints", f"checkpoints/{RUN}", "locks"])
+def test_a_file_where_a_folder_must_be_is_refused_before_training(in_tmp, capsys, where):
+    out = in_tmp / "out"
+    blocker = out / where if where else out
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    before = tree(in_tmp)
+    line = assert_usage_error(capsys, _cli(out), f"{blocker} is a file where a folder must be",
+                              "move it away, or choose another --out")
+    assert "Traceback" not in line
+    assert tree(in_tmp) == before  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_an_unwritable_out_is_refused_before_training(in_tmp, capsys, monkeypatch, code):
+    """A read-only file system or no permission (simulated: the tests may run as root)."""
+    def refuse(*args, **kw):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = in_tmp / "out"
+    assert_usage_error(capsys, _cli(out), f"output folder {out} is not writable ({in_tmp}: "
+                       f"{os.strerror(code)}); choose another with --out")
+    assert not out.exists()
+
+
+def _full_disk_at(monkeypatch, name_prefix: str) -> None:
+    """``os.fsync`` of a file whose name starts with ``name_prefix`` fails as a full disk does."""
+    real = os.fsync
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(name_prefix):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize(("prefix", "written", "resumed"), [
+    (".task-003", "task-003.pt", "resume split-digits__naive__s0.json from task 3/5"),
+    (f".{RUN}", f"{RUN}.json", "resume split-digits__naive__s0.json: all 5 tasks trained"),
+])
+def test_a_full_disk_fails_the_run_in_one_line_and_the_rerun_resumes(
+        in_tmp, capsys, monkeypatch, prefix, written, resumed):
+    out = in_tmp / "out"
+    with monkeypatch.context() as mp:
+        _full_disk_at(mp, prefix)
+        assert _cli(out) == 1
+    said = capsys.readouterr()
+    failed = [ln for ln in said.out.splitlines() if ln.startswith("failed ")]
+    assert len(failed) == 1, said.out
+    assert failed[0].startswith(f"failed {RUN}.json: WriteError: cannot write ")
+    assert failed[0].endswith(f"{written}: No space left on device"), failed[0]
+    assert not record_path(out, SCENARIO, "naive", 0).exists()
+    folder = checkpoints.run_folder(out, Experiment(SCENARIO, "naive", 0))
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == (["task-002.pt"] if written == "task-003.pt" else ["task-005.pt"])
+    assert [p.name for p in (out / "runs").iterdir()] == []  # no partial or staged record
+    assert _cli(out) == 0
+    assert resumed in capsys.readouterr().out
+    rec = read_record(record_path(out, SCENARIO, "naive", 0))
+    whole = runner.run_experiment(Experiment(SCENARIO, "naive", 0, {"train": {"epochs": 1}}))
+    assert comparable(rec) == comparable(whole)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_the_run_level_check_names_the_cause(tmp_path, monkeypatch, code):
+    """The executors' own check (for scripts that call them without the command line)."""
+    from benchmark.errors import BenchmarkError
+
+    def refuse(*args, **kw):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(BenchmarkError, match=f"cannot write to {tmp_path} "
+                                             rf"\({os.strerror(code)}\): choose another --out"):
+        preflight.check_out(tmp_path / "out")
