@@ -16,7 +16,10 @@ Protocol (docs/tuning.md):
   in the space's order (keys sorted, values ascending);
 - only the records' ``valid_accuracy`` reaches :func:`select`: test accuracy is never read;
 - strategies without a search space (naive, sgd-f, pnn, joint) have nothing to select and are
-  not run; they stay in the preset's strategy list.
+  not run; they stay in the preset's strategy list;
+- a chosen value at an end of a searched numeric range (of at least three values) is said in
+  one warning line (:func:`edge_warnings`), and the report marks it (the records' selection
+  holds the space and the choice).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import yaml
 from reports.io import write_text
 from reports.metrics import agnostic_final_accuracy, validation_criterion
 from reports.schema import protocol_of
+from reports.tables.model import on_edge
 from strategies import STRATEGIES
 from strategies.common.config import to_public_dict
 from strategies.registry import INFERENCE
@@ -245,3 +249,12 @@ def criterion_table(sel: Selection) -> str:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in point.items())
                      + f": {value:.4f}{mark}")
     return "\n".join(lines)
+
+
+def edge_warnings(sel: Selection) -> list[str]:
+    """One warning line per searched numeric key whose chosen value is the smallest or the
+    largest of its range (at least three values: ``reports.tables.model.on_edge``): the
+    optimum may lie outside the space."""
+    return [f"warning: {sel.strategy} selected {e.text()} (its searched range): the optimum "
+            f"may lie outside it; widen the range with --grid {e.key}=<values> to know"
+            for e in on_edge(sel.space, sel.chosen)]

@@ -2,10 +2,11 @@
 regenerated from run records.
 
     python -m reports [--results results] [--out results/report] [--from-wandb ENTITY/PROJECT]
+                      [--targets configs/paper/targets.csv]
 
 Exit status: 0 when the report was written, 2 on a user error (no records, W&B unreachable,
-an ``--out`` that is a file or not writable, ``--jobs`` below 1, a bad option), reported as one
-line on stderr; the output folder is checked before anything is written.
+an ``--out`` that is a file or not writable, ``--jobs`` below 1, a bad option or ``--targets``
+file), reported as one line on stderr; the output folder is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from pathlib import Path
 
 from . import metrics
 from .load import ReportError, load_records
+from .targets import TITLE as TARGETS_TITLE
+from .targets import check_targets, load_targets, write_targets
+from .targets import line as target_line
+from .targets import to_html as targets_html
 from .text import warning_line
 
 
@@ -59,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="processes drawing the figures (default: the CPUs available)",
     )
+    p.add_argument(
+        "--targets",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="check published numbers against the records (e.g. configs/paper/targets.csv): "
+        "one line per target, and targets.md/targets.csv in the report",
+    )
     return p
 
 
@@ -96,7 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ReportError(f"--confidence must be in (0, 1), got {args.confidence}")
         if args.jobs is not None and args.jobs < 1:
             raise ReportError(f"invalid --jobs {args.jobs}: give a number of processes >= 1")
+        if (args.results.exists() and not args.results.is_dir()
+                and (not args.from_wandb or args.out is None)):
+            raise ReportError(f"--results {args.results} is a file; give the folder that holds "
+                              "runs/ (e.g. --results results)")
         check_output(out)
+        targets = load_targets(args.targets) if args.targets is not None else None
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -126,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .build import build_report  # matplotlib is imported only when there is work
 
+    checked = [] if targets is None else check_targets(targets, records, args.confidence)
+    extra = [(TARGETS_TITLE, targets_html(checked, args.confidence))] if checked else []
     try:
-        result = build_report(records, out, confidence=args.confidence, workers=args.jobs)
+        result = build_report(records, out, confidence=args.confidence, workers=args.jobs,
+                              extra_sections=extra)
     except OSError as e:  # e.g. the disk filled up, or a file of the report is a folder
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: cannot write the report to {out}{where}: {e.strerror or e}",
@@ -154,10 +175,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     for scenario, rep in result.reports.items():
         for note in rep.notes:
             print(f"note: {scenario}: {note}")
+    if checked:
+        try:
+            result.files += write_targets(checked, out, args.confidence)
+        except OSError as e:
+            print(f"error: cannot write the targets to {out}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 2
+        print(f"targets of {args.targets}:")
+        for r in checked:
+            print(f"  {target_line(r)}")
     by_dir: dict[Path, list[str]] = {}
     for p in result.files:
         by_dir.setdefault(p.parent, []).append(p.name)
     for d, names in by_dir.items():
         print(f"  {d}/: {' '.join(names)}")
     print(f"index: {result.index}")
+    from .render import terminal_headline
+
+    for rep in result.reports.values():
+        text = terminal_headline(rep)
+        if text:
+            print(text)
+    print(f"page: {result.page}")
     return 0

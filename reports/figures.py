@@ -507,9 +507,23 @@ def _xticks(ax, positions, labels: Sequence[str], rotation: int) -> None:
         ax.set_xticks(positions, labels)
 
 
-def _chosen_marker(ax, x: float, y: float) -> None:
+def _chosen_marker(ax, x: float, y: float, edge: bool = False) -> None:
+    """The chosen point's star; ``edge``: labelled as lying at the edge of its range."""
     ax.plot([x], [y], linestyle="none", marker="*", markersize=10, color="crimson",
             markeredgecolor="black", markeredgewidth=0.4, zorder=5)
+    if edge:
+        _edge_label(ax, x, y)
+
+
+#: the label of a chosen point at an end of its searched range, in the panel
+EDGE_LABEL = "edge"
+
+
+def _edge_label(ax, x: float, y: float) -> None:
+    ax.annotate(EDGE_LABEL, (x, y), xytext=(5, 5), textcoords="offset points",
+                color="crimson", fontsize=FONT_PT - 1, fontweight="bold", zorder=6,
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none",
+                      "alpha": 0.8})
 
 
 def _sensitivity_line(ax, s: Sensitivity) -> None:
@@ -528,7 +542,7 @@ def _sensitivity_line(ax, s: Sensitivity) -> None:
         ax.minorticks_off()
     for x, v, y in zip(xs, axis, ys, strict=True):
         if s.point_key((v,)) == s.chosen and math.isfinite(y):
-            _chosen_marker(ax, x, y)
+            _chosen_marker(ax, x, y, edge=bool(s.edges()))
     ax.set_xlabel(s.keys[0])
     ax.set_ylabel("validation criterion (%)")
 
@@ -557,6 +571,9 @@ def _sensitivity_heatmap(fig, ax, s: Sensitivity) -> None:
 
         ax.add_patch(Rectangle((chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False,
                                edgecolor="crimson", linewidth=2.0))
+        if s.edges():
+            ax.annotate(EDGE_LABEL, (chosen[1] - 0.45, chosen[0] - 0.45), va="top",
+                        color="crimson", fontsize=FONT_PT - 2, fontweight="bold", zorder=6)
     labels = _ticks(cols)
     _xticks(ax, np.arange(len(cols)), labels, _rotation(labels, 0.4 * len(cols)))
     ax.set_yticks(np.arange(len(rows)), _ticks(rows))
@@ -577,7 +594,7 @@ def _sensitivity_lines(ax, s: Sensitivity) -> None:
                 color=f"C{k % 10}", label=param_text(first))
         for x, combo, y in zip(xs, combos, ys, strict=True):
             if s.point_key((first, *combo)) == s.chosen and math.isfinite(y):
-                _chosen_marker(ax, x, y)
+                _chosen_marker(ax, x, y, edge=bool(s.edges()))
     step = max(1, math.ceil(len(combos) / 24))
     labels = ["/".join(_ticks(c)) for c in combos[::step]]
     _xticks(ax, xs[::step], labels, 90 if len(labels) > 12 else _rotation(labels, 2.0))
@@ -617,16 +634,26 @@ def _layout(sens: Sequence[Sensitivity]) -> list[list[int]]:
     return rows
 
 
+#: the sensitivity panel title's start of the line naming a chosen value at an end of its range
+EDGE_TITLE = "at the edge of the searched range: "
+
+
 def sensitivity_title(s: Sensitivity) -> str:
-    """Panel title: the strategy and how much its criterion moves over the search space."""
+    """Panel title: the strategy and how much its criterion moves over the search space, and
+    (a third line) the chosen values that lie at an end of their searched range."""
     vals = [100 * v for v in s.values.values() if math.isfinite(v)]
     n = len(s.values)
     mark = "□" if _panel_kind(s) == "heatmap" else "★"
     what = "chosen" if s.source == "selection" else "best"
     if not vals:
         return f"{s.strategy}: no criterion value"
-    return (f"{s.strategy}: spread {max(vals) - min(vals):.1f} pp over {n} point"
-            f"{'s' if n != 1 else ''}\n({min(vals):.1f}–{max(vals):.1f} %; {mark} {what})")
+    title = (f"{s.strategy}: spread {max(vals) - min(vals):.1f} pp over {n} point"
+             f"{'s' if n != 1 else ''}\n({min(vals):.1f}–{max(vals):.1f} %; {mark} {what})")
+    edges = s.edges()
+    if edges:
+        title += "\n" + EDGE_TITLE + ", ".join(
+            f"{e.key.split('.', 1)[-1]} = {_tick(e.value)} ({e.side})" for e in edges)
+    return title
 
 
 def plot_sensitivity(sens: Sequence[Sensitivity], scenario: str, paths: Sequence[Path]
@@ -642,7 +669,8 @@ def plot_sensitivity(sens: Sequence[Sensitivity], scenario: str, paths: Sequence
     heights = [max(_panel_height(sens[i]) for i in r) for r in rows]
     heat = any(_panel_kind(s) == "heatmap" for s in sens)
     many = any(_panel_kind(s) == "lines" for s in sens)
-    gap = 1.3 if many else 1.0  # room for the next row's title and rotated tick labels
+    # room for the next row's title (a line more naming values at an edge) and rotated ticks
+    gap = (1.3 if many else 1.0) + (0.15 if any(s.edges() for s in sens) else 0.0)
     bottom, top = (0.9 if many else 0.55), 1.0
     right = 0.5 if heat else 0.15  # the colorbar's label
     height = sum(heights) + (len(rows) - 1) * gap + bottom + top

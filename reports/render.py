@@ -11,6 +11,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ from .tables import (
     Monitoring,
     ScenarioReport,
     Sensitivity,
+    Stat,
 )
-from .tables.model import TASK_INFERENCE_METRICS, TaskInference
+from .tables.model import REFERENCES, TASK_INFERENCE_METRICS, TaskInference
 
 SINGLE_SEED = "†"
 SINGLE_SEED_NOTE = f"{SINGLE_SEED} a single seed: no confidence interval (a CI needs >= 2 seeds)."
@@ -72,8 +74,12 @@ def _csv(header: list[str], rows: Iterable[dict[str, Any]]) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A pipe table; a ``|`` inside a cell (e.g. Δ|ρ|) is escaped as ``\\|``."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
+    lines += [line(r) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -279,8 +285,18 @@ SAMPLES_TEXT = (" rehearsal samples: the most samples the rehearsal memory held 
 
 
 def _summary_metrics(rep: ScenarioReport) -> list[str]:
-    """The summary's columns: every metric, rehearsal samples only when a strategy has some."""
-    return [m for m in SUMMARY_METRICS if m != "memory_samples" or rep.has_memory_samples()]
+    """The summary's columns: every metric that some strategy has a value of (rehearsal samples
+    only when a strategy has some; the others left out say so: :func:`left_out_lines`)."""
+    return [m for m in SUMMARY_METRICS
+            if (m != "memory_samples" or rep.has_memory_samples())
+            and m not in rep.summary_left_out]
+
+
+def left_out_lines(rep: ScenarioReport) -> list[str]:
+    """One line per summary column left out because no strategy has a value, saying what
+    fills it (e.g. the reference run FWT needs and the command that trains it)."""
+    return [f"{SUMMARY_LABELS[m]} left out (no strategy has a value): {why}"
+            for m, why in rep.summary_left_out.items()]
 
 
 def summary_md(rep: ScenarioReport) -> str:
@@ -311,8 +327,9 @@ def summary_md(rep: ScenarioReport) -> str:
         + _md_table(header, rows) + "\n"
         + SUMMARY_TEXT.format(samples=SAMPLES_TEXT if "memory_samples" in cols else "") + "\n"
     )
-    if rep.summary_notes:
-        text += "\n" + "\n".join(f"- {n}" for n in rep.summary_notes) + "\n"
+    notes = left_out_lines(rep) + rep.summary_notes
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     if single:
         text += "\n" + SINGLE_SEED_NOTE + "\n"
     if rep.diverged:
@@ -610,12 +627,13 @@ def _hyper_keys(rep: ScenarioReport) -> list[str]:
 def hyperparameters_md(rep: ScenarioReport) -> str:
     """One row per strategy: the hyperparameters it ran with and whether they were selected on
     validation data."""
-    rows = [
-        [row.strategy, ",".join(map(str, row.seeds)),
-         ", ".join(f"{k}={v}" for k, v in row.params.items()), row.source]
-        for row in rep.hyperparameters
-    ]
-    return (
+    rows = []
+    for row in rep.hyperparameters:
+        edges = {e.key for e in row.edges}
+        rows.append([row.strategy, ",".join(map(str, row.seeds)),
+                     ", ".join(f"{k}={v}" + (f" {EDGE_MARK}" if k in edges else "")
+                               for k, v in row.params.items()), row.source])
+    text = (
         f"# {rep.scenario}: hyperparameters per strategy\n\n"
         + _md_table(["strategy", "seeds", "hyperparameters", "source"], rows)
         + "\nOwn section of each strategy's params, train.clipgrad, and the train settings that"
@@ -623,17 +641,42 @@ def hyperparameters_md(rep: ScenarioReport) -> str:
         " (criterion: " + metrics.VALIDATION_CRITERION + ", mean over the selection's seeds,"
         " training at most the epochs given).\n"
     )
+    lines = edge_lines(rep)
+    if lines:
+        text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    return text
+
+
+#: the hyperparameter table's mark of a selected value at an end of its searched range
+EDGE_MARK = "(edge)"
+
+
+def edge_lines(rep: ScenarioReport) -> list[str]:
+    """One line per strategy whose selected hyperparameters lie at an end of their searched
+    range (:func:`reports.tables.model.on_edge`), naming the values, the ranges and how to
+    search further."""
+    return [
+        f"{row.strategy} was selected at the edge of its searched range: "
+        + "; ".join(e.text() for e in row.edges) + f" (marked {EDGE_MARK} in the hyperparameter "
+        "table). The optimum may lie outside the range: widen it with `python -m benchmark "
+        f"tune --scenario {rep.scenario} --strategies {row.strategy} "
+        f"--grid {row.edges[0].key}=<values>`."
+        for row in rep.hyperparameters if row.edges
+    ]
 
 
 def hyperparameters_csv(rep: ScenarioReport) -> str:
-    """``strategy,seeds,selected,source,preset,criterion_value`` then one column per
-    hyperparameter (empty where a strategy has no such key)."""
+    """``strategy,seeds,selected,source,preset,criterion_value,edge`` then one column per
+    hyperparameter (empty where a strategy has no such key); ``edge``: the keys whose selected
+    value is an end of its searched range, space-separated."""
     keys = _hyper_keys(rep)
-    header = ["strategy", "seeds", "selected", "source", "preset", "criterion_value", *keys]
+    header = ["strategy", "seeds", "selected", "source", "preset", "criterion_value", "edge",
+              *keys]
     rows = [
         {"strategy": row.strategy, "seeds": " ".join(map(str, row.seeds)),
          "selected": "true" if row.selected else "false", "source": row.source,
          "preset": row.preset, "criterion_value": row.criterion_value,
+         "edge": " ".join(e.key for e in row.edges),
          **{k: row.params.get(k) for k in keys}}
         for row in rep.hyperparameters
     ]
@@ -669,11 +712,16 @@ def index_md(
     missing: list[tuple[str, Missing]],
     notes: list[str],
     duplicates: Iterable[tuple[str, Duplicate]] = (),
+    headlines: Iterable[tuple[str, str]] = (),
 ) -> str:
     """``sections``: (scenario, [(relative path, caption)]); ``missing``: (scenario, what is
     missing with the command that produces it); ``duplicates``: (scenario, records of one run
-    that disagree), listed first with the rule that resolved them."""
-    lines = ["# Report", "", "Generated by `python -m reports` from run records.", ""]
+    that disagree), listed first with the rule that resolved them; ``headlines``: (scenario,
+    its headline in Markdown, :func:`headline_md`), at the top."""
+    lines = ["# Report", "", "Generated by `python -m reports` from run records; the page "
+             "`index.html` shows the same with every figure.", ""]
+    for scenario, text in headlines:
+        lines += [f"## {scenario}: headline", "", text.rstrip(), ""]
     duplicates = list(duplicates)
     if duplicates:
         lines += ["## Duplicate records", "", f"Rule: {DUPLICATE_RULE}.", ""]
@@ -746,3 +794,185 @@ def monitoring_csv(mon: Monitoring) -> str:
                              "layer": layer, "used": float(used[e, li]),
                              "reuse": float(reuse[e, li]), "seeds": int(seeds[e])})
     return _csv(["task", "task_name", "epoch", "layer", "used", "reuse", "seeds"], rows)
+
+
+# --- the headline: Table 1 with final accuracy and forgetting, Class-IL, and what they say -----
+
+#: what a headline cell of a reference (joint) shows for a number only methods have
+REFERENCE_CELL = "reference"
+
+
+@dataclass
+class HeadTable:
+    """One compact headline table: cells as text, the best of each column flagged."""
+
+    title: str
+    label: str  # the protocol, for the terminal's shorter title
+    header: list[str]
+    rows: list[list[str]]
+    best: list[list[bool]]  # per row, per cell after the strategy's
+
+
+def _best_of(stats: dict[str, Stat], pick: str) -> set[str]:
+    """The strategies whose mean is the largest (``pick`` "max"), the smallest ("min") or the
+    closest to 0 ("abs"); ties (within 1e-12) all count."""
+    means = {s: st.mean for s, st in stats.items() if st.n and math.isfinite(st.mean)}
+    if not means:
+        return set()
+    key = {"max": lambda v: -v, "min": lambda v: v, "abs": abs}[pick]
+    top = min(key(v) for v in means.values())
+    return {s for s, v in means.items() if key(v) <= top + 1e-12}
+
+
+def _cell(st: Stat | None, scale: float, digits: int) -> str:
+    return NO_DATA if st is None or st.n == 0 else pm(st.mean, st.half, digits, scale)
+
+
+def headline_tables(rep: ScenarioReport) -> list[HeadTable]:
+    """The scenario's headline: per strategy Table 1's ρ≤t, the final accuracy and the
+    forgetting (task-incremental records), then (class records) the last Class-IL accuracy,
+    Class-IL forgetting and ρ≤T against joint; the best method of each column flagged
+    (references never)."""
+    tables = []
+    strategies = [s for s in rep.summary if s != "single"]
+    if strategies:
+        header = (["strategy"] + [f"ρ≤{t}" for t in rep.table_ts]
+                  + [SUMMARY_LABELS["final_acc"], SUMMARY_LABELS["forgetting"]])
+        methods = {s: rep.summary[s] for s in strategies if s not in REFERENCES}
+        best_acc = _best_of({s: m["final_acc"] for s, m in methods.items()}, "max")
+        best_fgt = _best_of({s: m["forgetting"] for s, m in methods.items()}, "min")
+        rows, best = [], []
+        for s in strategies:
+            rho = [(_cell(rep.rho[s][t - 1], 1.0, 3) if s in rep.rho else
+                    REFERENCE_CELL if s in REFERENCES else NO_DATA) for t in rep.table_ts]
+            rows.append([s, *rho, _cell(rep.summary[s]["final_acc"], 100.0, 1),
+                         _cell(rep.summary[s]["forgetting"], 100.0, 1)])
+            best.append([s in rep.best.get(t, []) for t in rep.table_ts]
+                        + [s in best_acc, s in best_fgt])
+        for s in rep.only_diverged(summary=True):
+            rows.append([s] + [DIVERGED] * (len(header) - 1))
+            best.append([False] * (len(header) - 1))
+        tables.append(HeadTable(
+            f"Task-IL: Table 1 (ρ≤t) and the summary's final accuracy and forgetting, mean ± "
+            f"{rep.confidence:.0%} CI over seeds", f"task-incremental, T={rep.n_tasks}",
+            header, rows, best))
+    cil = rep.class_il
+    if cil is not None and cil.stats:
+        cols = ("last", "forgetting", "rho")
+        header = ["strategy"] + [CLASS_IL_LABELS[m] for m in cols]
+        methods = {s: m for s, m in cil.stats.items() if s not in REFERENCES}
+        picks = {m: _best_of({s: v[m] for s, v in methods.items()}, pick)
+                 for m, pick in zip(cols, ("max", "min", "abs"), strict=True)}
+        rows, best = [], []
+        for s, by_metric in cil.stats.items():
+            rows.append([s] + [REFERENCE_CELL if s in REFERENCES and m == "rho" else
+                               _cell(by_metric[m], *CLASS_IL_FORMAT[m]) for m in cols])
+            best.append([s in picks[m] for m in cols])
+        tables.append(HeadTable(
+            f"Class-IL (no task label at test), mean ± {rep.confidence:.0%} CI over seeds",
+            f"class-incremental, T={cil.n_tasks}", header, rows, best))
+    return tables
+
+
+def headline_text(rep: ScenarioReport) -> str:
+    """The headline tables fixed-width for a terminal, the best of each column marked ``*``."""
+    lines = []
+    for table in headline_tables(rep):
+        cells = [[r[0]] + [c + ("*" if b else "") for c, b in zip(r[1:], flags, strict=True)]
+                 for r, flags in zip(table.rows, table.best, strict=True)]
+        widths = [max(len(row[i]) for row in [table.header, *cells])
+                  for i in range(len(table.header))]
+        lines.append(f"{rep.scenario}, {table.label} (mean ± {rep.confidence:.0%} CI over "
+                     "seeds; * best):")
+        for row in [table.header, *cells]:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                         .rstrip())
+    return "\n".join(lines)
+
+
+def headline_md(rep: ScenarioReport) -> str:
+    """The headline tables as Markdown (best in bold), then what they say
+    (:func:`findings`)."""
+    parts = []
+    for table in headline_tables(rep):
+        rows = [[r[0]] + [f"**{c}**" if b else c for c, b in zip(r[1:], flags, strict=True)]
+                for r, flags in zip(table.rows, table.best, strict=True)]
+        parts.append(f"{table.title}; best in bold.\n\n" + _md_table(table.header, rows))
+    says = findings(rep)
+    if says:
+        parts.append("\n".join(f"- {line}" for line in says) + "\n")
+    return "\n".join(parts)
+
+
+def _interval(st: Stat, scale: float, digits: int, conf: str) -> str:
+    value = f"{st.mean * scale:.{digits}f}"
+    if math.isnan(st.half):
+        return f"{value} (one seed: no CI)"
+    return f"{value} ({conf} {st.low * scale:.{digits}f} to {st.high * scale:.{digits}f})"
+
+
+def _ranked(stats: dict[str, Stat], pick: str) -> list[str]:
+    """Strategies with a value, the best first (``pick`` as in :func:`_best_of`)."""
+    key = {"max": lambda v: -v, "min": lambda v: v, "abs": abs}[pick]
+    return sorted((s for s, st in stats.items() if st.n and math.isfinite(st.mean)),
+                  key=lambda s: key(stats[s].mean))
+
+
+def _finding(what: str, stats: dict[str, Stat], pick: str, fmt: tuple[float, int, str],
+             conf: str) -> str | None:
+    """``<what>: best <s> <value> (<conf> ..); runner-up <s2> <value> (..): the intervals
+    overlap, ...``; None without a value. ``fmt``: scale, digits and unit of the values."""
+    ranked = _ranked(stats, pick)
+    if not ranked:
+        return None
+    scale, digits, unit = fmt
+    a = stats[ranked[0]]
+    text = f"{what}: best {ranked[0]} {_interval(a, scale, digits, conf)}{unit}"
+    if len(ranked) < 2:
+        return text + "."
+    b = stats[ranked[1]]
+    text += f"; runner-up {ranked[1]} {_interval(b, scale, digits, conf)}{unit}"
+    if math.isnan(a.half) or math.isnan(b.half):
+        return text + ": no intervals to compare."
+    if a.low <= b.high and b.low <= a.high:
+        return (text + f": the intervals overlap, so {ranked[0]} and {ranked[1]} are not told "
+                f"apart at {min(a.n, b.n)} seeds.")
+    return text + f": the intervals do not overlap, {ranked[0]} is ahead."
+
+
+def findings(rep: ScenarioReport) -> list[str]:
+    """What the scenario's numbers say, one sentence each: the best method per headline
+    metric with its CI and whether the runner-up's CI overlaps it, HAT's reduction of
+    forgetting, and the selected hyperparameters at an end of their searched range."""
+    conf = f"{rep.confidence:.0%} CI"
+    pct, pp, rho = (100.0, 1, " %"), (100.0, 1, " pp"), (1.0, 3, "")
+    out: list[str | None] = []
+    for t in rep.table_ts:
+        out.append(_finding(f"Forgetting ratio ρ≤{t} (closest to 0 best)",
+                            {s: st[t - 1] for s, st in rep.rho.items()}, "abs", rho, conf))
+    methods = {s: m for s, m in rep.summary.items() if s not in REFERENCES}
+    out.append(_finding("Final accuracy", {s: m["final_acc"] for s, m in methods.items()},
+                        "max", pct, conf))
+    out.append(_finding("Forgetting (smallest best)",
+                        {s: m["forgetting"] for s, m in methods.items()}, "min", pp, conf))
+    if rep.reduction:
+        r = rep.reduction[-1]
+        out.append(f"HAT's reduction of forgetting at ρ≤{r['t']} against the best baseline "
+                   f"({r['best_baseline'] or 'n/a'}): {reduction_text(r)}.")
+    if rep.class_il is not None:
+        cil = {s: m for s, m in rep.class_il.stats.items() if s not in REFERENCES}
+        out.append(_finding("Class-IL last accuracy", {s: m["last"] for s, m in cil.items()},
+                            "max", pct, conf))
+    out += edge_lines(rep)
+    return [line for line in out if line]
+
+
+def terminal_headline(rep: ScenarioReport) -> str:
+    """What ``python -m reports`` ends with per scenario: the headline tables fixed-width
+    (:func:`headline_text`), the summary columns left out with what fills them, and the
+    selected hyperparameters at the edge of their range."""
+    lines = [headline_text(rep)] if headline_tables(rep) else []
+    lines += [f"  {line}" for line in left_out_lines(rep)]
+    lines += [f"  edge: {row.strategy} {'; '.join(e.text() for e in row.edges)}"
+              for row in rep.hyperparameters if row.edges]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..tuning import (
     Selection,
     criterion_table,
     default_space,
+    edge_warnings,
     infers_tasks,
     preset,
     select,
@@ -105,6 +107,8 @@ def finish_tune(plan: RunPlan, args: argparse.Namespace, argv: Sequence[str]) ->
         sel = select(s, space, valid, protocol)
         selections.append(sel)
         print(criterion_table(sel))
+        for line in edge_warnings(sel):
+            print(line, file=sys.stderr)
     epochs = base.get("train", {}).get("epochs")
     data = preset(plan.experiments[0].scenario, strategies, selections, seeds=seeds,
                   epochs=int(float(epochs)) if epochs is not None else None, fixed=fixed,

@@ -162,6 +162,7 @@ def compute_scenario(
         duplicates=duplicates,
         summary_blank=summ.blank,
         summary_notes=summ.notes,
+        summary_left_out=summ.left_out,
         class_il=cil,
     )
 

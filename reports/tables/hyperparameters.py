@@ -15,7 +15,15 @@ import numpy as np
 from .. import metrics
 from ..per_run import finite_float
 from ..schema import param_text
-from .model import DIFFERS, NOT_SELECTED, NOTHING_TO_SELECT, HyperRow, Sensitivity, order
+from .model import (
+    DIFFERS,
+    NOT_SELECTED,
+    NOTHING_TO_SELECT,
+    HyperRow,
+    Sensitivity,
+    on_edge,
+    order,
+)
 
 __all__ = ["hyperparameters", "selection_source", "sensitivity"]
 
@@ -96,6 +104,7 @@ def hyperparameters(
             sel = sels[0]
             row.preset = sel.get("preset") if isinstance(sel.get("preset"), str) else None
             row.criterion_value = _chosen_value(sel)
+            row.edges = on_edge(sel["space"], sel["chosen"])
             for key, v in sel["chosen"].items():
                 section, _, name = key.partition(".")
                 have = values(recs, section, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "Capacity",
     "ClassIL",
     "Duplicate",
+    "Edge",
     "Grid",
     "HyperRow",
     "Missing",
@@ -49,6 +50,7 @@ __all__ = [
     "extra_seeds",
     "order",
     "seeds_arg",
+    "on_edge",
     "stat",
 ]
 
@@ -154,6 +156,61 @@ class Duplicate:
         return head + f"using {self.used} (the newest `created`)"
 
 
+@dataclass(frozen=True)
+class Edge:
+    """A selected value at an end of a searched numeric dimension: the optimum may lie
+    outside the space."""
+
+    key: str  # ``section.key``
+    value: float
+    low: float  # the dimension's smallest searched value
+    high: float  # its largest
+
+    @property
+    def side(self) -> str:
+        return "smallest" if self.value == self.low else "largest"
+
+    def text(self) -> str:
+        """``lwf.alpha=0.1, the smallest of 0.1..10``."""
+        return (f"{self.key}={param_text(self.value)}, the {self.side} of "
+                f"{param_text(self.low)}..{param_text(self.high)}")
+
+
+#: a searched dimension is flagged only with at least this many values: with two, every
+#: choice is an end and the flag would say nothing
+EDGE_MIN_VALUES = 3
+
+
+def _number(v: Any) -> float | None:
+    """``v`` (a number or its canonical text) as a finite float; None otherwise."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return None
+    if isinstance(v, int | float) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def on_edge(space: Mapping[str, Sequence[Any]], chosen: Mapping[str, Any]) -> list[Edge]:
+    """The keys of ``space`` whose ``chosen`` value is the smallest or the largest of a numeric
+    dimension of at least :data:`EDGE_MIN_VALUES` values (values as numbers or their canonical
+    text), in ``space``'s order."""
+    out = []
+    for key, values in space.items():
+        nums = [_number(v) for v in values]
+        pick = _number(chosen.get(key))
+        if pick is None or None in nums or len(set(nums)) < EDGE_MIN_VALUES:
+            continue
+        low, high = min(nums), max(nums)
+        if pick in (low, high):
+            out.append(Edge(key, pick, low, high))
+    return out
+
+
 @dataclass
 class Grid:
     """HAT smax × c robustness grid: ``mean[i][j]`` for ``smax[i]``, ``c[j]``."""
@@ -214,6 +271,8 @@ class HyperRow:
     selected: bool  # every seed carries the same selection
     preset: str | None = None
     criterion_value: float = math.nan  # of the chosen point, NaN when not selected/unknown
+    #: the selected values at an end of their searched dimension (:func:`on_edge`)
+    edges: list[Edge] = field(default_factory=list)
 
 
 @dataclass
@@ -240,6 +299,13 @@ class Sensitivity:
     def points(self) -> list[tuple[Any, ...]]:
         """The points that have an entry, in axis order (first key slowest)."""
         return [p for p in itertools.product(*self.axes) if self.point_key(p) in self.values]
+
+    def edges(self) -> list[Edge]:
+        """The chosen point's values at an end of a searched numeric dimension."""
+        if self.chosen is None:
+            return []
+        return on_edge(dict(zip(self.keys, self.axes, strict=True)),
+                       dict(zip(self.keys, self.chosen, strict=True)))
 
     def label(self, point: Sequence[Any]) -> str:
         """``key=value`` pairs, keys sorted, as a grid tag spells them."""
@@ -367,6 +433,9 @@ class ScenarioReport:
     summary_blank: dict[str, dict[str, str]] = field(default_factory=dict)
     #: lines under the summary table: missing references and the commands that produce them
     summary_notes: list[str] = field(default_factory=list)
+    #: summary metric without a value for any strategy (its column is left out) -> the line
+    #: saying what fills it
+    summary_left_out: dict[str, str] = field(default_factory=dict)
     #: the class-incremental protocol's table and curve (None: no class records); every other
     #: field comes from the task protocol's records only
     class_il: ClassIL | None = None

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..per_run import NO_DATA, NOT_APPLICABLE, run_metrics
-from .model import SINGLE_TASK, SUMMARY_METRICS, Stat, seeds_arg, stat
+from .model import JOINT, SINGLE_TASK, SUMMARY_METRICS, Stat, seeds_arg, stat
 from .records import ScenarioRecords
 
 __all__ = ["Summary", "summary"]
@@ -25,6 +25,8 @@ class Summary:
     #: lines under the table: missing references and the commands that produce them
     notes: list[str]
     acc_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    #: metric without a value for any strategy (its column is left out) -> what fills it
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def summary(sr: ScenarioRecords, confidence: float) -> Summary:
@@ -52,9 +54,40 @@ def summary(sr: ScenarioRecords, confidence: float) -> Summary:
         stats[s] = {m: stat(values[m], confidence) for m in SUMMARY_METRICS}
         blank[s] = {m: NOT_APPLICABLE if blanks[m] == {NOT_APPLICABLE} else NO_DATA
                     for m in SUMMARY_METRICS if stats[s][m].n == 0}
+    left_out = _left_out(stats, blank, sr)
     notes = _reference_notes(stats, sr.seeds, singles, sr.diverged.get(SINGLE_TASK, []),
-                             sr.command)
-    return Summary(stats=stats, blank=blank, notes=notes, acc_mean=acc_mean)
+                             sr.command, whole_column="fwt" in left_out)
+    return Summary(stats=stats, blank=blank, notes=notes, acc_mean=acc_mean, left_out=left_out)
+
+
+#: a summary metric whose column may be left out without a word: n/a for every strategy that
+#: keeps no rehearsal memory
+SILENT_COLUMNS = ("memory_samples",)
+#: the reference run a summary metric needs
+NEEDS_REFERENCE = {"fwt": SINGLE_TASK, "intransigence": JOINT}
+
+
+def _left_out(stats: dict[str, dict[str, Stat]], blank: dict[str, dict[str, str]],
+              sr: ScenarioRecords) -> dict[str, str]:
+    """The summary metrics without a value for any strategy, each with what fills its column:
+    the reference run it needs (and the command), else why the records have none."""
+    if not stats:
+        return {}
+    seeds = sorted({sd for s in stats for sd in sr.seeds[s]})
+    out = {}
+    for m in SUMMARY_METRICS:
+        if m in SILENT_COLUMNS or any(st[m].n for st in stats.values()):
+            continue
+        ref = NEEDS_REFERENCE.get(m)
+        if ref is not None:
+            out[m] = (f"it needs the `{ref}` reference of each seed; add `{ref}` to "
+                      f"--strategies: `{sr.command([ref], seeds)}`")
+        elif all(blank[s].get(m) == NOT_APPLICABLE for s in stats):
+            out[m] = "none of these strategies has one (n/a)"
+        else:
+            out[m] = ("the records predate it (or have no value); re-run them with this "
+                      f"version of the suite: `{sr.command(list(stats), seeds)}`")
+    return out
 
 
 def _reference_notes(
@@ -63,16 +96,18 @@ def _reference_notes(
     singles: dict[int, dict],
     single_diverged: list[int],
     command: Callable[[Sequence[str], Sequence[int]], str],
+    whole_column: bool = False,
 ) -> list[str]:
     """Lines under the summary table naming the seeds whose FWT lacks its ``single``
-    reference, with the command that trains it."""
+    reference, with the command that trains it (none when no seed has it, ``whole_column``:
+    the left-out column's line says it)."""
     wanted = sorted({sd for s in summary for sd in seeds[s]})
     lacking = [sd for sd in wanted if sd not in singles and sd not in single_diverged]
     notes = []
     if single_diverged:
         notes.append(f"single diverged for seed(s) {seeds_arg(single_diverged)}: those seeds "
                      "have no FWT")
-    if lacking:
+    if lacking and not whole_column:
         notes.append(f"FWT needs the `single` record of the same seed (each task trained alone "
                      f"from the seed's initialisation); none for seed(s) {seeds_arg(lacking)}: "
                      f"run `{command([SINGLE_TASK], lacking)}`")

@@ -46,6 +46,26 @@ def test_ties_go_to_the_default_then_to_the_first_point():
     assert tune.select("ewc", space, tied).chosen == {"ewc.lambda": "100"}
 
 
+@pytest.mark.parametrize("best, warned", [("1000", True), ("1", True), ("100", False)])
+def test_a_choice_at_an_end_of_its_searched_range_is_warned_about(best, warned):
+    space = {"ewc.lambda": ["1", "10", "100", "1000"]}
+    valid = {f"ewc.lambda={v}": [_matrix([0.9 if v == best else 0.6] * 2)]
+             for v in space["ewc.lambda"]}
+    sel = tune.select("ewc", space, valid)
+    assert sel.chosen == {"ewc.lambda": best}
+    lines = tune.edge_warnings(sel)
+    if not warned:
+        assert lines == []
+        return
+    side = "largest" if best == "1000" else "smallest"
+    assert lines == [f"warning: ewc selected ewc.lambda={best}, the {side} of 1..1000 (its "
+                     "searched range): the optimum may lie outside it; widen the range with "
+                     "--grid ewc.lambda=<values> to know"]
+    # two values: every choice is an end, nothing said
+    two = {"ewc.lambda": ["1", "10"]}
+    assert tune.edge_warnings(tune.select("ewc", two, valid)) == []
+
+
 def test_a_point_without_validation_data_is_refused():
     with pytest.raises(Exception, match="no validation accuracy"):
         tune.select("ewc", {"ewc.lambda": ["1"]}, {"ewc.lambda=1": [None]})
@@ -138,6 +158,23 @@ def _tune(folder, *extra):
                      "--no-progress", *extra])
     assert code == 0
     return yaml.safe_load(preset.read_text())
+
+
+def test_tune_warns_once_when_its_choice_lies_at_an_end_of_the_range(tmp_path, in_tmp,
+                                                                      one_thread, capsys):
+    preset = tmp_path / "p.yaml"
+    assert cli.main(["tune", "--scenario", "split-digits", "--strategies", "ewc", "--grid",
+                     "ewc.lambda=1,1000,1000000", "--seeds", "100", "--epochs", "2", "--out",
+                     str(tmp_path / "runs"), "--preset", str(preset), "--no-progress"]) == 0
+    chosen = yaml.safe_load(preset.read_text())["selection"]["strategies"]["ewc"]["chosen"]
+    value = chosen["ewc.lambda"]
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("warning: ewc selected")]
+    side = {1: "smallest", 1000000: "largest"}.get(value)
+    assert said == ([] if side is None else [
+        f"warning: ewc selected ewc.lambda={value}, the {side} of 1..1000000 (its searched "
+        "range): the optimum may lie outside it; widen the range with --grid "
+        "ewc.lambda=<values> to know"])
 
 
 def test_selection_never_reads_test_data(tmp_path, monkeypatch, in_tmp, one_thread):

@@ -186,6 +186,20 @@ def test_jobs_below_one_is_one_line_exit_2(tmp_path, capsys, jobs):
     assert not out.exists()
 
 
+@pytest.mark.issue(28)
+@pytest.mark.parametrize("with_out", [False, True])
+def test_results_that_is_a_file_is_named_as_such(tmp_path, capsys, with_out):
+    """``--results`` given a file: the line blames --results (not the output folder) and says
+    it must be the folder holding runs/."""
+    target = tmp_path / "records.json"
+    target.write_text("{}", encoding="utf-8")
+    extra = ["--out", str(tmp_path / "report")] if with_out else []
+    assert main(["--results", str(target), *extra, "--jobs", "1"]) == 2
+    line = _one_error_line(capsys)
+    assert f"--results {target} is a file" in line and "runs/" in line
+    assert files_under(tmp_path) == {"records.json"}
+
+
 # --- the "missing" commands --------------------------------------------------------------------
 
 
@@ -308,7 +322,7 @@ def test_reduction_against_a_baseline_with_rho_about_0_gives_the_difference(tmp_
     assert float(row["reduction_abs"]) == pytest.approx(abs(rho_naive) - abs(rho_hat))
     md = (out / "z" / "rho_table.md").read_text(encoding="utf-8")
     red = next(line for line in md.splitlines() if line.startswith("| HAT reduction"))
-    assert "Δ|ρ| -0.013" in red and "%" not in red
+    assert "Δ\\|ρ\\| -0.013" in red and "%" not in red  # a pipe in a cell is escaped
     assert "< 0.01" in md and "not meaningful" in md  # the rule, in the table's text
     tex = (out / "z" / "rho_table.tex").read_text(encoding="utf-8")
     assert "$\\Delta|\\rho|$ -0.013" in tex and "25900" not in tex
