@@ -70,12 +70,12 @@ ifeq ($(RUN),1)
 	set -e; for p in $(PAPER_PRESETS); do \
 		$(PY) -m benchmark run --config configs/paper/$$p.yaml $(PAPER_FLAGS); \
 	done
-	$(PY) -m reports --results results/paper --out results/paper/report
+	$(PY) -m reports --results results/paper --out results/paper/report --targets configs/paper/targets.csv
 else
 	@for p in $(PAPER_PRESETS); do \
 		echo "python -m benchmark run --config configs/paper/$$p.yaml $(PAPER_FLAGS)"; \
 	done
-	@echo "python -m reports --results results/paper --out results/paper/report"
+	@echo "python -m reports --results results/paper --out results/paper/report --targets configs/paper/targets.csv"
 	@echo "# make paper RUN=1 runs them (datasets under data/, or add --download to PAPER_FLAGS)"
 endif
 
