@@ -8,10 +8,12 @@ keeps, not on the data): the MLP with 2 hidden layers of 2000 units on pmnist-sh
 networks, ``benchmark.networks.build_model``). Every task trains one epoch (``train.recipe
 =fixed``) on ``--train`` samples, enough to fill the rehearsal memory of a replay strategy.
 
-After each experience the script records the checkpoint's size on disk, the time to collect
-the strategy's state (``capture``: state dicts, the plugins' pickled state) and the time to
-write the file (``torch.save`` to a temporary file, fsync, rename). The table shows the size
-after the first and the last task and the mean and largest total time per experience.
+After each experience the script records the checkpoint's size on disk (against the model's
+own state), the time to collect the strategy's state (``capture``: state dicts, the plugins'
+pickled state), the time to write the file (``torch.save`` to a temporary file, fsync, rename)
+and the time a resume takes to read it back (``store.read``), of which the SHA-256 check of its
+content. The table shows the size after the first and the last task and the mean times per
+experience.
 
     python scripts/bench_checkpoint.py [--nets mlp,alexnet] [--strategies hat,ewc,...]
                                        [--device cpu] [--json results/bench_checkpoint.json]
@@ -81,7 +83,16 @@ def measure(net: str, strategy: str, n_train: int, n_test: int, device: str) -> 
         start = time.perf_counter()
         path = real_write(folder, done, state)
         rows[-1].update(task=done, write_ms=1e3 * (time.perf_counter() - start),
-                        size_mb=path.stat().st_size / 2**20)
+                        size_mb=path.stat().st_size / 2**20,
+                        model_mb=sum(t.numel() * t.element_size()
+                                     for t in state["strategy"]["model"].values()) / 2**20)
+        start = time.perf_counter()
+        store.read(path)  # what a resume reads: the digest verified, then unpickled
+        read_ms = 1e3 * (time.perf_counter() - start)
+        data = path.read_bytes()
+        start = time.perf_counter()
+        store.unseal(data, path)  # the digest alone
+        rows[-1].update(read_ms=read_ms, digest_ms=1e3 * (time.perf_counter() - start))
         return path
 
     runner.capture_strategy, store.write = capture, write
@@ -95,16 +106,20 @@ def measure(net: str, strategy: str, n_train: int, n_test: int, device: str) -> 
 
 
 def table(results: dict[tuple[str, str], list[dict]]) -> str:
-    head = (f"{'net':<8} {'strategy':<9} {'MB task 1':>9} {'MB task 10':>10} "
-            f"{'capture ms':>10} {'write ms':>9} {'total ms (mean/max)':>20}")
+    head = (f"{'net':<8} {'strategy':<9} {'model MB':>8} {'MB task 1':>9} {'MB task 10':>10} "
+            f"{'capture ms':>10} {'write ms':>9} {'total ms (mean/max)':>20} "
+            f"{'resume read ms':>14} {'of it digest ms':>15}")
     lines = [head, "-" * len(head)]
     for (net, strategy), rows in results.items():
         total = [r["capture_ms"] + r["write_ms"] for r in rows]
         lines.append(
-            f"{net:<8} {strategy:<9} {rows[0]['size_mb']:>9.1f} {rows[-1]['size_mb']:>10.1f} "
+            f"{net:<8} {strategy:<9} {rows[-1]['model_mb']:>8.1f} {rows[0]['size_mb']:>9.1f} "
+            f"{rows[-1]['size_mb']:>10.1f} "
             f"{statistics.mean(r['capture_ms'] for r in rows):>10.0f} "
             f"{statistics.mean(r['write_ms'] for r in rows):>9.0f} "
-            f"{statistics.mean(total):>11.0f} / {max(total):>6.0f}")
+            f"{statistics.mean(total):>11.0f} / {max(total):>6.0f} "
+            f"{statistics.mean(r['read_ms'] for r in rows):>14.1f} "
+            f"{statistics.mean(r['digest_ms'] for r in rows):>15.1f}")
     return "\n".join(lines)
 
 
