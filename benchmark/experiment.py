@@ -11,8 +11,10 @@ Pure: no training, no files written.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ import torch
 from strategies import ConfigError, TrainConfig, get_strategy
 from strategies.common.config import check_count, from_overrides, to_public_dict
 from strategies.registry import INFERENCE, STRATEGIES
+from strategies.training.recipe import split_indices
 
 from .data.scenarios import MIXTURE_SOURCES, SCENARIOS, Scenario, get_scenario
 from .networks import DEFAULT_BLOCKS, DEFAULT_HIDDEN, RESNETS, ModelConfig, check_network
@@ -83,8 +86,11 @@ class InferenceConfig:
     #: ``memory_samples``; give the rehearsal methods' budget); 0: no memory, raw scores
     calibration_samples: int = 0
 
-    def __post_init__(self):
-        check_count("calibration_samples", self.calibration_samples, 0)
+    def check(self, strategy: str) -> InferenceConfig:
+        """``self`` when its values are in range; else ConfigError naming the key as given
+        (``<strategy>.calibration_samples``: these keys live in the strategy's section)."""
+        check_count(f"{strategy}.calibration_samples", self.calibration_samples, 0)
+        return self
 
 
 #: the keys of a strategy's section that are its task inference's (``InferenceConfig``)
@@ -157,7 +163,8 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
             "scenario.protocol=task, or leave it out of the class-incremental runs")
     inference = None
     if scen.protocol == "class" and spec.class_protocol == INFERENCE:
-        inference = from_overrides(InferenceConfig, inference_over, exp.strategy)
+        inference = from_overrides(InferenceConfig, inference_over, exp.strategy).check(
+            exp.strategy)
     elif inference_over:
         raise ConfigError(
             f"{exp.strategy}.{next(iter(inference_over))} applies to the class-incremental "
@@ -274,13 +281,66 @@ def known_task_names(scenario: str) -> list[str] | None:
 def resolve_for(exp: Experiment, scenario: Scenario | None = None,
                 input_shape: Sequence[int] | None = None) -> ResolvedConfig:
     """``resolve`` with the defaults of ``exp``'s scenario: the built ``scenario``'s (its
-    validation fraction and input shape), or without it its spec's (no data are read; the
+    validation fraction and input shape; its tasks' sizes are checked against the validation
+    split: ``check_valid_fraction``), or without it its spec's (no data are read; the
     network is checked against ``input_shape`` when given: the spec's is ``INPUT_SHAPES``)."""
     spec = get_scenario(exp.scenario)
     if scenario is not None:
-        return resolve(exp, scenario.valid_fraction, spec.embedded, spec.network,
-                       scenario.input_shape)
+        cfg = resolve(exp, scenario.valid_fraction, spec.embedded, spec.network,
+                      scenario.input_shape)
+        check_valid_fraction(cfg, scenario)
+        return cfg
     return resolve(exp, spec.valid_fraction, spec.embedded, spec.network, input_shape)
+
+
+@lru_cache(maxsize=4096)
+def _held_out(n: int, fraction: float) -> int:
+    """How many of a task's ``n`` training samples the paper's recipe holds out for
+    validation at ``fraction`` (its own split: ``split_indices``)."""
+    return len(split_indices(n, fraction, 0, 0)[1])
+
+
+def max_valid_fraction(n: int, n_classes: int) -> float:
+    """The largest ``train.valid_fraction`` (3 decimals, more where 3 give none) that leaves a
+    task of ``n`` training samples at least ``n_classes`` of them to train on; 0 when none
+    does (the recipe holds out at least one sample)."""
+    room = n - n_classes  # the most samples validation may take
+    if room < 1:
+        return 0.0
+    if n_classes <= 1:
+        return 0.999  # (the recipe always leaves one sample to train on)
+    for digits in range(3, 10):
+        scale = 10**digits
+        f = math.floor((room + 0.5) / n * scale) / scale
+        while f > 0 and n - _held_out(n, f) < n_classes:
+            f = round(f - 1 / scale, digits)
+        if f > 0:
+            return f
+    return 0.0
+
+
+def check_valid_fraction(cfg: ResolvedConfig, scenario: Scenario) -> None:
+    """ConfigError unless every task the run trains (``scenario.task``'s alone, when given)
+    keeps at least one training sample per class after the paper's recipe holds out
+    ``train.valid_fraction`` (at least one sample) for validation; the message gives the
+    largest value the scenario allows."""
+    fraction = cfg.train.valid_fraction
+    if cfg.train.recipe != "paper" or not fraction:
+        return
+    tasks = select_task(scenario, cfg.scenario.task).tasks
+    for task in tasks:
+        n = len(task.train_y)
+        kept = n - _held_out(n, fraction)
+        if kept >= task.n_classes:
+            continue
+        best = min(max_valid_fraction(len(t.train_y), t.n_classes) for t in tasks)
+        where = scenario.name + (f" task {tasks[0].name}" if cfg.scenario.task else "")
+        fix = (f"give train.valid_fraction <= {best:g} for {where}" if best > 0 else
+               "use train.recipe=fixed (no validation split)")
+        raise ConfigError(
+            f"train.valid_fraction={fraction:g} leaves task {task.name} of {scenario.name} "
+            f"{kept} training sample{'s' * (kept != 1)} for its {task.n_classes} classes: "
+            f"{fix} (each task keeps at least one training sample per class)")
 
 
 def run_settings(exp: Experiment, device: Any, threads: int,

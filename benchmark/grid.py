@@ -20,6 +20,7 @@ value was spelled, and two spellings of one value are refused as a duplicate.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
@@ -35,6 +36,9 @@ from .networks import ModelConfig
 
 #: grid/--set sections that apply to every strategy
 SHARED_SECTIONS = ("train", "model", "scenario")
+#: most runs a grid starts unless ``--max-runs`` allows more (a typo such as 299 values
+#: where 2, 9, 9 were meant must not start tens of thousands of runs)
+MAX_GRID_RUNS = 1000
 
 Grid = dict[str, list[str]]  # "section.key" -> canonical values (given order)
 
@@ -123,6 +127,8 @@ def canonical_value(section: str, key: str, value: Any) -> str:
     cls = _config_class(section, key)
     by_public = {public_key(f.name): f.name for f in fields(cls)}
     typed = from_overrides(cls, {key: value}, section)  # validates key, type and range
+    if isinstance(typed, InferenceConfig):
+        typed.check(section)
     return format_value(getattr(typed, by_public[key]))
 
 
@@ -197,13 +203,42 @@ def expand(scenario: str, strategies: Sequence[str], seeds: Sequence[int],
 def grid_size(strategies: Sequence[str], n_seeds: int,
               grid: Mapping[str, Sequence[str]]) -> int:
     """Number of experiments :func:`expand` produces."""
-    return n_seeds * sum(len(points_for(s, grid)) for s in strategies)
+    return n_seeds * sum(_n_points(s, grid) for s in strategies)
+
+
+def _n_points(strategy: str, grid: Mapping[str, Sequence[str]]) -> int:
+    """``len(points_for(strategy, grid))``, without building the points."""
+    return math.prod(len(grid[k]) for k in keys_for(strategy, grid))
+
+
+def check_size(strategies: Sequence[str], n_seeds: int, grid: Mapping[str, Sequence[str]],
+               max_runs: int | None = None) -> int:
+    """The number of runs of strategies × seeds × ``grid``, refused by :func:`check_total`
+    before any point is built."""
+    n = grid_size(strategies, n_seeds, grid)
+    per = ", ".join(f"{s} {_n_points(s, grid)}" for s in strategies)
+    return check_total(n, max_runs, f" ({per} per seed; {n_seeds} seed{'s' * (n_seeds != 1)})")
+
+
+def check_total(n: int, max_runs: int | None = None, detail: str = "") -> int:
+    """``n`` when a grid of ``n`` runs may start: BenchmarkError when it is above ``max_runs``
+    (None: ``MAX_GRID_RUNS``), naming the count, the bound and ``--max-runs``."""
+    bound = MAX_GRID_RUNS if max_runs is None else max_runs
+    if n > bound:
+        raise BenchmarkError(
+            f"the grid gives {n} runs{detail}, more than {bound}"
+            f"{' (the default bound)' if max_runs is None else ' (--max-runs)'}: give "
+            f"--max-runs {n} to start them all, or fewer grid values")
+    return n
 
 
 __all__ = [
+    "MAX_GRID_RUNS",
     "SHARED_SECTIONS",
     "apply_point",
     "canonical_value",
+    "check_size",
+    "check_total",
     "expand",
     "format_value",
     "grid_from_mapping",

@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ __all__ = [
     "record_name",
     "record_path",
     "record_text",
+    "set_aside",
     "validate_record",
     "versions",
     "write_record",
@@ -121,8 +125,39 @@ def record_text(rec: dict) -> str:
 
 
 def write_record(path: Path, rec: dict) -> Path:
-    """Validate and write ``rec`` atomically to ``path`` (:func:`record_text`)."""
-    return write_text(path, record_text(rec))
+    """Validate and write ``rec`` atomically to ``path`` (:func:`record_text`); a file there
+    that is not a readable record is moved aside first (:func:`set_aside`), never
+    overwritten."""
+    text = record_text(rec)
+    set_aside(path)
+    return write_text(path, text)
+
+
+def set_aside(path: Path, log: Callable[[str], Any] | None = None) -> Path | None:
+    """Move a file at ``path`` that is not a readable record (not JSON, not a valid record) to
+    ``<name>.unreadable-<n>`` (the first free ``n``), saying so in one warning line naming both
+    paths (``log``; default: stderr), so that a record written there overwrites nothing
+    unread. Returns where it went; None when nothing was moved (no file, or a valid record)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        read_record(path)
+    except RecordError:
+        pass
+    else:
+        return None
+    n = 1
+    while (aside := path.with_name(f"{path.name}.unreadable-{n}")).exists():
+        n += 1
+    os.rename(path, aside)
+    line = (f"warning: {path} is not a readable run record: moved it to {aside}, the new "
+            "record takes its place")
+    if log is None:
+        print(line, file=sys.stderr)
+    else:
+        log(line)
+    return aside
 
 
 def read_record(path: Path) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 from strategies import STRATEGIES
 
 from ..errors import BenchmarkError
+from ..grid import MAX_GRID_RUNS
 
 #: the parser's description (the first line of the command line's docstring)
 DESCRIPTION = "Command line: ``python -m benchmark run ...``, ``tune ...`` and ``list``."
@@ -96,6 +97,8 @@ def parse_set(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def parse_names(text: str, registry: dict, kind: str) -> list[str]:
+    """Comma-separated names of ``registry``, distinct (a name given twice is refused, as a
+    seed given twice is)."""
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
         raise BenchmarkError(f"no {kind} given")
@@ -105,7 +108,12 @@ def parse_names(text: str, registry: dict, kind: str) -> list[str]:
             raise BenchmarkError(
                 f"unknown {kind} '{n}'; valid {plural}: {', '.join(sorted(registry))}"
             )
-    return list(dict.fromkeys(names))
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise BenchmarkError(
+            f"invalid {kind} list '{text}': {plural} must be distinct ({twice} is given "
+            "twice); give each once")
+    return names
 
 
 def _given(value: str) -> str:
@@ -168,6 +176,9 @@ def _add_common(r: argparse.ArgumentParser) -> None:
     r.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                    help="run every combination: hat.smax=25,50,100 hat.c=0.1,0.75 (a "
                    "strategy's keys vary that strategy only; each point gets its own record)")
+    r.add_argument("--max-runs", type=_given, default=None, metavar="N",
+                   help=f"most runs a grid may start (default {MAX_GRID_RUNS}): a grid of "
+                   "more is refused unless N allows them")
     r.add_argument("--jobs", type=_given, default=None,
                    help="runs in parallel worker processes on this machine (default 1)")
     r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import socket
@@ -22,6 +23,7 @@ from ..data.scenarios import SCENARIOS, get_scenario
 from ..errors import BenchmarkError
 from ..experiment import (
     Experiment,
+    check_valid_fraction,
     known_task_names,
     resolve_for,
     run_params,
@@ -31,6 +33,11 @@ from ..experiment import (
 from ..records import RecordError, is_complete, read_record, record_path
 from .args import MAX_THREADS, parse_names, parse_seeds, parse_set
 from .presets import _attach_selection, _merge_layers, _warn_selection_settings, load_preset
+
+#: runs that hold out more of each task than this share for validation have their scenario
+#: built before any run starts, to check that every task keeps a training sample per class
+#: (at most half always does, unless a task has under two samples per class)
+SPLIT_CHECK_ABOVE = 0.5
 
 
 @dataclass
@@ -56,13 +63,13 @@ def check_writable(out: Path) -> None:
         probe = probe.parent
     try:
         if not probe.is_dir():
-            raise OSError
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
         fd, tmp = tempfile.mkstemp(prefix=".hatbench-probe-", dir=probe)
         os.close(fd)
         os.unlink(tmp)
-    except OSError:
+    except OSError as err:
         raise BenchmarkError(
-            f"output folder {out} is not writable ({probe} is not a writable folder); "
+            f"output folder {out} is not writable ({probe}: {err.strerror or err}); "
             "choose another with --out"
         ) from None
     runs = Path(out) / "runs"
@@ -104,6 +111,30 @@ def _parse_jobs(value) -> int:
     if jobs < 1:
         raise BenchmarkError(f"invalid --jobs '{value}': give a number of worker processes >= 1")
     return jobs
+
+
+def _parse_max_runs(value) -> int | None:
+    """``--max-runs``: None when not given (``gridlib.MAX_GRID_RUNS`` applies)."""
+    if value is None:
+        return None
+    try:
+        n = int(str(value))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise BenchmarkError(f"invalid --max-runs '{value}': must be an integer >= 1 (the most "
+                             "runs a grid may start)")
+    return n
+
+
+def _count_line(experiments: Sequence[Experiment]) -> str:
+    """The one line a grid's command states before it starts: its runs, per strategy."""
+    per: dict[str, int] = {}
+    for exp in experiments:
+        per[exp.strategy] = per.get(exp.strategy, 0) + 1
+    seeds = len({exp.seed for exp in experiments})
+    return (f"grid: {len(experiments)} runs ({', '.join(f'{s} {n}' for s, n in per.items())}; "
+            f"{seeds} seed{'s' * (seeds != 1)})")
 
 
 def _unused_note(args: argparse.Namespace, strategies: Sequence[str]) -> str | None:
@@ -169,6 +200,14 @@ def plan_run(args: argparse.Namespace, preset: dict | None = None) -> RunPlan:
     Warnings are printed (one line each) only once everything has been validated."""
     notes: list[str] = []
     plan = _plan(args, preset, notes)
+    if plan.grid:
+        # (each preset's or scenario's grid was bounded before it was built; here all of them)
+        gridlib.check_total(len(plan.experiments), _parse_max_runs(getattr(args, "max_runs",
+                                                                               None)))
+        # the count of a run's grid (tune: its search space, whose checks go on after this)
+        varied = any(k != "scenario.task" or len(v) > 1 for k, v in plan.grid.items())
+        if preset is None and varied and any(exp.tag for exp in plan.experiments):
+            notes.insert(0, _count_line(plan.experiments))  # (not a --set scenario.task)
     for line in dict.fromkeys(notes):
         print(line, file=sys.stderr)
     return plan
@@ -205,6 +244,7 @@ def _plan(args: argparse.Namespace, preset: dict | None, notes: list[str]) -> Ru
     notes[:] = [n for n in notes if n]
     # datasets are checked (and fetched with --download) here, once, before any worker starts
     get_scenario(inputs.scenario).check_available(inputs.data_root, download=args.download)
+    _check_splits(inputs, configs)
     return RunPlan(inputs.experiments, inputs.out, inputs.data_root, inputs.device, jobs,
                    args.ray, inputs.grid, configs)
 
@@ -263,6 +303,9 @@ def _resolve_inputs(args: argparse.Namespace, preset: dict) -> RunInputs:
     seeds = parse_seeds(_given_or_preset(args, preset, "seeds", "0"))
     overrides, grid_raw = _merge_layers(preset, args)
     grid = gridlib.validate_grid(grid_raw)
+    if grid:  # refused before its points are built
+        gridlib.check_size(strategies, len(seeds), grid,
+                           _parse_max_runs(getattr(args, "max_runs", None)))
     device = args.device if args.device is not None else preset.get("device", "cpu")
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise BenchmarkError(f"invalid --device '{device}': use cpu or cuda")
@@ -298,6 +341,20 @@ def _validate(inputs: RunInputs, args: argparse.Namespace) -> tuple[list, int]:
     if args.ray is not None:
         _check_ray(args.ray)
     return configs, jobs
+
+
+def _check_splits(inputs: RunInputs, configs: Sequence) -> None:
+    """A run that holds out more than ``SPLIT_CHECK_ABOVE`` of each task for validation must
+    leave every task a training sample per class (``check_valid_fraction``): checked here on
+    the built scenario (read once, before any run starts). Every run checks its own split
+    again when it starts (any fraction; a task with under two samples per class)."""
+    wanted = {(cfg.train.valid_fraction, cfg.scenario.task): cfg for cfg in configs
+              if cfg.train.recipe == "paper" and cfg.train.valid_fraction}
+    if not wanted or max(f for f, _ in wanted) <= SPLIT_CHECK_ABOVE:
+        return
+    scenario = get_scenario(inputs.scenario).build(inputs.experiments[0].seed, inputs.data_root)
+    for cfg in wanted.values():
+        check_valid_fraction(cfg, scenario)
 
 
 def _check_out_folder(inputs: RunInputs, configs: list, args: argparse.Namespace) -> int:
@@ -369,7 +426,7 @@ def check_existing(experiments: Sequence[Experiment], out: Path,
         try:
             rec = read_record(path)
         except RecordError:
-            continue  # incomplete: it is rerun and replaced
+            continue  # not a record: rerun, the file moved aside (records.set_aside)
         want = run_params(exp) if settings is None else settings[i]["params"]
         have = rec.get("params", {})
         for section in sorted(want):

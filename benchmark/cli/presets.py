@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from reports.schema import selection_problem
-from strategies import TrainConfig
+from strategies import ConfigError, TrainConfig
+from strategies.common.config import from_overrides
 
 from .. import grid as gridlib
 from ..errors import BenchmarkError
@@ -26,7 +27,7 @@ def load_preset(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BenchmarkError(f"cannot read --config {path}: not a UTF-8 text file") from None
     except yaml.YAMLError as err:
-        raise BenchmarkError(f"--config {path} is not valid YAML: {err}".splitlines()[0]) from None
+        raise BenchmarkError(f"--config {path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise BenchmarkError(f"--config {path} must be a YAML mapping of run options")
     allowed = {"scenario", "strategies", "seeds", "epochs", "set", "grid", "jobs", "out",
@@ -55,6 +56,22 @@ def load_preset(path: Path) -> dict[str, Any]:
         _check_selection(data["selection"], path)
         data["_path"] = str(path)
     return data
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """YAML's complaint in one line, with where it is: ``line 4, column 12: mapping values
+    are not allowed here`` (and where the construct it was reading began, when YAML says)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or not problem:
+        return str(err).splitlines()[0]
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
+        text += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
+    elif context:
+        text += f" ({context})"
+    return text
 
 
 def _check_selection(sel: Any, path: Path) -> None:
@@ -97,6 +114,10 @@ def _merge_layers(preset: dict, args: argparse.Namespace):
             raise BenchmarkError(
                 f"--epochs {args.epochs} and --set train.epochs={c_over['train']['epochs']} both "
                 "set the maximum epochs per task; give one")
+        try:  # (the bound named as given: --epochs, which sets train.epochs)
+            from_overrides(TrainConfig, {"epochs": args.epochs}, "train")
+        except ConfigError as err:
+            raise BenchmarkError(f"invalid --epochs {args.epochs}: {err}") from None
         c_over.setdefault("train", {})["epochs"] = args.epochs
     c_grid = gridlib.parse_grid(args.grid)
 

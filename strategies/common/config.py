@@ -49,9 +49,12 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
 
 
 def check_count(name: str, value: Any, low: int = 1) -> None:
-    """ConfigError unless ``value`` is an integer ``>= low``."""
+    """ConfigError unless ``value`` is an integer ``>= low`` (and a 64-bit one)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if value >= INT_LIMIT:
+        raise ConfigError(f"{name} must be an integer from {low} to 2**63 - 1 (a 64-bit "
+                          f"integer, what torch takes), got {value!r}")
 
 
 def public_key(field_name: str) -> str:
@@ -87,11 +90,9 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
                 raise ValueError(value)
             if isinstance(value, bool):
                 raise ValueError(value)
-            number = (int(float(value)) if isinstance(value, str) and "e" in value.lower()
-                      else int(value))
-            if not -INT_LIMIT <= number < INT_LIMIT:
-                raise OverflowError(value)
-            return number
+            # (64-bit range: checked by ``from_overrides`` after the config's own bounds)
+            return (int(float(value)) if isinstance(value, str) and "e" in value.lower()
+                    else int(value))
         if typ is float:
             number = float(value)
             if not math.isfinite(number):
@@ -100,8 +101,7 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
         if typ is str:
             return str(value)
     except OverflowError:
-        what = ("an integer between -2**63 and 2**63 - 1" if typ is int
-                else "a finite number (not nan or inf)")
+        what = "a finite number (not nan or inf)"
         raise ConfigError(
             f"{section}.{key}={value!r} is out of range; give {what} for {section}.{key}"
         ) from None
@@ -126,7 +126,15 @@ def from_overrides(cls: type[C], overrides: Mapping[str, Any], section: str) -> 
             )
         name = by_public[key]
         kwargs[name] = _coerce(section, key, value, hints[name])
-    return cls(**kwargs)
+    config = cls(**kwargs)  # its own bounds first: they say what the value must be
+    for key, name in by_public.items():
+        number = kwargs.get(name)
+        if isinstance(number, int) and not -INT_LIMIT <= number < INT_LIMIT:
+            bound = "at most 2**63 - 1" if number > 0 else "at least -2**63"
+            raise ConfigError(f"{section}.{key}={overrides[key]!r} is out of range: "
+                              f"{section}.{key} must be {bound} (a 64-bit integer, what "
+                              "torch takes)")
+    return config
 
 
 def to_public_dict(config: Any) -> dict[str, Any]:

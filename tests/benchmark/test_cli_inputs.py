@@ -332,7 +332,7 @@ def test_parameters_of_strategies_not_run_are_warned_about(tmp_path, capsys, giv
 def test_no_warning_for_parameters_of_strategies_run(tmp_path, capsys):
     plan("--strategies", "naive,hat", "--grid", "hat.smax=25,50", "--epochs", "1",
          "--out", tmp_path / "o")
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.splitlines() == ["grid: 3 runs (naive 1, hat 2; 1 seed)"]
 
 
 def test_a_warning_never_comes_with_an_error(tmp_path, capsys, in_tmp):
@@ -396,3 +396,123 @@ def test_resuming_with_another_thread_count_warns(tmp_path, capsys, in_tmp):
 
 def test_threads_bound(tmp_path, capsys, in_tmp):
     bad(tmp_path, capsys, in_tmp, ["--strategies", "naive", "--threads", "100000"], "threads")
+
+
+# ------------------------------------------------------------------ inputs taken silently
+
+
+@pytest.mark.issue(28)
+@pytest.mark.parametrize("given", [["--set", "train.valid_fraction=0.999"],
+                                   ["--grid", "train.valid_fraction=0.1,0.999"]])
+def test_a_validation_split_that_leaves_too_few_training_samples_is_refused(
+        tmp_path, capsys, in_tmp, given):
+    """split-digits' smallest task (248 samples, 2 classes) kept 1 training sample at 0.999."""
+    bad(tmp_path, capsys, in_tmp, ["--strategies", "naive", *given],
+        "train.valid_fraction=0.999", "1 training sample", "split-digits",
+        "train.valid_fraction <= 0.993")
+
+
+@pytest.mark.issue(28)
+@pytest.mark.parametrize("n,classes", [(248, 2), (252, 2), (1258, 10), (60000, 10), (3, 2),
+                                       (40, 39)])
+def test_the_largest_valid_fraction_is_the_recipes_own_split(n, classes):
+    from benchmark.experiment import max_valid_fraction
+    from strategies.training.recipe import split_indices
+
+    def kept(fraction: float) -> int:
+        return n - len(split_indices(n, fraction, 0, 0)[1])
+
+    best = max_valid_fraction(n, classes)
+    assert 0 < best < 1 and kept(best) >= classes
+    digits = len(f"{best:g}".split(".")[1])
+    above = round(best + 10**-digits, digits)
+    assert above >= 1 or kept(above) < classes
+    assert len(split_indices(n, 1e-9, 0, 0)[1]) == 1  # validation keeps a sample
+    assert max_valid_fraction(classes, classes) == 0
+
+
+@pytest.mark.issue(28)
+def test_each_run_checks_its_split_on_the_scenario_it_built():
+    """A task with under two samples per class slips past the plan's threshold: the run
+    refuses it when it starts, before training."""
+    from benchmark.data.scenarios import get_scenario
+    from benchmark.experiment import Experiment, resolve_for
+
+    built = get_scenario("split-digits").build(0)
+    tiny = dataclasses.replace(built, tasks=[dataclasses.replace(
+        t, train_x=t.train_x[:3], train_y=t.train_y[:3]) for t in built.tasks])
+    exp = Experiment("split-digits", "naive", 0, {"train": {"valid_fraction": 0.5}})
+    with pytest.raises(ConfigError, match=r"train\.valid_fraction=0\.5 leaves task digits:0-1 "
+                                          r".* 1 training sample .*<= 0\.499"):
+        resolve_for(exp, tiny)
+    resolve_for(Experiment("split-digits", "naive", 0, {"train": {"valid_fraction": 0.3}}),
+                tiny)
+    resolve_for(Experiment("split-digits", "naive", 0, {"train": {
+        "valid_fraction": 0.5, "recipe": "fixed"}}), tiny)  # nothing held out
+
+
+@pytest.mark.issue(28)
+def test_a_strategy_given_twice_is_refused_like_a_seed(tmp_path, capsys, in_tmp):
+    seed = bad(tmp_path, capsys, in_tmp, ["--strategies", "naive", "--seeds", "0,0"])
+    line = bad(tmp_path, capsys, in_tmp, ["--strategies", "naive,hat,naive"],
+               "invalid strategy list 'naive,hat,naive'", "distinct", "naive is given twice")
+    assert seed.startswith("error: invalid seed list") and "distinct" in seed and line
+
+
+@pytest.mark.issue(28)
+def test_an_unreadable_file_at_a_records_path_is_moved_aside(tmp_path, capsys, in_tmp):
+    out = tmp_path / "res"
+    path = record_path(out, "split-digits", "naive", 0)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json", encoding="utf-8")
+    assert run_cli("--strategies", "naive", "--epochs", "1", "--out", out) == 0
+    aside = path.with_name(path.name + ".unreadable-1")
+    assert aside.read_text(encoding="utf-8") == "{not json"
+    warnings = [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning:")]
+    assert len(warnings) == 1 and str(path) in warnings[0] and str(aside) in warnings[0]
+    assert read_record(path)["strategy"] == "naive"
+
+
+# ------------------------------------------------------------------ bounds as given
+
+
+def _integer_keys():
+    for section, cls in sorted({**SECTIONS, "hat": STRATEGIES["hat"].params}.items()):
+        for key, typ in _numeric_fields(cls):
+            if typ is int:
+                yield section, cls, key
+
+
+@pytest.mark.issue(28)
+@pytest.mark.parametrize("section,cls,key", list(_integer_keys()))
+@pytest.mark.parametrize("value", ["99999999999999999999", "-99999999999999999999", "1e30"])
+def test_integer_bounds_say_what_the_value_must_be(section, cls, key, value):
+    """Beyond 64 bits, an integer key's line names it and the bound it must meet: the
+    config's own (e.g. an integer >= 1), or at most 2**63 - 1; never a range down to -2**63
+    for a value that must be positive."""
+    with pytest.raises(ConfigError) as err:
+        from_overrides(cls, {key: value}, section)
+    line = str(err.value)
+    assert f"{section}.{key}" in line and "-2**63" not in line, line
+    assert "\n" not in line
+
+
+@pytest.mark.issue(28)
+@pytest.mark.parametrize("args,fragments", [
+    (["--strategies", "hat", "--set", "hat.calibration_samples=-1", "scenario.protocol=class"],
+     ["hat.calibration_samples must be an integer >= 0"]),
+    (["--strategies", "hat", "--grid", "hat.calibration_samples=-1,5", "--set",
+      "scenario.protocol=class"], ["hat.calibration_samples must be an integer >= 0"]),
+    (["--strategies", "naive", "--epochs", "-5"], ["--epochs -5", "train.epochs",
+                                                   "an integer >= 1"]),
+    (["--strategies", "naive", "--set", "train.epochs=99999999999999999999"],
+     ["train.epochs must be an integer from 1 to 2**63 - 1"]),
+    (["--strategies", "replay", "--set", "replay.mem_size=99999999999999999999"],
+     ["replay.mem_size must be an integer from 1 to 2**63 - 1"]),
+    (["--strategies", "naive", "--set", "model.hidden=99999999999999999999"],
+     ["model.hidden", "at most 2**63 - 1"]),
+])
+def test_bounds_name_the_key_the_user_gave(tmp_path, capsys, in_tmp, args, fragments):
+    line = bad(tmp_path, capsys, in_tmp, args, *fragments,
+               epochs=not any("epochs" in a for a in args))
+    assert "-2**63" not in line

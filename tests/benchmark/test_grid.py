@@ -261,3 +261,62 @@ def test_a_fixed_task_to_train_alone_is_tagged():
     assert exp.overrides["scenario"] == {"task": "digits:2-3"}
     with pytest.raises(BenchmarkError, match="digits:0-1"):
         plan_command("--set", "scenario.task=nope", "--out", "o")
+
+
+# ----------------------------------------------------------------------------- run count
+
+
+@pytest.mark.issue(28)
+def test_a_grid_states_its_run_count_in_one_line(capsys):
+    plan = plan_command("--strategies", "naive,hat", "--seeds", "0,1", "--grid",
+                        "hat.smax=25,50", "--out", "o")
+    assert len(plan.experiments) == 6
+    assert capsys.readouterr().err.splitlines() == ["grid: 6 runs (naive 2, hat 4; 2 seeds)"]
+    plan_command("--strategies", "naive,hat", "--out", "o")  # no grid: no count line
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.issue(28)
+def test_a_grid_above_the_bound_is_refused_before_its_points_are_built(
+        tmp_path, capsys, in_tmp, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the points of a refused grid were built")
+
+    monkeypatch.setattr(gridlib, "expand", never)
+    values = ",".join(map(str, range(1, 300)))
+    out = tmp_path / "res"
+    code = run_cli("--strategies", "naive,hat", "--grid", f"hat.smax={values}",
+                   f"hat.c={values}", "--out", out)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
+    n = 299 * 299 + 1
+    for fragment in (f"{n} runs", f"more than {gridlib.MAX_GRID_RUNS}", f"--max-runs {n}"):
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not out.exists() and list(in_tmp.iterdir()) == []
+
+
+@pytest.mark.issue(28)
+def test_max_runs_sets_the_bound(capsys):
+    grid = ["--strategies", "hat", "--grid", "hat.smax=25,50", "hat.c=0.5,1", "--out", "o"]
+    with pytest.raises(BenchmarkError, match=r"4 runs .*more than 3 \(--max-runs\).*"
+                                             r"--max-runs 4"):
+        plan_command(*grid, "--max-runs", "3")
+    assert len(plan_command(*grid, "--max-runs", "4").experiments) == 4
+    assert gridlib.MAX_GRID_RUNS == 1000
+    for bad_value in ("0", "-2", "many"):
+        with pytest.raises(BenchmarkError, match="--max-runs"):
+            plan_command(*grid, "--max-runs", bad_value)
+    assert not Path("o").exists()
+
+
+@pytest.mark.issue(28)
+def test_several_presets_share_one_bound(tmp_path):
+    presets = []
+    for name in ("split-digits", "permuted-digits"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"scenario": name, "strategies": ["hat"],
+                                        "grid": {"hat.smax": [25, 50, 100]}}))
+        presets += ["--config", path]
+    with pytest.raises(BenchmarkError, match="the grid gives 6 runs, more than 5"):
+        plan_command(*presets, "--max-runs", "5", "--out", "o")
+    assert len(plan_command(*presets, "--max-runs", "6", "--out", "o").experiments) == 6

@@ -335,3 +335,22 @@ def test_the_hat_cil_preset_reproduces_the_published_protocol(monkeypatch):
         assert len(hat) == 5 and all(
             c.inference.task_score == "max_softmax" and c.inference.calibration_samples == 0
             and c.model.family == "resnet18" for c in hat)
+
+
+@pytest.mark.issue(28)
+@pytest.mark.parametrize("text,where,problem", [
+    ("scenario: split-digits\nset:\n  train.lr: 0.1\n   hat.smax: 3\n", "line 4, column 12",
+     "mapping values are not allowed here"),
+    ("scenario: split-digits\nstrategies: [naive, hat\n", "line 3, column 1",
+     "expected ',' or ']'"),
+    ("description: \"unclosed\nseeds: 0\n", "line 3, column 1",
+     "found unexpected end of stream"),
+])
+def test_a_malformed_preset_names_its_line_and_column(tmp_path, capsys, text, where, problem):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text, encoding="utf-8")
+    code = cli.main(["run", *BASE, "--config", str(path), "--out", str(tmp_path / "o")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"--config {path} is not valid YAML: {where}: {problem}" in lines[0], lines[0]
+    assert not (tmp_path / "o").exists()

@@ -279,6 +279,47 @@ def test_write_replaces_an_older_record(tmp_path):
     assert _files(tmp_path) == ["a.json"]
 
 
+@pytest.mark.issue(28)
+def test_an_unreadable_file_at_the_path_is_moved_aside_not_overwritten(tmp_path, capsys):
+    """Not JSON, then JSON that is no record: each is kept under its own name, with one
+    warning line naming both paths, and the new record takes the path."""
+    path = tmp_path / "a.json"
+    junk = ["my notes, not a record", json.dumps({"scenario": "x"})]
+    for n, text in enumerate(junk, start=1):
+        path.write_text(text, encoding="utf-8")
+        write_record(path, good_record(2))
+        aside = tmp_path / f"a.json.unreadable-{n}"
+        assert aside.read_text(encoding="utf-8") == text
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("warning:"), lines
+        assert str(path) in lines[0] and str(aside) in lines[0]
+        assert read_record(path)["task_names"] == good_record(2)["task_names"]
+    assert _files(tmp_path) == ["a.json", "a.json.unreadable-1", "a.json.unreadable-2"]
+    write_record(path, good_record(3))  # a readable record is replaced, with no warning
+    assert capsys.readouterr().err == ""
+    assert _files(tmp_path) == ["a.json", "a.json.unreadable-1", "a.json.unreadable-2"]
+
+
+@pytest.mark.issue(28)
+def test_a_tracked_runs_record_moves_an_unreadable_file_aside_too(tmp_path, capsys):
+    """A tracked run's record takes its path from a staged file once its W&B run finished:
+    an unreadable file there is kept as well."""
+    from benchmark.run.executors import _write_tracked
+
+    class Tracker:
+        def finish(self, rec, out):
+            assert path.read_text(encoding="utf-8") == "junk"  # untouched until now
+
+    path = tmp_path / "runs" / "a.json"
+    path.parent.mkdir()
+    path.write_text("junk", encoding="utf-8")
+    _write_tracked(path, good_record(2), Tracker(), tmp_path)
+    assert (path.parent / "a.json.unreadable-1").read_text(encoding="utf-8") == "junk"
+    assert read_record(path)["task_names"] == good_record(2)["task_names"]
+    assert _files(path.parent) == ["a.json", "a.json.unreadable-1"]
+    assert "a.json.unreadable-1" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- names
 
 
