@@ -308,13 +308,14 @@ class HATPlugin(SupervisedPlugin):
         cfg = self.config
         # the shortcuts hold when this step's graph allows them; else the reference operations
         trusted = self._shortcuts.trusted(strategy.loss)
-        pairs = self._shortcuts.gradient_factors(trusted)
-        if pairs:  # Eq. 2 / 4
-            torch._foreach_mul_([g for g, _ in pairs], [f for _, f in pairs])
+        pairs = self._shortcuts.gradient_factors(trusted)  # Eq. 2 / 4
+        grads, factors = [g for g, _ in pairs], [f for _, f in pairs]
         embs = [e for e in self._embs if e.grad is not None]
         if embs:  # Eq. 6
-            factors = compensation_factors(embs, self.last_s, cfg.smax, cfg.thres_cosh)
-            torch._foreach_mul_([e.grad for e in embs], factors)
+            grads += [e.grad for e in embs]
+            factors += compensation_factors(embs, self.last_s, cfg.smax, cfg.thres_cosh)
+        if grads:  # both products in one call
+            torch._foreach_mul_(grads, factors)
         if not (trusted and self._shortcuts.norm_below(cfg.clipgrad)):
             clip_grad_norm(self._params, cfg.clipgrad)
 

@@ -26,7 +26,13 @@ def test_bench_smoke_run_writes_ratios_and_breakdown(tmp_path):
     assert res["hat_over_naive"] == mlp["hat_over_naive"] > 0
     assert res["suite_over_raw"] == mlp["suite_over_raw"] > 0
     assert mlp["hat_over_naive"] == mlp["hat"]["median"] / mlp["naive"]["median"]
-    for side in ("naive", "hat", "raw"):
+    assert res["hat_over_raw_hat"] == mlp["hat_over_raw_hat"] > 0
+    assert res["raw_hat_over_raw"] == mlp["raw_hat_over_raw"] > 0
+    assert mlp["hat_over_raw_hat"] == mlp["hat"]["median"] / mlp["raw-hat"]["median"]
+    assert mlp["raw_hat_over_raw"] == mlp["raw-hat"]["median"] / mlp["raw"]["median"]
+    assert len(mlp["hat_over_raw_hat_rounds"]) == 1
+    assert mlp["targets"]["hat_over_raw_hat"] == 1.05
+    for side in ("naive", "hat", "raw", "raw-hat"):
         assert mlp[side]["n"] == 1 and mlp[side]["peak_mem_mb"] > 0
     assert mlp["naive"]["eval_samples_per_s"] > 0 and mlp["hat"]["eval_samples_per_s"] > 0
     bd = mlp["breakdown_ms_per_step"]
@@ -36,6 +42,7 @@ def test_bench_smoke_run_writes_ratios_and_breakdown(tmp_path):
         assert abs(sum(phases.values()) + bd[side]["rest"] - bd[side]["step"]) < 1e-6
     assert bd["hat"]["after_backward"] > bd["naive"]["after_backward"]  # HAT's own work
     assert "hat/naive" in proc.stdout and "step breakdown" in proc.stdout
+    assert "suite-hat/raw-hat" in proc.stdout and "raw-hat/raw" in proc.stdout
 
 
 def test_bench_rejects_bad_samples(tmp_path):
@@ -44,3 +51,34 @@ def test_bench_rejects_bad_samples(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "--samples must be >= 1" in proc.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_raw_hat_loop_protects_the_first_task_and_trains_the_second():
+    """The raw HAT loop is HAT: after task 2, task 1's outputs at s = smax are unchanged
+    (binary masks, plain SGD) and task 2's parameters moved."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    bench.CASES["tiny"] = dict(input_shape=(1, 4, 4), n=96, family="mlp", hidden=12)
+    snapshots = []
+    real = bench._RawHATNet.masks
+
+    def masks(self, task):  # called once per task, when the task ends
+        x = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+        self.eval()
+        with torch.no_grad():
+            snapshots.append([self(x, t, 0.0)[0].clone() for t in (0, 1)])
+        self.train()
+        return real(self, task)
+
+    try:
+        bench._RawHATNet.masks = masks
+        times = bench.raw_hat_epochs("tiny", 2, torch.device("cpu"))
+    finally:
+        bench._RawHATNet.masks = real
+        del bench.CASES["tiny"]
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert torch.equal(snapshots[0][0], snapshots[1][0])
+    assert not torch.equal(snapshots[0][1], snapshots[1][1])

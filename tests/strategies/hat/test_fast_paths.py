@@ -105,6 +105,7 @@ def _assert_identical(a: dict, b: dict) -> None:
 def test_fast_paths_give_bit_identical_parameters(trunk_name, opt_name, fill, monkeypatch):
     if fill == "all":  # every binary factor not hooked takes the zero-fill route
         monkeypatch.setattr(fast_paths, "FILL_MAX_FRACTION", 1.0)
+        monkeypatch.setattr(fast_paths, "FILL_MIN_ELEMENTS", 0)
     ref, ref_spy = _train(trunk_name, opt_name, False, monkeypatch)
     fast, fast_spy = _train(trunk_name, opt_name, True, monkeypatch)
     _assert_identical(ref, fast)
@@ -168,6 +169,23 @@ def test_shortcuts_run_where_they_pay(widths, batch, rows, bounded):
     assert [i for i, layer in enumerate(model.gated_layers)
             if layer.grad_bounds is not None] == bounded
     assert plugin._shortcuts.active == (rows or bool(bounded))
+
+
+@pytest.mark.parametrize(("width", "filled"), [(100, False), (800, True)])
+def test_only_large_gradients_are_zero_filled(width, filled):
+    """A binary factor with few zeros is applied by a fill only on a gradient of at least
+    FILL_MIN_ELEMENTS entries; a smaller one is multiplied (in the step's one product call)."""
+    model = hat_net(nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width),
+                                  nn.ReLU()), (8,))
+    for layer in model.gated_layers:  # a task trained: 10 % of the units protected
+        layer.cumulative[: layer.units // 10] = 1.0
+    plugin = HATPlugin()
+    plugin._layers = list(model.gated_layers)
+    plugin._params = list(model.parameters())
+    plugin._plan_conditioning(model, True, 64)
+    second = model.gated_layers[1].weight
+    assert any(p is second for p, _, _ in plugin._shortcuts.fills) == filled
+    assert any(p is second for p, _ in plugin._shortcuts.multiply) == (not filled)
 
 
 @settings(max_examples=60, deadline=None)
