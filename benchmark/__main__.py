@@ -1,9 +1,9 @@
+"""``python -m benchmark``: the arguments are checked before the suite is imported (``--help``,
+``list`` and a bad argument answer without torch); with ``--jobs N`` the worker server starts
+before that import, so that its own import of the suite overlaps the command's."""
+
 import sys
 
-from .run.workers import prestart_workers
+from .cli import main
 
-prestart_workers(sys.argv[1:])
-
-from .cli import main  # noqa: E402 - after the worker server started
-
-sys.exit(main())
+sys.exit(main(prestart=True))

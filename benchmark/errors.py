@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reports.text import one_line
-
 
 class BenchmarkError(Exception):
     """An error caused by the user's input or environment, with the fix in its message."""
@@ -47,4 +45,6 @@ class RunsFailed(Exception):
 
 def brief(err: BaseException) -> str:
     """``Type: message`` on one line (at most 300 characters of message)."""
+    from reports.text import one_line  # (lazy: the command line's start-up imports this module)
+
     return one_line(err, limit=300)

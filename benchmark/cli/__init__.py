@@ -15,23 +15,33 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from strategies import STRATEGIES, ConfigError, TrainConfig
-from strategies.common.config import to_public_dict
-
-from ..data.scenarios import describe_scenarios
+# (light: the parser, ``list`` and the name checks import neither torch nor Avalanche; the
+# suite is imported once a command runs)
 from ..errors import BenchmarkError
-from ..records import RecordError
-from ..run.workers import stop_on_sigterm
+from ..run.workers import prestart_workers, stop_on_sigterm
 from .args import (  # noqa: F401 - (re-exported: the command line's public names)
     MAX_SEED,
     build_parser,
+    check_names,
     parse_names,
     parse_seeds,
 )
-from .plan import RunPlan, plan_run, prepare_run  # noqa: F401
-from .presets import load_preset  # noqa: F401
-from .tune import finish_tune, plan_tune
+from .catalogue import catalogue, render_list
+
+if TYPE_CHECKING:
+    from .plan import RunPlan
+
+#: names re-exported from the modules that import the suite, loaded on first use
+_LAZY = {"RunPlan": "plan", "plan_run": "plan", "prepare_run": "plan", "load_preset": "presets"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -41,24 +51,8 @@ EXIT_TERMINATED = 143
 
 
 def cmd_list() -> int:
-    print("Scenarios:")
-    for row in describe_scenarios():
-        emb = "embedded" if row["embedded"] else "download"
-        print(f"  {row['name']:<16} {row['n_tasks']:>2} tasks  {row['network']:<8} {emb:<9} "
-              f"{row['description']}")
-    print("\nStrategies:")
-    for spec in STRATEGIES.values():
-        print(f"  {spec.name:<8} {spec.description}")
-        defaults = spec.defaults()
-        if defaults:
-            print("           " + ", ".join(f"{spec.name}.{k}={v}" for k, v in defaults.items()))
-        print(f"           train.clipgrad={spec.clipgrad:g} (the reference's)")
-        if spec.space:
-            print("           tune space: " + "; ".join(
-                f"{spec.name}.{k} in {{{', '.join(f'{v:g}' for v in vals)}}}"
-                for k, vals in spec.space.items()))
-    print("\nTraining (train.*): " + ", ".join(f"{k}={v}" for k, v in
-                                                to_public_dict(TrainConfig()).items()))
+    """``list``: the scenarios, and the strategies with their defaults and search spaces."""
+    print(render_list(catalogue()))
     return 0
 
 
@@ -141,21 +135,36 @@ def execute(plan: RunPlan, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; Ctrl-C or SIGTERM stops it with one line (exit 130 or 143)."""
+def main(argv: Sequence[str] | None = None, *, prestart: bool = False) -> int:
+    """The command line; Ctrl-C or SIGTERM stops it with one line (exit 130 or 143).
+    ``prestart``: start the worker server of ``--jobs N`` once the arguments are checked,
+    before the suite is imported (``python -m benchmark``: the two imports overlap)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with _sigterm_as_interrupt():
         try:
-            return _command(argv)
+            return _command(argv, prestart)
         except KeyboardInterrupt as err:
             return _stopped(err)
 
 
-def _command(argv: list[str]) -> int:
-    try:
+def _command(argv: list[str], prestart: bool = False) -> int:
+    try:  # (before the suite is imported)
         args = build_parser().parse_args(argv)
         if args.command == "list":
             return cmd_list()
+        check_names(args)
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if prestart:
+        prestart_workers(argv)
+    from strategies import ConfigError
+
+    from ..records import RecordError
+    from .plan import plan_run
+    from .tune import finish_tune, plan_tune
+
+    try:
         plan = plan_tune(args) if args.command == "tune" else plan_run(args)
     except (BenchmarkError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,23 +1,23 @@
 """The command line's arguments: the parser and the parsing of seeds, ``--set`` pairs and
-names (one-line errors: ``BenchmarkError``)."""
+names (one-line errors: ``BenchmarkError``). Imports neither torch nor the suite: names are
+checked against the catalogue (``catalogue``)."""
 
 from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from strategies import STRATEGIES
-
 from ..errors import BenchmarkError
-from ..grid import MAX_GRID_RUNS
+from .catalogue import catalogue, scenario_names, strategy_names
 
 #: the parser's description (the first line of the command line's docstring)
 DESCRIPTION = "Command line: ``python -m benchmark run ...``, ``tune ...`` and ``list``."
 #: what ``tune`` selects for by default (the strategies ``make run`` compares)
-TUNE_STRATEGIES = tuple(name for name, spec in STRATEGIES.items() if spec.tune_by_default)
+TUNE_STRATEGIES = tuple(row["name"] for row in catalogue()["strategies"]
+                        if row["tune_by_default"])
 #: tuning seeds: apart from the evaluation seeds 0-9, so no reported run took part in selection
 TUNE_SEEDS = "100-102"
 #: the largest seed: torch's generators take unsigned 64-bit seeds
@@ -96,9 +96,9 @@ def parse_set(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return dict(out)
 
 
-def parse_names(text: str, registry: dict, kind: str) -> list[str]:
-    """Comma-separated names of ``registry``, distinct (a name given twice is refused, as a
-    seed given twice is)."""
+def parse_names(text: str, registry: Collection[str], kind: str) -> list[str]:
+    """Comma-separated names of ``registry`` (its keys), distinct (a name given twice is
+    refused, as a seed given twice is)."""
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
         raise BenchmarkError(f"no {kind} given")
@@ -114,6 +114,28 @@ def parse_names(text: str, registry: dict, kind: str) -> list[str]:
             f"invalid {kind} list '{text}': {plural} must be distinct ({twice} is given "
             "twice); give each once")
     return names
+
+
+def check_scenario(name: str, valid: Collection[str]) -> None:
+    """``name`` must be one of the ``valid`` scenario names."""
+    if name not in valid:
+        raise BenchmarkError(
+            f"unknown scenario '{name}'; valid scenarios: {', '.join(sorted(valid))}")
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """The scenario and strategy names and the seeds given on the command line, checked
+    against the catalogue before the suite is imported (the run plan checks them again,
+    with a preset's)."""
+    if args.scenario:
+        fan_out = args.command == "run" and "," in args.scenario
+        for name in args.scenario.split(",") if fan_out else [args.scenario]:
+            check_scenario(name.strip() if fan_out else name, scenario_names())
+    if args.strategies:
+        parse_names(args.strategies, strategy_names(), "strategy")
+    for seeds in (args.seeds, getattr(args, "run_seeds", None)):
+        if seeds is not None:
+            parse_seeds(seeds)
 
 
 def _given(value: str) -> str:
@@ -177,8 +199,8 @@ def _add_common(r: argparse.ArgumentParser) -> None:
                    help="run every combination: hat.smax=25,50,100 hat.c=0.1,0.75 (a "
                    "strategy's keys vary that strategy only; each point gets its own record)")
     r.add_argument("--max-runs", type=_given, default=None, metavar="N",
-                   help=f"most runs a grid may start (default {MAX_GRID_RUNS}): a grid of "
-                   "more is refused unless N allows them")
+                   help=f"most runs a grid may start (default {catalogue()['max_grid_runs']}): "
+                   "a grid of more is refused unless N allows them")
     r.add_argument("--jobs", type=_given, default=None,
                    help="runs in parallel worker processes on this machine (default 1)")
     r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",

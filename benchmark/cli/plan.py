@@ -31,7 +31,7 @@ from ..experiment import (
     split_inference,
 )
 from ..records import RecordError, is_complete, read_record, record_path
-from .args import MAX_THREADS, parse_names, parse_seeds, parse_set
+from .args import MAX_THREADS, check_scenario, parse_names, parse_seeds, parse_set
 from .presets import _attach_selection, _merge_layers, _warn_selection_settings, load_preset
 
 #: runs that hold out more of each task than this share for validation have their scenario
@@ -294,10 +294,7 @@ def _resolve_inputs(args: argparse.Namespace, preset: dict) -> RunInputs:
 
     # an empty value (--scenario "" or a preset's scenario: "") is an error, not the default
     scenario = _given_or_preset(args, preset, "scenario", "split-digits")
-    if scenario not in SCENARIOS:
-        raise BenchmarkError(
-            f"unknown scenario '{scenario}'; valid scenarios: {', '.join(sorted(SCENARIOS))}"
-        )
+    check_scenario(scenario, SCENARIOS)
     strategies = parse_names(_given_or_preset(args, preset, "strategies", "naive,hat"),
                              STRATEGIES, "strategy")
     seeds = parse_seeds(_given_or_preset(args, preset, "seeds", "0"))

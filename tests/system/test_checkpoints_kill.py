@@ -75,7 +75,8 @@ def _command(args: list[str], cwd: str, log: str, kill_after: str | None,
 def _context():
     ctx = mp.get_context("forkserver")
     # (when another test started the server already, its preload imported the suite too)
-    ctx.set_forkserver_preload([*workers.PRELOAD, "benchmark.cli"])
+    ctx.set_forkserver_preload([*workers.PRELOAD, "benchmark.cli", "benchmark.cli.plan",
+                                "benchmark.cli.tune"])
     return ctx
 
 
