@@ -19,9 +19,29 @@ from ..errors import BenchmarkError
 from .args import parse_set
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (plain YAML keeps the
+    last value without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: YAML's own error follows
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    "while reading the mapping", node.start_mark,
+                    f"key {key!r} is given twice (first at line {first.line + 1}, column "
+                    f"{first.column + 1}): keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_preset(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - safe
     except OSError as err:
         raise BenchmarkError(f"cannot read --config {path}: {err.strerror}") from None
     except UnicodeDecodeError:

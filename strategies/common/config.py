@@ -9,6 +9,7 @@ a signed 64-bit integer (what torch takes); each config checks its own ranges.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import typing
 from collections.abc import Mapping
@@ -91,8 +92,15 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             # (64-bit range: checked by ``from_overrides`` after the config's own bounds)
-            return (int(float(value)) if isinstance(value, str) and "e" in value.lower()
-                    else int(value))
+            if isinstance(value, str) and "e" in value.lower():  # 2e3: exact, 1.5e0: refused
+                try:
+                    exact = decimal.Decimal(value.strip())
+                except decimal.InvalidOperation:
+                    raise ValueError(value) from None
+                if not exact.is_finite() or exact != exact.to_integral_value():
+                    raise ValueError(value)
+                return int(exact)
+            return int(value)
         if typ is float:
             number = float(value)
             if not math.isfinite(number):

@@ -345,6 +345,10 @@ def test_the_hat_cil_preset_reproduces_the_published_protocol(monkeypatch):
      "expected ',' or ']'"),
     ("description: \"unclosed\nseeds: 0\n", "line 3, column 1",
      "found unexpected end of stream"),
+    ("scenario: split-digits\nset:\n  train.epochs: 1\n  train.epochs: 2\n", "line 4, column 3",
+     "key 'train.epochs' is given twice (first at line 3, column 3): keep one"),
+    ("seeds: 0\nscenario: split-digits\nseeds: 1\n", "line 3, column 1",
+     "key 'seeds' is given twice (first at line 1, column 1)"),
 ])
 def test_a_malformed_preset_names_its_line_and_column(tmp_path, capsys, text, where, problem):
     path = tmp_path / "broken.yaml"
