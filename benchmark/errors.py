@@ -28,6 +28,9 @@ class DatasetMissingError(BenchmarkError):
         state = "is damaged at" if damaged else "not found at"
         super().__init__(f"dataset '{dataset}' {state} {path}: {how}")
 
+    def __reduce__(self):  # across processes (a worker's scenario build)
+        return type(self), (self.dataset, self.path, self.how, self.damaged)
+
 
 class RunsFailed(Exception):
     """Some runs raised (the others ran and have records); ``failures`` holds (record file

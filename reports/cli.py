@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import metrics
+from .io import WriteError
 from .load import ReportError, load_records
 from .targets import TITLE as TARGETS_TITLE
 from .targets import check_targets, load_targets, write_targets
@@ -149,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = build_report(records, out, confidence=args.confidence, workers=args.jobs,
                               extra_sections=extra)
+    except WriteError as e:  # names the file and the cause already
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # e.g. the disk filled up, or a file of the report is a folder
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: cannot write the report to {out}{where}: {e.strerror or e}",

@@ -26,6 +26,15 @@ class WriteError(OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self):  # across processes (a pool worker's failed write)
+        return _write_error, (self.errno, self.strerror, self.filename)
+
+
+def _write_error(errno: int | None, message: str, path: str) -> WriteError:
+    err = WriteError.__new__(WriteError)
+    OSError.__init__(err, errno, message, path)
+    return err
+
 
 def _umask() -> int:
     mask = os.umask(0)

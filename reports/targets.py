@@ -407,7 +407,8 @@ def _task_result(t: Target, rep: ScenarioReport) -> TargetResult:
                                 "0.01: a percentage of it is not meaningful")
         st = rep.rho[s][k - 1]
         return TargetResult(t, _judge(t, [red["reduction_pct"]], math.nan),
-                            mean=red["reduction_pct"], n=st.n, values=[red["reduction_pct"]])
+                            mean=red["reduction_pct"], n=st.n, values=[red["reduction_pct"]],
+                            reason=f"against {red['best_baseline']}, the best baseline here")
     if s not in rep.summary:
         return TargetResult(t, NO_VALUE, reason=f"{s} has no row in the summary table")
     need = _NEEDS.get(m)
@@ -491,7 +492,8 @@ def line(r: TargetResult) -> str:
         return head + tail
     ci = r.ci_text()
     ci = f", CI {ci}" if ci.startswith("[") else (f", {ci}" if ci != "–" else "")
-    return head + f", measured {r.measured_text()}{ci} ({r.runs_text()})"
+    why = f"; {r.reason}" if r.reason else ""
+    return head + f", measured {r.measured_text()}{ci} ({r.runs_text()}){why}"
 
 
 _HEADER = ["status", "target", "setup", "strategy", "metric", "published", "measured",

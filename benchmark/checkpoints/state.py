@@ -320,11 +320,21 @@ def restore(strategy, state: Mapping[str, Any], own: Sequence[Any] = ()) -> None
         vars(plugin).update(attrs)
     for k, v in objects["strategy"].items():
         setattr(strategy, k, v)
+    restore_module_attributes(model, objects["modules"])
+
+
+def restore_module_attributes(model: torch.nn.Module,
+                              saved: Mapping[str, Mapping[str, Any]]) -> None:
+    """Put ``_module_attributes``' ``saved`` back into ``model``'s modules; each module's
+    ``checkpoint_transient`` attributes (left out of the checkpoint) become None, never what
+    the module held before the restore."""
     modules = dict(model.named_modules())
-    for name, attrs in objects["modules"].items():
+    for name, attrs in saved.items():
         if name not in modules:
             raise CheckpointError(f"the checkpoint's model has a module '{name}' that the "
                                   "resumed model does not have")
-        vars(modules[name]).update(attrs)
+        module = modules[name]
+        vars(module).update({k: None for k in checkpoint_transient(module) if k in vars(module)})
+        vars(module).update(attrs)
 
 

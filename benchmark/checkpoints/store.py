@@ -71,21 +71,24 @@ def remove(folder: Path) -> None:
 
 def discard(experiments: Iterable, out: Path,
             log: Callable[[str], None] | None = None) -> list[Path]:
-    """``--restart``: delete the checkpoints of these runs (only theirs, and not those of a run
-    another command is training: one line to ``log`` each); the folders deleted."""
-    from ..run.locks import is_busy  # (the run package imports this one)
+    """``--restart``: delete the checkpoints of these runs (only theirs), each under its run's
+    lock, and not those of a run another command is training (one line to ``log`` each); the
+    folders deleted."""
+    from ..run.locks import RunBusy, run_lock  # (the run package imports this one)
 
     gone = []
     for exp in experiments:
         folder = run_folder(out, exp)
-        holder = is_busy(record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag,
-                                     exp.protocol)) if folder.exists() else None
-        if holder is not None:
+        if not folder.exists():
+            continue
+        record = record_path(out, exp.scenario, exp.strategy, exp.seed, exp.tag, exp.protocol)
+        try:
+            with run_lock(record):
+                remove(folder)
+                gone.append(folder)
+        except RunBusy as busy:
             (log or print)(f"--restart keeps the checkpoints of {folder.name}: another "
-                           f"command ({holder}) is training it")
-        elif folder.exists():
-            remove(folder)
-            gone.append(folder)
+                           f"command ({busy.holder}) is training it")
     return gone
 
 

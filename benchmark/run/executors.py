@@ -13,7 +13,8 @@ Every executor keeps the same guarantees:
 * a tracked run's record is written only once its W&B run has finished;
 * one writer per run: the process that trains a run holds its lock (``benchmark.run.locks``)
   from before its W&B run starts to its record; a run another command is training is skipped
-  in one line and waited for at the end (its record is that command's);
+  in one line and waited for at the end: its record is that command's, or, when that command
+  stopped without one, the run is trained here;
 * the parent shows one progress bar over the runs and prints the one-line summary of each
   finished run (one loop for all: ``execute_runs``).
 
@@ -250,8 +251,9 @@ def execute_runs(
 ) -> list[Path]:
     """The loop every executor shares: skip the experiments with a complete record, run the
     others (``outcomes(todo, bar)`` yields (record path, summary line or the exception the
-    run raised) as runs end), one line per run, and :class:`RunsFailed` at the end when any
-    failed (the others have run). Returns every experiment's record path."""
+    run raised) as runs end), one line per run, then wait for the runs another command was
+    training and train those it left without a record; :class:`RunsFailed` at the end when
+    any failed (the others have run). Returns every experiment's record path."""
     log = log or (lambda msg: tqdm.write(msg))
     paths, todo = pending(experiments, out, log)
     if not todo:
@@ -260,11 +262,13 @@ def execute_runs(
     (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     busy: list[tuple[Path, RunBusy]] = []
+    by_path = {path: exp for exp, path in todo}
     # disable=None: a bar only on a terminal (no log spam in CI or files)
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=None if progress else True,
                position=0)
-    try:
-        with closing(outcomes(todo, bar)) as results:
+
+    def consume(items: list[tuple[Experiment, Path]]) -> None:
+        with closing(outcomes(items, bar)) as results:
             for path, result in results:
                 if isinstance(result, RunBusy):
                     busy.append((path, result))
@@ -277,29 +281,38 @@ def execute_runs(
                 else:
                     log(result)
                 bar.update(1)
+
+    try:
+        consume(todo)
+        while busy:  # runs another command was training: wait, take its record or train
+            waiting = busy[:]
+            busy.clear()
+            retry = _wait_for_others(waiting, by_path, log)
+            if retry:
+                bar.total += len(retry)
+                consume(retry)
     finally:
         bar.close()
-    failures += _wait_for_others(busy, log)
     if failures:
         raise RunsFailed(failures, len(todo))
     return paths
 
 
-def _wait_for_others(busy: Sequence[tuple[Path, RunBusy]],
-                     log: Callable[[str], None]) -> list[tuple[str, str]]:
-    """Wait for the runs another command was training (``RunBusy``); the failures of those
-    it left without a record."""
-    failures = []
-    if busy:
-        log(f"waiting for {len(busy)} runs another command is training "
-            f"({busy[0][1].holder}{', ...' if len(busy) > 1 else ''})")
+def _wait_for_others(busy: Sequence[tuple[Path, RunBusy]], by_path: Mapping[Path, Experiment],
+                     log: Callable[[str], None]) -> list[tuple[Experiment, Path]]:
+    """Wait for the runs another command was training (``RunBusy``); those it left without a
+    record (it stopped), to train here."""
+    log(f"waiting for {len(busy)} runs another command is training "
+        f"({busy[0][1].holder}{', ...' if len(busy) > 1 else ''})")
+    retry = []
     for path, _ in busy:
         wait_for(path)
         if is_complete(path):
             log(f"done {path.name}: its record was written by the other command")
         else:
-            failures.append((path.name, "the other command stopped before writing its record"))
-    return failures
+            log(f"train {path.name}: the other command stopped before writing its record")
+            retry.append((by_path[path], path))
+    return retry
 
 
 # ------------------------------------------------------------------------------ sequential
@@ -560,14 +573,16 @@ def run_ray(
             resources["num_gpus"] = 1
         task = ray.remote(**resources)(_ray_task)
         refs: dict[Any, tuple[Experiment, Path]] = {}
-        held = ExitStack()  # the runs' locks, held here while their tasks run
+        held: dict[Path, ExitStack] = {}  # each run's lock, held here while its task runs
         try:
             for exp, path in todo:
+                lock = held[path] = ExitStack()
                 try:
-                    held.enter_context(run_lock(path, log))
+                    lock.enter_context(run_lock(path, log))
                     if is_complete(path):
                         raise AlreadyWritten(path.name)
                 except (RunBusy, AlreadyWritten) as skipped:
+                    held.pop(path).close()
                     yield path, skipped
                     continue
                 refs[task.remote(exp, task_settings)] = (exp, path)
@@ -580,10 +595,12 @@ def run_ray(
                         rec = ray.get(ref)
                         write_record(path, rec)
                     except Exception as err:  # noqa: BLE001 - reported, the others go on
+                        held.pop(path).close()
                         yield path, getattr(err, "cause", None) or err
                     else:
                         if task_settings.checkpoints:
                             finish_written(exp, settings.out, settings.keep_checkpoints)
+                        held.pop(path).close()
                         yield path, summarize(rec)
         except BaseException:
             for ref in refs:
@@ -593,7 +610,8 @@ def run_ray(
                     pass
             raise
         finally:
-            held.close()
+            for lock in held.values():
+                lock.close()
             if started:
                 ray.shutdown()
 

@@ -16,8 +16,10 @@ locks the new one. Where ``fcntl`` is missing (Windows), runs are not locked.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +85,12 @@ def _open_locked(path: Path, block: bool) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as err:
+            os.close(fd)
+            if err.errno in _UNSUPPORTED:
+                _release_file(path)
+                raise _NoLocks(path, err) from None
+            raise
         except BaseException:
             os.close(fd)
             raise
@@ -95,12 +103,38 @@ def _open_locked(path: Path, block: bool) -> int | None:
         os.close(fd)  # the holder removed it while we waited: lock the current file
 
 
+#: what ``flock`` says on file systems without locks (Lustre without -o flock, some NFS/FUSE)
+_UNSUPPORTED = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
+_warned: set[str] = set()
+
+
+class _NoLocks(Exception):
+    """The file system of ``--out`` has no file locks: runs go on unlocked (one warning)."""
+
+    def __init__(self, path: Path, err: OSError):
+        self.path, self.err = path, err
+
+    def warn(self) -> None:
+        folder = str(self.path.parent)
+        if folder not in _warned:
+            _warned.add(folder)
+            print(f"warning: {folder} is on a file system without file locks "
+                  f"({self.err.strerror}): runs are not locked, so two commands on this --out "
+                  "could train the same run twice", file=sys.stderr)
+
+
 def _release(fd: int, path: Path) -> None:
+    _release_file(path, fd)
+
+
+def _release_file(path: Path, fd: int | None = None) -> None:
+    """Remove the lock file (then close ``fd``, ending the lock) and the folder when empty."""
     try:
         os.unlink(path)  # before unlocking: a waiter then sees the file is gone
     except OSError:
         pass
-    os.close(fd)
+    if fd is not None:
+        os.close(fd)
     try:
         path.parent.rmdir()  # only when no other run holds a lock
     except OSError:
@@ -115,7 +149,12 @@ def run_lock(record: Path, log: Callable[[str], None] | None = None) -> Iterator
         yield
         return
     path = lock_path(record)
-    fd = _open_locked(path, block=False)
+    try:
+        fd = _open_locked(path, block=False)
+    except _NoLocks as no:
+        no.warn()
+        yield
+        return
     if fd is None:
         raise RunBusy(Path(record).name, _holder(path))
     try:
@@ -137,7 +176,10 @@ def wait_for(record: Path) -> None:
     path = lock_path(record)
     if not path.exists():
         return
-    fd = _open_locked(path, block=True)
+    try:
+        fd = _open_locked(path, block=True)
+    except _NoLocks:
+        return
     if fd is not None:
         _release(fd, path)
 
@@ -149,7 +191,10 @@ def is_busy(record: Path) -> str | None:
     path = lock_path(record)
     if not path.exists():
         return None
-    fd = _open_locked(path, block=False)
+    try:
+        fd = _open_locked(path, block=False)
+    except _NoLocks:
+        return None
     if fd is None:
         return _holder(path)
     os.close(fd)  # free: leave the file for whoever takes it next

@@ -108,3 +108,41 @@ def test_the_run_level_check_names_the_cause(tmp_path, monkeypatch, code):
     with pytest.raises(BenchmarkError, match=f"cannot write to {tmp_path} "
                                              rf"\({os.strerror(code)}\): choose another --out"):
         preflight.check_out(tmp_path / "out")
+
+
+def test_write_errors_cross_processes_intact():
+    """A worker's failed write reaches the command as the same one-line error (an exception
+    that does not unpickle would break the whole pool)."""
+    import pickle
+
+    from benchmark.errors import DatasetMissingError
+    from reports.io import WriteError
+
+    err = WriteError(Path("/o/runs/x.json"), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is WriteError and str(back) == str(err)
+    assert (back.errno, back.filename) == (errno.ENOSPC, "/o/runs/x.json")
+    missing = pickle.loads(pickle.dumps(DatasetMissingError("mnist", "/d", "why", True)))
+    assert str(missing) == "dataset 'mnist' is damaged at /d: why" and missing.damaged
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ulimit -f")
+def test_a_file_size_limit_in_worker_processes_fails_each_run_in_one_line(tmp_path):
+    """With --jobs 2 and a file size limit every checkpoint write fails: each run says so in
+    one line naming its file, the pool keeps going (no BrokenProcessPool), exit 1."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = (f"ulimit -f 50; exec {sys.executable} -m benchmark run --no-progress --wandb "
+           f"disabled --scenario split-digits --strategies naive,hat --seeds 0,1 --epochs 1 "
+           f"--jobs 2 --out {out}")
+    done = subprocess.run(["bash", "-c", cmd], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    failed = [ln for ln in said.splitlines() if ln.startswith("failed ")]
+    assert len(failed) == 4, said
+    assert all(": WriteError: cannot write " in ln and ln.endswith("File too large")
+               for ln in failed), failed
+    assert "BrokenProcessPool" not in said and "Traceback" not in said

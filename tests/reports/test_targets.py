@@ -238,6 +238,7 @@ def test_reduction_over_the_best_baseline(tmp_path):
     res = one(tmp_path, recs, metric="reduction_le_3", published=num(expected))
     assert res.status == PASS and res.mean == pytest.approx(expected)
     assert "no CI" in res.ci_text()
+    assert line(res).endswith("; against ewc, the best baseline here")
 
 
 def test_class_incremental_last_accuracy_with_a_where_filter(tmp_path):

@@ -124,3 +124,80 @@ def test_two_commands_on_one_out_train_each_run_once(tmp_path, monkeypatch, jobs
     runs = sorted(r.run.job_type for r in offline_runs(out))
     assert runs == ["hat", "naive"]  # one W&B run per record
     assert not (out / "locks").exists()
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_one_warning(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Lustre without -o flock, some NFS/FUSE mounts: flock fails with ENOSYS or ENOLCK."""
+    import errno
+
+    from benchmark.run import locks
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
+    monkeypatch.setattr(locks, "_warned", set())
+    record = tmp_path / "runs" / "a.json"
+    for _ in range(2):
+        with run_lock(record):
+            pass
+    assert is_busy(record) is None
+    wait_for(record)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without file locks (Function not implemented)" in err[0], err
+    assert not (tmp_path / "locks").exists()
+
+
+def test_restart_keeps_the_checkpoints_of_a_run_another_command_trains(tmp_path):
+    from benchmark.checkpoints import discard, run_folder
+    from benchmark.experiment import Experiment
+
+    busy, free = (Experiment("split-digits", s, 0) for s in ("hat", "naive"))
+    for exp in (busy, free):
+        (run_folder(tmp_path, exp)).mkdir(parents=True)
+        (run_folder(tmp_path, exp) / "task-001.pt").write_bytes(b"x")
+    proc = _holder(record_path(tmp_path, "split-digits", "hat", 0), tmp_path / "flag")
+    try:
+        lines: list[str] = []
+        gone = discard([busy, free], tmp_path, lines.append)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert gone == [run_folder(tmp_path, free)] and not run_folder(tmp_path, free).exists()
+    assert (run_folder(tmp_path, busy) / "task-001.pt").exists()
+    assert len(lines) == 1 and lines[0].startswith(
+        "--restart keeps the checkpoints of split-digits__hat__s0: another command "
+        f"(pid {proc.pid} on ")
+
+
+def test_a_run_whose_other_command_stopped_is_trained_here(tmp_path, monkeypatch):
+    """The holder of hat's lock dies (SIGKILL) while this command waits for it: no record
+    was written, so this command trains hat itself."""
+    with monkeypatch.context() as mp:
+        mp.setenv("PYTHONUNBUFFERED", "1")
+        env = dict(os.environ)
+    out = tmp_path / "res"
+    hat = record_path(out, "split-digits", "hat", 0)
+    holder = _holder(hat, tmp_path / "flag")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "run", "--no-progress", "--threads", "1",
+         "--wandb", "disabled", "--scenario", "split-digits", "--strategies", "naive,hat",
+         "--seeds", "0", "--epochs", "1", "--out", str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        for line in command.stdout:
+            said.append(line)
+            if line.startswith("waiting for 1 runs another command is training"):
+                break
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    said.append(command.communicate(timeout=600)[0])
+    text = "".join(said)
+    assert command.returncode == 0, text
+    assert f"train {hat.name}: the other command stopped before writing its record" in text
+    assert "hat split-digits seed 0: final acc" in text
+    assert read_record(hat)["strategy"] == "hat"
+    assert not (out / "locks").exists()
