@@ -518,8 +518,10 @@ def test_bounds_name_the_key_the_user_gave(tmp_path, capsys, in_tmp, args, fragm
     assert "-2**63" not in line
 
 
-@pytest.mark.parametrize(("value", "want"), [("2e3", 2000), ("1E1", 10), ("1.5e0", None),
-                                             ("2.5e1", 25), ("2.55e1", None), ("1e", None), ("e", None)])
+@pytest.mark.parametrize(("value", "want"), [
+    ("2e3", 2000), ("1E1", 10), ("2.5e1", 25),
+    ("1.5e0", None), ("2.55e1", None), ("1e", None), ("e", None),
+])
 def test_integer_keys_take_exponents_only_when_exact(value, want):
     """``2e3`` is 2000; ``1.5e0`` is not an integer and is refused, never truncated to 1."""
     from strategies import TrainConfig
