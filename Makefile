@@ -19,7 +19,7 @@ TUNE_SEEDS ?= 100-102
 COMMA := ,
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install run report test lint bench bench-report clean paper tune
+.PHONY: install run report test lint bench bench-gpu bench-report clean paper tune
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ endif
 # Speed benchmark: HAT vs Naive and suite vs a raw loop, side by side, in one run.
 bench: $(STAMP)
 	$(PY) scripts/bench.py --out $(RESULTS)/bench.json
+
+# The GPU path in one call (CUDA-only tests, make bench on cuda, task inference on cuda).
+bench-gpu: $(STAMP)
+	OUT=$(RESULTS)/gpu PY=$(PY) bash scripts/gpu_check.sh
 
 # Report speed: a full report over 200 synthetic run records (target <= 10 s on 2 cores).
 bench-report: $(STAMP)

@@ -8,8 +8,12 @@ is there and consistent.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
+import torch
 
 from tests.support import ROOT
 
@@ -82,3 +86,16 @@ def test_raw_hat_loop_protects_the_first_task_and_trains_the_second():
     assert len(times) == 2 and all(t > 0 for t in times)
     assert torch.equal(snapshots[0][0], snapshots[1][0])
     assert not torch.equal(snapshots[0][1], snapshots[1][1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine without a GPU's answer")
+def test_the_gpu_check_says_in_one_line_that_there_is_no_gpu(tmp_path):
+    """``make bench-gpu`` (scripts/gpu_check.sh) on a machine without CUDA measures nothing
+    and says so, exit 2 (on the GPU machine it runs the tests and benchmarks)."""
+    done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "OUT": str(tmp_path), "PY": sys.executable})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        "no CUDA GPU here: nothing measured (run this on the GPU machine)")
+    assert (tmp_path / "gpu.txt").exists()
