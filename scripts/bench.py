@@ -218,25 +218,40 @@ def breakdown(case: str, epochs: int, device) -> dict:
     return out
 
 
+def _recipe_split(case: str, x, y, device):
+    """``(x, y, xv, yv)``: with the recipe (``digits``) the suite's held-out split of one
+    task, else all of it for training and no validation (``xv``, ``yv`` None)."""
+    if not CASES[case].get("recipe"):
+        return x, y, None, None
+    from strategies.training.recipe import split_indices
+
+    tr, va = split_indices(len(x), VALID_FRACTION, 0, 1)
+    tr, va = torch.as_tensor(tr, device=device), torch.as_tensor(va, device=device)
+    return x[tr], y[tr], x[va], y[va]
+
+
+def _valid_loss(model, forward, loss_fn, xv, yv) -> float:
+    """Mean validation loss of ``forward(x)`` in evaluation mode, batches of 256."""
+    model.eval()
+    with torch.no_grad():
+        total = sum(float(loss_fn(forward(xv[i : i + 256]), yv[i : i + 256]))
+                    * len(yv[i : i + 256]) for i in range(0, len(xv), 256))
+    model.train()
+    return total / len(xv)
+
+
 def raw_epochs(case: str, epochs: int, device) -> list[float]:
     """Per-epoch seconds of a hand-written loop: same model, ``torch.optim.SGD``, batch 64,
     randperm shuffle; with the recipe (``digits``) the same held-out split, a validation
     pass after each epoch and a copy of the weights when it improves."""
     import copy
 
-    from strategies.training.recipe import split_indices
-
     torch.manual_seed(0)
     model = _model(case, False, device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     xs, ys = _data(case)
-    x, y = xs[1].to(device), ys[1].to(device)
-    xv = yv = None
-    if CASES[case].get("recipe"):
-        tr, va = split_indices(len(x), VALID_FRACTION, 0, 1)
-        tr, va = torch.as_tensor(tr, device=device), torch.as_tensor(va, device=device)
-        x, y, xv, yv = x[tr], y[tr], x[va], y[va]
+    x, y, xv, yv = _recipe_split(case, xs[1].to(device), ys[1].to(device), device)
     loss_fn = torch.nn.CrossEntropyLoss()
     best, best_state = float("inf"), None
     times = []
@@ -252,13 +267,9 @@ def raw_epochs(case: str, epochs: int, device) -> list[float]:
             loss.backward()
             opt.step()
         if xv is not None:
-            model.eval()
-            with torch.no_grad():
-                total = sum(float(loss_fn(model(xv[i : i + 256], 1), yv[i : i + 256]))
-                            * len(yv[i : i + 256]) for i in range(0, len(xv), 256))
-            model.train()
-            if total / len(xv) < best:
-                best, best_state = total / len(xv), copy.deepcopy(model.state_dict())
+            loss = _valid_loss(model, lambda v: model(v, 1), loss_fn, xv, yv)
+            if loss < best:
+                best, best_state = loss, copy.deepcopy(model.state_dict())
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -331,8 +342,6 @@ def raw_hat_epochs(case: str, epochs: int, device, smax: float = 400.0, c: float
     clamped to ±``thres_emb``. Sequential trunks only (not ``resnet18``)."""
     import copy
 
-    from strategies.training.recipe import split_indices
-
     torch.manual_seed(0)
     model = _RawHATNet(case, device)
     model.train()
@@ -342,12 +351,7 @@ def raw_hat_epochs(case: str, epochs: int, device, smax: float = 400.0, c: float
     cumulative = [torch.zeros(m.weight.shape[0], device=device) for m in model.gated]
     times: list[float] = []
     for task, n_epochs in ((0, 1), (1, epochs)):
-        x, y = xs[task].to(device), ys[task].to(device)
-        xv = yv = None
-        if CASES[case].get("recipe"):
-            tr, va = split_indices(len(x), VALID_FRACTION, 0, 1)
-            tr, va = torch.as_tensor(tr, device=device), torch.as_tensor(va, device=device)
-            x, y, xv, yv = x[tr], y[tr], x[va], y[va]
+        x, y, xv, yv = _recipe_split(case, xs[task].to(device), ys[task].to(device), device)
         factors = model.gradient_factors(cumulative) if task > 0 else []
         free = [1 - a for a in cumulative]
         n_free = float(sum(f.sum() for f in free))
@@ -381,14 +385,9 @@ def raw_hat_epochs(case: str, epochs: int, device, smax: float = 400.0, c: float
                     for e in embs:
                         e.clamp_(-thres_emb, thres_emb)
             if xv is not None:
-                model.eval()
-                with torch.no_grad():
-                    total = sum(float(loss_fn(model(xv[i : i + 256], task, 0.0)[0],
-                                              yv[i : i + 256])) * len(yv[i : i + 256])
-                                for i in range(0, len(xv), 256))
-                model.train()
-                if total / len(xv) < best:
-                    best, best_state = total / len(xv), copy.deepcopy(model.state_dict())
+                loss = _valid_loss(model, lambda v, t=task: model(v, t, 0.0)[0], loss_fn, xv, yv)
+                if loss < best:
+                    best, best_state = loss, copy.deepcopy(model.state_dict())
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if task > 0:

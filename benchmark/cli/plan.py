@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib.util
 import os
 import socket
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,20 +56,12 @@ class RunPlan:
 
 def check_writable(out: Path) -> None:
     """The output folder (or its nearest existing parent) must be writable; creates nothing."""
-    probe = Path(out).resolve()
-    while not probe.exists():
-        probe = probe.parent
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
-        fd, tmp = tempfile.mkstemp(prefix=".hatbench-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as err:
-        raise BenchmarkError(
-            f"output folder {out} is not writable ({probe}: {err.strerror or err}); "
-            "choose another with --out"
-        ) from None
+    from ..run.preflight import write_probe
+
+    bad = write_probe(out)
+    if bad is not None:
+        raise BenchmarkError(f"output folder {out} is not writable ({bad[0]}: {bad[1]}); "
+                             "choose another with --out")
     runs = Path(out) / "runs"
     if runs.exists() and not runs.is_dir():
         raise BenchmarkError(

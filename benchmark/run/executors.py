@@ -403,20 +403,20 @@ def execute(exp: Experiment, settings: WorkerSettings, path: Path | None = None)
     """Run ``exp`` in this process and return its record; with ``path``, also write the
     record there (atomically) before returning; without, the caller writes it (a Ray task)."""
     set_threads(settings.threads)
-    scenario = _scenario_for(exp, settings.data_root)
     if path is None:  # a Ray task: the command's process holds the run's lock
-        return _run_tracked(exp, path, scenario, settings)
-    with run_lock(path, _worker_log):
+        return _run_tracked(exp, path, settings)
+    with run_lock(path, _worker_log):  # (first: a busy run builds no scenario)
         if is_complete(path):
             raise AlreadyWritten(path.name)
-        return _run_tracked(exp, path, scenario, settings)
+        return _run_tracked(exp, path, settings)
 
 
 def _worker_log(message: str) -> None:
     print(message, flush=True)
 
 
-def _run_tracked(exp: Experiment, path: Path | None, scenario, settings: WorkerSettings) -> dict:
+def _run_tracked(exp: Experiment, path: Path | None, settings: WorkerSettings) -> dict:
+    scenario = _scenario_for(exp, settings.data_root)
     tracker = _tracker(exp, settings)
     return run_and_write(exp, path, scenario, out=settings.out, data_root=settings.data_root,
                          device=settings.device, tracker=tracker,

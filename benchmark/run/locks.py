@@ -182,20 +182,3 @@ def wait_for(record: Path) -> None:
         return
     if fd is not None:
         _release(fd, path)
-
-
-def is_busy(record: Path) -> str | None:
-    """Who holds the run's lock (its lock file's text), or None when no live process does."""
-    if fcntl is None:  # pragma: no cover - Windows
-        return None
-    path = lock_path(record)
-    if not path.exists():
-        return None
-    try:
-        fd = _open_locked(path, block=False)
-    except _NoLocks:
-        return None
-    if fd is None:
-        return _holder(path)
-    os.close(fd)  # free: leave the file for whoever takes it next
-    return None

@@ -4,6 +4,7 @@ advised rerun) for a reason it could have told at once."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Sequence
@@ -12,22 +13,21 @@ from pathlib import Path
 from ..errors import BenchmarkError
 
 
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _probe(folder: Path, option: str) -> None:
-    """Create and remove a file in ``folder`` (or in its nearest existing parent)."""
-    where = _existing_ancestor(folder)
+def write_probe(folder: Path) -> tuple[Path, str] | None:
+    """Where ``folder`` (or its nearest existing parent) cannot be written, and why: creates
+    and removes a file there; None when it can be written. Leaves nothing behind."""
+    where = Path(folder).resolve()
+    while not where.exists() and where != where.parent:
+        where = where.parent
     try:
+        if not where.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
         fd, tmp = tempfile.mkstemp(prefix=".hat-bench-probe-", dir=where)
     except OSError as err:
-        raise BenchmarkError(f"cannot write to {where} ({err.strerror or err}): choose another "
-                             f"{option} or make it writable") from None
+        return where, str(err.strerror or err)
     os.close(fd)
     os.unlink(tmp)
+    return None
 
 
 def check_out(out: Path, run_folders: Sequence[Path] = (), option: str = "--out") -> None:
@@ -42,4 +42,7 @@ def check_out(out: Path, run_folders: Sequence[Path] = (), option: str = "--out"
                 raise BenchmarkError(
                     f"{p} is a file where a folder must be (the runs of {out} write under it): "
                     f"move it away, or choose another {option}")
-    _probe(out, option)
+    bad = write_probe(out)
+    if bad is not None:
+        raise BenchmarkError(f"cannot write to {bad[0]} ({bad[1]}): choose another {option} or "
+                             "make it writable")
