@@ -14,7 +14,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ import torch
 from strategies import ConfigError, TrainConfig, get_strategy
 from strategies.common.config import check_count, from_overrides, to_public_dict
 from strategies.registry import INFERENCE, STRATEGIES
-from strategies.training.recipe import split_indices
+from strategies.training.recipe import n_held_out
 
 from .data.scenarios import MIXTURE_SOURCES, SCENARIOS, Scenario, get_scenario
 from .networks import DEFAULT_BLOCKS, DEFAULT_HIDDEN, RESNETS, ModelConfig, check_network
@@ -293,13 +292,6 @@ def resolve_for(exp: Experiment, scenario: Scenario | None = None,
     return resolve(exp, spec.valid_fraction, spec.embedded, spec.network, input_shape)
 
 
-@lru_cache(maxsize=4096)
-def _held_out(n: int, fraction: float) -> int:
-    """How many of a task's ``n`` training samples the paper's recipe holds out for
-    validation at ``fraction`` (its own split: ``split_indices``)."""
-    return len(split_indices(n, fraction, 0, 0)[1])
-
-
 def max_valid_fraction(n: int, n_classes: int) -> float:
     """The largest ``train.valid_fraction`` (3 decimals, more where 3 give none) that leaves a
     task of ``n`` training samples at least ``n_classes`` of them to train on; 0 when none
@@ -312,7 +304,7 @@ def max_valid_fraction(n: int, n_classes: int) -> float:
     for digits in range(3, 10):
         scale = 10**digits
         f = math.floor((room + 0.5) / n * scale) / scale
-        while f > 0 and n - _held_out(n, f) < n_classes:
+        while f > 0 and n - n_held_out(n, f) < n_classes:
             f = round(f - 1 / scale, digits)
         if f > 0:
             return f
@@ -330,7 +322,7 @@ def check_valid_fraction(cfg: ResolvedConfig, scenario: Scenario) -> None:
     tasks = select_task(scenario, cfg.scenario.task).tasks
     for task in tasks:
         n = len(task.train_y)
-        kept = n - _held_out(n, fraction)
+        kept = n - n_held_out(n, fraction)
         if kept >= task.n_classes:
             continue
         best = min(max_valid_fraction(len(t.train_y), t.n_classes) for t in tasks)

@@ -813,15 +813,19 @@ class HeadTable:
     best: list[list[bool]]  # per row, per cell after the strategy's
 
 
+#: how a column ranks its means, best first: the largest, the smallest, the closest to 0
+_RANK_KEY = {"max": lambda v: -v, "min": lambda v: v, "abs": abs}
+
+
 def _best_of(stats: dict[str, Stat], pick: str) -> set[str]:
     """The strategies whose mean is the largest (``pick`` "max"), the smallest ("min") or the
     closest to 0 ("abs"); ties (within 1e-12) all count."""
-    means = {s: st.mean for s, st in stats.items() if st.n and math.isfinite(st.mean)}
-    if not means:
+    ranked = _ranked(stats, pick)
+    if not ranked:
         return set()
-    key = {"max": lambda v: -v, "min": lambda v: v, "abs": abs}[pick]
-    top = min(key(v) for v in means.values())
-    return {s for s, v in means.items() if key(v) <= top + 1e-12}
+    key = _RANK_KEY[pick]
+    top = key(stats[ranked[0]].mean)
+    return {s for s in ranked if key(stats[s].mean) <= top + 1e-12}
 
 
 def _cell(st: Stat | None, scale: float, digits: int) -> str:
@@ -913,7 +917,7 @@ def _interval(st: Stat, scale: float, digits: int, conf: str) -> str:
 
 def _ranked(stats: dict[str, Stat], pick: str) -> list[str]:
     """Strategies with a value, the best first (``pick`` as in :func:`_best_of`)."""
-    key = {"max": lambda v: -v, "min": lambda v: v, "abs": abs}[pick]
+    key = _RANK_KEY[pick]
     return sorted((s for s, st in stats.items() if st.n and math.isfinite(st.mean)),
                   key=lambda s: key(stats[s].mean))
 

@@ -64,11 +64,17 @@ class RecipeConfig:
         check_range("train.lr_min", self.lr_min, 0, low_open=True)
 
 
+def n_held_out(n: int, fraction: float) -> int:
+    """How many of ``n`` samples ``split_indices`` holds out for validation: ``fraction`` of
+    them, rounded, at least one and never all (none of a single sample)."""
+    return min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
+
+
 def split_indices(n: int, fraction: float, seed: int, experience: int) -> tuple[np.ndarray, ...]:
     """Seeded random (train, valid) index split of ``n`` samples."""
     rng = np.random.default_rng([seed, experience])
     order = rng.permutation(n)
-    n_valid = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
+    n_valid = n_held_out(n, fraction)
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
 

@@ -577,9 +577,10 @@ def test_dropout_masks_are_drawn_again_on_resume_not_saved(monkeypatch, forwards
     assert torch.equal(torch.get_rng_state(), after)
 
 
-#: a checkpoint's bytes beyond the model's, optimizer's and plugins' state (the RNG states,
-#: progress, settings, containers): measured ≈ 20 kB
-CHECKPOINT_OVERHEAD = 64_000
+#: a checkpoint's bytes beyond the copies of the model counted below (the RNG states, the
+#: progress rows, settings, the plugins' small tensors, containers): measured 37-63 kB here,
+#: where the dropout masks alone were 12.6 MB
+CHECKPOINT_OVERHEAD = 100_000
 
 
 @pytest.mark.parametrize("strategy", ["naive", "hat", "ewc", "lwf"])
