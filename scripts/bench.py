@@ -24,7 +24,10 @@
    raw-Naive is the method's own cost.
 4. Evaluation throughput (samples/s) and peak memory (peak RSS of a fresh process per case
    on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
-5. Where the time of a step goes (``--breakdown``, on by default): ms per step of each
+5. With ``--unfolded``: HAT again with every gate multiplying its layer's output
+   (``HATPlugin.fold_gates`` off, as the reference implementation gates), in the same rounds;
+   ``hat-unfolded/hat`` is what folding the gates into the parameters buys.
+6. Where the time of a step goes (``--breakdown``, on by default): ms per step of each
    phase of Avalanche's training iteration (forward, loss, backward, optimizer step and the
    plugin callbacks around them), timed in place for Naive and HAT, per case.
 
@@ -71,7 +74,8 @@ TARGETS_GPU = (1.15, 1.10, 1.10)
 RATIOS = (("hat_over_naive", "hat/naive", "hat", "naive"),
           ("suite_over_raw", "suite/raw", "naive", "raw"),
           ("hat_over_raw_hat", "suite-hat/raw-hat", "hat", "raw-hat"),
-          ("raw_hat_over_raw", "raw-hat/raw", "raw-hat", "raw"))
+          ("raw_hat_over_raw", "raw-hat/raw", "raw-hat", "raw"),
+          ("unfolded_over_hat", "hat-unfolded/hat", "hat-unfolded", "hat"))
 VALID_FRACTION = 0.1
 
 
@@ -164,10 +168,11 @@ def _time_phases(strat, device, totals: dict[str, float]) -> None:
 
 
 def suite_epochs(case: str, strategy: str, epochs: int, device,
-                 phases: dict[str, float] | None = None) -> list[float]:
+                 phases: dict[str, float] | None = None, fold: bool = True) -> list[float]:
     """Per-epoch seconds on task 2 through the suite's strategy and plugins.
 
-    With ``phases``, task 2's phase times are added to it (seconds, see ``PHASES``).
+    With ``phases``, task 2's phase times are added to it (seconds, see ``PHASES``);
+    ``fold=False``: HAT multiplies every layer's output by its gate (``HATPlugin.fold_gates``).
     """
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -190,6 +195,9 @@ def suite_epochs(case: str, strategy: str, epochs: int, device,
     config = spec.config()
     strat = spec.build(ctx, config)
     strat.plugins = [p for p in strat.plugins if p is not evaluator]  # as the runner does
+    for p in strat.plugins:
+        if hasattr(p, "fold_gates"):
+            p.fold_gates = fold
     if not hasattr(config, "clipgrad"):  # the runner's per-strategy clipping (HAT: its own)
         from strategies.training.clipping import GradientClipPlugin
 
@@ -435,6 +443,8 @@ def run_case(case: str, side: str, epochs: int, device) -> list[float]:
         return raw_epochs(case, epochs, device)
     if side == "raw-hat":
         return raw_hat_epochs(case, epochs, device)
+    if side == "hat-unfolded":
+        return suite_epochs(case, "hat", epochs, device, fold=False)
     return suite_epochs(case, side, epochs, device)
 
 
@@ -465,6 +475,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench.json")
     p.add_argument("--samples", type=int, default=None,
                    help="samples per task instead of the case's (a quick smoke run)")
+    p.add_argument("--unfolded", action="store_true",
+                   help="also time HAT with every gate on its layer's output "
+                        "(HATPlugin.fold_gates off): hat-unfolded/hat is what folding buys")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--side", help=argparse.SUPPRESS)
     return p
@@ -513,6 +526,8 @@ def _measure_case(case: str, args: argparse.Namespace, device: torch.device) -> 
     sides = ["naive", "hat", "raw"]
     if CASES[case]["family"] != "resnet18":  # the raw HAT loop gates sequential trunks
         sides.append("raw-hat")
+    if args.unfolded:
+        sides.append("hat-unfolded")
     samples: dict[str, list[float]] = {s: [] for s in sides}
     # timing: interleaved rounds in this process (A, B, C, A, B, C, …)
     for _ in range(args.rounds):
@@ -523,6 +538,8 @@ def _measure_case(case: str, args: argparse.Namespace, device: torch.device) -> 
     # memory and evaluation throughput: one fresh process per side
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for side in sides:
+        if side == "hat-unfolded":  # timing only: its memory and evaluation are HAT's
+            continue
         cmd = [sys.executable, __file__, "--case", case, "--side", side,
                "--device", args.device, "--threads", str(args.threads)]
         if args.samples is not None:
@@ -553,13 +570,14 @@ def _print_report(results: dict, args: argparse.Namespace) -> None:
     print(f"{'case':<8} {'side':<8} {'epoch s (median)':>17} {'min-max':>17} "
           f"{'eval samples/s':>15} {'peak MB':>8}")
     for case, cr in results["cases"].items():
-        for side in ("naive", "hat", "raw", "raw-hat"):
+        for side in ("naive", "hat", "raw", "raw-hat", "hat-unfolded"):
             if side not in cr:
                 continue
             r = cr[side]
             ev = f"{r['eval_samples_per_s']:.0f}" if "eval_samples_per_s" in r else "-"
+            mem = f"{r['peak_mem_mb']:.0f}" if "peak_mem_mb" in r else "-"
             print(f"{case:<8} {side:<8} {r['median']:>17.4f} {r['min']:>8.4f}-{r['max']:<8.4f} "
-                  f"{ev:>15} {r['peak_mem_mb']:>8.0f}")
+                  f"{ev:>15} {mem:>8}")
     print(f"\n{'case':<8} {'ratio of medians':<18} {'median':>7} {'(rounds)':>15} {'target':>7}")
     for case, cr in results["cases"].items():
         tg = cr.get("targets", {})

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU path needs measured, in one short call (device time is scarce):
 #   the CUDA-only tests, then `scripts/bench.py --device cuda` on the digits MLP, MLP 800,
-#   AlexNet and ResNet-18 (HAT/Naive, suite/raw, suite-HAT/raw-HAT, raw-HAT/raw side by side),
+#   AlexNet and ResNet-18 (HAT/Naive, suite/raw, suite-HAT/raw-HAT, raw-HAT/raw and what
+#   folding the gates buys, hat-unfolded/HAT, side by side),
 #   then task inference's cost on cuda. Each step has its own time limit, so a slow one does
 #   not cost the others; logs and JSON go to $OUT (default results/gpu).
 #
@@ -23,7 +24,7 @@ timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/strategies/baselines/te
   tests/strategies/rehearsal/test_base.py > "$out/tests.log" 2>&1
 echo "cuda tests: exit $? ($(tail -1 "$out/tests.log"))"
 timeout 330 "$py" scripts/bench.py --device cuda --cases digits,mlp,alexnet,resnet18 \
-  --rounds 3 --out "$out/bench.json" > "$out/bench.log" 2>&1
+  --rounds 3 --unfolded --out "$out/bench.json" > "$out/bench.log" 2>&1
 echo "bench: exit $?"
 tail -30 "$out/bench.log"
 timeout 90 "$py" scripts/bench_task_inference.py --device cuda --rounds 3 \

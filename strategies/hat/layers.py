@@ -13,7 +13,9 @@ that only such modules sit between gated layers and refuses anything else (e.g. 
 A ``BatchNorm1d``/``BatchNorm2d`` right after a gated layer becomes per task
 (``HATBatchNorm1d``/``2d``: one set of affine parameters and running statistics per task,
 frozen with the task) and applies that layer's gate after normalising; BatchNorm anywhere
-else is refused (its statistics would be shared across tasks).
+else is refused (its statistics would be shared across tasks). A training forward may fold
+the gate into the parameters instead (``HATMixin.fold_gate``, set by ``HATPlugin`` where that
+is the cheaper): the same function, only float rounding differs.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class HATMixin:
         self.grads_fresh = False
         #: when a list, a training forward appends ‖∂L/∂z‖·‖x‖·√(kernel area), an upper bound
         #: of ‖∂L/∂W‖ from this forward (Cauchy–Schwarz), for HATPlugin's clipping shortcut
+        #: (folded, z is the gated output and ∂L/∂W = a·∂L/∂(W·a) with a ≤ 1: still a bound)
         self.grad_bounds: list[float] | None = None
         #: set when a per-task BatchNorm follows: it applies this layer's gate after
         #: normalising (layer → BN_t → gate), and the layer returns its pre-gate output
@@ -96,6 +99,10 @@ class HATMixin:
         #: elements of one sample's input and output (x, z), measured by ``HATNet``'s probe;
         #: HATPlugin takes a shortcut only where it reads fewer elements than it saves
         self.sample_sizes: tuple[int, int] | None = None
+        #: set by HATPlugin for one experience: a training forward folds the gate into the
+        #: parameters (``folded_forward``; with a per-task BatchNorm after the layer, into that
+        #: BatchNorm's affine parameters) instead of multiplying the output by it
+        self.fold_gate = False
 
     @property
     def gate_owner(self) -> HATMixin:
@@ -166,13 +173,43 @@ class HATMixin:
         z.register_hook(hook)
         return z
 
-    def _apply_gate(self, out: torch.Tensor) -> torch.Tensor:
+    def _gate_now(self) -> torch.Tensor:
         if self.current_gate is None:
             raise HATError(
                 f"{type(self).__name__} was called without a task; call it through HATNet "
                 "(model(x, task_labels)) so that the task's gate is known"
             )
-        gate = self.current_gate
+        return self.current_gate
+
+    def folds_now(self) -> bool:
+        """Whether this forward folds the gate into parameters (``fold_gate``, a training
+        forward with one task's gate)."""
+        return (self.fold_gate and self.training and self.row_grad_factor is None
+                and self.current_gate is not None and self.current_gate.dim() == 1)
+
+    def _raw_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+        """The wrapped layer's operation with the given parameters."""
+        raise NotImplementedError
+
+    def _layer_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output, gated unless a per-task BatchNorm after it applies the gate.
+
+        Folded (``folds_now``): σ(s·e) scales each output unit's weights and bias, z·a =
+        (W·a)x + b·a (Eq. 1 with the gate moved onto the parameters, the same function; only
+        float rounding differs), so that the gate costs passes over the parameters instead of
+        over the output maps, forward and backward: the cheaper for a convolution, whose
+        output is a map per unit (HATPlugin folds where the output is the larger)."""
+        if self.folds_now() and not self.defer_gate:
+            a = self.current_gate
+            w = self.weight * a.view((-1,) + (1,) * (self.weight.dim() - 1))
+            b = None if self.bias is None else self.bias * a
+            return self._track(x, self._raw_forward(x, w, b))
+        z = self._track(x, self._raw_forward(x, self.weight, self.bias))
+        return z if self.defer_gate else self._apply_gate(z)
+
+    def _apply_gate(self, out: torch.Tensor) -> torch.Tensor:
+        gate = self._gate_now()
         if gate.dim() == 2:
             return self._apply_task_gates(out, gate)
         if out.dim() == 2:
@@ -224,9 +261,11 @@ class HATLinear(HATMixin, nn.Linear):
     def in_width(self) -> int:
         return self.in_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._track(x, super().forward(x))
-        return z if self.defer_gate else self._apply_gate(z)
+    def _raw_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    forward = HATMixin._layer_forward
 
 
 class HATConv2d(HATMixin, nn.Conv2d):
@@ -246,9 +285,11 @@ class HATConv2d(HATMixin, nn.Conv2d):
     def in_width(self) -> int:
         return self.in_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._track(x, super().forward(x))
-        return z if self.defer_gate else self._apply_gate(z)
+    def _raw_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+        return self._conv_forward(x, weight, bias)
+
+    forward = HATMixin._layer_forward
 
 
 HAT_LAYERS = (HATLinear, HATConv2d)
@@ -332,12 +373,33 @@ class PerTaskBatchNorm(nn.Module):
         if isinstance(self.current_task, tuple):
             return self._forward_tasks(x, self.current_task, gated)
         bn = self.norm(self.current_task)
-        if bn.training and self.current_task in self.frozen:
+        frozen = bn.training and self.current_task in self.frozen
+        if gated.folds_now():
+            return self._folded(x, bn, frozen, gated.current_gate)
+        if frozen:
             # a trained task: its running statistics, never updated again
             y = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
                              0.0, bn.eps)
             return gated._apply_gate(y)
         return gated._apply_gate(bn(x))
+
+    @staticmethod
+    def _folded(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, frozen: bool,
+                gate: torch.Tensor) -> torch.Tensor:
+        """BN_t(x)·a with the gate folded into the affine parameters: γ·a and β·a (γ = a,
+        β = 0 without affine parameters); the statistics are BatchNorm's own."""
+        weight = gate if bn.weight is None else bn.weight * gate
+        bias = None if bn.bias is None else bn.bias * gate
+        if frozen:
+            return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, False, 0.0,
+                                bn.eps)
+        # BatchNorm's own forward (statistics, momentum, input checks) with the folded
+        # parameters: instance attributes shadow the registered parameters for this call
+        try:
+            bn.__dict__["weight"], bn.__dict__["bias"] = weight, bias
+            return bn(x)
+        finally:
+            del bn.__dict__["weight"], bn.__dict__["bias"]
 
     def _forward_tasks(self, x: torch.Tensor, tasks: tuple[int, ...],
                        gated: HATMixin) -> torch.Tensor:

@@ -96,6 +96,18 @@ def compensation_factors(
     return num
 
 
+def folding_pays(layer: HATMixin, batch_size: int) -> bool:
+    """Whether folding the gate into the parameters (``HATMixin.fold_gate``) touches fewer
+    elements than gating the output: always before a per-task BatchNorm (its affine
+    parameters, one per unit), else when a batch's output (a map per unit for a convolution)
+    outnumbers the weight; layers never probed (sizes unknown) gate the output."""
+    if layer.defer_gate:
+        return True
+    if layer.sample_sizes is None:
+        return False
+    return batch_size * layer.sample_sizes[1] > layer.weight.numel()
+
+
 def flushing_denormals() -> bool:
     """Whether denormal floats are flushed to zero now (``torch.set_flush_denormal``)."""
     return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0 == 0).item())
@@ -119,10 +131,18 @@ class HATPlugin(SupervisedPlugin):
     walk checks that every step, and the reference operations run otherwise. They run only
     on layers where they read fewer elements than they spare (``SHORTCUT_GAIN``): on the
     embedded digits MLP none does, and a step is the reference operations plus the fill.
+
+    On every device, ``fold_gates`` moves each training gate onto its layer's parameters
+    where that touches fewer elements than the output (``folding_pays``): the same function,
+    different float rounding; evaluation gates the outputs.
     """
 
     #: exact shortcuts on (see the class docstring); False runs the reference operations
     fast_paths: bool = True
+    #: fold each training gate into its layer's parameters where that is the fewer elements
+    #: (``folding_pays``; the same function, float rounding differs); False multiplies every
+    #: layer's output by its gate, as the reference implementation does
+    fold_gates: bool = True
 
     def __init__(self, config: HATConfig | None = None, **overrides):
         super().__init__()
@@ -208,6 +228,8 @@ class HATPlugin(SupervisedPlugin):
         pairs = self._plan_conditioning(hat, self.fast_paths and on_cpu and wide,
                                         strategy.train_mb_size)
         self._keep = [(p, f != 0) for p, f in pairs if bool((f == 0).any())]
+        for layer in self._layers:
+            layer.fold_gate = self.fold_gates and folding_pays(layer, strategy.train_mb_size)
         self._embs = [layer.embedding(task) for layer in hat.gate_layers]
         own = {id(p) for p in hat.task_parameters(task)}
         self._frozen = [
@@ -352,6 +374,8 @@ class HATPlugin(SupervisedPlugin):
         hat.s = self.config.smax
         self.trained_tasks.append(self.task)
         self._shortcuts.clear()
+        for layer in self._layers:
+            layer.fold_gate = False
         self._shortcuts = FastPaths()
         self._keep, self._frozen, self._embs, self._params = [], [], [], []
 

@@ -22,7 +22,7 @@ def test_bench_smoke_run_writes_ratios_and_breakdown(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu",
            "--cases", "mlp", "--samples", "128", "--rounds", "1", "--warmup", "0", "--reps", "1",
-           "--out", str(out)]
+           "--unfolded", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -47,6 +47,10 @@ def test_bench_smoke_run_writes_ratios_and_breakdown(tmp_path):
     assert bd["hat"]["after_backward"] > bd["naive"]["after_backward"]  # HAT's own work
     assert "hat/naive" in proc.stdout and "step breakdown" in proc.stdout
     assert "suite-hat/raw-hat" in proc.stdout and "raw-hat/raw" in proc.stdout
+    # --unfolded: HAT with the gates on the outputs, timed in the same rounds
+    assert mlp["unfolded_over_hat"] == mlp["hat-unfolded"]["median"] / mlp["hat"]["median"]
+    assert mlp["hat-unfolded"]["n"] == 1 and "peak_mem_mb" not in mlp["hat-unfolded"]
+    assert "hat-unfolded/hat" in proc.stdout
 
 
 def test_bench_rejects_bad_samples(tmp_path):
