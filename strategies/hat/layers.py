@@ -100,7 +100,7 @@ class HATMixin:
         #: HATPlugin takes a shortcut only where it reads fewer elements than it saves
         self.sample_sizes: tuple[int, int] | None = None
         #: set by HATPlugin for one experience: a training forward folds the gate into the
-        #: parameters (``folded_forward``; with a per-task BatchNorm after the layer, into that
+        #: parameters (``_layer_forward``; with a per-task BatchNorm after the layer, into that
         #: BatchNorm's affine parameters) instead of multiplying the output by it
         self.fold_gate = False
 
