@@ -248,12 +248,38 @@ def _valid_loss(model, forward, loss_fn, xv, yv) -> float:
     return total / len(xv)
 
 
+def _raw_loop_epochs(model, x, y, xv, yv, n_epochs: int, device, step, forward,
+                     loss_fn) -> list[float]:
+    """Seconds of each epoch of the raw loops: ``step(idx, i)`` on each randperm-shuffled
+    batch of 64 (``i``: the position of its first sample); with validation data (``xv``) a
+    validation pass of ``forward`` after each epoch and a copy of the weights when it
+    improves, the best weights loaded at the end (as the recipe ends an experience)."""
+    import copy
+
+    best, best_state, times = float("inf"), None, []
+    for _ in range(n_epochs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        order = torch.randperm(len(x)).to(device)
+        for i in range(0, len(x), 64):
+            step(order[i : i + 64], i)
+        if xv is not None:
+            loss = _valid_loss(model, forward, loss_fn, xv, yv)
+            if loss < best:
+                best, best_state = loss, copy.deepcopy(model.state_dict())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return times
+
+
 def raw_epochs(case: str, epochs: int, device) -> list[float]:
     """Per-epoch seconds of a hand-written loop: same model, ``torch.optim.SGD``, batch 64,
     randperm shuffle; with the recipe (``digits``) the same held-out split, a validation
     pass after each epoch and a copy of the weights when it improves."""
-    import copy
-
     torch.manual_seed(0)
     model = _model(case, False, device)
     model.train()
@@ -261,29 +287,14 @@ def raw_epochs(case: str, epochs: int, device) -> list[float]:
     xs, ys = _data(case)
     x, y, xv, yv = _recipe_split(case, xs[1].to(device), ys[1].to(device), device)
     loss_fn = torch.nn.CrossEntropyLoss()
-    best, best_state = float("inf"), None
-    times = []
-    for _ in range(epochs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        order = torch.randperm(len(x)).to(device)
-        for i in range(0, len(x), 64):
-            idx = order[i : i + 64]
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx], 1), y[idx])
-            loss.backward()
-            opt.step()
-        if xv is not None:
-            loss = _valid_loss(model, lambda v: model(v, 1), loss_fn, xv, yv)
-            if loss < best:
-                best, best_state = loss, copy.deepcopy(model.state_dict())
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    if best_state is not None:  # as the recipe ends an experience
-        model.load_state_dict(best_state)
-    return times
+
+    def step(idx, _i):
+        opt.zero_grad()
+        loss_fn(model(x[idx], 1), y[idx]).backward()
+        opt.step()
+
+    return _raw_loop_epochs(model, x, y, xv, yv, epochs, device, step,
+                            lambda v: model(v, 1), loss_fn)
 
 
 class _RawHATNet(torch.nn.Module):
@@ -348,8 +359,6 @@ def raw_hat_epochs(case: str, epochs: int, device, smax: float = 400.0, c: float
     the cumulative mask's factors (Eq. 2), embedding gradients compensated (Eq. 6, cosh
     clamped at ``thres_cosh``), global-norm clipping, ``torch.optim.SGD`` step, embeddings
     clamped to ±``thres_emb``. Sequential trunks only (not ``resnet18``)."""
-    import copy
-
     torch.manual_seed(0)
     model = _RawHATNet(case, device)
     model.train()
@@ -365,43 +374,33 @@ def raw_hat_epochs(case: str, epochs: int, device, smax: float = 400.0, c: float
         n_free = float(sum(f.sum() for f in free))
         embs = list(model.emb[task])
         params = list(model.parameters())
-        best, best_state = float("inf"), None
-        for _ in range(n_epochs):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            order = torch.randperm(len(x)).to(device)
-            for i in range(0, len(x), 64):
-                idx = order[i : i + 64]
-                s = 1 / smax + (smax - 1 / smax) * i / len(x)  # Eq. 3
-                opt.zero_grad()
-                out, gates = model(x[idx], task, s)
-                loss = loss_fn(out, y[idx])
-                if n_free > 0:  # Eq. 5
-                    loss = loss + c * sum((a * f).sum() for a, f in zip(gates, free,
-                                                                        strict=True)) / n_free
-                loss.backward()
-                with torch.no_grad():
-                    for p, f in factors:  # Eq. 2
-                        p.grad.mul_(f)
-                    for e in embs:  # Eq. 6
-                        num = torch.cosh(torch.clamp(s * e, -thres_cosh, thres_cosh)) + 1
-                        e.grad.mul_(smax / s * num / (torch.cosh(e) + 1))
-                torch.nn.utils.clip_grad_norm_(params, clipgrad)
-                opt.step()
-                with torch.no_grad():
-                    for e in embs:
-                        e.clamp_(-thres_emb, thres_emb)
-            if xv is not None:
-                loss = _valid_loss(model, lambda v, t=task: model(v, t, 0.0)[0], loss_fn, xv, yv)
-                if loss < best:
-                    best, best_state = loss, copy.deepcopy(model.state_dict())
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if task > 0:
-                times.append(time.perf_counter() - t)
-        if best_state is not None:
-            model.load_state_dict(best_state)
+
+        def step(idx, i, x=x, y=y, task=task, factors=factors, free=free, n_free=n_free,
+                 embs=embs, params=params):
+            s = 1 / smax + (smax - 1 / smax) * i / len(x)  # Eq. 3
+            opt.zero_grad()
+            out, gates = model(x[idx], task, s)
+            loss = loss_fn(out, y[idx])
+            if n_free > 0:  # Eq. 5
+                loss = loss + c * sum((a * f).sum() for a, f in zip(gates, free,
+                                                                    strict=True)) / n_free
+            loss.backward()
+            with torch.no_grad():
+                for p, f in factors:  # Eq. 2
+                    p.grad.mul_(f)
+                for e in embs:  # Eq. 6
+                    num = torch.cosh(torch.clamp(s * e, -thres_cosh, thres_cosh)) + 1
+                    e.grad.mul_(smax / s * num / (torch.cosh(e) + 1))
+            torch.nn.utils.clip_grad_norm_(params, clipgrad)
+            opt.step()
+            with torch.no_grad():
+                for e in embs:
+                    e.clamp_(-thres_emb, thres_emb)
+
+        task_times = _raw_loop_epochs(model, x, y, xv, yv, n_epochs, device, step,
+                                      lambda v, t=task: model(v, t, 0.0)[0], loss_fn)
+        if task > 0:
+            times += task_times
         cumulative = [torch.maximum(a, m) for a, m in zip(cumulative, model.masks(task),
                                                           strict=True)]
     return times
