@@ -12,6 +12,7 @@ from typing import Any
 
 from . import figures, render
 from .tables import Duplicate, Missing, ScenarioReport
+from .targets import TargetResult
 
 __all__ = [
     "ARTIFACTS",
@@ -40,6 +41,8 @@ class BuildResult:
     files: list[Path] = field(default_factory=list)
     missing: list[tuple[str, Missing]] = field(default_factory=list)
     duplicates: list[tuple[str, Duplicate]] = field(default_factory=list)
+    #: each target checked against the records (``build_report``'s ``targets``), in order
+    targets: list[TargetResult] = field(default_factory=list)
 
     @property
     def index(self) -> Path:

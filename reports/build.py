@@ -70,6 +70,10 @@ from .html import write_page
 from .io import write_text
 from .load import ReportError
 from .tables import ScenarioReport, compute_report
+from .targets import FILES as TARGET_FILES
+from .targets import TITLE as TARGETS_TITLE
+from .targets import Target, check_targets, write_targets
+from .targets import to_html as targets_html
 
 __all__ = [
     "ARTIFACTS",
@@ -179,16 +183,20 @@ def _remove_stale(d: Path, keep: set[Path]) -> None:
 
 def build_report(
     records: list[dict], out: str | Path, confidence: float = 0.95, workers: int | None = None,
-    extra_sections: Sequence[tuple[str, str]] = (),
+    targets: Sequence[Target] | None = None,
 ) -> BuildResult:
     """Compute (:func:`reports.tables.compute_report`) and write the report of ``records``
     under ``out``: every file of :data:`ARTIFACTS`, ``index.md`` and the page ``index.html``
-    (:func:`reports.html.write_page`, ``extra_sections`` appended to it); returns what was
-    written and what is missing. Figures are drawn by ``workers`` processes (default: the
-    CPUs available; 1 = in this process)."""
+    (:func:`reports.html.write_page`); with ``targets``, each checked against the records
+    (:func:`reports.targets.check_targets`, ``result.targets``) in ``targets.md``,
+    ``targets.csv`` and a section of the page (without, earlier target files are removed);
+    returns what was written and what is missing. Figures are drawn by ``workers`` processes
+    (default: the CPUs available; 1 = in this process)."""
     out = Path(out)
     reports = compute_report(records, confidence)
     result = BuildResult(out=out, reports=reports)
+    if targets is not None:
+        result.targets = check_targets(targets, records, confidence, reports=reports)
     sections = []
     notes: list[str] = []
     jobs: list[Job] = []
@@ -210,5 +218,12 @@ def build_report(
     write_text(result.index, render.index_md(sections, result.missing, notes, result.duplicates,
                                              headlines))
     result.files.append(result.index)
-    result.files.append(write_page(result, extra_sections))
+    extra = []
+    if result.targets:
+        result.files += write_targets(result.targets, out, confidence)
+        extra.append((TARGETS_TITLE, targets_html(result.targets, confidence)))
+    else:
+        for name in TARGET_FILES:
+            (out / name).unlink(missing_ok=True)
+    result.files.append(write_page(result, extra))
     return result

@@ -21,10 +21,8 @@ from pathlib import Path
 from . import metrics
 from .io import WriteError
 from .load import ReportError, load_records
-from .targets import TITLE as TARGETS_TITLE
-from .targets import check_targets, load_targets, write_targets
 from .targets import line as target_line
-from .targets import to_html as targets_html
+from .targets import load_targets
 from .text import warning_line
 
 
@@ -145,11 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .build import build_report  # matplotlib is imported only when there is work
 
-    checked = [] if targets is None else check_targets(targets, records, args.confidence)
-    extra = [(TARGETS_TITLE, targets_html(checked, args.confidence))] if checked else []
     try:
         result = build_report(records, out, confidence=args.confidence, workers=args.jobs,
-                              extra_sections=extra)
+                              targets=targets)
     except WriteError as e:  # names the file and the cause already
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -179,15 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for scenario, rep in result.reports.items():
         for note in rep.notes:
             print(f"note: {scenario}: {note}")
-    if checked:
-        try:
-            result.files += write_targets(checked, out, args.confidence)
-        except OSError as e:
-            print(f"error: cannot write the targets to {out}: {e.strerror or e}",
-                  file=sys.stderr)
-            return 2
+    if result.targets:
         print(f"targets of {args.targets}:")
-        for r in checked:
+        for r in result.targets:
             print(f"  {target_line(r)}")
     by_dir: dict[Path, list[str]] = {}
     for p in result.files:

@@ -975,7 +975,8 @@ def terminal_headline(rep: ScenarioReport) -> str:
     """What ``python -m reports`` ends with per scenario: the headline tables fixed-width
     (:func:`headline_text`), the summary columns left out with what fills them, and the
     selected hyperparameters at the edge of their range."""
-    lines = [headline_text(rep)] if headline_tables(rep) else []
+    text = headline_text(rep)
+    lines = [text] if text else []
     lines += [f"  {line}" for line in left_out_lines(rep)]
     lines += [f"  edge: {row.strategy} {'; '.join(e.text() for e in row.edges)}"
               for row in rep.hyperparameters if row.edges]

@@ -35,6 +35,7 @@ from .schema import PROTOCOLS, param_text, protocol_of
 from .tables import ScenarioReport, Stat, compute_report
 from .tables.model import CLASS_IL_METRICS, REFERENCES, SUMMARY_METRICS
 from .tables.records import trained_alone
+from .tables.summary import NEEDS_REFERENCE
 
 __all__ = [
     "CHECKS",
@@ -85,8 +86,6 @@ TASK_METRICS = ("rho_le_<t>", "reduction_le_<t>", *SUMMARY_METRICS, "weights_kep
 CLASS_METRICS = CLASS_IL_METRICS
 _PER_T = re.compile(r"^(rho_le|reduction_le)_([1-9][0-9]*)$")
 _COMPRESSION = ("weights_kept", "units_kept")
-#: what a summary metric needs besides the strategy's own records
-_NEEDS = {"fwt": "single", "intransigence": "joint"}
 
 
 class TargetsError(ReportError):
@@ -192,7 +191,7 @@ def _metric_problem(metric: str, protocol: str, strategy: str) -> str | None:
         return f"{metric} is HAT's reduction over the best baseline: the strategy must be hat"
     if metric in _COMPRESSION and strategy != "hat":
         return f"{metric} is HAT's compression of a task trained alone: the strategy must be hat"
-    if strategy in REFERENCES and (per_t is not None or metric in _NEEDS):
+    if strategy in REFERENCES and (per_t is not None or metric in NEEDS_REFERENCE):
         return f"{strategy} is a reference, it has no {metric}"
     return None
 
@@ -411,7 +410,7 @@ def _task_result(t: Target, rep: ScenarioReport) -> TargetResult:
                             reason=f"against {red['best_baseline']}, the best baseline here")
     if s not in rep.summary:
         return TargetResult(t, NO_VALUE, reason=f"{s} has no row in the summary table")
-    need = _NEEDS.get(m)
+    need = NEEDS_REFERENCE.get(m)
     why = (f"no {need} records of {t.setup} for {s}'s seeds" if need
            else f"{m} is undefined for {s}'s records")
     return _stat_result(t, rep.summary[s][m], why)
@@ -562,11 +561,17 @@ def to_html(results: Sequence[TargetResult], confidence: float = 0.95) -> str:
             f"<tbody>{body}</tbody></table></div>\n")
 
 
+#: the files :func:`write_targets` writes into a report folder
+FILES = ("targets.md", "targets.csv")
+
+
 def write_targets(results: Sequence[TargetResult], out: str | Path,
                   confidence: float = 0.95) -> list[Path]:
-    """Write ``targets.md`` and ``targets.csv`` into the report folder ``out``; returns them."""
+    """Write ``targets.md`` and ``targets.csv`` (:data:`FILES`) into the report folder
+    ``out``; returns them."""
     from .io import write_text
 
+    md, csv_name = FILES
     out = Path(out)
-    return [write_text(out / "targets.md", to_markdown(results, confidence)),
-            write_text(out / "targets.csv", to_csv(results))]
+    return [write_text(out / md, to_markdown(results, confidence)),
+            write_text(out / csv_name, to_csv(results))]

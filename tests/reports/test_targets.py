@@ -311,8 +311,9 @@ def test_cli_prints_one_line_per_target_and_writes_them_into_the_report(tmp_path
     assert code == 0
     start = printed.index(f"targets of {path}:")
     lines = printed[start + 1:start + 3]
-    assert lines[0].startswith(("  ✅ t0: syn hat ρ≤2 published -0.020, measured ",
-                                "  ❌ t0: syn hat ρ≤2 published -0.020, measured "))
+    expected = check_targets(load_targets(path), load_records(tmp_path))[0]
+    mark = "✅" if expected.status == PASS else "❌"
+    assert lines[0].startswith(f"  {mark} t0: syn hat ρ≤2 published -0.020, measured ")
     assert ", CI [" in lines[0] and "(3 seed(s), cpu" in lines[0]
     assert lines[1] == ("  not run t1: absent hat ρ≤2 published -0.020; no records of "
                         "absent; run: python -m benchmark run --scenario syn")
@@ -320,6 +321,10 @@ def test_cli_prints_one_line_per_target_and_writes_them_into_the_report(tmp_path
     assert "| not run | t1 |" in (out / "targets.md").read_text(encoding="utf-8")
     page = (out / "index.html").read_text(encoding="utf-8")
     assert f"<h2>{html.escape(TITLE)}</h2>" in page and page.count('<tr class="target-') == 2
+    # the same folder again without --targets: no target file or section is left from before
+    assert main(["--results", str(tmp_path), "--out", str(out), "--jobs", "1"]) == 0
+    assert not (out / "targets.csv").exists() and not (out / "targets.md").exists()
+    assert html.escape(TITLE) not in (out / "index.html").read_text(encoding="utf-8")
 
 
 def test_cli_refuses_a_bad_targets_file_before_writing_anything(tmp_path, capsys):
