@@ -85,11 +85,11 @@ class InferenceConfig:
     #: ``memory_samples``; give the rehearsal methods' budget); 0: no memory, raw scores
     calibration_samples: int = 0
 
-    def check(self, strategy: str) -> InferenceConfig:
-        """``self`` when its values are in range; else ConfigError naming the key as given
-        (``<strategy>.calibration_samples``: these keys live in the strategy's section)."""
+    def check_in(self, strategy: str) -> None:
+        """ConfigError unless the values are in range, naming the key as given
+        (``<strategy>.calibration_samples``: these keys live in the strategy's section;
+        ``from_overrides`` calls this)."""
         check_count(f"{strategy}.calibration_samples", self.calibration_samples, 0)
-        return self
 
 
 #: the keys of a strategy's section that are its task inference's (``InferenceConfig``)
@@ -162,8 +162,7 @@ def resolve(exp: Experiment, scenario_valid_fraction: float, embedded: bool,
             "scenario.protocol=task, or leave it out of the class-incremental runs")
     inference = None
     if scen.protocol == "class" and spec.class_protocol == INFERENCE:
-        inference = from_overrides(InferenceConfig, inference_over, exp.strategy).check(
-            exp.strategy)
+        inference = from_overrides(InferenceConfig, inference_over, exp.strategy)
     elif inference_over:
         raise ConfigError(
             f"{exp.strategy}.{next(iter(inference_over))} applies to the class-incremental "

@@ -127,8 +127,6 @@ def canonical_value(section: str, key: str, value: Any) -> str:
     cls = _config_class(section, key)
     by_public = {public_key(f.name): f.name for f in fields(cls)}
     typed = from_overrides(cls, {key: value}, section)  # validates key, type and range
-    if isinstance(typed, InferenceConfig):
-        typed.check(section)
     return format_value(getattr(typed, by_public[key]))
 
 
@@ -212,24 +210,23 @@ def _n_points(strategy: str, grid: Mapping[str, Sequence[str]]) -> int:
 
 
 def check_size(strategies: Sequence[str], n_seeds: int, grid: Mapping[str, Sequence[str]],
-               max_runs: int | None = None) -> int:
-    """The number of runs of strategies × seeds × ``grid``, refused by :func:`check_total`
-    before any point is built."""
+               max_runs: int | None = None) -> None:
+    """:func:`check_total` of the runs of strategies × seeds × ``grid``, before any point is
+    built."""
     n = grid_size(strategies, n_seeds, grid)
     per = ", ".join(f"{s} {_n_points(s, grid)}" for s in strategies)
-    return check_total(n, max_runs, f" ({per} per seed; {n_seeds} seed{'s' * (n_seeds != 1)})")
+    check_total(n, max_runs, f" ({per} per seed; {n_seeds} seed{'s' * (n_seeds != 1)})")
 
 
-def check_total(n: int, max_runs: int | None = None, detail: str = "") -> int:
-    """``n`` when a grid of ``n`` runs may start: BenchmarkError when it is above ``max_runs``
-    (None: ``MAX_GRID_RUNS``), naming the count, the bound and ``--max-runs``."""
+def check_total(n: int, max_runs: int | None = None, detail: str = "") -> None:
+    """BenchmarkError when a grid of ``n`` runs is above ``max_runs`` (None:
+    ``MAX_GRID_RUNS``), naming the count, the bound and ``--max-runs``."""
     bound = MAX_GRID_RUNS if max_runs is None else max_runs
     if n > bound:
         raise BenchmarkError(
             f"the grid gives {n} runs{detail}, more than {bound}"
             f"{' (the default bound)' if max_runs is None else ' (--max-runs)'}: give "
             f"--max-runs {n} to start them all, or fewer grid values")
-    return n
 
 
 __all__ = [

@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -133,11 +132,11 @@ def write_record(path: Path, rec: dict) -> Path:
     return write_text(path, text)
 
 
-def set_aside(path: Path, log: Callable[[str], Any] | None = None) -> Path | None:
+def set_aside(path: Path) -> Path | None:
     """Move a file at ``path`` that is not a readable record (not JSON, not a valid record) to
-    ``<name>.unreadable-<n>`` (the first free ``n``), saying so in one warning line naming both
-    paths (``log``; default: stderr), so that a record written there overwrites nothing
-    unread. Returns where it went; None when nothing was moved (no file, or a valid record)."""
+    ``<name>.unreadable-<n>`` (the first free ``n``), saying so in one warning line on stderr
+    naming both paths, so that a record written there overwrites nothing unread. Returns
+    where it went; None when nothing was moved (no file, or a valid record)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -151,12 +150,8 @@ def set_aside(path: Path, log: Callable[[str], Any] | None = None) -> Path | Non
     while (aside := path.with_name(f"{path.name}.unreadable-{n}")).exists():
         n += 1
     os.rename(path, aside)
-    line = (f"warning: {path} is not a readable run record: moved it to {aside}, the new "
-            "record takes its place")
-    if log is None:
-        print(line, file=sys.stderr)
-    else:
-        log(line)
+    print(f"warning: {path} is not a readable run record: moved it to {aside}, the new "
+          "record takes its place", file=sys.stderr)
     return aside
 
 

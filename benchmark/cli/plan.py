@@ -55,21 +55,11 @@ class RunPlan:
 
 
 def check_writable(out: Path) -> None:
-    """The output folder (or its nearest existing parent) must be writable; creates nothing."""
-    from ..run.preflight import write_probe
+    """Every folder under ``out`` that runs write to can be a folder and be written
+    (:func:`benchmark.run.preflight.check_out`); creates nothing."""
+    from ..run.preflight import check_out
 
-    bad = write_probe(out)
-    if bad is not None:
-        raise BenchmarkError(f"output folder {out} is not writable ({bad[0]}: {bad[1]}); "
-                             "choose another with --out")
-    runs = Path(out) / "runs"
-    if runs.exists() and not runs.is_dir():
-        raise BenchmarkError(
-            f"{runs} is a file, where the run records' folder goes; move it or choose "
-            "another --out"
-        )
-    if runs.exists() and not os.access(runs, os.W_OK | os.X_OK):
-        raise BenchmarkError(f"output folder {runs} is not writable; choose another with --out")
+    check_out(out)
 
 
 def _check_tasks(scenario: str, grid: dict) -> None:

@@ -123,10 +123,6 @@ class _NoLocks(Exception):
                   "could train the same run twice", file=sys.stderr)
 
 
-def _release(fd: int, path: Path) -> None:
-    _release_file(path, fd)
-
-
 def _release_file(path: Path, fd: int | None = None) -> None:
     """Remove the lock file (then close ``fd``, ending the lock) and the folder when empty."""
     try:
@@ -166,7 +162,7 @@ def run_lock(record: Path, log: Callable[[str], None] | None = None) -> Iterator
                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}").encode(), 0)
         yield
     finally:
-        _release(fd, path)
+        _release_file(path, fd)
 
 
 def wait_for(record: Path) -> None:
@@ -181,4 +177,4 @@ def wait_for(record: Path) -> None:
     except _NoLocks:
         return
     if fd is not None:
-        _release(fd, path)
+        _release_file(path, fd)

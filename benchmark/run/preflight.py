@@ -30,19 +30,31 @@ def write_probe(folder: Path) -> tuple[Path, str] | None:
     return None
 
 
-def check_out(out: Path, run_folders: Sequence[Path] = (), option: str = "--out") -> None:
+def check_out(out: Path, run_folders: Sequence[Path] = ()) -> None:
     """BenchmarkError (one line naming the path and the fix) when ``out`` or a folder under it
     that runs write to (``runs``, ``locks``, ``checkpoints`` and each run's checkpoint folder,
-    ``run_folders``) is a file, or when ``out`` cannot be written. Writes nothing that stays."""
+    ``run_folders``) is a file or a folder that cannot be written, or when ``out`` cannot be
+    written. Writes nothing that stays."""
     out = Path(out)
-    folders = [out, out / "runs", out / "locks", out / "checkpoints", *run_folders]
-    for folder in folders:
-        for p in [*reversed(folder.parents), folder]:
-            if p.exists() and not p.is_dir():
-                raise BenchmarkError(
-                    f"{p} is a file where a folder must be (the runs of {out} write under it): "
-                    f"move it away, or choose another {option}")
+    paths = [*reversed(out.parents), out]  # each path once: the run folders share parents
+    seen = set(paths)
+    for folder in [out / "runs", out / "locks", out / "checkpoints", *run_folders]:
+        p = out
+        for part in Path(folder).relative_to(out).parts:
+            p = p / part
+            if p not in seen:
+                seen.add(p)
+                paths.append(p)
+    for p in paths:
+        if p.exists() and not p.is_dir():
+            raise BenchmarkError(
+                f"{p} is a file where a folder must be (the runs of {out} write under it): "
+                "move it away, or choose another --out")
     bad = write_probe(out)
+    if bad is None:
+        bad = next(((p, "no write permission") for p in paths[len(out.parents) + 1:]
+                    if p.is_dir() and not os.access(p, os.W_OK | os.X_OK)), None)
     if bad is not None:
-        raise BenchmarkError(f"cannot write to {bad[0]} ({bad[1]}): choose another {option} or "
-                             "make it writable")
+        where = "" if bad[0] == out else f"{bad[0]}: "
+        raise BenchmarkError(f"cannot write to {out} ({where}{bad[1]}): choose another --out "
+                             "or make it writable")

@@ -122,7 +122,10 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
 
 
 def from_overrides(cls: type[C], overrides: Mapping[str, Any], section: str) -> C:
-    """Build config ``cls`` from defaults plus ``overrides`` (public keys, any value types)."""
+    """Build config ``cls`` from defaults plus ``overrides`` (public keys, any value types).
+
+    A config shared by several sections (its errors must name the section the keys were given
+    in) checks its ranges in ``check_in(section)``, which this calls after building it."""
     hints = typing.get_type_hints(cls)
     by_public = {public_key(f.name): f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -142,6 +145,9 @@ def from_overrides(cls: type[C], overrides: Mapping[str, Any], section: str) -> 
             raise ConfigError(f"{section}.{key}={overrides[key]!r} is out of range: "
                               f"{section}.{key} must be {bound} (a 64-bit integer, what "
                               "torch takes)")
+    check_in = getattr(config, "check_in", None)
+    if check_in is not None:
+        check_in(section)
     return config
 
 

@@ -164,7 +164,7 @@ def test_output_is_a_regular_file(tmp_path, capsys, in_tmp):
     blocker = tmp_path / "file.txt"
     blocker.write_text("keep me")
     code = run_cli("--epochs", "1", "--strategies", "naive", "--out", blocker)
-    assert_usage_error(capsys, code, "not writable")
+    assert_usage_error(capsys, code, f"{blocker} is a file where a folder must be")
     assert blocker.read_text() == "keep me"
 
 

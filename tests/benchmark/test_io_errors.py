@@ -50,8 +50,8 @@ def test_an_unwritable_out_is_refused_before_training(in_tmp, capsys, monkeypatc
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     out = in_tmp / "out"
-    assert_usage_error(capsys, _cli(out), f"output folder {out} is not writable ({in_tmp}: "
-                       f"{os.strerror(code)}); choose another with --out")
+    assert_usage_error(capsys, _cli(out), f"cannot write to {out} ({in_tmp}: "
+                       f"{os.strerror(code)}): choose another --out or make it writable")
     assert not out.exists()
 
 
@@ -105,8 +105,9 @@ def test_the_run_level_check_names_the_cause(tmp_path, monkeypatch, code):
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(BenchmarkError, match=f"cannot write to {tmp_path} "
-                                             rf"\({os.strerror(code)}\): choose another --out"):
+    with pytest.raises(BenchmarkError, match=f"cannot write to {tmp_path / 'out'} "
+                                             rf"\({tmp_path}: {os.strerror(code)}\): choose "
+                                             "another --out"):
         preflight.check_out(tmp_path / "out")
 
 
