@@ -51,8 +51,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    except WriteError:
-        raise
     except OSError as err:
         raise WriteError(path, err) from err
     os.close(fd)
@@ -60,14 +58,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: give the usual permissions
         os.replace(tmp, path)
-    except WriteError:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise WriteError(path, err) from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from err
         raise
 
 

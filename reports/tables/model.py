@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
-from ..per_run import NO_DATA, NOT_APPLICABLE, TASK_INFERENCE_OWN
+from ..per_run import NO_DATA, NOT_APPLICABLE, TASK_INFERENCE_OWN, finite_float
 from ..schema import param_text
 
 __all__ = [
@@ -183,16 +183,12 @@ EDGE_MIN_VALUES = 3
 
 def _number(v: Any) -> float | None:
     """``v`` (a number or its canonical text) as a finite float; None otherwise."""
-    if isinstance(v, bool):
-        return None
     if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
             return None
-    if isinstance(v, int | float) and math.isfinite(v):
-        return float(v)
-    return None
+    return finite_float(v)
 
 
 def on_edge(space: Mapping[str, Sequence[Any]], chosen: Mapping[str, Any]) -> list[Edge]:
